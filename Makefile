@@ -1,0 +1,33 @@
+# The two commands a new user (and CI) runs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: setup demo test lint bench models clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt -e ".[bot,desktop,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 -g
+	$(VENV)/bin/dreamhall engine stop
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/engine_overhead.py
+
+models: setup
+	PYTHON=$(PY) models/train_all.sh
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

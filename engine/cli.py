@@ -1,0 +1,189 @@
+"""`dreamhall`: run the engine, dream from the terminal, and look after the gallery.
+
+    dreamhall engine                 run the engine in the foreground
+    dreamhall engine stop | status
+    dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 [--json]
+
+The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
+as in Discord and the desktop prompt box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from engine.client import EngineError, EngineUnavailable, RequestRejected, connect
+from engine.dream_args import DreamArgsError, parse_argv
+from engine.schema import Event, Requester
+from engine.settings import Settings
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"dreamhall: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "stop":
+        return stop_engine(settings)
+    if args.action == "status":
+        from engine.client import EngineClient
+
+        with EngineClient(settings.socket_path) as client:
+            try:
+                h = client.health()
+            except EngineUnavailable:
+                print(f"no engine running ({settings.socket_path})")
+                return 1
+        print(f"engine {h.version} on {settings.socket_path}: device {h.device}, model {h.model}, "
+              f"{h.queued} queued, {h.running} running")  # fmt: skip
+        return 0
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from engine.server import EngineAlreadyRunning, serve  # heavy: torch and diffusers
+
+    try:
+        serve(settings)
+    except EngineAlreadyRunning as e:
+        return _fail(str(e), 1)
+    return 0
+
+
+def stop_engine(settings: Settings, timeout: float = 30.0) -> int:
+    try:
+        pid = int(settings.pid_file.read_text())
+    except (FileNotFoundError, ValueError):
+        print("no engine running")
+        return 0
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        settings.pid_file.unlink(missing_ok=True)
+        print("no engine running (removed a stale pid file)")
+        return 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"engine {pid} stopped")
+            return 0
+        time.sleep(0.1)
+    return _fail(f"engine {pid} did not stop within {timeout:.0f}s", 1)
+
+
+class _Progress:
+    """Turns a job's events into one terminal progress bar."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: tqdm | None = None
+
+    def __call__(self, event: Event) -> None:
+        if self.quiet:
+            return
+        if event.type == "queued" and event.position:
+            tqdm.write(f"queued: {event.position} job(s) ahead")
+        elif event.type in {"started", "step"} and event.total:
+            if self.bar is None or self.bar.total != event.total:
+                self.close()
+                self.bar = tqdm(total=event.total, unit="step", desc="dreaming", leave=False)
+            self.bar.n = event.step or 0
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
+    try:
+        request = parse_argv(extra, requester=Requester(source="cli", user=os.environ.get("USER")))
+    except DreamArgsError as e:
+        return _fail(str(e))
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    try:
+        with connect(settings, autostart=not args.no_autostart, say=say) as engine:
+            accepted = engine.submit(request)
+            if request.seed is None:
+                say(f"seed {accepted.seed}")
+            progress = _Progress(quiet=args.json)
+            try:
+                job = engine.wait(accepted.id, on_event=progress)
+            except KeyboardInterrupt:
+                engine.cancel(accepted.id)
+                return _fail("cancelled", 130)
+            finally:
+                progress.close()
+            grid_path = None
+            if job.status == "done" and request.layout == "grid":
+                grid_path = settings.home / "grids" / f"{job.id}.png"
+                grid_path.parent.mkdir(parents=True, exist_ok=True)
+                grid_path.write_bytes(engine.grid(job.id))
+    except RequestRejected as e:
+        return _fail(str(e))
+    except EngineError as e:
+        return _fail(str(e), 1)
+    if job.status != "done":
+        return _fail(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""), 1)
+    if args.json:
+        out = {
+            "job": job.id,
+            "images": [
+                {"id": i.id, "path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in job.images
+            ],
+        }
+        if grid_path is not None:
+            out["grid"] = str(grid_path)
+        print(json.dumps(out))
+    else:
+        for i in job.images:
+            print(f"{i.path}  seed {i.seed}  {i.width}x{i.height}")
+        if grid_path is not None:
+            print(f"{grid_path}  (grid)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: the !dream grammar's `--no` must not match `--no-autostart`.
+    parser = argparse.ArgumentParser(prog="dreamhall", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--home", type=Path, help="data directory (default: $DREAMHALL_HOME or the user data dir)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    eng = sub.add_parser("engine", help="run, stop or ask about the engine")
+    eng.add_argument("action", nargs="?", choices=["serve", "stop", "status"], default="serve")
+    eng.add_argument("--model", help="default model: diffusers folder, hub id or .safetensors file")
+    eng.add_argument("--device", help="auto, cpu, cuda, cuda:1, mps")
+    dream = sub.add_parser("dream", help="make images: the !dream grammar", add_help=False, allow_abbrev=False)
+    dream.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    dream.add_argument("--no-autostart", action="store_true", help="fail instead of starting an engine")
+    dream.add_argument("--help", action="help", help="show this help")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "dream":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
+    settings = Settings(**overrides)
+    if args.command == "engine":
+        return cmd_engine(args, settings)
+    return cmd_dream(args, extra, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The one owner of device decisions: which device, which dtype, and what to do when memory runs out."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Device:
+    """The accelerator the worker runs on, picked once at start-up.
+
+    `auto` prefers CUDA (float16), then Apple's MPS, then the CPU (float32:
+    half precision on the CPU is slow and, for some ops, unsupported).
+    """
+
+    def __init__(self, preference: str = "auto") -> None:
+        if preference == "auto":
+            if torch.cuda.is_available():
+                preference = "cuda"
+            elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+                preference = "mps"
+            else:
+                preference = "cpu"
+        self.torch_device = torch.device(preference)
+        if self.torch_device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {preference!r} was asked for, but CUDA is not available")
+        self.dtype = torch.float16 if self.torch_device.type in {"cuda", "mps"} else torch.float32
+
+    @property
+    def type(self) -> str:
+        return self.torch_device.type
+
+    def describe(self) -> str:
+        if self.type == "cuda":
+            idx = self.torch_device.index or 0
+            return f"cuda:{idx} ({torch.cuda.get_device_name(idx)}, {self.dtype})".replace("torch.", "")
+        return f"{self.torch_device} ({self.dtype})".replace("torch.", "")
+
+    @staticmethod
+    def is_out_of_memory(exc: BaseException) -> bool:
+        """True for the errors that mean 'try a smaller batch', on any device."""
+        if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+            return True
+        text = str(exc)
+        return isinstance(exc, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text or "MPS backend out of memory" in text
+        )
+
+    def free_memory(self) -> None:
+        """Release cached blocks after an out-of-memory error or an unload."""
+        gc.collect()
+        if self.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.type == "mps":
+            torch.mps.empty_cache()

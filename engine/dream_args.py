@@ -1,0 +1,239 @@
+"""The `!dream` grammar: one parser for the bot, the CLI and the desktop prompt box.
+
+    !dream "a red circle on a blue background" -n 4 -S 3220803958 -W 512 -H 512
+
+Flags follow the 2022 dreambot and InvokeAI's dream.py, plus Midjourney's
+`--no` and `--ar`. Errors are one human sentence naming the flag
+(`DreamArgsError`), never a traceback. `format_request` is the inverse:
+`parse(format_request(r)) == r` for any request with the default requester.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+from engine.schema import SAMPLERS, DreamRequest, Requester, VariationWeight
+
+
+class DreamArgsError(ValueError):
+    """A `!dream` command that cannot be understood; the message is for the user."""
+
+
+# field -> the flag that sets it, for error messages and formatting.
+FLAGS: dict[str, str] = {
+    "prompt": "prompt",
+    "n": "-n/--iterations",
+    "seed": "-S/--seed",
+    "width": "-W/--width",
+    "height": "-H/--height",
+    "aspect_ratio": "--ar",
+    "cfg_scale": "-C/--cfg_scale",
+    "steps": "-s/--steps",
+    "sampler": "-A/--sampler",
+    "negative_prompt": "-N/--negative",
+    "model": "-m/--model",
+    "init_image": "-I/--init_img",
+    "strength": "-f/--strength",
+    "init_mask": "-M/--init_mask",
+    "variation_amount": "-v/--variation_amount",
+    "with_variations": "-V/--with_variations",
+    "upscale": "-U/--upscale",
+    "layout": "-g/--grid or -i/--individual",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints and exits on errors; we want one sentence as an exception.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DreamArgsError(_tidy_argparse(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise DreamArgsError(message or "invalid !dream command")
+
+
+def _tidy_argparse(message: str) -> str:
+    message = message.replace("argument ", "", 1)
+    if message.startswith("unrecognized arguments:"):
+        bad = message.split(":", 1)[1].strip()
+        return f"unknown flag {bad}; see the list of !dream flags (e.g. -n, -S, -W, -H, -C, -s, -A)"
+    return message
+
+
+def _sampler(value: str) -> str:
+    name = value.strip().lower().replace(" ", "_").replace("-", "_")
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def _ratio(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(p) for p in value.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W:H such as 16:9, got {value!r}") from None
+    return w, h
+
+
+def _variations(value: str) -> list[dict[str, float]]:
+    terms = []
+    for part in value.split(","):
+        try:
+            seed, weight = part.split(":")
+            terms.append({"seed": int(seed), "weight": float(weight)})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seed:weight[,seed:weight...], got {value!r}") from None
+    return terms
+
+
+def _build_parser() -> _Parser:
+    p = _Parser(prog="!dream", add_help=False, allow_abbrev=False)
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("-n", "--iterations", dest="n", type=int)
+    p.add_argument("-S", "--seed", type=int)
+    p.add_argument("-W", "--width", type=int)
+    p.add_argument("-H", "--height", type=int)
+    p.add_argument("--ar", dest="aspect_ratio", type=_ratio)
+    p.add_argument("-C", "--cfg_scale", type=float)
+    p.add_argument("-s", "--steps", type=int)
+    p.add_argument("-A", "--sampler", type=_sampler)
+    p.add_argument("-N", "--negative", dest="negative", action="append")
+    p.add_argument("--no", dest="negative", action="append")
+    p.add_argument("-m", "--model")
+    p.add_argument("-I", "--init_img", dest="init_image")
+    p.add_argument("-f", "--strength", type=float)
+    p.add_argument("-M", "--init_mask")
+    p.add_argument("-v", "--variation_amount", type=float)
+    p.add_argument("-V", "--with_variations", type=_variations)
+    p.add_argument("-U", "--upscale", type=int)
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid")
+    layout.add_argument("-i", "--individual", dest="layout", action="store_const", const="individual")
+    return p
+
+
+_PARSER = _build_parser()
+
+
+def split(text: str) -> list[str]:
+    """Split a command line the shell's way; a leading `!dream` or `/dream` is dropped."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise DreamArgsError(f"unbalanced quotes in the command ({e}); close every \" and '") from None
+    if argv and argv[0].lower() in {"!dream", "/dream", "dream"}:
+        argv = argv[1:]
+    return argv
+
+
+def parse(text: str, *, requester: Requester | None = None) -> DreamRequest:
+    """Parse `!dream "prompt" -n 4 -S 42 ...` into a validated request."""
+    return parse_argv(split(text), requester=requester)
+
+
+def parse_argv(argv: Sequence[str], *, requester: Requester | None = None) -> DreamRequest:
+    """Parse an already split command line (what `dreamhall dream` receives)."""
+    ns = _PARSER.parse_intermixed_args(list(argv))
+    prompt = " ".join(ns.prompt).strip()
+    if not prompt:
+        raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
+    fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
+    if ns.negative:
+        fields["negative_prompt"] = ", ".join(ns.negative)
+    fields["mode"] = _infer_mode(fields)
+    if requester is not None:
+        fields["requester"] = requester
+    try:
+        return DreamRequest(prompt=prompt, **fields)
+    except ValidationError as e:
+        raise DreamArgsError(explain(e)) from None
+
+
+def _infer_mode(fields: dict) -> str:
+    if fields.get("upscale") is not None:
+        return "upscale"
+    if fields.get("variation_amount") is not None or fields.get("with_variations"):
+        return "variation"
+    if fields.get("init_mask") is not None:
+        return "inpaint"
+    if fields.get("init_image") is not None:
+        return "img2img"
+    return "txt2img"
+
+
+def _range(field: str) -> tuple[float, float] | None:
+    """The (min, max) a numeric request field allows, read from the schema itself."""
+    prop = DreamRequest.model_json_schema()["properties"].get(field, {})
+    for option in [prop, *prop.get("anyOf", [])]:
+        if "minimum" in option and "maximum" in option:
+            return option["minimum"], option["maximum"]
+    return None
+
+
+def explain(error: ValidationError) -> str:
+    """One sentence for the first problem of a validation error, naming the flag."""
+    return explain_errors(error.errors())
+
+
+def explain_errors(errors: Sequence[dict]) -> str:
+    """One sentence for the first of pydantic's errors (also used for the API's 422 answers)."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if not isinstance(p, int) and p != "body"]
+    field = loc[0] if loc else ""
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:] if msg else "invalid value"
+    got = first.get("input")
+    got_text = "" if got is None or isinstance(got, (dict, list)) or not field else f" (got {got!r})"
+    if not field:
+        return msg
+    if field in FLAGS:
+        label = FLAGS[field] if field == "prompt" else f"{FLAGS[field]} ({field})"
+    else:
+        label = ".".join(loc)
+    bounds = _range(field)
+    if bounds and first.get("type") in {"less_than_equal", "greater_than_equal", "less_than", "greater_than"}:
+        lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
+        return f"{label}: must be between {lo} and {hi}{got_text}"
+    return f"{label}: {msg}{got_text}"
+
+
+def format_request(request: DreamRequest) -> str:
+    """The `!dream` command line (without `!dream`) that parses back to `request`."""
+    defaults = DreamRequest(prompt="x")
+    parts: list[str] = []
+    simple = [
+        ("n", "-n"), ("seed", "-S"), ("width", "-W"), ("height", "-H"), ("cfg_scale", "-C"), ("steps", "-s"),
+        ("sampler", "-A"), ("negative_prompt", "-N"), ("model", "-m"), ("init_image", "-I"),
+        ("strength", "-f"), ("init_mask", "-M"), ("variation_amount", "-v"), ("upscale", "-U"),
+    ]  # fmt: skip
+    for field, flag in simple:
+        value = getattr(request, field)
+        if value != getattr(defaults, field):
+            parts += [flag, shlex.quote(repr(value) if isinstance(value, float) else str(value))]
+    if request.aspect_ratio is not None:
+        parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
+    if request.with_variations:
+        parts += ["-V", ",".join(f"{v.seed}:{v.weight!r}" for v in request.with_variations)]
+    if request.layout is not None:
+        parts.append("-g" if request.layout == "grid" else "-i")
+    quoted = shlex.quote(request.prompt)
+    if request.prompt.startswith("-"):
+        return " ".join(parts + ["--", quoted])
+    return " ".join([quoted] + parts)
+
+
+__all__ = [
+    "DreamArgsError",
+    "VariationWeight",
+    "explain",
+    "explain_errors",
+    "format_request",
+    "parse",
+    "parse_argv",
+    "split",
+]

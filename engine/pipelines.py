@@ -1,0 +1,223 @@
+"""Loading diffusers pipelines, choosing schedulers, and the text-to-image task.
+
+One loader serves every kind of model reference: a local diffusers folder (the
+built-in toy model is one), a Hugging Face hub id (when online), or a
+single-file `.safetensors`/`.ckpt` checkpoint. One cache keeps the loaded model;
+task pipelines share its components.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoPipelineForText2Image,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+from diffusers.utils import logging as diffusers_logging
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from engine.device import Device
+from engine.schema import Sampler
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODEL_NAME = "dreamhall-toy-sd"
+
+
+class ModelLoadError(Exception):
+    """A model reference that could not be loaded; the message says why and what to do."""
+
+
+class Cancelled(Exception):
+    """Raised from the step callback when a job's cancel flag is set; reported as 'cancelled'."""
+
+
+def builtin_model_dir() -> Path:
+    return Path(str(resources.files("models") / "toy-sd"))
+
+
+# Classic sampler names -> diffusers schedulers, built from the model's own
+# scheduler config so betas and offsets match what the model was trained with.
+SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "k_lms": (LMSDiscreteScheduler, {}),
+    "k_euler": (EulerDiscreteScheduler, {}),
+    "k_euler_a": (EulerAncestralDiscreteScheduler, {}),
+    "k_heun": (HeunDiscreteScheduler, {}),
+    "k_dpm_2": (KDPM2DiscreteScheduler, {}),
+    "k_dpm_2_a": (KDPM2AncestralDiscreteScheduler, {}),
+    "ddim": (DDIMScheduler, {}),
+    "plms": (PNDMScheduler, {"skip_prk_steps": True}),
+    "dpm++_2m": (DPMSolverMultistepScheduler, {}),
+    "dpm++_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+}
+
+
+def make_scheduler(sampler: Sampler, base_config: dict):
+    """A fresh scheduler for one call (schedulers carry per-call state)."""
+    cls, extra = SCHEDULERS[sampler]
+    return cls.from_config(base_config, **extra)
+
+
+def load_pipeline(ref: str | None, device: Device) -> tuple[str, DiffusionPipeline]:
+    """Load a text-to-image pipeline from `ref` (None: the built-in toy model); return (name, pipeline)."""
+    # Loading bars belong in a terminal, not in the engine's log.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    name = ref or BUILTIN_MODEL_NAME
+    path = builtin_model_dir() if ref is None else Path(ref).expanduser()
+    kwargs = {"dtype": device.dtype}
+    try:
+        if path.is_dir():
+            if not (path / "model_index.json").exists():
+                raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json)")
+            pipe = AutoPipelineForText2Image.from_pretrained(path, safety_checker=None, **kwargs)
+        elif path.suffix in {".safetensors", ".ckpt"}:
+            if not path.is_file():
+                raise ModelLoadError(f"checkpoint file {path} does not exist")
+            pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None, **kwargs)
+        elif ref is not None and "/" in ref and not ref.startswith((".", "/", "~")):
+            pipe = AutoPipelineForText2Image.from_pretrained(ref, safety_checker=None, **kwargs)
+        else:
+            raise ModelLoadError(f"model {ref!r} is neither a folder, a .safetensors/.ckpt file nor a hub id")
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not load model {name!r}: {e}. Offline? Use a local diffusers folder or a .safetensors file."
+        ) from e
+    pipe.set_progress_bar_config(disable=True)
+    return name, pipe.to(device.torch_device)
+
+
+@dataclass
+class GenerationResult:
+    """The images of one pipeline call, in request order, with their seeds."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+class TextToImage:
+    """txt2img on a loaded pipeline. Components are shared, never copied."""
+
+    def __init__(self, pipe: DiffusionPipeline, device: Device) -> None:
+        self.pipe = pipe
+        self.device = device
+        self.base_scheduler_config = dict(pipe.scheduler.config)
+
+    @property
+    def native_size(self) -> int:
+        """The square size the model was trained at (512 for SD 1.x, 64 for the toy model)."""
+        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    def check_inputs(self, *, width: int, height: int, steps: int, seeds: list[int]) -> None:
+        multiple = self.pipe.vae_scale_factor
+        if width % multiple or height % multiple:
+            raise ValueError(f"width and height must be multiples of {multiple}, got {width}x{height}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if not seeds:
+            raise ValueError("seeds must name at least one image")
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seeds: list[int],
+        width: int,
+        height: int,
+        steps: int,
+        cfg_scale: float,
+        sampler: Sampler,
+        on_step: StepCallback | None = None,
+    ) -> GenerationResult:
+        self.check_inputs(width=width, height=height, steps=steps, seeds=seeds)
+        # CPU generators: the same seed draws the same initial noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        self.pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config)
+
+        def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            if on_step is not None:
+                on_step(step + 1, pipe.num_timesteps, tensors["latents"])
+            return tensors
+
+        out = self.pipe(
+            prompt=[prompt] * len(seeds),
+            negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+            width=width,
+            height=height,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            generator=generators,
+            callback_on_step_end=step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        return GenerationResult(images=list(out.images), seeds=list(seeds))
+
+    def preview(self, latents: torch.Tensor, size: int = 64) -> Image.Image:
+        """A small picture of the first image's current latents, decoded by the real VAE."""
+        vae = self.pipe.vae
+        with torch.inference_mode():
+            sample = vae.decode(latents[:1].to(vae.dtype) / vae.config.scaling_factor).sample
+        arr = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().cpu().numpy()
+        img = Image.fromarray(arr)
+        img.thumbnail((size, size))
+        return img
+
+
+class PipelineCache:
+    """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines."""
+
+    def __init__(self, device: Device, default_model: str | None) -> None:
+        self.device = device
+        self.default_model = default_model
+        self._lock = threading.Lock()
+        self._name: str | None = None
+        self._ref: str | None = None
+        self._txt2img: TextToImage | None = None
+
+    def default_name(self) -> str:
+        return self.default_model or BUILTIN_MODEL_NAME
+
+    def text_to_image(self, ref: str | None) -> tuple[str, TextToImage]:
+        """The txt2img pipeline for `ref` (None: the configured default), loading it if needed."""
+        ref = ref or self.default_model
+        with self._lock:
+            if self._txt2img is None or ref != self._ref:
+                self.unload()
+                if ref is None:
+                    log.info("using the built-in toy models; set `model = ...` in the config for real images")
+                name, pipe = load_pipeline(ref, self.device)
+                self._name, self._ref, self._txt2img = name, ref, TextToImage(pipe, self.device)
+                log.info("loaded model %s on %s", name, self.device.describe())
+            assert self._name is not None
+            return self._name, self._txt2img
+
+    def unload(self) -> None:
+        if self._txt2img is not None:
+            self._txt2img = None
+            self._name = self._ref = None
+            self.device.free_memory()

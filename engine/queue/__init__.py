@@ -1,0 +1,6 @@
+"""The job queue: a JobQueue interface and its SQLite implementation."""
+
+from engine.queue.base import JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
+from engine.queue.sqlite import FAIR_DEQUEUE_SQL, SqliteJobQueue
+
+__all__ = ["FAIR_DEQUEUE_SQL", "JobNotFound", "JobQueue", "JobRecord", "QueueError", "SqliteJobQueue", "TooManyQueued"]

@@ -1,0 +1,231 @@
+"""The request contract shared by the engine and every frontend.
+
+Pure pydantic: no torch, no database. A `DreamRequest` means the same thing
+whether it came from Discord, the desktop app, the CLI or raw HTTP.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000
+
+# Our sampler names (the 2022 dreambot's) and the names AUTOMATIC1111 writes in
+# its `parameters` chunk, so other tools read our PNGs correctly.
+SAMPLERS: dict[str, str] = {
+    "k_lms": "LMS",
+    "k_euler": "Euler",
+    "k_euler_a": "Euler a",
+    "k_heun": "Heun",
+    "k_dpm_2": "DPM2",
+    "k_dpm_2_a": "DPM2 a",
+    "ddim": "DDIM",
+    "plms": "PLMS",
+    "dpm++_2m": "DPM++ 2M",
+    "dpm++_2m_karras": "DPM++ 2M Karras",
+}
+Sampler = Literal[
+    "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "ddim", "plms", "dpm++_2m", "dpm++_2m_karras"
+]
+Mode = Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"]
+Source = Literal["cli", "discord", "desktop", "api"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Size = Annotated[int, Field(ge=64, le=2048)]
+
+# Modes the engine can run today; the others parse and validate, then get a
+# clear "not supported yet" from the engine.
+SUPPORTED_MODES: frozenset[str] = frozenset({"txt2img"})
+
+
+class Requester(BaseModel):
+    """Who asked, and from where: used for fairness, limits and gallery scoping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Source = "api"
+    user: str | None = Field(default=None, max_length=200)
+    guild: str | None = Field(default=None, max_length=200)
+    channel: str | None = Field(default=None, max_length=200)
+
+    @property
+    def queue_key(self) -> str:
+        """Round-robin key: a Discord user in one guild is one queue user."""
+        return f"{self.source}:{self.guild or '-'}:{self.user or '-'}"
+
+
+class VariationWeight(BaseModel):
+    """One `-V seed:weight` term."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: Seed
+    weight: float = Field(ge=0.0, le=1.0)
+
+
+class DreamRequest(BaseModel):
+    """One `!dream`: what to draw, how, and who asked.
+
+    Sizes are rounded to the nearest multiple of 8 (the VAE's stride); `None`
+    for width, height or model means the model's (or engine's) default.
+    Image `i` of the request uses seed `(seed + i) mod 2**32`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1, le=16)
+    seed: Seed | None = None
+    width: Size | None = None
+    height: Size | None = None
+    aspect_ratio: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] | None = None
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.5, ge=0.0, le=30.0)
+    sampler: Sampler = "k_euler_a"
+    model: str | None = Field(default=None, max_length=1000)
+    mode: Mode = "txt2img"
+    init_image: str | None = Field(default=None, max_length=4096)
+    init_mask: str | None = Field(default=None, max_length=4096)
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+    variation_amount: float | None = Field(default=None, ge=0.0, le=1.0)
+    with_variations: tuple[VariationWeight, ...] | None = None
+    upscale: Literal[2, 4] | None = None
+    layout: Literal["grid", "individual"] | None = None
+    priority: int = Field(default=0, ge=-10, le=10)
+    preview: bool = False
+    requester: Requester = Requester()
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("prompt must not be empty")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _round_to_8(cls, v: int | None) -> int | None:
+        return None if v is None else int(round(v / 8) * 8)
+
+    @model_validator(mode="after")
+    def _mode_inputs(self) -> DreamRequest:
+        needs = {
+            "img2img": ("init_image",),
+            "inpaint": ("init_image", "init_mask"),
+            "outpaint": ("init_image",),
+            "upscale": ("init_image", "upscale"),
+        }.get(self.mode, ())
+        for field in needs:
+            if getattr(self, field) is None:
+                raise ValueError(f"mode {self.mode} needs {field}")
+        if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
+            raise ValueError("mode variation needs variation_amount or with_variations")
+        if self.aspect_ratio is not None and self.width is not None and self.height is not None:
+            raise ValueError("give an aspect ratio or both width and height, not all three")
+        return self
+
+
+def resolve_size(request: DreamRequest, default: int) -> tuple[int, int]:
+    """Width and height for `request`, given the model's native square size."""
+
+    def r8(v: float) -> int:
+        return max(64, min(2048, int(round(v / 8) * 8)))
+
+    if request.aspect_ratio is None:
+        return request.width or default, request.height or default
+    aw, ah = request.aspect_ratio
+    if request.width is not None:
+        return request.width, r8(request.width * ah / aw)
+    if request.height is not None:
+        return r8(request.height * aw / ah), request.height
+    # Midjourney-style: the longer side keeps the model's native size.
+    scale = default / max(aw, ah)
+    return r8(aw * scale), r8(ah * scale)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` of a request: one convention for every frontend."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
+class ImageInfo(BaseModel):
+    """One finished image of a job."""
+
+    id: int
+    index: int
+    seed: int
+    width: int
+    height: int
+    path: str
+    sha256: str
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class Job(BaseModel):
+    """A dream request's life in the engine, as clients see it."""
+
+    id: str
+    status: JobStatus
+    position: int | None = Field(default=None, description="0 = next to run; None once running or finished")
+    progress: Progress = Progress()
+    seed: int | None = None
+    images: list[ImageInfo] = []
+    error: str | None = None
+    request: DreamRequest
+    created_at: datetime
+
+
+class Accepted(BaseModel):
+    """The answer to POST /v1/dreams."""
+
+    id: str
+    status: JobStatus
+    position: int
+    seed: int
+
+
+class QueueState(BaseModel):
+    running: list[Job]
+    queued: list[Job]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    device: str
+    model: str
+    queued: int
+    running: int
+
+
+EventType = Literal["queued", "started", "step", "image", "done", "failed", "cancelled"]
+
+
+class Event(BaseModel):
+    """One item of a job's event stream."""
+
+    type: EventType
+    job: str
+    position: int | None = None
+    step: int | None = None
+    total: int | None = None
+    preview: str | None = Field(default=None, description="small PNG preview as a data: URL")
+    image: ImageInfo | None = None
+    error: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns: one human sentence."""
+
+    error: str
+    detail: list[dict] | None = None

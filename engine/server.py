@@ -1,0 +1,420 @@
+"""The engine's HTTP API, on a Unix domain socket (and an opt-in, token-guarded TCP port).
+
+Transport only: handlers validate typed requests, put jobs on the queue, set
+intent (cancel) for the worker, and stream the worker's events. The queue,
+the worker and the gallery live in their own modules.
+
+    curl --unix-socket ~/.local/share/dreamhall/engine.sock http://engine/v1/health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import io
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine import __version__
+from engine.device import Device
+from engine.dream_args import explain_errors
+from engine.pipelines import PipelineCache
+from engine.queue import JobNotFound, JobQueue, JobRecord, SqliteJobQueue, TooManyQueued
+from engine.schema import (
+    Accepted,
+    DreamRequest,
+    ErrorBody,
+    Event,
+    Health,
+    Job,
+    Progress,
+    QueueState,
+)
+from engine.settings import Settings
+from engine.worker import EventSink, Worker, draw_seed, image_info, unsupported_reason
+from gallery.db import open_gallery_db
+from gallery.schemas import ImagePublic
+from gallery.store import ImageNotFound, ImageStore, SqliteImageStore
+
+log = logging.getLogger(__name__)
+
+TERMINAL = {"done", "failed", "cancelled"}
+
+
+class EventHub(EventSink):
+    """Fans job events out to stream subscribers. Lives on the event loop; the worker calls in thread-safely."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._subscribers: dict[str, set[asyncio.Queue[Event]]] = {}
+
+    def publish(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self._deliver, event)
+
+    def positions_changed(self, positions: dict[str, int]) -> None:
+        self.loop.call_soon_threadsafe(self._deliver_positions, positions)
+
+    def subscribe(self, job_id: str) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize=512)
+        self._subscribers.setdefault(job_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, job_id: str, q: asyncio.Queue[Event]) -> None:
+        subs = self._subscribers.get(job_id)
+        if subs is not None:
+            subs.discard(q)
+            if not subs:
+                del self._subscribers[job_id]
+
+    def _deliver(self, event: Event) -> None:
+        for q in list(self._subscribers.get(event.job, ())):
+            with suppress(asyncio.QueueFull):  # a stalled client loses step events, not the engine
+                q.put_nowait(event)
+
+    def _deliver_positions(self, positions: dict[str, int]) -> None:
+        for job_id in list(self._subscribers):
+            if job_id in positions:
+                self._deliver(Event(type="queued", job=job_id, position=positions[job_id]))
+
+
+@dataclass
+class Services:
+    """What the API needs, built once at start-up and passed in explicitly."""
+
+    settings: Settings
+    queue: JobQueue
+    store: ImageStore
+    pipelines: PipelineCache
+    device: Device
+    worker: Worker | None = None
+    hub: EventHub | None = None
+
+
+def build_services(settings: Settings) -> Services:
+    db = open_gallery_db(settings.db_path)
+    device = Device(settings.device)
+    return Services(
+        settings=settings,
+        queue=SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user),
+        store=SqliteImageStore(db, settings.images_dir),
+        pipelines=PipelineCache(device, settings.model),
+        device=device,
+    )
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def _existing_job(job_id: str, s: ServicesDep) -> JobRecord:
+    # A dependency, so an unknown id is a 404 before the event stream starts.
+    return s.queue.get(job_id)
+
+
+ExistingJob = Annotated[JobRecord, Depends(_existing_job)]
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message).model_dump(exclude_none=True), status_code=status)
+
+
+def job_view(s: Services, record: JobRecord, positions: dict[str, int] | None = None) -> Job:
+    positions = s.queue.positions() if positions is None and record.status == "queued" else positions or {}
+    progress = Progress()
+    if s.worker is not None and s.worker.current == record.id:
+        progress = Progress(step=s.worker.progress[0], total=s.worker.progress[1])
+    images = [image_info(i, s.store) for i in s.store.for_job(record.id)] if record.status == "done" else []
+    return Job(
+        id=record.id,
+        status=record.status,
+        position=positions.get(record.id),
+        progress=progress,
+        seed=record.seed,
+        images=images,
+        error=record.error,
+        request=record.request,
+        created_at=record.created_at,
+    )
+
+
+def snapshot_events(job: Job) -> list[Event]:
+    """What a subscriber arriving now needs to catch up."""
+    if job.status == "queued":
+        return [Event(type="queued", job=job.id, position=job.position)]
+    if job.status == "running":
+        return [Event(type="started", job=job.id, step=job.progress.step, total=job.progress.total)]
+    if job.status == "done":
+        return [Event(type="image", job=job.id, image=i) for i in job.images] + [Event(type="done", job=job.id)]
+    return [Event(type=job.status, job=job.id, error=job.error)]  # type: ignore[arg-type]
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.hub = EventHub(asyncio.get_running_loop())
+        services.worker = Worker(
+            queue=services.queue,
+            store=services.store,
+            pipelines=services.pipelines,
+            events=services.hub,
+            device=services.device,
+        )
+        services.worker.start()
+        yield
+        await asyncio.to_thread(services.worker.stop)
+
+    app = FastAPI(
+        title="Dreamhall engine",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=services.settings.max_body_bytes,
+    )
+    app.state.services = services
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            ctx = errors[0].get("ctx", {})
+            return _error(422, f"malformed JSON in the request body: {ctx.get('error', 'cannot parse')}")
+        body = ErrorBody(error=explain_errors(errors), detail=[{"loc": e["loc"], "msg": e["msg"]} for e in errors])
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 413:
+            message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
+        return _error(exc.status_code, message)
+
+    @app.exception_handler(JobNotFound)
+    async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(ImageNotFound)
+    async def _image_not_found(_: Request, exc: ImageNotFound) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(TooManyQueued)
+    async def _too_many(_: Request, exc: TooManyQueued) -> JSONResponse:
+        return _error(429, str(exc))
+
+    @app.get("/v1/health")
+    def health(s: ServicesDep) -> Health:
+        return Health(
+            version=__version__,
+            device=s.device.describe(),
+            model=s.pipelines.default_name(),
+            queued=len(s.queue.positions()),
+            running=1 if s.worker is not None and s.worker.current else 0,
+        )
+
+    @app.post("/v1/dreams", status_code=202, responses={429: {"model": ErrorBody}, 501: {"model": ErrorBody}})
+    def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
+        if request.n > s.settings.max_n:
+            raise HTTPException(
+                422, f"n: this engine makes at most {s.settings.max_n} images per request (got {request.n})"
+            )
+        reason = unsupported_reason(request)
+        if reason:
+            raise HTTPException(501, reason)
+        seed = request.seed if request.seed is not None else draw_seed()
+        record, position = s.queue.put(request, seed=seed)
+        assert s.worker is not None
+        s.worker.wake()
+        if s.hub is not None:
+            s.hub.positions_changed(s.queue.positions())
+        return Accepted(id=record.id, status=record.status, position=position, seed=seed)
+
+    @app.get("/v1/dreams/{job_id}")
+    def get_job(job_id: str, s: ServicesDep) -> Job:
+        return job_view(s, s.queue.get(job_id))
+
+    @app.delete("/v1/dreams/{job_id}")
+    def cancel(job_id: str, s: ServicesDep) -> Job:
+        record = s.queue.cancel(job_id)
+        if record.status == "cancelled" and s.hub is not None and record.error is None:
+            s.hub.publish(Event(type="cancelled", job=job_id))
+            s.hub.positions_changed(s.queue.positions())
+        elif record.status == "running" and s.worker is not None:
+            s.worker.cancel(job_id)
+        return job_view(s, record)
+
+    @app.get("/v1/dreams/{job_id}/events", response_class=EventSourceResponse)
+    async def events(job_id: str, s: ServicesDep, _: ExistingJob) -> AsyncIterator[ServerSentEvent]:
+        assert s.hub is not None
+        q = s.hub.subscribe(job_id)  # subscribe before the snapshot so nothing falls in between
+        try:
+            job = await asyncio.to_thread(lambda: job_view(s, s.queue.get(job_id)))
+            for event in snapshot_events(job):
+                yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+            if job.status in TERMINAL:
+                return
+            while True:
+                event = await q.get()
+                yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+                if event.type in TERMINAL:
+                    return
+        finally:
+            s.hub.unsubscribe(job_id, q)
+
+    @app.get("/v1/dreams/{job_id}/grid", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def grid(job_id: str, s: ServicesDep) -> Response:
+        images = s.store.for_job(s.queue.get(job_id).id)
+        if not images:
+            raise HTTPException(409, f"job {job_id} has no images yet")
+        return Response(make_grid([s.store.file_path(i) for i in images]), media_type="image/png")
+
+    @app.get("/v1/queue")
+    def queue_state(s: ServicesDep) -> QueueState:
+        positions = s.queue.positions()
+        return QueueState(
+            running=[job_view(s, r, positions) for r in s.queue.jobs("running")],
+            queued=sorted((job_view(s, r, positions) for r in s.queue.jobs("queued")), key=lambda j: j.position or 0),
+        )
+
+    @app.get("/v1/images/{image_id}")
+    def get_image(image_id: int, s: ServicesDep) -> ImagePublic:
+        return s.store.get(image_id)
+
+    @app.get("/v1/images/{image_id}/file", response_class=FileResponse)
+    def image_file(image_id: int, s: ServicesDep) -> FileResponse:
+        return FileResponse(s.store.file_path(s.store.get(image_id)), media_type="image/png")
+
+    return app
+
+
+def make_grid(paths: list[Path]) -> bytes:
+    """Tile images into a near-square grid (the dreambot's default reply)."""
+    images = [Image.open(p).convert("RGB") for p in paths]
+    cols = 1
+    while cols * cols < len(images):
+        cols += 1
+    rows = (len(images) + cols - 1) // cols
+    w, h = images[0].size
+    sheet = Image.new("RGB", (cols * w, rows * h), (0, 0, 0))
+    for i, im in enumerate(images):
+        sheet.paste(im, ((i % cols) * w, (i // cols) * h))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class TokenGuard:
+    """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + self.token):
+                await JSONResponse(ErrorBody(error="missing or wrong token").model_dump(exclude_none=True), 401)(
+                    scope, receive, send
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+class EngineAlreadyRunning(RuntimeError):
+    pass
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """Bind the API socket with mode 0600 (only this user may drive the GPU)."""
+    if len(str(path).encode()) > 100:
+        raise OSError(f"socket path too long for a Unix socket ({len(str(path))} chars): {path}; set DREAMHALL_HOME")
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # a stale socket from an engine that died
+        else:
+            raise EngineAlreadyRunning(f"an engine is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    """Run the engine until SIGTERM/SIGINT."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = bind_unix_socket(settings.socket_path)
+    try:
+        services = build_services(settings)
+        resumed = services.queue.requeue_interrupted()
+        if resumed:
+            log.info("resuming %d job(s) left running by the last engine", resumed)
+        queued = len(services.queue.positions())
+        log.info(
+            "engine %s on %s, device %s, %d job(s) queued",
+            __version__,
+            settings.socket_path,
+            services.device.describe(),
+            queued,
+        )
+        app = create_app(services)
+        settings.pid_file.write_text(str(os.getpid()))
+        asyncio.run(_serve(app, services, sock))
+    finally:
+        sock.close()
+        settings.socket_path.unlink(missing_ok=True)
+        settings.pid_file.unlink(missing_ok=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server without its own signal capture: serve() handles signals for all listeners."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
+    common = dict(log_config=None, timeout_graceful_shutdown=3, h11_max_incomplete_event_size=64 * 1024)
+    servers = [_Server(uvicorn.Config(app, lifespan="on", **common))]
+    sockets = [[sock]]
+    settings = services.settings
+    if settings.tcp_port is not None:
+        if settings.token is None or not settings.token.get_secret_value():
+            raise ValueError("tcp_port is set but no token: the TCP listener requires DREAMHALL_TOKEN")
+        tcp = socket.create_server((settings.tcp_host, settings.tcp_port))
+        guarded = TokenGuard(app, settings.token.get_secret_value())
+        servers.append(_Server(uvicorn.Config(guarded, lifespan="off", **common)))
+        sockets.append([tcp])
+        log.info("also listening on tcp://%s:%d (token required)", settings.tcp_host, settings.tcp_port)
+    # One SIGTERM must stop both listeners, and then return here (not re-raise) so the socket is removed.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+    await asyncio.gather(*(s.serve(sockets=socks) for s, socks in zip(servers, sockets)))

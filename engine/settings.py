@@ -1,0 +1,80 @@
+"""One Settings object for every Dreamhall process, passed in explicitly.
+
+Precedence: constructor arguments (command-line flags) > `DREAMHALL_*`
+environment variables > the TOML config file > defaults. The config file is
+`$DREAMHALL_HOME/config.toml` when it exists, else `config.toml` in the
+platform's user config directory. Light on purpose: frontends import it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("DREAMHALL_HOME") or platformdirs.user_data_dir("dreamhall"))
+
+
+def config_file() -> Path:
+    local = default_home() / "config.toml"
+    return local if local.exists() else Path(platformdirs.user_config_dir("dreamhall")) / "config.toml"
+
+
+class Settings(BaseSettings):
+    """Everything configurable; see README 'Configuration'."""
+
+    model_config = SettingsConfigDict(env_prefix="DREAMHALL_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    model: str | None = Field(default=None, description="diffusers folder, hub id or .safetensors; None: built-in")
+    clip_model: str | None = Field(default=None, description="open_clip model name; None: built-in toy CLIP")
+    clip_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps")
+    max_n: int = Field(default=16, ge=1, le=16)
+    max_queued_per_user: int = Field(default=20, ge=1)
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int | None = Field(default=None, description="opt-in TCP listener; needs `token`")
+    token: SecretStr | None = None
+    discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
+    log_level: str = "INFO"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config_file())
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "engine.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "engine.pid"
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "gallery.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "lancedb"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"

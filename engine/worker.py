@@ -1,0 +1,248 @@
+"""The worker: one thread that owns the device and runs jobs one at a time.
+
+Loop: claim -> run -> store -> finish -> housekeeping. It never touches the
+event loop directly: everything it reports goes through an `EventSink`,
+which the server implements with `loop.call_soon_threadsafe`. Flags that
+the HTTP side sets (cancel, stop) are read between steps.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import secrets
+import threading
+import time
+from abc import ABC, abstractmethod
+
+from engine.device import Device
+from engine.pipelines import Cancelled, GenerationResult, ModelLoadError, PipelineCache, TextToImage
+from engine.queue import JobQueue, JobRecord
+from engine.schema import SAMPLERS, SUPPORTED_MODES, DreamRequest, Event, ImageInfo, image_seed, resolve_size
+from gallery.files import encode_png
+from gallery.schemas import ImageCreate, ImagePublic
+from gallery.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+PREVIEW_INTERVAL_S = 0.5
+
+
+class EventSink(ABC):
+    """Where the worker reports; implementations must be safe to call from the worker thread."""
+
+    @abstractmethod
+    def publish(self, event: Event) -> None:
+        """Deliver one job event to whoever listens."""
+
+    @abstractmethod
+    def positions_changed(self, positions: dict[str, int]) -> None:
+        """The queue moved: tell each waiting job its new position."""
+
+
+class _Interrupted(Exception):
+    """The engine is shutting down mid-job: the job goes back to the queue."""
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+def unsupported_reason(request: DreamRequest) -> str | None:
+    """Why the engine cannot run `request` yet (None if it can)."""
+    if request.mode not in SUPPORTED_MODES:
+        return f"{request.mode} is not supported yet; only txt2img runs in this version"
+    return None
+
+
+def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
+    """The client's view of a stored image; `path` is absolute, for frontends on this machine."""
+    return ImageInfo(
+        id=image.id, index=image.index, seed=image.seed or 0, width=image.width, height=image.height,
+        path=str(store.file_path(image)), sha256=image.sha256,
+    )  # fmt: skip
+
+
+class Worker:
+    """Runs queued jobs on the device, one pipeline call at a time."""
+
+    def __init__(
+        self, *, queue: JobQueue, store: ImageStore, pipelines: PipelineCache, events: EventSink, device: Device
+    ) -> None:
+        self.queue = queue
+        self.store = store
+        self.pipelines = pipelines
+        self.events = events
+        self.device = device
+        self.current: str | None = None
+        self.progress: tuple[int, int] = (0, 0)
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cancel: set[str] = set()
+        self._thread = threading.Thread(target=self._loop, name="dreamhall-worker", daemon=True)
+
+    # --- called from the HTTP side -------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """A job was queued."""
+        self._wake.set()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the running job to stop at its next step."""
+        self._cancel.add(job_id)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step; an interrupted job goes back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    # --- the worker thread -----------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            job = self.queue.claim()
+            if job is None:
+                self._wake.wait(timeout=1.0)
+                self._wake.clear()
+                continue
+            self.events.positions_changed(self.queue.positions())
+            self._run(job)
+
+    def _run(self, job: JobRecord) -> None:
+        self.current, self.progress = job.id, (0, job.request.steps)
+        self.events.publish(Event(type="started", job=job.id, step=0, total=job.request.steps))
+        try:
+            reason = unsupported_reason(job.request)
+            if reason:
+                raise ValueError(reason)
+            images = self._generate(job)
+            for image in images:
+                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
+            self.queue.finish(job.id, "done")
+            self.events.publish(Event(type="done", job=job.id))
+        except Cancelled:
+            self.queue.finish(job.id, "cancelled")
+            self.events.publish(Event(type="cancelled", job=job.id))
+        except _Interrupted:
+            self.queue.finish(job.id, "queued")
+            log.info("job %s interrupted by shutdown; it will resume on the next start", job.id)
+        except Exception as e:
+            message = readable_error(e)
+            log.exception("job %s failed: %s", job.id, message)
+            self.queue.finish(job.id, "failed", message)
+            self.events.publish(Event(type="failed", job=job.id, error=message))
+        finally:
+            self._cancel.discard(job.id)
+            self.current, self.progress = None, (0, 0)
+
+    def _generate(self, job: JobRecord) -> list[ImagePublic]:
+        req = job.request
+        model_name, pipe = self.pipelines.text_to_image(req.model)
+        width, height = resolve_size(req, pipe.native_size)
+        seeds = [image_seed(job.seed, i) for i in range(req.n)]
+        result = self._run_batched(job, pipe, seeds, width, height)
+        params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
+        items = []
+        for i, (img, seed) in enumerate(zip(result.images, result.seeds)):
+            info = ImageCreate(
+                job_id=job.id,
+                index=i,
+                width=img.width,
+                height=img.height,
+                seed=seed,
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                steps=req.steps,
+                cfg_scale=req.cfg_scale,
+                sampler=SAMPLERS[req.sampler],
+                model=model_name,
+                mode=req.mode,
+                source=req.requester.source,
+                user=req.requester.user,
+                guild=req.requester.guild,
+                channel=req.requester.channel,
+                # Per-image parameters: n=1 and this image's seed reproduce it alone.
+                params={**params, "n": 1, "seed": seed, "width": width, "height": height, "model": model_name},
+            )
+            items.append((info, encode_png(img, info)))
+        return self.store.add(items)
+
+    def _run_batched(
+        self, job: JobRecord, pipe: TextToImage, seeds: list[int], width: int, height: int
+    ) -> GenerationResult:
+        """All of `seeds` as one batch; halve the batch on out-of-memory until it fits."""
+        batch = len(seeds)
+        while True:
+            try:
+                images: list = []
+                chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
+                for c, chunk in enumerate(chunks):
+                    images += self._call(job, pipe, chunk, width, height, chunk_no=c, chunks=len(chunks)).images
+                return GenerationResult(images=images, seeds=seeds)
+            except (Cancelled, _Interrupted):
+                raise
+            except Exception as e:
+                if not Device.is_out_of_memory(e) or batch == 1:
+                    raise
+                self.device.free_memory()
+                batch = max(1, batch // 2)
+                log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch)
+
+    def _call(
+        self,
+        job: JobRecord,
+        pipe: TextToImage,
+        seeds: list[int],
+        width: int,
+        height: int,
+        *,
+        chunk_no: int,
+        chunks: int,
+    ) -> GenerationResult:
+        req = job.request
+        last_preview = [0.0]
+
+        def on_step(step: int, total: int, latents) -> None:
+            if job.id in self._cancel:
+                raise Cancelled()
+            if self._stopping.is_set():
+                raise _Interrupted()
+            done, all_steps = chunk_no * total + step, chunks * total
+            self.progress = (done, all_steps)
+            preview = None
+            now = time.monotonic()
+            if req.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
+                last_preview[0] = now
+                preview = _data_url(pipe.preview(latents))
+            self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
+
+        return pipe(
+            prompt=req.prompt,
+            negative_prompt=req.negative_prompt,
+            seeds=seeds,
+            width=width,
+            height=height,
+            steps=req.steps,
+            cfg_scale=req.cfg_scale,
+            sampler=req.sampler,
+            on_step=on_step,
+        )
+
+
+def _data_url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def readable_error(e: BaseException) -> str:
+    """One line for the user; the traceback stays in the engine's log."""
+    if isinstance(e, ModelLoadError):
+        return str(e)
+    if Device.is_out_of_memory(e):
+        return "out of memory even for a single image; try a smaller size or fewer steps"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

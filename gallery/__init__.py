@@ -1,0 +1,1 @@
+"""The gallery: every image remembered (SQLite + PNG files), embedded and searchable."""

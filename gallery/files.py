@@ -1,0 +1,85 @@
+"""Content-addressed PNG files that carry their generation parameters.
+
+Each PNG has the AUTOMATIC1111 `parameters` text chunk (so other tools read
+it) and our full request as JSON in a `dreamhall` chunk. The file name is the
+SHA-256 of its bytes; files are written to a temporary name and renamed, so a
+crash never leaves a half-written image under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from PIL import Image, PngImagePlugin
+
+from gallery.schemas import ImageCreate
+
+PARAMETERS_KEY = "parameters"
+DREAMHALL_KEY = "dreamhall"
+
+
+def a1111_parameters(image: ImageCreate) -> str:
+    """The `parameters` text AUTOMATIC1111 writes, e.g. `<prompt>\\nSteps: 20, Sampler: Euler a, ...`."""
+    lines = [image.prompt]
+    if image.negative_prompt:
+        lines.append(f"Negative prompt: {image.negative_prompt}")
+    fields = [
+        ("Steps", image.steps),
+        ("Sampler", image.sampler),
+        ("CFG scale", _num(image.cfg_scale)),
+        ("Seed", image.seed),
+        ("Size", f"{image.width}x{image.height}"),
+        ("Model", image.model),
+    ]
+    lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
+    return "\n".join(lines)
+
+
+def _num(v: float | None) -> str | None:
+    return None if v is None else f"{v:g}"
+
+
+def encode_png(image: Image.Image, info: ImageCreate) -> bytes:
+    """PNG bytes of `image` with both metadata chunks. Deterministic for equal inputs."""
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text(PARAMETERS_KEY, a1111_parameters(info))
+    meta.add_text(DREAMHALL_KEY, json.dumps(info.params, sort_keys=True, separators=(",", ":")))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=meta)
+    return buf.getvalue()
+
+
+def relative_path(sha256: str) -> str:
+    return f"{sha256[:2]}/{sha256}.png"
+
+
+def write_content_addressed(root: Path, data: bytes) -> tuple[str, str]:
+    """Store `data` under its SHA-256; return (sha256, path relative to `root`)."""
+    sha = hashlib.sha256(data).hexdigest()
+    rel = relative_path(sha)
+    target = root / rel
+    if target.exists():
+        return sha, rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return sha, rel
+
+
+def read_text_chunks(path: Path) -> dict[str, str]:
+    """The PNG text chunks of an image file (empty for other formats)."""
+    with Image.open(path) as im:
+        return {k: v for k, v in getattr(im, "text", {}).items() if isinstance(v, str)}

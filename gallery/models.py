@@ -1,0 +1,75 @@
+"""SQLAlchemy models of the gallery database. Schema changes go through Alembic (migrations/)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class JobRow(Base):
+    """A queued, running or finished dream request. The queue lives in this table."""
+
+    __tablename__ = "jobs"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(32), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    queue_key: Mapped[str] = mapped_column(String(512))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    request: Mapped[dict] = mapped_column(JSON)
+    seed: Mapped[int] = mapped_column(Integer)
+    source: Mapped[str] = mapped_column(String(16))
+    user: Mapped[str | None] = mapped_column(String(200))
+    guild: Mapped[str | None] = mapped_column(String(200))
+    channel: Mapped[str | None] = mapped_column(String(200))
+    error: Mapped[str | None] = mapped_column(Text)
+    # Set when the worker claims the job; the fairness query serves the user
+    # whose latest claim is oldest.
+    claim_seq: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index("ix_jobs_queue_key_claim_seq", "queue_key", "claim_seq"),)
+
+
+class ImageRow(Base):
+    """One generated (or imported) image and everything needed to make it again."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id"), index=True)
+    index: Mapped[int] = mapped_column(Integer, default=0)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    path: Mapped[str] = mapped_column(String(512))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int | None] = mapped_column(Integer)
+    prompt: Mapped[str] = mapped_column(Text, default="")
+    negative_prompt: Mapped[str] = mapped_column(Text, default="")
+    steps: Mapped[int | None] = mapped_column(Integer)
+    cfg_scale: Mapped[float | None] = mapped_column(Float)
+    sampler: Mapped[str | None] = mapped_column(String(32))
+    model: Mapped[str | None] = mapped_column(String(1000))
+    mode: Mapped[str] = mapped_column(String(16), default="txt2img")
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    user: Mapped[str | None] = mapped_column(String(200))
+    guild: Mapped[str | None] = mapped_column(String(200), index=True)
+    channel: Mapped[str | None] = mapped_column(String(200))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    relation: Mapped[str | None] = mapped_column(String(16))
+    favourite: Mapped[bool] = mapped_column(Boolean, default=False)
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

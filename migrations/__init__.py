@@ -1,0 +1,1 @@
+"""Alembic environment and versions for the gallery schema (see gallery/models.py)."""

@@ -1,0 +1,301 @@
+"""Train the built-in offline models on the toy world. Self-contained on purpose.
+
+    python -m models.train vae   --steps 3000     # AutoencoderKL
+    python -m models.train unet  --steps 12000    # UNet + text encoder (needs the VAE)
+    python -m models.train clip  --steps 3000     # open_clip model for the gallery
+
+Each phase is deterministic for a given seed and step count and works on CPU
+(minutes) or CUDA. Outputs are the standard formats the production loaders
+read: a diffusers pipeline folder (models/toy-sd) and an open_clip config +
+weights (models/toy-clip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models import tokenizer as toy_tokenizer
+from models import toyworld
+
+HERE = Path(__file__).parent
+SD_DIR = HERE / "toy-sd"
+CLIP_DIR = HERE / "toy-clip"
+WORK_DIR = HERE.parent / "runs"
+CLIP_NAME = "dreamhall-toy-clip"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 200) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def training_data(count: int, seed: int) -> tuple[np.ndarray, list[toyworld.Scene], list[str]]:
+    t0 = time.time()
+    data = toyworld.dataset(count, scenes=toyworld.seen_scenes(), seed=seed)
+    log(f"rendered {count} toy images in {time.time() - t0:.1f}s")
+    return data
+
+
+# --------------------------------------------------------------------------- VAE
+def vae_config() -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def train_vae(args: argparse.Namespace) -> None:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(args.seed)
+    images, _, _ = training_data(args.samples, args.seed)
+    x_all = images_to_tensor(images)
+    vae = AutoencoderKL(**vae_config()).to(args.device)
+    log(f"VAE: {sum(p.numel() for p in vae.parameters()) / 1e6:.2f} M parameters")
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        idx = torch.randint(len(x_all), (args.batch,), generator=gen)
+        x = x_all[idx].to(args.device)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=None)).sample
+        kl = post.kl().mean() / (64 * 64 * 3)
+        loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 250 == 0 or step == args.steps - 1:
+            psnr = 10 * math.log10(4.0 / F.mse_loss(rec.clamp(-1, 1), x).item())
+            log(f"vae step {step}/{args.steps} loss {loss.item():.4f} psnr {psnr:.1f} dB ({time.time() - t0:.0f}s)")
+    vae.eval()
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(x_all[i : i + 256].to(args.device)).latent_dist.mean for i in range(0, 2048, 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    log(f"latent std {lat.std():.3f} -> scaling_factor {vae.config.scaling_factor:.4f}")
+    out = WORK_DIR / "vae"
+    vae.to("cpu").save_pretrained(out)
+    log(f"saved VAE to {out}")
+
+
+# ------------------------------------------------------------- UNet + text encoder
+def train_unet(args: argparse.Namespace) -> None:
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(args.seed)
+    tok_dir = WORK_DIR / "tokenizer"
+    vocab_size = toy_tokenizer.build(tok_dir)
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
+    log(f"tokenizer: {vocab_size} tokens")
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=64,
+        )
+    ).to(args.device)
+    unet = UNet2DConditionModel(
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64, 64),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        layers_per_block=1,
+        cross_attention_dim=64,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    ).to(args.device)
+    log(
+        f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
+        f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M parameters"
+    )
+    vae = AutoencoderKL.from_pretrained(WORK_DIR / "vae").to(args.device).eval()
+    images, _, captions = training_data(args.samples, args.seed + 1)
+    x_all = images_to_tensor(images)
+    with torch.no_grad():
+        latents = (
+            torch.cat(
+                [vae.encode(x_all[i : i + 256].to(args.device)).latent_dist.mean for i in range(0, len(x_all), 256)]
+            ).cpu()
+            * vae.config.scaling_factor
+        )
+    log(f"encoded {len(latents)} latents, std {latents.std():.3f}")
+    unique = sorted(set(captions)) + [""]
+    ids = tokenizer(
+        unique, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    caption_index = torch.tensor([unique.index(c) for c in captions])
+    empty = len(unique) - 1
+
+    noise_sched = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        idx = torch.randint(len(latents), (args.batch,), generator=gen)
+        z0 = latents[idx].to(args.device)
+        cap = caption_index[idx].clone()
+        cap[torch.rand(args.batch, generator=gen) < 0.1] = empty  # classifier-free guidance dropout
+        noise = torch.randn(z0.shape, generator=gen) + 0.05 * torch.randn(z0.shape[:2] + (1, 1), generator=gen)
+        noise = noise.to(args.device)
+        t = torch.randint(0, 1000, (args.batch,), generator=gen).to(args.device)
+        zt = noise_sched.add_noise(z0, noise, t)
+        cond = text_encoder(ids[cap].to(args.device))[0]
+        loss = F.mse_loss(unet(zt, t, encoder_hidden_states=cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(0.999, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, live in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pl in zip(ema.parameters(), live.parameters()):
+                    pe.lerp_(pl, 1 - decay)
+        if step % 500 == 0 or step == args.steps - 1:
+            log(f"unet step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+
+    scheduler = EulerAncestralDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae.cpu(),
+        text_encoder=ema_text.cpu(),
+        tokenizer=tokenizer,
+        unet=ema_unet.cpu(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(SD_DIR)
+    # Older transformers read only vocab.json/merges.txt; newer ones only tokenizer.json.
+    for name in ("vocab.json", "merges.txt"):
+        (SD_DIR / "tokenizer" / name).write_bytes((tok_dir / name).read_bytes())
+    log(f"saved pipeline to {SD_DIR}")
+
+
+# ------------------------------------------------------------------------ CLIP
+CLIP_CONFIG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 3},
+}
+
+
+def train_clip(args: argparse.Namespace) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(args.seed)
+    CLIP_DIR.mkdir(parents=True, exist_ok=True)
+    config_path = CLIP_DIR / f"{CLIP_NAME}.json"
+    config_path.write_text(json.dumps(CLIP_CONFIG, indent=2))
+    open_clip.add_model_config(config_path)
+    model, _, preprocess = open_clip.create_model_and_transforms(CLIP_NAME)
+    tokenizer = open_clip.get_tokenizer(CLIP_NAME)
+    model = model.to(args.device).train()
+    log(f"CLIP: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters")
+    images, scenes, captions = training_data(args.samples, args.seed + 2)
+    mean = torch.tensor(preprocess.transforms[-1].mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.transforms[-1].std).view(1, 3, 1, 1)
+    x_all = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    unique_scenes = sorted(set(scenes), key=lambda s: (s.shape, s.colour, s.background))
+    scene_index = torch.tensor([unique_scenes.index(s) for s in scenes])
+    tokens = tokenizer(captions)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr)
+        idx = torch.randint(len(x_all), (args.batch,), generator=gen)
+        img_f, txt_f, scale = model(x_all[idx].to(args.device), tokens[idx].to(args.device))
+        logits = scale * img_f @ txt_f.T
+        # Every pair showing the same scene is a positive, not just the diagonal.
+        same = (scene_index[idx][:, None] == scene_index[idx][None, :]).float().to(args.device)
+        target = same / same.sum(dim=1, keepdim=True)
+        loss = 0.5 * (
+            torch.sum(-target * logits.log_softmax(1), 1).mean()
+            + torch.sum(-target * logits.T.log_softmax(1), 1).mean()
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % 250 == 0 or step == args.steps - 1:
+            log(f"clip step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    state = {k: v.detach().cpu().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(CLIP_DIR / "open_clip_model.safetensors"))
+    log(f"saved CLIP to {CLIP_DIR}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("phase", choices=["vae", "unet", "clip"])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--samples", type=int, default=20000, help="toy images rendered for training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    WORK_DIR.mkdir(exist_ok=True)
+    log(f"phase {args.phase} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    log(f"settings: {vars(args)}")
+    {"vae": train_vae, "unet": train_unet, "clip": train_clip}[args.phase](args)
+
+
+if __name__ == "__main__":
+    main()
