@@ -183,6 +183,8 @@ class Job(BaseModel):
     error: str | None = None
     request: DreamRequest
     created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class Accepted(BaseModel):

@@ -154,6 +154,8 @@ def job_view(s: Services, record: JobRecord, positions: dict[str, int] | None = 
         error=record.error,
         request=record.request,
         created_at=record.created_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
     )
 
 
@@ -320,6 +322,26 @@ def make_grid(paths: list[Path]) -> bytes:
     return buf.getvalue()
 
 
+class DeclaredBodyLimit:
+    """Refuse a body whose Content-Length is over the limit with our JSON error, before reading it.
+
+    FastAPI's max_body_size still guards bodies that declare no length (chunked).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                message = f"request body too large ({int(declared)} bytes; limit {self.max_bytes})"
+                await _error(413, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class TokenGuard:
     """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`."""
 
@@ -402,14 +424,16 @@ class _Server(uvicorn.Server):
 
 async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
     common = dict(log_config=None, timeout_graceful_shutdown=3, h11_max_incomplete_event_size=64 * 1024)
-    servers = [_Server(uvicorn.Config(app, lifespan="on", **common))]
+    # Outermost, so an oversized declared body gets our JSON error before FastAPI reads anything.
+    asgi = DeclaredBodyLimit(app, max_bytes=services.settings.max_body_bytes)
+    servers = [_Server(uvicorn.Config(asgi, lifespan="on", **common))]
     sockets = [[sock]]
     settings = services.settings
     if settings.tcp_port is not None:
         if settings.token is None or not settings.token.get_secret_value():
             raise ValueError("tcp_port is set but no token: the TCP listener requires DREAMHALL_TOKEN")
         tcp = socket.create_server((settings.tcp_host, settings.tcp_port))
-        guarded = TokenGuard(app, settings.token.get_secret_value())
+        guarded = TokenGuard(asgi, settings.token.get_secret_value())
         servers.append(_Server(uvicorn.Config(guarded, lifespan="off", **common)))
         sockets.append([tcp])
         log.info("also listening on tcp://%s:%d (token required)", settings.tcp_host, settings.tcp_port)

@@ -102,6 +102,7 @@ class Worker:
 
     # --- the worker thread -----------------------------------------------------------
     def _loop(self) -> None:
+        self._preload()
         while not self._stopping.is_set():
             job = self.queue.claim()
             if job is None:
@@ -110,6 +111,13 @@ class Worker:
                 continue
             self.events.positions_changed(self.queue.positions())
             self._run(job)
+
+    def _preload(self) -> None:
+        """Load the default model before the first job asks, so the first image is not slow."""
+        try:
+            self.pipelines.text_to_image(None)
+        except Exception as e:
+            log.error("could not preload the default model: %s", readable_error(e))
 
     def _run(self, job: JobRecord) -> None:
         self.current, self.progress = job.id, (0, job.request.steps)

@@ -38,6 +38,8 @@ class JobRecord(BaseModel):
     priority: int
     error: str | None = None
     created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
 
 
 class JobQueue(ABC):

@@ -41,6 +41,8 @@ def _record(row: JobRow) -> JobRecord:
         priority=row.priority,
         error=row.error,
         created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
     )
 
 

@@ -1,0 +1,102 @@
+"""Shared fixtures: a tiny pipeline on disk and real engine processes on temporary sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.client import EngineClient, EngineUnavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight SD pipeline folder (16x16 native) for plumbing tests."""
+    from tests.tiny_pipeline import build
+
+    return build(tmp_path_factory.mktemp("tiny"))
+
+
+class EngineProcess:
+    """`dreamhall engine` as a real subprocess on a socket under `home`."""
+
+    def __init__(self, home: Path, model: Path | None, **env: str) -> None:
+        self.home = home
+        self.model = model
+        self.extra_env = env
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> Path:
+        return self.home / "engine.sock"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "DREAMHALL_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **self.extra_env}
+        if self.model is not None:
+            env["DREAMHALL_MODEL"] = str(self.model)
+        return env
+
+    def start(self, timeout: float = 180.0) -> EngineProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.home / "engine-test.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engine", "engine"], env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT
+        )
+        deadline = time.monotonic() + timeout
+        with EngineClient(self.socket) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.read_log()}")
+                try:
+                    client.health()
+                    return self
+                except EngineUnavailable:
+                    time.sleep(0.2)
+        raise TimeoutError(f"engine did not start:\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return (self.home / "engine-test.log").read_text(errors="replace")[-5000:]
+
+    def client(self) -> EngineClient:
+        return EngineClient(self.socket)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(10)
+        self.log.close()
+        return code
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[EngineProcess]:
+    """One engine shared by a test module, on the tiny pipeline."""
+    proc = EngineProcess(tmp_path_factory.mktemp("home"), tiny_model).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(engine: EngineProcess) -> Iterator[EngineClient]:
+    with engine.client() as c:
+        yield c

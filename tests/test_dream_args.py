@@ -1,0 +1,156 @@
+"""The one `!dream` grammar: flags, errors that name the flag, and parse(format(r)) == r."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.dream_args import DreamArgsError, format_request, parse, parse_argv
+from engine.schema import SAMPLERS, DreamRequest, Requester, VariationWeight, image_seed, resolve_size
+
+
+def test_the_classic_command() -> None:
+    r = parse('!dream "emma watson as hermione granger in game of thrones" -n 4 -i -S 3220803958')
+    assert r.prompt == "emma watson as hermione granger in game of thrones"
+    assert (r.n, r.seed, r.layout, r.mode) == (4, 3220803958, "individual", "txt2img")
+
+
+def test_quotes_and_leading_command_are_optional() -> None:
+    assert parse("a red circle -n 2").prompt == "a red circle"
+    assert parse("/dream a red circle").prompt == "a red circle"
+    assert parse("a red -n 2 circle").prompt == "a red circle"  # words after flags still belong to the prompt
+
+
+def test_every_flag_short_and_long() -> None:
+    short = parse('x -n 3 -S 7 -W 512 -H 768 -C 9.5 -s 30 -A k_heun -N "ugly" -m my/model -g')
+    long = parse(
+        "x --iterations 3 --seed 7 --width 512 --height 768 --cfg_scale 9.5 --steps 30 --sampler k_heun "
+        "--negative ugly --model my/model --grid"
+    )
+    assert short == long
+    assert (short.width, short.height, short.cfg_scale, short.steps, short.sampler) == (512, 768, 9.5, 30, "k_heun")
+
+
+def test_midjourney_no_and_negative_are_joined() -> None:
+    assert parse("x -N blurry --no text").negative_prompt == "blurry, text"
+
+
+def test_sampler_names_are_forgiving() -> None:
+    assert parse('x -A "dpm++ 2m karras"').sampler == "dpm++_2m_karras"
+    assert parse("x -A K_EULER_A").sampler == "k_euler_a"
+
+
+def test_modes_are_inferred_from_their_flags() -> None:
+    assert parse("x -I in.png -f 0.6").mode == "img2img"
+    assert parse("x -I in.png -M mask.png").mode == "inpaint"
+    assert parse("x -v 0.2").mode == "variation"
+    assert parse("x -V 12:0.5,13:0.25").with_variations == (VariationWeight(seed=12, weight=0.5),
+                                                           VariationWeight(seed=13, weight=0.25))  # fmt: skip
+    assert parse("x -U 2 -I in.png").mode == "upscale"
+
+
+def test_sizes_round_to_multiples_of_8() -> None:
+    assert parse("x -W 515 -H 509").width == 512
+    assert parse("x -W 515 -H 509").height == 512
+
+
+def test_aspect_ratio_resolves_against_the_model_size() -> None:
+    assert resolve_size(parse("x --ar 16:9"), 512) == (512, 288)
+    assert resolve_size(parse("x --ar 2:3 -W 512"), 512) == (512, 768)
+    assert resolve_size(parse("x"), 64) == (64, 64)
+
+
+def test_seed_convention_wraps_at_2_32() -> None:
+    assert image_seed(4294967295, 1) == 0
+    assert [image_seed(3220803958, i) for i in range(3)] == [3220803958, 3220803959, 3220803960]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("x -n 40", "-n/--iterations (n): must be between 1 and 16 (got 40)"),
+        ("x -S -1", "-S/--seed (seed): must be between 0 and 4294967295"),
+        ("x -S 4294967296", "-S/--seed (seed): must be between 0 and 4294967295"),
+        ("x -W 32", "-W/--width (width): must be between 64 and 2048"),
+        ("x -s 0", "-s/--steps (steps): must be between 1 and 150"),
+        ("x -C 31", "-C/--cfg_scale (cfg_scale): must be between 0 and 30"),
+        ("x -I a.png -f 1.5", "-f/--strength (strength): must be between 0 and 1"),
+        ("x -n many", "-n/--iterations: invalid int value: 'many'"),
+        ("x -s", "-s/--steps: expected one argument"),
+        ("x --bogus 3", "unknown flag --bogus"),
+        ('x "unclosed', "unbalanced quotes"),
+        ("-n 4", "no prompt given"),
+        ("x -A euler_fancy", "-A/--sampler: unknown sampler 'euler_fancy'"),
+        ("x -i -g", "not allowed with argument"),
+        ("x --ar 16x9", "--ar: expected W:H"),
+        ("x -V 12", "-V/--with_variations: expected seed:weight"),
+        ("x -U 3 -I a.png", "-U/--upscale (upscale)"),
+        ("x --ar 16:9 -W 512 -H 512", "aspect ratio or both width and height"),
+    ],
+)
+def test_errors_are_one_sentence_naming_the_flag(command: str, expected: str) -> None:
+    with pytest.raises(DreamArgsError) as info:
+        parse(command)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message and "Traceback" not in message
+
+
+def test_overlong_prompt_is_refused() -> None:
+    with pytest.raises(DreamArgsError, match="prompt: string should have at most 2000 characters"):
+        parse_argv(["x" * 2001])
+
+
+def test_requester_is_attached_by_the_frontend() -> None:
+    who = Requester(source="discord", user="42", guild="7", channel="9")
+    assert parse("x", requester=who).requester == who
+
+
+# --- round trip ----------------------------------------------------------------------
+prompts = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00"), min_size=1, max_size=60
+).filter(lambda s: s.strip() and s.strip() == s and not s.startswith("!dream") and "\x85" not in s)
+sizes = st.integers(min_value=8, max_value=256).map(lambda v: v * 8)
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> DreamRequest:
+    mode = draw(st.sampled_from(["txt2img", "img2img", "inpaint", "variation", "upscale"]))
+    fields: dict = {
+        "prompt": draw(prompts),
+        "negative_prompt": draw(st.one_of(st.just(""), prompts)),
+        "n": draw(st.integers(1, 16)),
+        "seed": draw(st.one_of(st.none(), st.integers(0, 2**32 - 1))),
+        "steps": draw(st.integers(1, 150)),
+        "cfg_scale": draw(st.floats(0, 30, allow_nan=False)),
+        "sampler": draw(st.sampled_from(sorted(SAMPLERS))),
+        "model": draw(st.one_of(st.none(), st.sampled_from(["stabilityai/sd-turbo", "/models/my model"]))),
+        "layout": draw(st.sampled_from([None, "grid", "individual"])),
+        "mode": mode,
+    }
+    if draw(st.booleans()):
+        fields["aspect_ratio"] = (draw(st.integers(1, 64)), draw(st.integers(1, 64)))
+        fields["width"] = draw(st.one_of(st.none(), sizes))
+    else:
+        fields["width"] = draw(st.one_of(st.none(), sizes))
+        fields["height"] = draw(st.one_of(st.none(), sizes))
+    if mode in {"img2img", "inpaint", "upscale"}:
+        fields["init_image"] = draw(st.sampled_from(["in.png", "my pictures/cat.png"]))
+        fields["strength"] = draw(st.one_of(st.none(), st.floats(0, 1, allow_nan=False)))
+    if mode == "inpaint":
+        fields["init_mask"] = "mask.png"
+    if mode == "upscale":
+        fields["upscale"] = draw(st.sampled_from([2, 4]))
+    if mode == "variation":
+        fields["variation_amount"] = draw(st.floats(0, 1, allow_nan=False))
+        if draw(st.booleans()):
+            weights = st.builds(VariationWeight, seed=st.integers(0, 2**32 - 1), weight=st.floats(0, 1))
+            fields["with_variations"] = tuple(draw(st.lists(weights, min_size=1, max_size=3)))
+    return DreamRequest(**fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests())
+def test_parse_of_format_is_identity(request: DreamRequest) -> None:
+    assert parse(format_request(request)) == request

@@ -1,0 +1,68 @@
+"""Gallery storage on a real SQLite file: PNG metadata, content addressing, migrations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+from sqlalchemy import inspect, text
+
+from gallery.db import connect, downgrade, open_gallery_db, upgrade
+from gallery.files import a1111_parameters, encode_png, read_text_chunks
+from gallery.schemas import ImageCreate
+from gallery.store import SqliteImageStore
+
+
+def info(**kw) -> ImageCreate:
+    base = dict(width=64, height=64, seed=123, prompt="a red circle", steps=20, sampler="Euler a", cfg_scale=7.0,
+                model="toy", params={"prompt": "a red circle", "seed": 123})  # fmt: skip
+    return ImageCreate(**{**base, **kw})
+
+
+def test_a1111_parameters_text() -> None:
+    assert a1111_parameters(info()) == (
+        "a red circle\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 123, Size: 64x64, Model: toy"
+    )
+    with_negative = a1111_parameters(info(negative_prompt="blurry", cfg_scale=7.5))
+    assert with_negative.splitlines()[1] == "Negative prompt: blurry"
+    assert "CFG scale: 7.5" in with_negative
+
+
+def test_png_carries_both_chunks_and_is_content_addressed(tmp_path: Path) -> None:
+    store = SqliteImageStore(open_gallery_db(tmp_path / "g.db"), tmp_path / "images")
+    png = encode_png(Image.new("RGB", (64, 64), (200, 0, 0)), info())
+    (stored,) = store.add([(info(), png)])
+    path = store.file_path(stored)
+    assert path.name == f"{stored.sha256}.png" and path.parent.name == stored.sha256[:2]
+    chunks = read_text_chunks(path)
+    assert chunks["parameters"].startswith("a red circle\nSteps: 20")
+    assert json.loads(chunks["dreamhall"]) == {"prompt": "a red circle", "seed": 123}
+    # Same bytes, same file: a second row may point at it, the file is written once.
+    (again,) = store.add([(info(), png)])
+    assert again.sha256 == stored.sha256 and again.id != stored.id
+    assert len(list((tmp_path / "images").rglob("*.png"))) == 1
+    assert not list((tmp_path / "images").rglob(".tmp-*"))
+
+
+def test_migrations_round_trip_on_a_file_with_data(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    engine = open_gallery_db(db)
+    store = SqliteImageStore(engine, tmp_path / "images")
+    store.add([(info(), encode_png(Image.new("RGB", (8, 8)), info()))])
+    downgrade(engine, "base")
+    assert "images" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    upgrade(engine)  # idempotent
+    assert {"jobs", "images"} <= set(inspect(engine).get_table_names())
+    store.add([(info(), encode_png(Image.new("RGB", (8, 8)), info()))])
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM images")).scalar() == 1
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_open_upgrades_an_empty_file(tmp_path: Path) -> None:
+    engine = connect(tmp_path / "new.db")
+    assert inspect(engine).get_table_names() == []
+    engine = open_gallery_db(tmp_path / "new.db")
+    assert "alembic_version" in inspect(engine).get_table_names()
