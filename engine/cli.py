@@ -3,6 +3,7 @@
     dreamhall engine                 run the engine in the foreground
     dreamhall engine stop | status
     dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 [--json]
+    dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
 
 The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
 as in Discord and the desktop prompt box.
@@ -156,6 +157,39 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
     return 0
 
 
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    if (args.query is None) == (args.image is None and args.similar is None):
+        return _fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
+    filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter}
+    say = (lambda m: print(m, file=sys.stderr)) if args.json else print
+    try:
+        with connect(settings, autostart=not args.no_autostart, say=say) as engine:
+            if args.image is not None:
+                try:
+                    data = Path(args.image).read_bytes()
+                except OSError as e:
+                    return _fail(f"cannot read {args.image}: {e.strerror}")
+                found = engine.search_image(data, limit=args.limit, **filters)
+            elif args.similar is not None:
+                found = engine.similar(args.similar, limit=args.limit, **filters)
+            else:
+                found = engine.search(args.query, limit=args.limit, **filters)
+    except RequestRejected as e:
+        return _fail(str(e))
+    except EngineError as e:
+        return _fail(str(e), 1)
+    if args.json:
+        rows = [{"id": r.image.id, "path": r.image.path, "score": r.score, "prompt": r.image.prompt,
+                 "seed": r.image.seed} for r in found.results]  # fmt: skip
+        print(json.dumps({"results": rows}))
+    elif not found.results:
+        print("no matches")
+    else:
+        for r in found.results:
+            print(f"{r.score:6.3f}  #{r.image.id}  seed {r.image.seed}  {r.image.prompt!r}  {r.image.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: the !dream grammar's `--no` must not match `--no-autostart`.
     parser = argparse.ArgumentParser(prog="dreamhall", description=__doc__, allow_abbrev=False,
@@ -170,6 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     dream.add_argument("--no-autostart", action="store_true", help="fail instead of starting an engine")
     dream.add_argument("--help", action="help", help="show this help")
+    search = sub.add_parser("search", help="find images by text, by an image file, or like a gallery image")
+    search.add_argument("query", nargs="?", help="text: a concept or words from a prompt")
+    search.add_argument("--image", type=Path, help="reverse search: PNG/JPEG file")
+    search.add_argument("--similar", type=int, metavar="ID", help="images like gallery image ID")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--guild")
+    search.add_argument("--user")
+    search.add_argument("--source", choices=["cli", "discord", "desktop", "api"])
+    search.add_argument("--model", dest="model_filter", help="only images of this model")
+    search.add_argument("--json", action="store_true")
+    search.add_argument("--no-autostart", action="store_true")
     return parser
 
 
@@ -182,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(**overrides)
     if args.command == "engine":
         return cmd_engine(args, settings)
+    if args.command == "search":
+        return cmd_search(args, settings)
     return cmd_dream(args, extra, settings)
 
 

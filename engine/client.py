@@ -23,7 +23,7 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
-from engine.schema import Accepted, DreamRequest, Event, Health, Job, QueueState
+from engine.schema import Accepted, DreamRequest, Event, Health, ImageRecord, Job, QueueState, SearchResults
 from engine.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
@@ -61,6 +61,14 @@ def _check(response: httpx.Response) -> httpx.Response:
 
 def _parse(model: type[T], response: httpx.Response) -> T:
     return model.model_validate(_check(response).json())
+
+
+def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
+    params: dict = {"limit": limit, "offset": offset}
+    for key, value in filters.items():
+        if value is not None:
+            params[key] = value.isoformat() if hasattr(value, "isoformat") else value
+    return params
 
 
 def _submit_body(request: DreamRequest) -> dict:
@@ -127,6 +135,24 @@ class EngineClient:
 
     def image_file(self, image_id: int) -> bytes:
         return _check(self._send("GET", f"/v1/images/{image_id}/file")).content
+
+    def image(self, image_id: int) -> ImageRecord:
+        return _parse(ImageRecord, self._send("GET", f"/v1/images/{image_id}"))
+
+    def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        """Text search (CLIP + prompt keywords); filters: guild, user, source, model, after, before, favourites."""
+        params = _search_params(limit, offset, filters) | {"q": query}
+        return _parse(SearchResults, self._send("GET", "/v1/search", params=params))
+
+    def search_image(self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        """Reverse image search with PNG/JPEG/WebP bytes."""
+        params = _search_params(limit, offset, filters)
+        return _parse(SearchResults, self._send("POST", "/v1/search/image", content=image, params=params,
+                                                headers={"Content-Type": "application/octet-stream"}))  # fmt: skip
+
+    def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        params = _search_params(limit, offset, filters)
+        return _parse(SearchResults, self._send("GET", f"/v1/images/{image_id}/similar", params=params))
 
     def events(self, job_id: str) -> Iterator[Event]:
         """The job's events until it is done, failed or cancelled."""
@@ -203,6 +229,23 @@ class AsyncEngineClient:
 
     async def image_file(self, image_id: int) -> bytes:
         return _check(await self._send("GET", f"/v1/images/{image_id}/file")).content
+
+    async def image(self, image_id: int) -> ImageRecord:
+        return _parse(ImageRecord, await self._send("GET", f"/v1/images/{image_id}"))
+
+    async def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        params = _search_params(limit, offset, filters) | {"q": query}
+        return _parse(SearchResults, await self._send("GET", "/v1/search", params=params))
+
+    async def search_image(self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        params = _search_params(limit, offset, filters)
+        response = await self._send("POST", "/v1/search/image", content=image, params=params,
+                                    headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+        return _parse(SearchResults, response)
+
+    async def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
+        params = _search_params(limit, offset, filters)
+        return _parse(SearchResults, await self._send("GET", f"/v1/images/{image_id}/similar", params=params))
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         try:

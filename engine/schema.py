@@ -231,3 +231,44 @@ class ErrorBody(BaseModel):
 
     error: str
     detail: list[dict] | None = None
+
+
+class ImageRecord(BaseModel):
+    """An image of the gallery as clients see it: enough to show it, explain it, and make it again."""
+
+    id: int
+    path: str = Field(description="absolute path on the engine's machine")
+    sha256: str
+    width: int
+    height: int
+    seed: int | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    model: str | None = None
+    mode: str = "txt2img"
+    source: str = "api"
+    user: str | None = None
+    guild: str | None = None
+    channel: str | None = None
+    job_id: str | None = None
+    parent_id: int | None = None
+    relation: str | None = None
+    favourite: bool = False
+    created_at: datetime
+    params: dict = {}
+
+
+class SearchResult(BaseModel):
+    image: ImageRecord
+    score: float
+
+
+class SearchResults(BaseModel):
+    """Best first."""
+
+    results: list[SearchResult]
+    offset: int
+    limit: int

@@ -20,6 +20,7 @@ import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -43,14 +44,22 @@ from engine.schema import (
     ErrorBody,
     Event,
     Health,
+    ImageRecord,
     Job,
     Progress,
     QueueState,
+    SearchResult,
+    SearchResults,
 )
 from engine.settings import Settings
 from engine.worker import EventSink, Worker, draw_seed, image_info, unsupported_reason
 from gallery.db import open_gallery_db
+from gallery.embeddings import OpenClipEmbedder
+from gallery.files import BadImage, decode_image
+from gallery.index import LanceIndex
+from gallery.indexer import Indexer
 from gallery.schemas import ImagePublic
+from gallery.search import GallerySearch, SearchError, SearchFilters, SearchPage
 from gallery.store import ImageNotFound, ImageStore, SqliteImageStore
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,8 @@ class Services:
     store: ImageStore
     pipelines: PipelineCache
     device: Device
+    search: GallerySearch
+    indexer: Indexer
     worker: Worker | None = None
     hub: EventHub | None = None
 
@@ -110,12 +121,19 @@ class Services:
 def build_services(settings: Settings) -> Services:
     db = open_gallery_db(settings.db_path)
     device = Device(settings.device)
+    store = SqliteImageStore(db, settings.images_dir)
+    embedder = OpenClipEmbedder(settings.clip_model, settings.clip_pretrained, device=str(device.torch_device))
+    index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
+    if rebuilt:
+        log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
     return Services(
         settings=settings,
         queue=SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user),
-        store=SqliteImageStore(db, settings.images_dir),
+        store=store,
         pipelines=PipelineCache(device, settings.model),
         device=device,
+        search=GallerySearch(engine=db, store=store, embedder=embedder, index=index),
+        indexer=Indexer(engine=db, store=store, embedder=embedder, index=index),
     )
 
 
@@ -124,6 +142,37 @@ def _services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(_services)]
+
+
+def _filters(
+    guild: str | None = None,
+    user: str | None = None,
+    source: str | None = None,
+    model: str | None = None,
+    after: datetime | None = None,
+    before: datetime | None = None,
+    favourites: bool = False,
+    min_width: int | None = None,
+    min_height: int | None = None,
+) -> SearchFilters:
+    return SearchFilters(guild=guild, user=user, source=source, model=model, created_after=after,
+                         created_before=before, favourites=favourites, min_width=min_width,
+                         min_height=min_height)  # fmt: skip
+
+
+FiltersDep = Annotated[SearchFilters, Depends(_filters)]
+
+
+def image_record(image: ImagePublic, store: ImageStore) -> ImageRecord:
+    return ImageRecord.model_validate({**image.model_dump(), "path": str(store.file_path(image))})
+
+
+def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
+    return SearchResults(
+        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
+        offset=page.offset,
+        limit=page.limit,
+    )
 
 
 def _existing_job(job_id: str, s: ServicesDep) -> JobRecord:
@@ -180,6 +229,7 @@ def create_app(services: Services) -> FastAPI:
             pipelines=services.pipelines,
             events=services.hub,
             device=services.device,
+            indexer=services.indexer,
         )
         services.worker.start()
         yield
@@ -216,6 +266,14 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(ImageNotFound)
     async def _image_not_found(_: Request, exc: ImageNotFound) -> JSONResponse:
         return _error(404, str(exc))
+
+    @app.exception_handler(SearchError)
+    async def _bad_search(_: Request, exc: SearchError) -> JSONResponse:
+        return _error(422, str(exc))
+
+    @app.exception_handler(BadImage)
+    async def _bad_image(_: Request, exc: BadImage) -> JSONResponse:
+        return _error(422, str(exc))
 
     @app.exception_handler(TooManyQueued)
     async def _too_many(_: Request, exc: TooManyQueued) -> JSONResponse:
@@ -296,8 +354,24 @@ def create_app(services: Services) -> FastAPI:
         )
 
     @app.get("/v1/images/{image_id}")
-    def get_image(image_id: int, s: ServicesDep) -> ImagePublic:
-        return s.store.get(image_id)
+    def get_image(image_id: int, s: ServicesDep) -> ImageRecord:
+        return image_record(s.store.get(image_id), s.store)
+
+    @app.get("/v1/search")
+    def search_text(q: str, s: ServicesDep, filters: FiltersDep, limit: int = 20, offset: int = 0) -> SearchResults:
+        return search_results(s.search.by_text(query=q, limit=limit, offset=offset, filters=filters), s.store)
+
+    @app.post("/v1/search/image", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def search_image(
+        request: Request, s: ServicesDep, filters: FiltersDep, limit: int = 20, offset: int = 0
+    ) -> SearchResults:
+        image = decode_image(await request.body())
+        page = await asyncio.to_thread(s.search.by_image, image=image, limit=limit, offset=offset, filters=filters)
+        return search_results(page, s.store)
+
+    @app.get("/v1/images/{image_id}/similar")
+    def similar(image_id: int, s: ServicesDep, filters: FiltersDep, limit: int = 20, offset: int = 0) -> SearchResults:
+        return search_results(s.search.similar(image_id=image_id, limit=limit, offset=offset, filters=filters), s.store)
 
     @app.get("/v1/images/{image_id}/file", response_class=FileResponse)
     def image_file(image_id: int, s: ServicesDep) -> FileResponse:

@@ -21,6 +21,7 @@ from engine.pipelines import Cancelled, GenerationResult, ModelLoadError, Pipeli
 from engine.queue import JobQueue, JobRecord
 from engine.schema import SAMPLERS, SUPPORTED_MODES, DreamRequest, Event, ImageInfo, image_seed, resolve_size
 from gallery.files import encode_png
+from gallery.indexer import Indexer
 from gallery.schemas import ImageCreate, ImagePublic
 from gallery.store import ImageStore
 
@@ -68,9 +69,17 @@ class Worker:
     """Runs queued jobs on the device, one pipeline call at a time."""
 
     def __init__(
-        self, *, queue: JobQueue, store: ImageStore, pipelines: PipelineCache, events: EventSink, device: Device
+        self,
+        *,
+        queue: JobQueue,
+        store: ImageStore,
+        pipelines: PipelineCache,
+        events: EventSink,
+        device: Device,
+        indexer: Indexer | None = None,
     ) -> None:
         self.queue = queue
+        self.indexer = indexer
         self.store = store
         self.pipelines = pipelines
         self.events = events
@@ -113,11 +122,26 @@ class Worker:
             self._run(job)
 
     def _preload(self) -> None:
-        """Load the default model before the first job asks, so the first image is not slow."""
+        """Load the default model before the first job asks; bring the search index up to date."""
         try:
             self.pipelines.text_to_image(None)
-        except Exception as e:
+        except Exception as e:  # reported again, per job, when the model is used
             log.error("could not preload the default model: %s", readable_error(e))
+        if self.indexer is not None:
+            try:
+                self.indexer.reconcile()
+            except Exception:  # search degrades, generation goes on
+                log.exception("could not reconcile the search index")
+
+    def _index(self, images: list[ImagePublic]) -> None:
+        # Housekeeping after a job: a failure here costs search freshness, never the job;
+        # the reconciler embeds whatever is missing on the next start.
+        if self.indexer is None:
+            return
+        try:
+            self.indexer.index_images(images)
+        except Exception:
+            log.exception("could not index %d new image(s)", len(images))
 
     def _run(self, job: JobRecord) -> None:
         self.current, self.progress = job.id, (0, job.request.steps)
@@ -127,6 +151,7 @@ class Worker:
             if reason:
                 raise ValueError(reason)
             images = self._generate(job)
+            self._index(images)
             for image in images:
                 self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
             self.queue.finish(job.id, "done")
@@ -137,7 +162,7 @@ class Worker:
         except _Interrupted:
             self.queue.finish(job.id, "queued")
             log.info("job %s interrupted by shutdown; it will resume on the next start", job.id)
-        except Exception as e:
+        except Exception as e:  # one bad job must never take the engine down
             message = readable_error(e)
             log.exception("job %s failed: %s", job.id, message)
             self.queue.finish(job.id, "failed", message)

@@ -83,3 +83,27 @@ def read_text_chunks(path: Path) -> dict[str, str]:
     """The PNG text chunks of an image file (empty for other formats)."""
     with Image.open(path) as im:
         return {k: v for k, v in getattr(im, "text", {}).items() if isinstance(v, str)}
+
+
+class BadImage(ValueError):
+    """Bytes that are not an image we accept; the message says why."""
+
+
+def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096) -> Image.Image:
+    """Open untrusted image bytes safely: size checked before decoding, fully loaded, RGB."""
+    if not data:
+        raise BadImage("the image is empty")
+    try:
+        im = Image.open(io.BytesIO(data))
+        w, h = im.size
+        if w * h > max_pixels:
+            raise BadImage(f"the image is too large ({w}x{h}; at most {max_pixels} pixels)")
+        im.load()
+        return im.convert("RGB")
+    except BadImage:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImage(f"the image is too large: {e}") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        # UnidentifiedImageError and truncated files are OSErrors.
+        raise BadImage(f"not a readable image: {e}") from e

@@ -239,3 +239,38 @@ def test_queue_endpoint_lists_jobs(client: EngineClient) -> None:
     client.cancel(waiting.id)
     client.cancel(blocker.id)
     client.wait(blocker.id)
+
+
+def test_what_was_just_made_is_found_by_words_and_by_image(engine: EngineProcess, client: EngineClient) -> None:
+    job = run(client, dream(prompt="a lonely heptagon in the fog", n=2, seed=77, user="finder"))
+    made = {i.id for i in job.images}
+    found = client.search("heptagon fog", limit=5)
+    assert made <= {r.image.id for r in found.results}
+    first = job.images[0]
+    by_image = client.search_image(Path(first.path).read_bytes(), limit=3)
+    assert by_image.results[0].image.id in made and by_image.results[0].score > 0.99
+    assert by_image.results[0].image.prompt == "a lonely heptagon in the fog"
+    similar = client.similar(first.id, limit=3)
+    assert first.id not in {r.image.id for r in similar.results}
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "--home", str(engine.home), "search", "heptagon", "--json", "--limit", "2"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["results"]
+    assert len(rows) == 2 and set(rows[0]) == {"id", "path", "score", "prompt", "seed"}
+    assert rows[0]["score"] >= rows[1]["score"]
+
+
+def test_bad_search_input(client: EngineClient) -> None:
+    for bad in (b"", b"GIF89a nonsense", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40):
+        with pytest.raises(RequestRejected) as info:
+            client.search_image(bad)
+        assert info.value.status == 422
+        assert "image" in str(info.value)
+    with pytest.raises(RequestRejected, match="empty"):
+        client.search("   ")
+    with pytest.raises(RequestRejected, match="limit must be between"):
+        client.search("x", limit=1000)
+    with pytest.raises(RequestRejected, match="no image 999999"):
+        client.similar(999999)

@@ -1,0 +1,111 @@
+"""What does the engine cost on top of the bare diffusers call?
+
+Same model, prompt, seed, steps and n, interleaved in pairs:
+  bare       TextToImage called in this process (the pipeline alone)
+  cli        `dreamhall dream ...` as a subprocess against a warm engine (process start, socket,
+             queue, worker, PNG + SQLite writes, event stream) — the figure the issue asks for
+  client     the same round trip through EngineClient from this process (no interpreter start-up)
+
+    python bench/engine_overhead.py [--model DIR] [--n 4] [--steps 20] [--pairs 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.client import EngineClient, EngineUnavailable  # noqa: E402
+from engine.device import Device  # noqa: E402
+from engine.dream_args import parse  # noqa: E402
+from engine.pipelines import TextToImage, load_pipeline  # noqa: E402
+from engine.schema import image_seed, resolve_size  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="diffusers folder (default: the built-in toy model)")
+    ap.add_argument("--prompt", default="a red circle on a blue background")
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=3220803958)
+    ap.add_argument("--size", type=int, default=None, help="width and height (default: the model's)")
+    ap.add_argument("--pairs", type=int, default=7)
+    args = ap.parse_args()
+
+    device = Device("auto")
+    print(f"device {device.describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"python {platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
+    name, pipe = load_pipeline(args.model, device)
+    tti = TextToImage(pipe, device)
+    size = ["-W", str(args.size), "-H", str(args.size)] if args.size else []
+    command = [f'"{args.prompt}"', "-n", str(args.n), "-S", str(args.seed), "-s", str(args.steps), *size]
+    request = parse(" ".join(command))
+    width, height = resolve_size(request, tti.native_size)
+    print(f"model {name}, n={args.n}, steps={args.steps}, {width}x{height}, sampler {request.sampler}, "
+          f"{args.pairs} pairs")  # fmt: skip
+
+    def bare() -> float:
+        t = time.perf_counter()
+        tti(prompt=request.prompt, negative_prompt=request.negative_prompt,
+            seeds=[image_seed(args.seed, i) for i in range(args.n)], width=width, height=height,
+            steps=request.steps, cfg_scale=request.cfg_scale, sampler=request.sampler)  # fmt: skip
+        return time.perf_counter() - t
+
+    home = Path(tempfile.mkdtemp(prefix="dh-bench-"))
+    env = {**os.environ, "DREAMHALL_HOME": str(home)}
+    if args.model:
+        env["DREAMHALL_MODEL"] = args.model
+    engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    cli = [sys.executable, "-m", "engine", "dream", *[c.strip('"') for c in command[:1]], *command[1:], "--json"]
+    try:
+        with EngineClient(home / "engine.sock") as client:
+            while True:
+                try:
+                    client.health()
+                    break
+                except EngineUnavailable:
+                    time.sleep(0.2)
+
+            def via_cli() -> float:
+                t = time.perf_counter()
+                subprocess.run(cli, env=env, cwd=ROOT, check=True, capture_output=True)
+                return time.perf_counter() - t
+
+            def via_client() -> float:
+                t = time.perf_counter()
+                job = client.wait(client.submit(request).id)
+                assert job.status == "done", job.error
+                return time.perf_counter() - t
+
+            bare(), via_cli(), via_client()  # warm-up: first calls pay one-off costs
+            rows = []
+            for _ in range(args.pairs):
+                rows.append((bare(), via_cli(), via_client()))
+    finally:
+        engine.terminate()
+        engine.wait(30)
+
+    b, c, k = (statistics.median(col) for col in zip(*rows))
+    ratio_cli = statistics.median(r[1] / r[0] for r in rows)
+    ratio_client = statistics.median(r[2] / r[0] for r in rows)
+    print(f"bare pipeline call   median {b * 1000:8.1f} ms")
+    print(f"dreamhall dream CLI  median {c * 1000:8.1f} ms   ratio {ratio_cli:.3f}")
+    print(f"EngineClient         median {k * 1000:8.1f} ms   ratio {ratio_client:.3f}")
+    print(f"median ratio (dreamhall dream / bare): {ratio_cli:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""CLIP embeddings for search: one open_clip model per gallery.
+
+The built-in toy CLIP (models/toy-clip) is the default. Any open_clip model
+name with a pretrained tag (`ViT-B-32` + `laion2b_s34b_b79k`) or a local
+weights file loads through the same `open_clip.create_model_and_transforms`
+call; a custom architecture can be given as the path of its JSON config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+BUILTIN_CLIP_NAME = "dreamhall-toy-clip"
+
+
+class EmbedderError(Exception):
+    """A CLIP model that could not be loaded or used; the message says why."""
+
+
+def builtin_clip_dir() -> Path:
+    return Path(str(resources.files("models") / "toy-clip"))
+
+
+class Embedder(ABC):
+    """Turns images and texts into comparable, L2-normalised vectors."""
+
+    model_id: str
+    dim: int
+
+    @abstractmethod
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """(N, dim) float32 unit vectors."""
+
+    @abstractmethod
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """(N, dim) float32 unit vectors."""
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+class OpenClipEmbedder(Embedder):
+    """open_clip on the given device (fp16 on CUDA, fp32 elsewhere), batched."""
+
+    def __init__(
+        self, name: str | None = None, pretrained: str | None = None, *, device: str = "cpu", batch_size: int = 64
+    ) -> None:
+        if name is None:
+            name = str(builtin_clip_dir() / f"{BUILTIN_CLIP_NAME}.json")
+            pretrained = str(builtin_clip_dir() / "open_clip_model.safetensors")
+            log.info("using the built-in toy CLIP; set `clip_model = ...` for real search")
+        if name.endswith(".json"):
+            # open_clip does not store the architecture in the checkpoint: register it first.
+            config = Path(name)
+            if not config.is_file():
+                raise EmbedderError(f"CLIP config {config} does not exist")
+            open_clip.add_model_config(config)
+            name = config.stem
+        self.device = torch.device(device)
+        precision = "fp16" if self.device.type == "cuda" else "fp32"
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=self.device, precision=precision
+            )
+        except (RuntimeError, OSError, ValueError) as e:
+            raise EmbedderError(f"could not load CLIP model {name!r} ({pretrained or 'no weights'}): {e}") from e
+        self.model = model.eval()
+        self.preprocess = preprocess
+        self.tokenizer = open_clip.get_tokenizer(name)
+        self.batch_size = batch_size
+        weights = Path(pretrained) if pretrained else None
+        tag = _file_digest(weights) if weights is not None and weights.is_file() else (pretrained or "random")
+        self.model_id = f"{name}/{tag}"
+        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") else 0) or int(
+            self.embed_texts(["probe"]).shape[1]
+        )
+
+    @torch.inference_mode()
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]])
+            feats = self.model.encode_image(batch.to(self.device, dtype=next(self.model.parameters()).dtype))
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        out = []
+        for i in range(0, len(texts), self.batch_size):
+            tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
+            feats = self.model.encode_text(tokens)
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)

@@ -1,0 +1,258 @@
+"""The vector index: CLIP vectors in LanceDB with the columns search filters on.
+
+Derived data: SQLite is the truth, and the index can always be rebuilt from
+it (`dreamhall gallery reindex`). One table per CLIP model, named after the
+model id, so vectors of two models never mix; a new model means a new table.
+
+LanceDB writes a new version (and data file) on every add, so writes are
+batched by the caller and the table is compacted (`optimize`) every
+`optimize_every` writes. Past `ann_threshold` rows an IVF_PQ index is built;
+queries then probe `nprobes` partitions and re-rank `refine_factor`× the
+candidates with exact distances, which keeps recall high.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from abc import ABC, abstractmethod
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+
+class IndexError_(Exception):
+    """The vector index could not be read or written."""
+
+
+class IndexRow(BaseModel):
+    """One image's vector and the fields search filters on."""
+
+    image_id: int
+    vector: list[float]
+    guild: str | None = None
+    user: str | None = None
+    source: str = "api"
+    model: str | None = None
+    created_at: datetime
+
+
+class VectorFilters(BaseModel):
+    """Filters applied inside the vector query (prefilter), never afterwards."""
+
+    guild: str | None = None
+    user: str | None = None
+    source: str | None = None
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class VectorHit(BaseModel):
+    image_id: int
+    score: float  # cosine similarity, 1 = identical direction
+
+
+class VectorIndex(ABC):
+    """Nearest-neighbour search over image vectors of one CLIP model."""
+
+    model_id: str
+
+    @abstractmethod
+    def add(self, rows: list[IndexRow]) -> None:
+        """Add (or replace) vectors; one call is one write."""
+
+    @abstractmethod
+    def delete(self, image_ids: list[int]) -> None:
+        """Drop the vectors of these images."""
+
+    @abstractmethod
+    def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
+        """The k nearest images that pass the filters, best first."""
+
+    @abstractmethod
+    def image_ids(self) -> set[int]:
+        """Every image id that has a vector."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """How many vectors the index holds."""
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _utc(moment: datetime) -> str:
+    # Stored timestamps are naive UTC; a naive input is taken as UTC too.
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def where_clause(filters: VectorFilters | None) -> str | None:
+    """The SQL filter LanceDB applies before ranking (values quoted, never pasted raw)."""
+    if filters is None:
+        return None
+    parts = []
+    for column in ("guild", "user", "source", "model"):
+        value = getattr(filters, column)
+        if value is not None:
+            parts.append(f"`{column}` = {_quote(value)}")
+    if filters.created_after is not None:
+        parts.append(f"created_at >= timestamp {_quote(_utc(filters.created_after))}")
+    if filters.created_before is not None:
+        parts.append(f"created_at < timestamp {_quote(_utc(filters.created_before))}")
+    return " AND ".join(parts) or None
+
+
+class LanceIndex(VectorIndex):
+    """VectorIndex on a LanceDB directory."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        model_id: str,
+        dim: int,
+        optimize_every: int = 100,
+        ann_threshold: int = 20_000,
+        nprobes: int = 40,
+        refine_factor: int = 20,
+    ) -> None:
+        self.directory = directory
+        self.model_id = model_id
+        self.dim = dim
+        self.optimize_every = optimize_every
+        self.ann_threshold = ann_threshold
+        self.nprobes = nprobes
+        self.refine_factor = refine_factor
+        self.table_name = "images_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
+        self._writes = 0
+        self.schema = pa.schema(
+            [
+                pa.field("image_id", pa.int64()),
+                pa.field("vector", pa.list_(pa.float32(), dim)),
+                pa.field("guild", pa.string()),
+                pa.field("user", pa.string()),
+                pa.field("source", pa.string()),
+                pa.field("model", pa.string()),
+                pa.field("created_at", pa.timestamp("us")),
+            ],
+            metadata={"clip_model": model_id},
+        )
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.db = lancedb.connect(self.directory)
+            if self.table_name in self.db.list_tables().tables:
+                self.table = self.db.open_table(self.table_name)
+                self.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
+            else:
+                self.table = self.db.create_table(self.table_name, schema=self.schema)
+        except Exception as e:  # lance raises many kinds on a damaged directory
+            raise IndexError_(f"cannot open the vector index at {self.directory}: {e}") from e
+
+    @classmethod
+    def open_or_rebuild(cls, directory: Path, **kwargs) -> tuple[LanceIndex, bool]:
+        """Open the index; if the directory is damaged, move it aside and start empty (SQLite is the truth)."""
+        try:
+            return cls(directory, **kwargs), False
+        except IndexError_ as e:
+            aside = directory.with_name(f"{directory.name}.damaged-{datetime.now(UTC):%Y%m%d%H%M%S}")
+            log.warning("%s; moving it to %s and rebuilding from the gallery", e, aside)
+            shutil.move(str(directory), aside)
+            return cls(directory, **kwargs), True
+
+    def _arrow(self, rows: list[IndexRow]) -> pa.Table:
+        return pa.table(
+            {
+                "image_id": pa.array([r.image_id for r in rows], pa.int64()),
+                "vector": pa.array(
+                    list(np.asarray([r.vector for r in rows], dtype=np.float32)), pa.list_(pa.float32(), self.dim)
+                ),
+                "guild": [r.guild for r in rows],
+                "user": [r.user for r in rows],
+                "source": [r.source for r in rows],
+                "model": [r.model for r in rows],
+                "created_at": pa.array([r.created_at.replace(tzinfo=None) for r in rows], pa.timestamp("us")),
+            },
+            schema=self.schema,
+        )
+
+    def add(self, rows: list[IndexRow]) -> None:
+        if not rows:
+            return
+        try:
+            (
+                self.table.merge_insert("image_id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(self._arrow(rows))
+            )
+        except Exception as e:  # lance's errors carry no common base class
+            raise IndexError_(f"could not add {len(rows)} vector(s): {e}") from e
+        self._after_write()
+
+    def add_arrow(self, table: pa.Table) -> None:
+        """Bulk load (benchmarks, reindex): append without the upsert check."""
+        self.table.add(table)
+        self._after_write()
+
+    def delete(self, image_ids: list[int]) -> None:
+        if image_ids:
+            self.table.delete(f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})")
+            self._after_write()
+
+    def _after_write(self) -> None:
+        self._writes += 1
+        if self._writes % self.optimize_every == 0:
+            self.optimize()
+
+    def optimize(self) -> None:
+        """Compact small files, drop old versions, and build or update the ANN index."""
+        rows = self.table.count_rows()
+        if rows >= self.ann_threshold and not self.has_ann_index():
+            self.build_ann_index()
+        self.table.optimize(cleanup_older_than=timedelta(seconds=0))
+
+    def has_ann_index(self) -> bool:
+        return any("vector" in idx.columns for idx in self.table.list_indices())
+
+    def build_ann_index(self) -> None:
+        rows = self.table.count_rows()
+        partitions = max(1, int(np.sqrt(rows)))
+        self.table.create_index(metric="cosine", index_type="IVF_PQ", num_partitions=partitions,
+                                num_sub_vectors=max(1, self.dim // 8), vector_column_name="vector")  # fmt: skip
+        for column in ("guild",):
+            self.table.create_scalar_index(column, replace=True)
+
+    def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
+        query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+        query = query.distance_type("cosine").limit(k).select(["image_id", "_distance"])
+        where = where_clause(filters)
+        if where:
+            query = query.where(where, prefilter=True)
+        if self.has_ann_index():
+            query = query.nprobes(self.nprobes).refine_factor(self.refine_factor)
+        result = query.to_arrow()
+        ids = result.column("image_id").to_pylist()
+        distances = result.column("_distance").to_pylist()
+        return [VectorHit(image_id=i, score=1.0 - d) for i, d in zip(ids, distances)]
+
+    def image_ids(self) -> set[int]:
+        return set(self.table.to_arrow().column("image_id").to_pylist()) if self.count() else set()
+
+    def count(self) -> int:
+        return self.table.count_rows()
+
+    def versions(self) -> int:
+        return len(self.table.list_versions())

@@ -1,0 +1,103 @@
+"""Keeps the vector index in step with SQLite (the truth).
+
+`index_images` embeds new images as they are stored (one write per batch).
+`reconcile` repairs whatever a crash or a model change left behind: images
+without a vector are embedded, vectors of deleted or vanished images dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel
+from sqlalchemy import Engine, select
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.orm import Session
+
+from gallery.embeddings import Embedder
+from gallery.index import IndexRow, VectorIndex
+from gallery.models import EmbeddingRow, ImageRow
+from gallery.schemas import ImagePublic
+from gallery.store import ImageStore
+
+log = logging.getLogger(__name__)
+
+
+class ReconcileReport(BaseModel):
+    embedded: int = 0
+    dropped: int = 0
+    unreadable: list[int] = []
+
+
+def _row(image: ImagePublic, vector: list[float]) -> IndexRow:
+    return IndexRow(
+        image_id=image.id, vector=vector, guild=image.guild, user=image.user, source=image.source,
+        model=image.model, created_at=image.created_at,
+    )  # fmt: skip
+
+
+class Indexer:
+    """Embeds gallery images with one CLIP model and keeps its index current."""
+
+    def __init__(
+        self, *, engine: Engine, store: ImageStore, embedder: Embedder, index: VectorIndex, batch_size: int = 64
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.embedder = embedder
+        self.index = index
+        self.batch_size = batch_size
+
+    def index_images(self, images: list[ImagePublic]) -> list[int]:
+        """Embed and index `images`; return the ids whose files could not be read."""
+        unreadable, rows = [], []
+        for start in range(0, len(images), self.batch_size):
+            batch, pictures = [], []
+            for image in images[start : start + self.batch_size]:
+                try:
+                    with Image.open(self.store.file_path(image)) as im:
+                        pictures.append(im.convert("RGB"))
+                    batch.append(image)
+                except (OSError, UnidentifiedImageError):
+                    unreadable.append(image.id)
+            if not batch:
+                continue
+            vectors = self.embedder.embed_images(pictures)
+            rows += [_row(image, vector.tolist()) for image, vector in zip(batch, vectors)]
+        self.index.add(rows)
+        if rows:
+            with Session(self.engine) as s, s.begin():
+                s.execute(
+                    insert(EmbeddingRow)
+                    .values([{"image_id": r.image_id, "clip_model": self.index.model_id} for r in rows])
+                    .on_conflict_do_nothing()
+                )
+        return unreadable
+
+    def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
+        """Make the index hold exactly the live images' vectors."""
+        with Session(self.engine) as s:
+            live = set(s.scalars(select(ImageRow.id).where(ImageRow.deleted_at.is_(None))))
+        have = self.index.image_ids()
+        report = ReconcileReport()
+        orphans = sorted(have - live)
+        if orphans:
+            self.index.delete(orphans)
+            report.dropped = len(orphans)
+        missing = sorted(live - have)
+        for start in range(0, len(missing), 512):
+            ids = missing[start : start + 512]
+            with Session(self.engine) as s:
+                rows = s.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))
+                images = [ImagePublic.model_validate(r) for r in rows]
+            bad = self.index_images(images)
+            report.unreadable += bad
+            report.embedded += len(images) - len(bad)
+            if progress is not None:
+                progress(min(start + 512, len(missing)), len(missing))
+        if report.embedded or report.dropped:
+            log.info("index reconciled: %d embedded, %d dropped, %d unreadable",
+                     report.embedded, report.dropped, len(report.unreadable))  # fmt: skip
+        return report

@@ -1,0 +1,178 @@
+"""Lexica-style search: by words, by an image, or by an image already in the gallery.
+
+Text search fuses two rankings with reciprocal-rank fusion: CLIP (the text's
+embedding against image vectors, for concepts) and SQLite FTS5 over prompts
+(for exact words and phrases). Filters, tenant isolation by guild above all,
+are part of both queries; nothing is filtered after ranking.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+from PIL import Image
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from gallery.embeddings import Embedder
+from gallery.index import VectorFilters, VectorIndex
+from gallery.models import ImageRow
+from gallery.schemas import ImagePublic
+from gallery.store import GalleryError, ImageStore
+
+MAX_QUERY_CHARS = 1000
+MAX_LIMIT = 200
+RRF_K = 60  # the constant from Cormack et al.; damps the weight of top ranks
+
+
+class SearchError(GalleryError):
+    """A search that cannot be run as asked; the message says what to fix."""
+
+
+class SearchFilters(BaseModel):
+    """What a search may be narrowed to. `guild` is tenant isolation: set, it is never crossed."""
+
+    guild: str | None = None
+    user: str | None = None
+    source: str | None = None
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    favourites: bool = False
+    min_width: int | None = Field(default=None, ge=1)
+    min_height: int | None = Field(default=None, ge=1)
+
+    def vector_filters(self) -> VectorFilters:
+        return VectorFilters(
+            guild=self.guild, user=self.user, source=self.source, model=self.model,
+            created_after=self.created_after, created_before=self.created_before,
+        )  # fmt: skip
+
+    def sql(self, alias: str = "i") -> tuple[str, dict]:
+        """WHERE conditions on the images table (always excluding deleted images)."""
+        conds, params = [f"{alias}.deleted_at IS NULL"], {}
+        for column in ("guild", "user", "source", "model"):
+            value = getattr(self, column)
+            if value is not None:
+                conds.append(f'{alias}."{column}" = :f_{column}')
+                params[f"f_{column}"] = value
+        if self.created_after is not None:
+            conds.append(f"{alias}.created_at >= :f_after")
+            params["f_after"] = self.created_after
+        if self.created_before is not None:
+            conds.append(f"{alias}.created_at < :f_before")
+            params["f_before"] = self.created_before
+        if self.favourites:
+            conds.append(f"{alias}.favourite = 1")
+        if self.min_width is not None:
+            conds.append(f"{alias}.width >= :f_min_w")
+            params["f_min_w"] = self.min_width
+        if self.min_height is not None:
+            conds.append(f"{alias}.height >= :f_min_h")
+            params["f_min_h"] = self.min_height
+        return " AND ".join(conds), params
+
+
+class SearchHit(BaseModel):
+    image: ImagePublic
+    score: float
+
+
+class SearchPage(BaseModel):
+    results: list[SearchHit]
+    offset: int
+    limit: int
+
+
+def fts_query(query: str) -> str | None:
+    """An FTS5 expression for free text: a quoted phrase stays a phrase, other words are OR-ed terms."""
+    phrases = re.findall(r'"([^"]+)"', query)
+    rest = re.sub(r'"[^"]*"', " ", query)
+    terms = [f'"{p.replace(chr(34), "")}"' for p in phrases]
+    terms += [f'"{w}"' for w in re.findall(r"\w+", rest)]
+    return " OR ".join(terms) or None
+
+
+def reciprocal_rank_fusion(*rankings: list[int]) -> list[tuple[int, float]]:
+    scores: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, image_id in enumerate(ranking):
+            scores[image_id] = scores.get(image_id, 0.0) + 1.0 / (RRF_K + rank + 1)
+    return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+class GallerySearch:
+    """Search over the gallery's images, their prompts and their CLIP vectors."""
+
+    def __init__(self, *, engine: Engine, store: ImageStore, embedder: Embedder, index: VectorIndex) -> None:
+        self.engine = engine
+        self.store = store
+        self.embedder = embedder
+        self.index = index
+
+    def by_text(
+        self, *, query: str, limit: int = 20, offset: int = 0, filters: SearchFilters | None = None
+    ) -> SearchPage:
+        query = query.strip()
+        if not query:
+            raise SearchError("the search text is empty")
+        if len(query) > MAX_QUERY_CHARS:
+            raise SearchError(f"the search text is too long ({len(query)} characters; at most {MAX_QUERY_CHARS})")
+        filters = filters or SearchFilters()
+        depth = self._depth(limit, offset)
+        vector = self.embedder.embed_texts([query])[0]
+        semantic = [h.image_id for h in self.index.search(vector, k=depth, filters=filters.vector_filters())]
+        keyword = self._keyword(query, depth, filters)
+        fused = reciprocal_rank_fusion(semantic, keyword)
+        return self._page(fused, limit, offset, filters)
+
+    def by_image(self, *, image: Image.Image, limit: int = 20, offset: int = 0,
+                 filters: SearchFilters | None = None, exclude: int | None = None) -> SearchPage:  # fmt: skip
+        filters = filters or SearchFilters()
+        vector = self.embedder.embed_images([image])[0]
+        hits = self.index.search(vector, k=self._depth(limit, offset) + 1, filters=filters.vector_filters())
+        ranked = [(h.image_id, h.score) for h in hits if h.image_id != exclude]
+        return self._page(ranked, limit, offset, filters)
+
+    def similar(self, *, image_id: int, limit: int = 20, offset: int = 0,
+                filters: SearchFilters | None = None) -> SearchPage:  # fmt: skip
+        source = self.store.get(image_id)
+        if filters is not None and filters.guild is not None and source.guild != filters.guild:
+            raise SearchError(f"no image {image_id} in this guild")  # never confirm another tenant's image exists
+        with Image.open(self.store.file_path(source)) as im:
+            return self.by_image(image=im.convert("RGB"), limit=limit, offset=offset, filters=filters, exclude=image_id)
+
+    @staticmethod
+    def _depth(limit: int, offset: int) -> int:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise SearchError(f"limit must be between 1 and {MAX_LIMIT} (got {limit})")
+        if offset < 0:
+            raise SearchError(f"offset must not be negative (got {offset})")
+        return max(50, 2 * (limit + offset))
+
+    def _keyword(self, query: str, k: int, filters: SearchFilters) -> list[int]:
+        match = fts_query(query)
+        if match is None:
+            return []
+        where, params = filters.sql("i")
+        sql = text(
+            f"SELECT i.id FROM images_fts JOIN images AS i ON i.id = images_fts.rowid "
+            f"WHERE images_fts MATCH :match AND {where} ORDER BY bm25(images_fts) LIMIT :k"
+        )
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sql, {**params, "match": match, "k": k})]
+
+    def _page(self, ranked: list[tuple[int, float]], limit: int, offset: int, filters: SearchFilters) -> SearchPage:
+        ids = [i for i, _ in ranked]
+        where, params = filters.sql("i")
+        with Session(self.engine) as session:
+            # Re-check every filter in SQLite too: the vector index may lag behind a delete or a favourite.
+            id_list = ",".join(str(int(i)) for i in ids) or "NULL"
+            sql = text(f"SELECT i.id FROM images AS i WHERE i.id IN ({id_list}) AND {where}")
+            allowed = set(session.execute(sql, params).scalars())
+            kept = [(i, s) for i, s in ranked if i in allowed][offset : offset + limit]
+            rows = {r.id: r for r in session.query(ImageRow).filter(ImageRow.id.in_([i for i, _ in kept]))}
+            results = [SearchHit(image=ImagePublic.model_validate(rows[i]), score=s) for i, s in kept]
+        return SearchPage(results=results, offset=offset, limit=limit)
