@@ -4,6 +4,7 @@
     dreamhall engine stop | status
     dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 [--json]
     dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
+    dreamhall gallery import DIR | reindex | check [--repair]
 
 The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
 as in Discord and the desktop prompt box.
@@ -190,6 +191,57 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+
+
+def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        with connect(settings, autostart=not args.no_autostart) as engine:
+            if args.action == "import":
+                return _import(engine, args.path)
+            if args.action == "reindex":
+                result = engine.reindex()
+                print(f"re-embedded {result.embedded} image(s); {len(result.unreadable)} unreadable")
+                return 0
+            report = engine.check_gallery(repair=args.repair)
+    except RequestRejected as e:
+        return _fail(str(e))
+    except EngineError as e:
+        return _fail(str(e), 1)
+    print(f"{report.rows} images, {report.files} files, {report.vectors} vectors")
+    problems = [
+        (report.missing_files, "image(s) whose file is missing or unreadable"),
+        (report.orphan_files, "file(s) no image points at"),
+        (report.temp_files, "half-written file(s) from a crash"),
+        (range(report.missing_vectors), "image(s) without a search vector"),
+        (range(report.orphan_vectors), "vector(s) of deleted images"),
+    ]
+    for items, what in problems:
+        if len(items):
+            print(f"  {len(items)} {what}")
+    if report.repaired:
+        print("repaired")
+    consistent = not any(len(items) for items, _ in problems)
+    if consistent:
+        print("all consistent")
+    return 0 if consistent or report.repaired else 1
+
+
+def _import(engine, folder: Path) -> int:
+    if not folder.is_dir():
+        return _fail(f"{folder} is not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    counts = {"added": 0, "duplicate": 0, "failed": 0}
+    for path in tqdm(files, unit="image", desc="importing"):
+        try:
+            counts[engine.import_image(path.read_bytes(), filename=str(path)).status] += 1
+        except RequestRejected as e:
+            counts["failed"] += 1
+            tqdm.write(f"skipped {path}: {e}")
+    print(f"{counts['added']} added, {counts['duplicate']} already in the gallery, {counts['failed']} skipped")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: the !dream grammar's `--no` must not match `--no-autostart`.
     parser = argparse.ArgumentParser(prog="dreamhall", description=__doc__, allow_abbrev=False,
@@ -215,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", dest="model_filter", help="only images of this model")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
+    gallery = sub.add_parser("gallery", help="import images, rebuild the search index, check and repair")
+    gallery.add_argument("action", choices=["import", "reindex", "check"])
+    gallery.add_argument("path", nargs="?", type=Path, help="import: the folder of images")
+    gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
+    gallery.add_argument("--no-autostart", action="store_true")
     return parser
 
 
@@ -229,6 +286,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_engine(args, settings)
     if args.command == "search":
         return cmd_search(args, settings)
+    if args.command == "gallery":
+        if args.action == "import" and args.path is None:
+            return _fail("gallery import needs a folder: dreamhall gallery import DIR")
+        return cmd_gallery(args, settings)
     return cmd_dream(args, extra, settings)
 
 

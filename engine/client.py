@@ -23,7 +23,19 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
-from engine.schema import Accepted, DreamRequest, Event, Health, ImageRecord, Job, QueueState, SearchResults
+from engine.schema import (
+    Accepted,
+    DreamRequest,
+    Event,
+    GalleryCheck,
+    Health,
+    ImageRecord,
+    ImportResult,
+    Job,
+    QueueState,
+    ReindexResult,
+    SearchResults,
+)
 from engine.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
@@ -153,6 +165,16 @@ class EngineClient:
     def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
         params = _search_params(limit, offset, filters)
         return _parse(SearchResults, self._send("GET", f"/v1/images/{image_id}/similar", params=params))
+
+    def import_image(self, data: bytes, *, filename: str = "") -> ImportResult:
+        return _parse(ImportResult, self._send("POST", "/v1/gallery/import", content=data,
+                                               params={"filename": filename}, timeout=120))  # fmt: skip
+
+    def check_gallery(self, *, repair: bool = False) -> GalleryCheck:
+        return _parse(GalleryCheck, self._send("POST", "/v1/gallery/check", params={"repair": repair}, timeout=None))
+
+    def reindex(self) -> ReindexResult:
+        return _parse(ReindexResult, self._send("POST", "/v1/gallery/reindex", timeout=None))
 
     def events(self, job_id: str) -> Iterator[Event]:
         """The job's events until it is done, failed or cancelled."""

@@ -272,3 +272,30 @@ class SearchResults(BaseModel):
     results: list[SearchResult]
     offset: int
     limit: int
+
+
+class ImportResult(BaseModel):
+    """One file given to `dreamhall gallery import`."""
+
+    id: int
+    status: Literal["added", "duplicate"]
+    tool: str = Field(description="whose metadata was read: dreamhall, a1111, comfyui, invokeai, none")
+
+
+class GalleryCheck(BaseModel):
+    """Whether rows, files and vectors agree (and what --repair did)."""
+
+    rows: int
+    files: int
+    vectors: int
+    missing_files: list[int]
+    orphan_files: list[str]
+    temp_files: list[str]
+    missing_vectors: int
+    orphan_vectors: int
+    repaired: bool = False
+
+
+class ReindexResult(BaseModel):
+    embedded: int
+    unreadable: list[int]

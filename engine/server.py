@@ -43,11 +43,14 @@ from engine.schema import (
     DreamRequest,
     ErrorBody,
     Event,
+    GalleryCheck,
     Health,
     ImageRecord,
+    ImportResult,
     Job,
     Progress,
     QueueState,
+    ReindexResult,
     SearchResult,
     SearchResults,
 )
@@ -61,6 +64,7 @@ from gallery.indexer import Indexer
 from gallery.schemas import ImagePublic
 from gallery.search import GallerySearch, SearchError, SearchFilters, SearchPage
 from gallery.store import ImageNotFound, ImageStore, SqliteImageStore
+from gallery.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +118,7 @@ class Services:
     device: Device
     search: GallerySearch
     indexer: Indexer
+    upkeep: Upkeep
     worker: Worker | None = None
     hub: EventHub | None = None
 
@@ -126,6 +131,7 @@ def build_services(settings: Settings) -> Services:
     index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
     if rebuilt:
         log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
+    indexer = Indexer(engine=db, store=store, embedder=embedder, index=index)
     return Services(
         settings=settings,
         queue=SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user),
@@ -133,7 +139,8 @@ def build_services(settings: Settings) -> Services:
         pipelines=PipelineCache(device, settings.model),
         device=device,
         search=GallerySearch(engine=db, store=store, embedder=embedder, index=index),
-        indexer=Indexer(engine=db, store=store, embedder=embedder, index=index),
+        indexer=indexer,
+        upkeep=Upkeep(engine=db, store=store, indexer=indexer),
     )
 
 
@@ -368,6 +375,22 @@ def create_app(services: Services) -> FastAPI:
         image = decode_image(await request.body())
         page = await asyncio.to_thread(s.search.by_image, image=image, limit=limit, offset=offset, filters=filters)
         return search_results(page, s.store)
+
+    @app.post("/v1/gallery/import", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def gallery_import(request: Request, s: ServicesDep, filename: str = "") -> ImportResult:
+        data = await request.body()
+        result = await asyncio.to_thread(s.upkeep.import_image, data, filename=filename)
+        return ImportResult.model_validate(result.model_dump())
+
+    @app.post("/v1/gallery/check")
+    def gallery_check(s: ServicesDep, repair: bool = False) -> GalleryCheck:
+        return GalleryCheck.model_validate(s.upkeep.check(repair=repair).model_dump())
+
+    @app.post("/v1/gallery/reindex")
+    def gallery_reindex(s: ServicesDep) -> ReindexResult:
+        s.indexer.index.clear()
+        report = s.indexer.reconcile()
+        return ReindexResult(embedded=report.embedded, unreadable=report.unreadable)
 
     @app.get("/v1/images/{image_id}/similar")
     def similar(image_id: int, s: ServicesDep, filters: FiltersDep, limit: int = 20, offset: int = 0) -> SearchResults:

@@ -202,6 +202,11 @@ class LanceIndex(VectorIndex):
             raise IndexError_(f"could not add {len(rows)} vector(s): {e}") from e
         self._after_write()
 
+    def clear(self) -> None:
+        """Drop every vector of this model (reindex starts from here)."""
+        self.db.drop_table(self.table_name)
+        self.table = self.db.create_table(self.table_name, schema=self.schema)
+
     def add_arrow(self, table: pa.Table) -> None:
         """Bulk load (benchmarks, reindex): append without the upsert check."""
         self.table.add(table)
@@ -222,7 +227,8 @@ class LanceIndex(VectorIndex):
         rows = self.table.count_rows()
         if rows >= self.ann_threshold and not self.has_ann_index():
             self.build_ann_index()
-        self.table.optimize(cleanup_older_than=timedelta(seconds=0))
+        # Keep a minute of old versions: a search thread may still be reading one.
+        self.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
     def has_ann_index(self) -> bool:
         return any("vector" in idx.columns for idx in self.table.list_indices())

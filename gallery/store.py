@@ -37,7 +37,9 @@ class StorageError(GalleryError):
 
 
 class ImageStore(ABC):
-    """Where finished images are kept."""
+    """Where finished images are kept. `images_dir` is the root of the content-addressed files."""
+
+    images_dir: Path
 
     @abstractmethod
     def add(self, items: list[tuple[ImageCreate, bytes]]) -> list[ImagePublic]:
