@@ -241,6 +241,7 @@ def create_app(services: Services) -> FastAPI:
         services.worker.start()
         yield
         await asyncio.to_thread(services.worker.stop)
+        services.indexer.index.flush()
 
     app = FastAPI(
         title="Dreamhall engine",

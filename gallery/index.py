@@ -4,11 +4,15 @@ Derived data: SQLite is the truth, and the index can always be rebuilt from
 it (`dreamhall gallery reindex`). One table per CLIP model, named after the
 model id, so vectors of two models never mix; a new model means a new table.
 
-LanceDB writes a new version (and data file) on every add, so writes are
-batched by the caller and the table is compacted (`optimize`) every
-`optimize_every` writes. Past `ann_threshold` rows an IVF_PQ index is built;
-queries then probe `nprobes` partitions and re-rank `refine_factor`× the
-candidates with exact distances, which keeps recall high.
+LanceDB writes a new version (and data file) on every add, so single-image
+adds go to a small write-behind buffer, flushed every `flush_rows` rows and
+before any read (a search always sees every image added before it); the
+table is compacted (`optimize`) every `optimize_every` flushes. A crash loses
+at most the buffer, which the reconciler re-embeds from SQLite on start.
+
+Past `ann_threshold` rows an IVF_PQ index is built; queries then probe
+`nprobes` partitions and re-rank `refine_factor`× the candidates with exact
+distances, which keeps recall high.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import threading
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,7 +72,11 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def add(self, rows: list[IndexRow]) -> None:
-        """Add (or replace) vectors; one call is one write."""
+        """Add vectors of images that have none yet (possibly buffered until the next read)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Write whatever is buffered."""
 
     @abstractmethod
     def delete(self, image_ids: list[int]) -> None:
@@ -84,6 +93,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def count(self) -> int:
         """How many vectors the index holds."""
+
+    @abstractmethod
+    def present(self, image_ids: list[int]) -> set[int]:
+        """Which of these images already have a vector."""
 
 
 def _quote(value: str) -> str:
@@ -122,7 +135,8 @@ class LanceIndex(VectorIndex):
         *,
         model_id: str,
         dim: int,
-        optimize_every: int = 100,
+        optimize_every: int = 50,
+        flush_rows: int = 256,
         ann_threshold: int = 20_000,
         nprobes: int = 40,
         refine_factor: int = 20,
@@ -131,6 +145,9 @@ class LanceIndex(VectorIndex):
         self.model_id = model_id
         self.dim = dim
         self.optimize_every = optimize_every
+        self.flush_rows = flush_rows
+        self._pending: list[IndexRow] = []
+        self._lock = threading.RLock()
         self.ann_threshold = ann_threshold
         self.nprobes = nprobes
         self.refine_factor = refine_factor
@@ -189,21 +206,28 @@ class LanceIndex(VectorIndex):
         )
 
     def add(self, rows: list[IndexRow]) -> None:
-        if not rows:
-            return
-        try:
-            (
-                self.table.merge_insert("image_id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(self._arrow(rows))
-            )
-        except Exception as e:  # lance's errors carry no common base class
-            raise IndexError_(f"could not add {len(rows)} vector(s): {e}") from e
-        self._after_write()
+        with self._lock:
+            self._pending += rows
+            if len(self._pending) >= self.flush_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._pending:
+                return
+            rows, self._pending = self._pending, []
+            try:
+                # Callers add images that have no vector yet (new images, or what reconcile found
+                # missing), so a plain append is enough; an upsert costs a scan per write.
+                self.table.add(self._arrow(rows))
+            except Exception as e:  # lance's errors carry no common base class
+                raise IndexError_(f"could not add {len(rows)} vector(s): {e}") from e
+            self._after_write()
 
     def clear(self) -> None:
         """Drop every vector of this model (reindex starts from here)."""
+        with self._lock:
+            self._pending = []
         self.db.drop_table(self.table_name)
         self.table = self.db.create_table(self.table_name, schema=self.schema)
 
@@ -213,6 +237,7 @@ class LanceIndex(VectorIndex):
         self._after_write()
 
     def delete(self, image_ids: list[int]) -> None:
+        self.flush()
         if image_ids:
             self.table.delete(f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})")
             self._after_write()
@@ -242,6 +267,7 @@ class LanceIndex(VectorIndex):
             self.table.create_scalar_index(column, replace=True)
 
     def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
+        self.flush()
         query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
         query = query.distance_type("cosine").limit(k).select(["image_id", "_distance"])
         where = where_clause(filters)
@@ -255,10 +281,20 @@ class LanceIndex(VectorIndex):
         return [VectorHit(image_id=i, score=1.0 - d) for i, d in zip(ids, distances)]
 
     def image_ids(self) -> set[int]:
+        self.flush()
         return set(self.table.to_arrow().column("image_id").to_pylist()) if self.count() else set()
 
     def count(self) -> int:
+        self.flush()
         return self.table.count_rows()
+
+    def present(self, image_ids: list[int]) -> set[int]:
+        self.flush()
+        if not image_ids:
+            return set()
+        id_list = ", ".join(str(int(i)) for i in image_ids)
+        found = self.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
+        return set(found.column("image_id").to_pylist())
 
     def versions(self) -> int:
         return len(self.table.list_versions())

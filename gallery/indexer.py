@@ -8,6 +8,7 @@ without a vector are embedded, vectors of deleted or vanished images dropped.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
@@ -49,9 +50,17 @@ class Indexer:
         self.embedder = embedder
         self.index = index
         self.batch_size = batch_size
+        # The worker indexes new images while a repair may reconcile from an HTTP thread:
+        # one at a time, or both could append a vector for the same image.
+        self._lock = threading.RLock()
 
     def index_images(self, images: list[ImagePublic]) -> list[int]:
-        """Embed and index `images`; return the ids whose files could not be read."""
+        """Embed and index `images` that have no vector yet; return the ids whose files could not be read."""
+        with self._lock:
+            present = self.index.present([i.id for i in images])
+            return self._index_new([i for i in images if i.id not in present])
+
+    def _index_new(self, images: list[ImagePublic]) -> list[int]:
         unreadable, rows = [], []
         for start in range(0, len(images), self.batch_size):
             batch, pictures = [], []
@@ -78,6 +87,10 @@ class Indexer:
 
     def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
         """Make the index hold exactly the live images' vectors."""
+        with self._lock:
+            return self._reconcile(progress)
+
+    def _reconcile(self, progress: Callable[[int, int], None] | None) -> ReconcileReport:
         with Session(self.engine) as s:
             live = set(s.scalars(select(ImageRow.id).where(ImageRow.deleted_at.is_(None))))
         have = self.index.image_ids()
@@ -92,7 +105,7 @@ class Indexer:
             with Session(self.engine) as s:
                 rows = s.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))
                 images = [ImagePublic.model_validate(r) for r in rows]
-            bad = self.index_images(images)
+            bad = self._index_new(images)
             report.unreadable += bad
             report.embedded += len(images) - len(bad)
             if progress is not None:
