@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from engine.client import EngineError, EngineUnavailable, RequestRejected, connect
@@ -281,7 +282,12 @@ def main(argv: list[str] | None = None) -> int:
     if extra and args.command != "dream":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return _fail(f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)")
     if args.command == "engine":
         return cmd_engine(args, settings)
     if args.command == "search":

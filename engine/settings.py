@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     tcp_host: str = "127.0.0.1"
     tcp_port: int | None = Field(default=None, description="opt-in TCP listener; needs `token`")
     token: SecretStr | None = None
-    discord_token: SecretStr | None = Field(default=None, validation_alias="DISCORD_TOKEN")
+    discord_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "discord_token"), description="never logged"
+    )
     log_level: str = "INFO"
 
     @classmethod
