@@ -1,0 +1,1 @@
+"""The Discord bot: `!dream` and `/dream`, Midjourney-style, as a client of the engine."""

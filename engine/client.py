@@ -151,6 +151,9 @@ class EngineClient:
     def image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, self._send("GET", f"/v1/images/{image_id}"))
 
+    def delete_image(self, image_id: int) -> ImageRecord:
+        return _parse(ImageRecord, self._send("DELETE", f"/v1/images/{image_id}"))
+
     def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
         """Text search (CLIP + prompt keywords); filters: guild, user, source, model, after, before, favourites."""
         params = _search_params(limit, offset, filters) | {"q": query}
@@ -254,6 +257,9 @@ class AsyncEngineClient:
 
     async def image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, await self._send("GET", f"/v1/images/{image_id}"))
+
+    async def delete_image(self, image_id: int) -> ImageRecord:
+        return _parse(ImageRecord, await self._send("DELETE", f"/v1/images/{image_id}"))
 
     async def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
         params = _search_params(limit, offset, filters) | {"q": query}

@@ -365,6 +365,12 @@ def create_app(services: Services) -> FastAPI:
     def get_image(image_id: int, s: ServicesDep) -> ImageRecord:
         return image_record(s.store.get(image_id), s.store)
 
+    @app.delete("/v1/images/{image_id}")
+    def delete_image(image_id: int, s: ServicesDep) -> ImageRecord:
+        image = s.store.soft_delete(image_id)
+        s.indexer.index.delete([image_id])
+        return image_record(image, s.store)
+
     @app.get("/v1/search")
     def search_text(q: str, s: ServicesDep, filters: FiltersDep, limit: int = 20, offset: int = 0) -> SearchResults:
         return search_results(s.search.by_text(query=q, limit=limit, offset=offset, filters=filters), s.store)

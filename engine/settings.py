@@ -12,8 +12,23 @@ import os
 from pathlib import Path
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+
+class BotSettings(BaseModel):
+    """The Discord bot's rules (`[bot]` in config.toml, or DREAMHALL_BOT__MAX_N=4 and so on)."""
+
+    prefix: str = "!"
+    dev_guild: int | None = Field(default=None, description="sync slash commands to this guild only (instant)")
+    allowed_channels: list[int] = Field(default_factory=list, description="empty: every channel")
+    banned_words: list[str] = Field(default_factory=list, description="refused outside NSFW channels")
+    max_n: int = Field(default=4, ge=1, le=16)
+    max_steps: int = Field(default=50, ge=1, le=150)
+    max_size: int = Field(default=1024, ge=64, le=2048)
+    max_queued_per_user: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=0.0, ge=0, description="seconds between a user's requests")
+    progress_every_s: float = Field(default=2.0, ge=0.5, description="status message edits at most this often")
 
 
 def default_home() -> Path:
@@ -28,7 +43,7 @@ def config_file() -> Path:
 class Settings(BaseSettings):
     """Everything configurable; see README 'Configuration'."""
 
-    model_config = SettingsConfigDict(env_prefix="DREAMHALL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DREAMHALL_", env_nested_delimiter="__", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
     model: str | None = Field(default=None, description="diffusers folder, hub id or .safetensors; None: built-in")
@@ -45,6 +60,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "discord_token"), description="never logged"
     )
     log_level: str = "INFO"
+    bot: BotSettings = Field(default_factory=BotSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ row whose file is missing.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, select
@@ -54,6 +55,10 @@ class ImageStore(ABC):
         """The images a job produced, in order."""
 
     @abstractmethod
+    def soft_delete(self, image_id: int) -> ImagePublic:
+        """Hide an image from every listing and search; its row and file stay (raises ImageNotFound)."""
+
+    @abstractmethod
     def file_path(self, image: ImagePublic) -> Path:
         """The absolute path of an image's file."""
 
@@ -88,6 +93,15 @@ class SqliteImageStore(ImageStore):
         with Session(self.engine) as session:
             rows = session.scalars(select(ImageRow).where(ImageRow.job_id == job_id).order_by(ImageRow.index))
             return [ImagePublic.model_validate(r) for r in rows]
+
+    def soft_delete(self, image_id: int) -> ImagePublic:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ImageRow, image_id)
+            if row is None or row.deleted_at is not None:
+                raise ImageNotFound(f"no image {image_id}")
+            row.deleted_at = datetime.now(UTC)
+            session.flush()
+            return ImagePublic.model_validate(row)
 
     def file_path(self, image: ImagePublic) -> Path:
         return self.images_dir / image.path

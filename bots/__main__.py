@@ -1,0 +1,5 @@
+import sys
+
+from bots.bot import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""One cog per feature: dreaming, and searching the gallery."""

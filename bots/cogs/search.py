@@ -1,0 +1,121 @@
+"""Searching this server's gallery from Discord: `!search`, `/search`, `!similar`, `!info`.
+
+Every query carries the guild, and the engine enforces it inside the search:
+one server never sees another's images.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bots import render
+from bots.views import image_ids_of
+from engine.client import EngineUnavailable, RequestRejected
+from engine.schema import SearchResults
+
+if TYPE_CHECKING:
+    from bots.bot import DreamBot
+
+ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."
+SHOWN = 4
+
+
+class SearchCog(commands.Cog, name="SearchCog"):
+    """Finding past dreams by words or by picture."""
+
+    def __init__(self, bot: DreamBot) -> None:
+        self.bot = bot
+
+    async def _answer(self, results: SearchResults, title: str) -> tuple[str, discord.File | None]:
+        if not results.results:
+            return "Nothing in this server's gallery matches.", None
+        blobs = [await self.bot.engine.image_file(r.image.id) for r in results.results]
+        lines = [title] + [
+            f"{k}. #{r.image.id} · seed {r.image.seed} · {render.clip(r.image.prompt, 200)}"
+            for k, r in enumerate(results.results, start=1)
+        ]
+        return render.clip("\n".join(lines), render.MESSAGE_LIMIT), discord.File(
+            io.BytesIO(render.tile(blobs)), "results.png"
+        )
+
+    async def _text_search(self, guild: discord.Guild | None, text: str) -> tuple[str, discord.File | None]:
+        text = text.strip().strip('"').strip()
+        if not text:
+            return 'Give me something to look for: !search "red fox in snow"', None
+        try:
+            results = await self.bot.engine.search(text, limit=SHOWN, guild=str(guild.id) if guild else None)
+        except RequestRejected as e:
+            return f"⚠️ {e}", None
+        except EngineUnavailable:
+            return ENGINE_DOWN, None
+        return await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:")
+
+    @commands.command(name="search", help='!search "red circle": this server\'s best matches')
+    async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
+        content, file = await self._text_search(ctx.guild, text)
+        await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
+
+    @app_commands.command(name="search", description="Find images in this server's gallery by words")
+    async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
+        await interaction.response.defer(thinking=True)
+        content, file = await self._text_search(interaction.guild, text)
+        await interaction.followup.send(content, file=file or discord.utils.MISSING)
+
+    @commands.command(name="similar", help="attach an image, or reply to one: images like it")
+    async def similar_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
+        guild = str(ctx.guild.id) if ctx.guild else None
+        engine = self.bot.engine
+        referenced = ctx.message.reference.resolved if ctx.message.reference else None
+        try:
+            if ctx.message.attachments:
+                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=SHOWN, guild=guild)
+            elif isinstance(referenced, discord.Message) and image_ids_of(referenced):
+                results = await engine.similar(image_ids_of(referenced)[0], limit=SHOWN, guild=guild)
+            elif isinstance(referenced, discord.Message) and referenced.attachments:
+                results = await engine.search_image(await referenced.attachments[0].read(), limit=SHOWN, guild=guild)
+            elif image_id is not None:
+                results = await engine.similar(image_id, limit=SHOWN, guild=guild)
+            else:
+                await ctx.reply("Attach an image, reply to one, or give an image id: !similar 42", mention_author=False)
+                return
+        except RequestRejected as e:
+            await ctx.reply(f"⚠️ {e}", mention_author=False)
+            return
+        except EngineUnavailable:
+            await ctx.reply(ENGINE_DOWN, mention_author=False)
+            return
+        content, file = await self._answer(results, "Closest in this server's gallery:")
+        await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
+
+    @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
+    async def info_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
+        referenced = ctx.message.reference.resolved if ctx.message.reference else None
+        ids = image_ids_of(referenced) if isinstance(referenced, discord.Message) else []
+        ids = ids or ([image_id] if image_id is not None else [])
+        if not ids:
+            await ctx.reply("Reply to one of my results, or give an image id: !info 42", mention_author=False)
+            return
+        lines = []
+        for i in ids:
+            try:
+                image = await self.bot.engine.image(i)
+            except RequestRejected:
+                image = None
+            if image is None or image.guild != (str(ctx.guild.id) if ctx.guild else None):
+                lines.append(f"#{i}: not in this server's gallery")
+                continue
+            lines.append(
+                f"#{image.id} · seed {image.seed} · {image.steps} steps · {image.sampler} · cfg "
+                f"{image.cfg_scale:g} · {image.width}x{image.height} · model {image.model}\n"
+                f"> {render.clip(image.prompt, 300)}"
+            )
+        await ctx.reply(render.clip("\n".join(lines), render.MESSAGE_LIMIT), mention_author=False)
+
+
+async def setup(bot: DreamBot) -> None:
+    await bot.add_cog(SearchCog(bot))

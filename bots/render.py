@@ -1,0 +1,66 @@
+"""Turning results into what Discord accepts: text within its limits, images within the upload limit."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+from engine.schema import SAMPLERS, DreamRequest, Job
+
+MESSAGE_LIMIT = 2000
+FIELD_LIMIT = 1024
+
+
+def clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def describe(job: Job) -> str:
+    """The final message: prompt, seeds and parameters, always within Discord's 2000 characters."""
+    req = job.request
+    seeds = [i.seed for i in job.images]
+    seed_text = str(seeds[0]) if len(seeds) == 1 else ", ".join(map(str, seeds))
+    size = f"{job.images[0].width}x{job.images[0].height}" if job.images else ""
+    params = f"seed {seed_text} · {req.steps} steps · {SAMPLERS[req.sampler]} · cfg {req.cfg_scale:g} · {size}" + (
+        f" · model {req.model}" if req.model else ""
+    )
+    negative = f"\nnegative: {clip(req.negative_prompt, 300)}" if req.negative_prompt else ""
+    head = f"\n{params}{negative}"
+    return f"**{clip(req.prompt, MESSAGE_LIMIT - len(head) - 10)}**{head}"
+
+
+def queued_text(request: DreamRequest, position: int, seed: int) -> str:
+    where = "next up" if position == 0 else f"position {position + 1} in the queue"
+    return clip(f"Dreaming **{request.prompt}** — {where} (seed {seed})", MESSAGE_LIMIT)
+
+
+def fit_upload(png: bytes, limit: int, name: str) -> tuple[bytes, str]:
+    """The image as is if it fits the guild's upload limit, else a smaller JPEG."""
+    if len(png) <= limit:
+        return png, name
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    for scale, quality in ((1.0, 90), (1.0, 75), (0.75, 75), (0.5, 70), (0.35, 60), (0.25, 50)):
+        im = (
+            image
+            if scale == 1.0
+            else image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+        )
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=quality)
+        if buf.tell() <= limit:
+            return buf.getvalue(), name.rsplit(".", 1)[0] + ".jpg"
+    raise ValueError(f"the image does not fit the upload limit of {limit} bytes")
+
+
+def tile(images: list[bytes], size: int = 256) -> bytes:
+    """Search results side by side, each scaled to `size` pixels."""
+    cols = min(4, len(images))
+    rows = (len(images) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * size, rows * size))
+    for i, data in enumerate(images):
+        im = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
+        sheet.paste(im, ((i % cols) * size, (i // cols) * size))
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,50 @@
+"""What a guild allows: the bot's rules, checked before anything reaches the engine.
+
+Pure functions over the request and the bot's settings, so they are the same
+for `!dream`, `/dream` and the buttons.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+from engine.schema import DreamRequest
+from engine.settings import BotSettings
+
+
+def check(request: DreamRequest, rules: BotSettings, *, channel_id: int, nsfw: bool) -> str | None:
+    """Why `request` may not run here (one sentence for the user), or None."""
+    if rules.allowed_channels and channel_id not in rules.allowed_channels:
+        return "I only dream in this server's dream channels."
+    if request.n > rules.max_n:
+        return f"-n/--iterations: at most {rules.max_n} images per request in this server (got {request.n})."
+    if request.steps > rules.max_steps:
+        return f"-s/--steps: at most {rules.max_steps} steps in this server (got {request.steps})."
+    for name, value in (("-W/--width", request.width), ("-H/--height", request.height)):
+        if value is not None and value > rules.max_size:
+            return f"{name}: at most {rules.max_size} pixels in this server (got {value})."
+    if not nsfw:
+        text = f"{request.prompt} {request.negative_prompt}".lower()
+        for word in rules.banned_words:
+            if re.search(rf"\b{re.escape(word.lower())}\b", text):
+                return "That prompt uses a word this server allows only in NSFW channels."
+    return None
+
+
+class Cooldown:
+    """Seconds a user must wait between requests (0: no cooldown)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last: dict[tuple[int, int], float] = {}
+
+    def wait_left(self, guild_id: int, user_id: int) -> float:
+        if self.seconds <= 0:
+            return 0.0
+        last = self._last.get((guild_id, user_id))
+        left = 0.0 if last is None else self.seconds - (time.monotonic() - last)
+        return max(0.0, left)
+
+    def mark(self, guild_id: int, user_id: int) -> None:
+        self._last[(guild_id, user_id)] = time.monotonic()

@@ -1,0 +1,207 @@
+"""The real discord.py client, running DreamBot against a local stand-in of Discord and a real engine process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import discord
+import pytest
+from PIL import Image
+
+from bots.bot import DreamBot
+from engine.client import AsyncEngineClient
+from engine.settings import BotSettings, Settings
+from tests.conftest import EngineProcess
+from tests.fake_discord import FakeDiscord, Posted
+
+pytestmark = pytest.mark.slow
+A, B = "111", "222"
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path_factory.mktemp("home"), tiny_model).start()
+    yield proc
+    proc.stop()
+
+
+class World:
+    def __init__(self, fake: FakeDiscord, engine: EngineProcess) -> None:
+        self.fake = fake
+        self.engine = engine
+        self.bot: DreamBot | None = None
+
+    async def start_bot(self, **rules) -> DreamBot:
+        rules = {"dev_guild": int(A), "progress_every_s": 0.5, "max_queued_per_user": 5, **rules}
+        settings = Settings(home=self.engine.home, bot=BotSettings(**rules))
+        self.client = AsyncEngineClient(self.engine.socket)
+        self.bot = DreamBot(engine=self.client, settings=settings)
+        self.fake.identified.clear()
+        self.task = asyncio.create_task(self.bot.start("fake-token"))
+        await asyncio.wait_for(self.fake.identified.wait(), 30)
+        await asyncio.wait_for(self.bot.wait_until_ready(), 30)
+        return self.bot
+
+    async def stop_bot(self) -> None:
+        assert self.bot is not None
+        await self.bot.close()
+        await asyncio.wait_for(self.task, 10)
+        await self.client.aclose()
+
+    def replies_to(self, message_id: str) -> list[Posted]:
+        return [
+            p
+            for p in self.fake.posted.values()
+            if str((p.payload.get("message_reference") or {}).get("message_id")) == message_id
+        ]
+
+    async def result_for(self, message_id: str, timeout: float = 90) -> Posted:
+        """The bot's answer with files (the result) to a user's message."""
+        return await self.fake.wait_for(
+            lambda: next((p for p in self.replies_to(message_id) if p.files), None), timeout
+        )
+
+    async def text_reply(self, message_id: str, timeout: float = 30) -> Posted:
+        return await self.fake.wait_for(lambda: next(iter(self.replies_to(message_id)), None), timeout)
+
+
+@pytest.fixture
+async def world(engine: EngineProcess) -> AsyncIterator[World]:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    fake = await FakeDiscord().start()
+    fake.patch_client()
+    w = World(fake, engine)
+    await w.start_bot()
+    try:
+        yield w
+    finally:
+        await w.stop_bot()
+        await fake.stop()
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def png_sizes(posted: Posted) -> list[tuple[int, int]]:
+    return [Image.open(io.BytesIO(data)).size for data in posted.files.values()]
+
+
+async def test_dream_posts_a_grid_with_seeds_and_buttons(world: World) -> None:
+    mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -n 4 -S 3220803958 -s 4')
+    result = await world.result_for(mid)
+    assert png_sizes(result) == [(32, 32)]  # one 2x2 grid of the 16 px test model's images
+    assert "3220803958, 3220803959, 3220803960, 3220803961" in result.content
+    assert "a red circle on a blue background" in result.content
+    actions = [c.split(":")[1] for c in result.custom_ids]
+    assert actions == ["upscale"] * 4 + ["variation"] * 4 + ["reroll", "delete"]
+    # Progress went through one status message, which is removed once the result is up.
+    status = [p for p in world.replies_to(mid) if not p.files]
+    assert len(status) == 1
+    await world.fake.wait_for(lambda: status[0].deleted)
+
+
+async def test_individual_images_and_a_variation_button(world: World) -> None:
+    mid = await world.fake.say(A, "7", "!dream a green star -n 4 -i -S 5 -s 3 -W 64 -H 64")
+    result = await world.result_for(mid)
+    assert len(result.files) == 4
+    v1 = next(c for c in result.custom_ids if c.startswith("dreamhall:variation:"))
+    image_id = v1.rsplit(":", 1)[1]
+    iid = await world.fake.click(A, "7", result, v1)
+    answer = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert f"image #{image_id}" in answer.payload["content"]
+    assert "not supported yet" in answer.payload["content"]
+
+
+async def test_slash_dream_defers_then_follows_up_with_files(world: World) -> None:
+    iid = await world.fake.slash(A, "8", "dream", prompt="a blue square", n=2, seed=11, steps=3)
+    deferred = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert deferred.payload["type"] == 5  # deferred channel message, within Discord's 3 s
+    result = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.via == "followup" and p.files), None), 90
+    )
+    assert "seed 11, 12" in result.content
+
+
+async def test_flag_errors_are_one_helpful_line(world: World) -> None:
+    mid = await world.fake.say(A, "7", "!dream a red circle -n 40")
+    reply = await world.text_reply(mid)
+    assert reply.content == "⚠️ -n/--iterations (n): must be between 1 and 16 (got 40)"
+    mid = await world.fake.say(A, "7", "!dream a red circle -n 9")  # the server's own limit
+    reply = await world.text_reply(mid)
+    assert "at most 4 images per request in this server" in reply.content
+    mid = await world.fake.say(A, "7", '!dream "unclosed -n 2')
+    assert "unbalanced quotes" in (await world.text_reply(mid)).content
+
+
+async def test_a_deleted_status_message_does_not_break_the_job(world: World) -> None:
+    mid = await world.fake.say(A, "9", "!dream a yellow triangle -n 2 -s 40 -W 128 -H 128")
+    status = await world.text_reply(mid)
+    status.deleted = True  # a moderator removed it: further edits get 10008 Unknown Message
+    result = await world.result_for(mid)
+    assert result.files and "a yellow triangle" in result.content
+
+
+async def test_a_guild_never_finds_another_guilds_images(world: World) -> None:
+    mid_a = await world.fake.say(A, "7", "!dream an octagon made of glass -n 1 -s 2")
+    result_a = await world.result_for(mid_a)
+    mid_b = await world.fake.say(B, "5", "!dream a cube made of wood -n 1 -s 2")
+    await world.result_for(mid_b)
+    a_ids = {c.rsplit(":", 1)[1] for c in result_a.custom_ids}
+    search = await world.fake.say(B, "5", '!search "octagon made of glass"')
+    answer = await world.text_reply(search)
+    assert not any(f"#{i} " in answer.content for i in a_ids)
+    search = await world.fake.say(A, "7", '!search "octagon made of glass"')
+    answer = await world.text_reply(search)
+    assert any(f"#{i} " in answer.content for i in a_ids) and answer.files
+
+
+async def test_a_burst_does_not_starve_a_second_user(world: World) -> None:
+    burst = [await world.fake.say(A, "1", f"!dream burst {k} -n 2 -s 30 -W 128 -H 128") for k in range(3)]
+    await world.fake.wait_for(lambda: all(world.replies_to(m) for m in burst))  # all three are queued
+    other = await world.fake.say(A, "2", "!dream just one -n 1 -s 3")
+    results = [await world.result_for(m, timeout=300) for m in [*burst, other]]
+    order = list(world.fake.posted)
+    position = {name: order.index(r.id) for name, r in zip(["a1", "a2", "a3", "b"], results)}
+    # Round robin: B's single job runs right after A's first, ahead of A's second and third.
+    assert position["b"] < position["a2"] < position["a3"], position
+
+
+async def test_delete_needs_the_requester_or_a_moderator(world: World) -> None:
+    mid = await world.fake.say(A, "7", "!dream a doomed rhombus -n 1 -s 2")
+    result = await world.result_for(mid)
+    delete = next(c for c in result.custom_ids if ":delete:" in c)
+    refused = await world.fake.click(A, "99", result, delete)
+    answer = await world.fake.wait_for(lambda: world.fake.answer_to(refused))
+    assert "Only the person who asked" in answer.payload["content"] and not result.deleted
+    allowed = await world.fake.click(A, "7", result, delete)
+    await world.fake.wait_for(lambda: world.fake.answer_to(allowed))
+    await world.fake.wait_for(lambda: result.deleted)
+    search = await world.fake.say(A, "7", '!search "doomed rhombus"')
+    image_id = delete.rsplit(":", 1)[1]
+    assert f"#{image_id} " not in (await world.text_reply(search)).content
+
+
+async def test_buttons_survive_a_bot_restart_and_reroll_draws_a_new_seed(world: World) -> None:
+    mid = await world.fake.say(A, "7", "!dream a patient circle -n 1 -S 1234 -s 2 -W 64 -H 64")
+    result = await world.result_for(mid)
+    await world.stop_bot()
+    await world.start_bot()
+    reroll = next(c for c in result.custom_ids if ":reroll:" in c)
+    iid = await world.fake.click(A, "7", result, reroll)
+    assert (await world.fake.wait_for(lambda: world.fake.answer_to(iid))).payload["type"] == 5
+    again = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.via == "followup" and p.files
+                      and "a patient circle" in p.content), None), 90,
+    )  # fmt: skip
+    assert "seed 1234 " not in again.content
+
+
+async def test_info_and_similar(world: World) -> None:
+    mid = await world.fake.say(A, "7", "!dream a distinctive pentagon -n 1 -S 77 -s 2")
+    result = await world.result_for(mid)
+    info = await world.fake.say(A, "7", "!info", reply_to=result.id)
+    assert "seed 77" in (await world.text_reply(info)).content
+    similar = await world.fake.say(A, "7", "!similar", attachment=next(iter(result.files.values())))
+    answer = await world.text_reply(similar)
+    assert answer.files and "Closest" in answer.content
