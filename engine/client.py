@@ -24,6 +24,7 @@ from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
 from engine.schema import (
+    TERMINAL_EVENTS,
     Accepted,
     DreamRequest,
     Event,
@@ -39,7 +40,6 @@ from engine.schema import (
 from engine.settings import Settings
 
 T = TypeVar("T", bound=BaseModel)
-TERMINAL = {"done", "failed", "cancelled"}
 
 
 class EngineError(Exception):
@@ -189,7 +189,7 @@ class EngineClient:
                 for sse in source.iter_sse():
                     event = Event.model_validate_json(sse.data)
                     yield event
-                    if event.type in TERMINAL:
+                    if event.type in TERMINAL_EVENTS:
                         return
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
             raise EngineUnavailable(f"lost the engine at {self.where}: {e}") from e
@@ -284,7 +284,7 @@ class AsyncEngineClient:
                 async for sse in source.aiter_sse():
                     event = Event.model_validate_json(sse.data)
                     yield event
-                    if event.type in TERMINAL:
+                    if event.type in TERMINAL_EVENTS:
                         return
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
             raise EngineUnavailable(f"lost the engine at {self.where}: {e}") from e

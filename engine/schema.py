@@ -211,6 +211,7 @@ class Health(BaseModel):
 
 
 EventType = Literal["queued", "started", "step", "image", "done", "failed", "cancelled"]
+TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "failed", "cancelled"})  # the last event of every stream
 
 
 class Event(BaseModel):

@@ -39,6 +39,7 @@ from engine.dream_args import explain_errors
 from engine.pipelines import PipelineCache
 from engine.queue import JobNotFound, JobQueue, JobRecord, SqliteJobQueue, TooManyQueued
 from engine.schema import (
+    TERMINAL_EVENTS,
     Accepted,
     DreamRequest,
     ErrorBody,
@@ -67,8 +68,6 @@ from gallery.store import ImageNotFound, ImageStore, SqliteImageStore
 from gallery.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
-
-TERMINAL = {"done", "failed", "cancelled"}
 
 
 class EventHub(EventSink):
@@ -336,12 +335,12 @@ def create_app(services: Services) -> FastAPI:
             job = await asyncio.to_thread(lambda: job_view(s, s.queue.get(job_id)))
             for event in snapshot_events(job):
                 yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
-            if job.status in TERMINAL:
+            if job.status in TERMINAL_EVENTS:
                 return
             while True:
                 event = await q.get()
                 yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
-                if event.type in TERMINAL:
+                if event.type in TERMINAL_EVENTS:
                     return
         finally:
             s.hub.unsubscribe(job_id, q)

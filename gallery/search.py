@@ -9,7 +9,6 @@ are part of both queries; nothing is filtered after ranking.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -31,24 +30,19 @@ class SearchError(GalleryError):
     """A search that cannot be run as asked; the message says what to fix."""
 
 
-class SearchFilters(BaseModel):
-    """What a search may be narrowed to. `guild` is tenant isolation: set, it is never crossed."""
+class SearchFilters(VectorFilters):
+    """What a search may be narrowed to. `guild` is tenant isolation: set, it is never crossed.
 
-    guild: str | None = None
-    user: str | None = None
-    source: str | None = None
-    model: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
+    The inherited fields are also columns of the vector index; the ones added
+    here live only in SQLite.
+    """
+
     favourites: bool = False
     min_width: int | None = Field(default=None, ge=1)
     min_height: int | None = Field(default=None, ge=1)
 
     def vector_filters(self) -> VectorFilters:
-        return VectorFilters(
-            guild=self.guild, user=self.user, source=self.source, model=self.model,
-            created_after=self.created_after, created_before=self.created_before,
-        )  # fmt: skip
+        return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))
 
     def sql(self, alias: str = "i") -> tuple[str, dict]:
         """WHERE conditions on the images table (always excluding deleted images)."""
