@@ -16,6 +16,8 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 -g
+	$(VENV)/bin/dreamhall dream "a green triangle on a white background" -n 4
+	$(VENV)/bin/dreamhall search "red circle" --limit 4
 	$(VENV)/bin/dreamhall engine stop
 
 test: setup

@@ -121,32 +121,45 @@ def train_unet(args: argparse.Namespace) -> None:
     vocab_size = toy_tokenizer.build(tok_dir)
     tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=32)
     log(f"tokenizer: {vocab_size} tokens")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=tokenizer.model_max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            projection_dim=64,
+    if args.resume:
+        # Continue from the shipped pipeline (a second, lower-LR run); its VAE is the one to keep.
+        (WORK_DIR / "vae").mkdir(exist_ok=True)
+        AutoencoderKL.from_pretrained(SD_DIR / "vae").save_pretrained(WORK_DIR / "vae")
+    text_encoder = (
+        CLIPTextModel.from_pretrained(SD_DIR / "text_encoder")
+        if args.resume
+        else CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=vocab_size,
+                hidden_size=64,
+                intermediate_size=256,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=tokenizer.model_max_length,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                projection_dim=64,
+            )
         )
-    ).to(args.device)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=1,
-        cross_attention_dim=64,
-        attention_head_dim=8,
-        norm_num_groups=8,
-    ).to(args.device)
+    )
+    unet = (
+        UNet2DConditionModel.from_pretrained(SD_DIR / "unet")
+        if args.resume
+        else UNet2DConditionModel(
+            sample_size=16,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64, 64),
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            layers_per_block=1,
+            cross_attention_dim=64,
+            attention_head_dim=8,
+            norm_num_groups=8,
+        )
+    )
+    text_encoder, unet = text_encoder.to(args.device), unet.to(args.device)
     log(
         f"UNet {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f} M parameters"
@@ -286,6 +299,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--samples", type=int, default=20000, help="toy images rendered for training")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true", help="unet: continue from models/toy-sd")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()

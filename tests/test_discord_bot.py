@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import discord
 import pytest
@@ -22,8 +21,8 @@ A, B = "111", "222"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[EngineProcess]:
-    proc = EngineProcess(tmp_path_factory.mktemp("home"), tiny_model).start()
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path_factory.mktemp("home"), None).start()  # the built-in offline models
     yield proc
     proc.stop()
 
@@ -90,7 +89,7 @@ def png_sizes(posted: Posted) -> list[tuple[int, int]]:
 async def test_dream_posts_a_grid_with_seeds_and_buttons(world: World) -> None:
     mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -n 4 -S 3220803958 -s 4')
     result = await world.result_for(mid)
-    assert png_sizes(result) == [(32, 32)]  # one 2x2 grid of the 16 px test model's images
+    assert png_sizes(result) == [(128, 128)]  # one 2x2 grid of the built-in model's 64 px images
     assert "3220803958, 3220803959, 3220803960, 3220803961" in result.content
     assert "a red circle on a blue background" in result.content
     actions = [c.split(":")[1] for c in result.custom_ids]
@@ -102,7 +101,7 @@ async def test_dream_posts_a_grid_with_seeds_and_buttons(world: World) -> None:
 
 
 async def test_individual_images_and_a_variation_button(world: World) -> None:
-    mid = await world.fake.say(A, "7", "!dream a green star -n 4 -i -S 5 -s 3 -W 64 -H 64")
+    mid = await world.fake.say(A, "7", "!dream a green star -n 4 -i -S 5 -s 3")
     result = await world.result_for(mid)
     assert len(result.files) == 4
     v1 = next(c for c in result.custom_ids if c.startswith("dreamhall:variation:"))
@@ -183,7 +182,7 @@ async def test_delete_needs_the_requester_or_a_moderator(world: World) -> None:
 
 
 async def test_buttons_survive_a_bot_restart_and_reroll_draws_a_new_seed(world: World) -> None:
-    mid = await world.fake.say(A, "7", "!dream a patient circle -n 1 -S 1234 -s 2 -W 64 -H 64")
+    mid = await world.fake.say(A, "7", "!dream a patient circle -n 1 -S 1234 -s 2")
     result = await world.result_for(mid)
     await world.stop_bot()
     await world.start_bot()
