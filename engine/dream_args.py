@@ -208,13 +208,19 @@ def format_request(request: DreamRequest) -> str:
     parts: list[str] = []
     simple = [
         ("n", "-n"), ("seed", "-S"), ("width", "-W"), ("height", "-H"), ("cfg_scale", "-C"), ("steps", "-s"),
-        ("sampler", "-A"), ("negative_prompt", "-N"), ("model", "-m"), ("init_image", "-I"),
-        ("strength", "-f"), ("init_mask", "-M"), ("variation_amount", "-v"), ("upscale", "-U"),
+        ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("init_image", "--init_img"),
+        ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"), ("upscale", "-U"),
     ]  # fmt: skip
     for field, flag in simple:
         value = getattr(request, field)
-        if value != getattr(defaults, field):
-            parts += [flag, shlex.quote(repr(value) if isinstance(value, float) else str(value))]
+        if value == getattr(defaults, field):
+            continue
+        text = repr(value) if isinstance(value, float) else str(value)
+        if text.startswith("-"):
+            # `--negative=-x`: a separate `-x` would read as a flag.
+            parts.append(f"{flag}={shlex.quote(text)}")
+        else:
+            parts += [flag, shlex.quote(text)]
     if request.aspect_ratio is not None:
         parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
     if request.with_variations:

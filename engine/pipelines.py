@@ -205,6 +205,8 @@ class PipelineCache:
     def text_to_image(self, ref: str | None) -> tuple[str, TextToImage]:
         """The txt2img pipeline for `ref` (None: the configured default), loading it if needed."""
         ref = ref or self.default_model
+        if ref == BUILTIN_MODEL_NAME:
+            ref = None  # images record the built-in model by this name; it must load back
         with self._lock:
             if self._txt2img is None or ref != self._ref:
                 self.unload()

@@ -161,9 +161,10 @@ async def test_a_burst_does_not_starve_a_second_user(world: World) -> None:
     other = await world.fake.say(A, "2", "!dream just one -n 1 -s 3")
     results = [await world.result_for(m, timeout=300) for m in [*burst, other]]
     order = list(world.fake.posted)
-    position = {name: order.index(r.id) for name, r in zip(["a1", "a2", "a3", "b"], results)}
-    # Round robin: B's single job runs right after A's first, ahead of A's second and third.
-    assert position["b"] < position["a2"] < position["a3"], position
+    # The bot handles each message in its own task, so A's three jobs reach the engine in any
+    # order; what round robin promises is that B's job runs after A's first and before the rest.
+    a_first, a_second, a_third = sorted(order.index(r.id) for r in results[:3])
+    assert a_first < order.index(results[3].id) < a_second < a_third
 
 
 async def test_delete_needs_the_requester_or_a_moderator(world: World) -> None:
@@ -184,6 +185,7 @@ async def test_delete_needs_the_requester_or_a_moderator(world: World) -> None:
 async def test_buttons_survive_a_bot_restart_and_reroll_draws_a_new_seed(world: World) -> None:
     mid = await world.fake.say(A, "7", "!dream a patient circle -n 1 -S 1234 -s 2")
     result = await world.result_for(mid)
+    await world.fake.wait_for(lambda: all(p.deleted for p in world.replies_to(mid) if not p.files))
     await world.stop_bot()
     await world.start_bot()
     reroll = next(c for c in result.custom_ids if ":reroll:" in c)

@@ -102,6 +102,12 @@ def test_overlong_prompt_is_refused() -> None:
         parse_argv(["x" * 2001])
 
 
+def test_values_that_look_like_flags_survive_formatting() -> None:
+    request = DreamRequest(prompt="0", negative_prompt="-:", model="-weird")
+    assert parse(format_request(request)) == request
+    assert parse("x --negative=-blurry").negative_prompt == "-blurry"
+
+
 def test_requester_is_attached_by_the_frontend() -> None:
     who = Requester(source="discord", user="42", guild="7", channel="9")
     assert parse("x", requester=who).requester == who

@@ -96,6 +96,14 @@ def test_no_seed_draws_one_and_reports_it(client: EngineClient) -> None:
     assert job.seed == accepted.seed == job.images[0].seed
 
 
+def test_an_image_reproduces_from_its_own_parameters(client: EngineClient) -> None:
+    first = run(client, dream(n=3, seed=500)).images[1]
+    params = client.image(first.id).params
+    again = run(client, DreamRequest.model_validate(params))
+    assert again.images[0].seed == first.seed == 501
+    assert np.abs(pixels(again.images[0].path) - pixels(first.path)).max() <= 1
+
+
 def test_same_request_twice_gives_identical_images(client: EngineClient) -> None:
     a = run(client, dream(n=2, seed=1234, sampler="k_euler_a"))
     b = run(client, dream(n=2, seed=1234, sampler="k_euler_a"))
