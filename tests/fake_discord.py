@@ -311,6 +311,8 @@ class FakeDiscord:
         if p[0] == "webhooks":
             token = p[2]
             interaction = next(i for i in self._interactions.values() if i["token"] == token)
+            if interaction.get("expired"):
+                return json_response({"message": "Invalid Webhook Token", "code": 50027}, status=401)
             if method == "POST" and len(p) == 3:
                 return json_response(self._message(self._post(interaction["channel_id"], payload, files, "followup")))
             target = interaction.get("answer") if p[4] == "@original" else self.posted.get(p[4])
@@ -419,6 +421,10 @@ class FakeDiscord:
         return await self.interact(
             guild_id, uid, 3, {"custom_id": custom_id, "component_type": 2}, message=message, admin=admin
         )
+
+    def expire(self, interaction_id: str) -> None:
+        """From now on, the interaction's token is refused (as Discord does after 15 minutes)."""
+        self._interactions[interaction_id]["expired"] = True
 
     def answer_to(self, interaction_id: str) -> Posted | None:
         return self._interactions[interaction_id].get("answer")

@@ -206,3 +206,33 @@ async def test_info_and_similar(world: World) -> None:
     similar = await world.fake.say(A, "7", "!similar", attachment=next(iter(result.files.values())))
     answer = await world.text_reply(similar)
     assert answer.files and "Closest" in answer.content
+
+
+async def test_queue_and_cancel(world: World) -> None:
+    mid = await world.fake.say(A, "3", "!dream a slow hexagon -n 2 -s 50 -W 256 -H 256")
+    await world.text_reply(mid)
+    queue = await world.fake.say(A, "3", "!queue")
+    answer = (await world.text_reply(queue)).content
+    assert "This server:" in answer and "a slow hexagon" in answer
+    cancel = await world.fake.say(A, "3", "!cancel")
+    assert "Cancelled" in (await world.text_reply(cancel)).content
+    status = world.replies_to(mid)[0]
+    await world.fake.wait_for(lambda: "cancelled" in status.content)
+
+
+async def test_an_attachment_is_the_init_image_and_img2img_is_not_built_yet(world: World) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 0, 0)).save(buf, format="PNG")
+    mid = await world.fake.say(A, "7", "!dream make it blue -f 0.7", attachment=buf.getvalue())
+    assert "img2img is not supported yet" in (await world.text_reply(mid)).content
+
+
+async def test_an_expired_interaction_token_falls_back_to_the_channel(world: World) -> None:
+    iid = await world.fake.slash(A, "8", "dream", prompt="a late circle", n=1, steps=4)
+    # Discord refuses follow-ups once a token is 15 minutes old; the bot's defer does not use it.
+    world.fake.expire(iid)
+    await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    result = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.in_channel(A) if p.files and "a late circle" in p.content), None), 90
+    )
+    assert result.via == "channel"
