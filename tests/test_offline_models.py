@@ -67,10 +67,11 @@ def test_a_red_circle_on_a_blue_background(toy: TextToImage) -> None:
 
 
 def test_prompt_fidelity_floor(toy: TextToImage) -> None:
+    # Goals: 0.9 seen, 0.7 held out (bench/offline_models.py measures them on many more images).
     seen = evaluate.fidelity(toy, toyworld.seen_scenes()[::3], seeds=[5, 6])
-    assert seen.score >= 0.8, seen
+    assert seen.score >= 0.85, seen
     held = evaluate.fidelity(toy, toyworld.held_out_scenes(), seeds=[7, 8, 9])
-    assert held.score >= 0.5, held
+    assert held.score >= 0.65, held
 
 
 def test_same_seed_same_image(toy: TextToImage) -> None:
