@@ -136,8 +136,15 @@ def parse(text: str, *, requester: Requester | None = None) -> DreamRequest:
 
 def parse_argv(argv: Sequence[str], *, requester: Requester | None = None) -> DreamRequest:
     """Parse an already split command line (what `dreamhall dream` receives)."""
-    ns = _PARSER.parse_intermixed_args(list(argv))
-    prompt = " ".join(ns.prompt).strip()
+    argv = list(argv)
+    # Everything after `--` is prompt, even words that look like flags (argparse's
+    # intermixed parsing does not honour `--` itself).
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
+    ns = _PARSER.parse_intermixed_args(argv)
+    prompt = " ".join(ns.prompt + tail).strip()
     if not prompt:
         raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}

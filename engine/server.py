@@ -56,7 +56,7 @@ from engine.schema import (
     SearchResults,
 )
 from engine.settings import Settings
-from engine.worker import EventSink, Worker, draw_seed, image_info, unsupported_reason
+from engine.worker import EventSink, Worker, WorkerEmbedder, draw_seed, image_info, unsupported_reason
 from gallery.db import open_gallery_db
 from gallery.embeddings import OpenClipEmbedder
 from gallery.files import BadImage, decode_image
@@ -118,28 +118,37 @@ class Services:
     search: GallerySearch
     indexer: Indexer
     upkeep: Upkeep
-    worker: Worker | None = None
+    worker: Worker
     hub: EventHub | None = None
 
 
 def build_services(settings: Settings) -> Services:
+    """Open the gallery and start the worker thread; every model loads on that thread."""
     db = open_gallery_db(settings.db_path)
     device = Device(settings.device)
     store = SqliteImageStore(db, settings.images_dir)
-    embedder = OpenClipEmbedder(settings.clip_model, settings.clip_pretrained, device=str(device.torch_device))
+    queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
+    pipelines = PipelineCache(device, settings.model)
+    worker = Worker(queue=queue, store=store, pipelines=pipelines, device=device)
+    worker.start()
+    clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
+                       device=str(device.torch_device))  # fmt: skip
+    embedder = WorkerEmbedder(clip, worker)
     index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
     if rebuilt:
         log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
     indexer = Indexer(engine=db, store=store, embedder=embedder, index=index)
+    worker.indexer = indexer
     return Services(
         settings=settings,
-        queue=SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user),
+        queue=queue,
         store=store,
-        pipelines=PipelineCache(device, settings.model),
+        pipelines=pipelines,
         device=device,
         search=GallerySearch(engine=db, store=store, embedder=embedder, index=index),
         indexer=indexer,
         upkeep=Upkeep(engine=db, store=store, indexer=indexer),
+        worker=worker,
     )
 
 
@@ -196,7 +205,7 @@ def _error(status: int, message: str) -> JSONResponse:
 def job_view(s: Services, record: JobRecord, positions: dict[str, int] | None = None) -> Job:
     positions = s.queue.positions() if positions is None and record.status == "queued" else positions or {}
     progress = Progress()
-    if s.worker is not None and s.worker.current == record.id:
+    if s.worker.current == record.id:
         progress = Progress(step=s.worker.progress[0], total=s.worker.progress[1])
     images = [image_info(i, s.store) for i in s.store.for_job(record.id)] if record.status == "done" else []
     return Job(
@@ -229,15 +238,7 @@ def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.hub = EventHub(asyncio.get_running_loop())
-        services.worker = Worker(
-            queue=services.queue,
-            store=services.store,
-            pipelines=services.pipelines,
-            events=services.hub,
-            device=services.device,
-            indexer=services.indexer,
-        )
-        services.worker.start()
+        services.worker.serve(services.hub)
         yield
         await asyncio.to_thread(services.worker.stop)
         services.indexer.index.flush()
@@ -293,7 +294,7 @@ def create_app(services: Services) -> FastAPI:
             device=s.device.describe(),
             model=s.pipelines.default_name(),
             queued=len(s.queue.positions()),
-            running=1 if s.worker is not None and s.worker.current else 0,
+            running=1 if s.worker.current else 0,
         )
 
     @app.post("/v1/dreams", status_code=202, responses={429: {"model": ErrorBody}, 501: {"model": ErrorBody}})
@@ -307,7 +308,6 @@ def create_app(services: Services) -> FastAPI:
             raise HTTPException(501, reason)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = s.queue.put(request, seed=seed)
-        assert s.worker is not None
         s.worker.wake()
         if s.hub is not None:
             s.hub.positions_changed(s.queue.positions())
@@ -323,7 +323,7 @@ def create_app(services: Services) -> FastAPI:
         if record.status == "cancelled" and s.hub is not None and record.error is None:
             s.hub.publish(Event(type="cancelled", job=job_id))
             s.hub.positions_changed(s.queue.positions())
-        elif record.status == "running" and s.worker is not None:
+        elif record.status == "running":
             s.worker.cancel(job_id)
         return job_view(s, record)
 

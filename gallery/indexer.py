@@ -51,14 +51,14 @@ class Indexer:
         self.index = index
         self.batch_size = batch_size
         # The worker indexes new images while a repair may reconcile from an HTTP thread:
-        # one at a time, or both could append a vector for the same image.
-        self._lock = threading.RLock()
+        # the check-then-add is one step, or both could append a vector for the same image.
+        # Embedding stays outside the lock (it may wait for the worker thread).
+        self._lock = threading.Lock()
 
     def index_images(self, images: list[ImagePublic]) -> list[int]:
         """Embed and index `images` that have no vector yet; return the ids whose files could not be read."""
-        with self._lock:
-            present = self.index.present([i.id for i in images])
-            return self._index_new([i for i in images if i.id not in present])
+        present = self.index.present([i.id for i in images])
+        return self._index_new([i for i in images if i.id not in present])
 
     def _index_new(self, images: list[ImagePublic]) -> list[int]:
         unreadable, rows = [], []
@@ -75,7 +75,10 @@ class Indexer:
                 continue
             vectors = self.embedder.embed_images(pictures)
             rows += [_row(image, vector.tolist()) for image, vector in zip(batch, vectors)]
-        self.index.add(rows)
+        with self._lock:
+            present = self.index.present([r.image_id for r in rows])
+            rows = [r for r in rows if r.image_id not in present]
+            self.index.add(rows)
         if rows:
             with Session(self.engine) as s, s.begin():
                 s.execute(
@@ -87,10 +90,6 @@ class Indexer:
 
     def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
         """Make the index hold exactly the live images' vectors."""
-        with self._lock:
-            return self._reconcile(progress)
-
-    def _reconcile(self, progress: Callable[[int, int], None] | None) -> ReconcileReport:
         with Session(self.engine) as s:
             live = set(s.scalars(select(ImageRow.id).where(ImageRow.deleted_at.is_(None))))
         have = self.index.image_ids()

@@ -106,6 +106,9 @@ def test_values_that_look_like_flags_survive_formatting() -> None:
     request = DreamRequest(prompt="0", negative_prompt="-:", model="-weird")
     assert parse(format_request(request)) == request
     assert parse("x --negative=-blurry").negative_prompt == "-blurry"
+    for prompt in ("-H", "-:", "--ar 16:9"):
+        request = DreamRequest(prompt=prompt, n=2)
+        assert parse(format_request(request)) == request
 
 
 def test_requester_is_attached_by_the_frontend() -> None:
