@@ -138,8 +138,8 @@ class LanceIndex(VectorIndex):
         optimize_every: int = 50,
         flush_rows: int = 256,
         ann_threshold: int = 20_000,
-        nprobes: int = 40,
-        refine_factor: int = 20,
+        nprobes: int = 100,
+        refine_factor: int = 50,
     ) -> None:
         self.directory = directory
         self.model_id = model_id
