@@ -159,7 +159,14 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
+SEARCH_PARAMETERS = frozenset(
+    {"q", "limit", "offset", "guild", "user", "source", "model", "after", "before", "favourites", "min_width",
+     "min_height"}
+)  # fmt: skip
+
+
 def _filters(
+    request: Request,
     guild: str | None = None,
     user: str | None = None,
     source: str | None = None,
@@ -170,6 +177,10 @@ def _filters(
     min_width: int | None = None,
     min_height: int | None = None,
 ) -> SearchFilters:
+    unknown = sorted(set(request.query_params) - SEARCH_PARAMETERS)
+    if unknown:
+        known = ", ".join(sorted(SEARCH_PARAMETERS - {"q"}))
+        raise HTTPException(422, f"unknown search filter {unknown[0]!r}; known: {known}")
     return SearchFilters(guild=guild, user=user, source=source, model=model, created_after=after,
                          created_before=before, favourites=favourites, min_width=min_width,
                          min_height=min_height)  # fmt: skip

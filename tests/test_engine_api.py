@@ -282,3 +282,5 @@ def test_bad_search_input(client: EngineClient) -> None:
         client.search("x", limit=1000)
     with pytest.raises(RequestRejected, match="no image 999999"):
         client.similar(999999)
+    with pytest.raises(RequestRejected, match="unknown search filter 'colour'"):
+        client.search("x", colour="red")
