@@ -213,6 +213,22 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(ErrorBody(error=message).model_dump(exclude_none=True), status_code=status)
 
 
+DOMAIN_ERRORS: dict[type[Exception], int] = {
+    JobNotFound: 404,
+    ImageNotFound: 404,
+    SearchError: 422,
+    BadImage: 422,
+    TooManyQueued: 429,
+}
+
+
+def _domain_error_handler(status: int):
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return _error(status, str(exc))
+
+    return handle
+
+
 def job_view(s: Services, record: JobRecord, positions: dict[str, int] | None = None) -> Job:
     positions = s.queue.positions() if positions is None and record.status == "queued" else positions or {}
     progress = Progress()
@@ -278,25 +294,9 @@ def create_app(services: Services) -> FastAPI:
             message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
         return _error(exc.status_code, message)
 
-    @app.exception_handler(JobNotFound)
-    async def _not_found(_: Request, exc: JobNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(ImageNotFound)
-    async def _image_not_found(_: Request, exc: ImageNotFound) -> JSONResponse:
-        return _error(404, str(exc))
-
-    @app.exception_handler(SearchError)
-    async def _bad_search(_: Request, exc: SearchError) -> JSONResponse:
-        return _error(422, str(exc))
-
-    @app.exception_handler(BadImage)
-    async def _bad_image(_: Request, exc: BadImage) -> JSONResponse:
-        return _error(422, str(exc))
-
-    @app.exception_handler(TooManyQueued)
-    async def _too_many(_: Request, exc: TooManyQueued) -> JSONResponse:
-        return _error(429, str(exc))
+    # Domain errors -> status codes, in one place; anything else is a bug and a 500.
+    for error_type, status in DOMAIN_ERRORS.items():
+        app.add_exception_handler(error_type, _domain_error_handler(status))
 
     @app.get("/v1/health")
     def health(s: ServicesDep) -> Health:

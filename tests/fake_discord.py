@@ -31,6 +31,17 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
 
 
+def message_object(mid: str, channel_id: str, author: dict, content: str, attachments: list[dict],
+                   **extra: object) -> dict:  # fmt: skip
+    """A message as Discord's API and gateway describe it."""
+    return {
+        "id": mid, "channel_id": channel_id, "author": author, "content": content,
+        "timestamp": "2026-11-21T00:00:00+00:00", "edited_timestamp": None, "tts": False,
+        "mention_everyone": False, "mentions": [], "mention_roles": [], "attachments": attachments,
+        "embeds": [], "components": [], "pinned": False, "type": 0, "flags": 0, **extra,
+    }  # fmt: skip
+
+
 ALL_PERMISSIONS = str((1 << 50) - 1)
 MEMBER_PERMISSIONS = str(discord.Permissions(send_messages=True, attach_files=True, read_messages=True).value)
 
@@ -234,24 +245,11 @@ class FakeDiscord:
             }
             for n, b in posted.files.items()
         ]
-        return {
-            "id": posted.id,
-            "channel_id": posted.channel_id,
-            "author": self.bot_user,
-            "content": posted.content,
-            "timestamp": "2026-11-21T00:00:00+00:00",
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": attachments,
-            "embeds": payload.get("embeds") or [],
-            "components": payload.get("components") or [],
-            "pinned": False,
-            "type": 0,
-            "flags": payload.get("flags", 0),
-        }
+        return message_object(
+            posted.id, posted.channel_id, self.bot_user, posted.content, attachments,
+            embeds=payload.get("embeds") or [], components=payload.get("components") or [],
+            flags=payload.get("flags", 0),
+        )  # fmt: skip
 
     def _post(self, channel_id: str, payload: dict, files: dict[str, bytes], via: str) -> Posted:
         posted = Posted(id=snowflake(), channel_id=channel_id, payload=payload, files=files, via=via)
@@ -357,24 +355,8 @@ class FakeDiscord:
                     "proxy_url": f"{self.base}/attachments/{aid}/image.png",
                 }
             )
-        data = {
-            "id": mid,
-            "channel_id": self.channel_of(guild_id),
-            "guild_id": guild_id,
-            "author": self.user(uid),
-            "member": self._member(uid),
-            "content": content,
-            "timestamp": "2026-11-21T00:00:00+00:00",
-            "edited_timestamp": None,
-            "tts": False,
-            "mention_everyone": False,
-            "mentions": [],
-            "mention_roles": [],
-            "attachments": attachments,
-            "embeds": [],
-            "pinned": False,
-            "type": 0,
-        }
+        data = message_object(mid, self.channel_of(guild_id), self.user(uid), content, attachments)
+        data |= {"guild_id": guild_id, "member": self._member(uid)}
         if reply_to is not None:
             data["message_reference"] = {"message_id": reply_to, "channel_id": self.channel_of(guild_id)}
             data["referenced_message"] = self._message(self.posted[reply_to])
