@@ -9,6 +9,7 @@ from PIL import Image
 from engine.schema import SAMPLERS, DreamRequest, Job
 
 MESSAGE_LIMIT = 2000
+ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."
 FIELD_LIMIT = 1024
 
 

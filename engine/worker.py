@@ -158,11 +158,10 @@ class Worker:
         preloaded = False
         while not self._stopping.is_set():
             self._run_tasks()
-            job = self.queue.claim() if self._serving.is_set() and preloaded else None
             if self._serving.is_set() and not preloaded:
                 self._preload()
                 preloaded = True
-                continue
+            job = self.queue.claim() if preloaded else None
             if job is None:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()

@@ -175,6 +175,7 @@ class LanceIndex(VectorIndex):
                 self.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
             else:
                 self.table = self.db.create_table(self.table_name, schema=self.schema)
+            self._has_ann = self._read_has_ann()
         except Exception as e:  # lance raises many kinds on a damaged directory
             raise IndexError_(f"cannot open the vector index at {self.directory}: {e}") from e
 
@@ -230,6 +231,7 @@ class LanceIndex(VectorIndex):
             self._pending = []
         self.db.drop_table(self.table_name)
         self.table = self.db.create_table(self.table_name, schema=self.schema)
+        self._has_ann = False
 
     def add_arrow(self, table: pa.Table) -> None:
         """Bulk load (benchmarks, reindex): append without the upsert check."""
@@ -250,12 +252,16 @@ class LanceIndex(VectorIndex):
     def optimize(self) -> None:
         """Compact small files, drop old versions, and build or update the ANN index."""
         rows = self.table.count_rows()
-        if rows >= self.ann_threshold and not self.has_ann_index():
+        if rows >= self.ann_threshold and not self._has_ann:
             self.build_ann_index()
         # Keep a minute of old versions: a search thread may still be reading one.
         self.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
     def has_ann_index(self) -> bool:
+        return self._has_ann
+
+    def _read_has_ann(self) -> bool:
+        # Asked once per open (and kept in step by build/clear), not on every query.
         return any("vector" in idx.columns for idx in self.table.list_indices())
 
     def build_ann_index(self) -> None:
@@ -263,6 +269,7 @@ class LanceIndex(VectorIndex):
         partitions = max(1, int(np.sqrt(rows)))
         self.table.create_index(metric="cosine", index_type="IVF_PQ", num_partitions=partitions,
                                 num_sub_vectors=max(1, self.dim // 8), vector_column_name="vector")  # fmt: skip
+        self._has_ann = True
         for column in ("guild",):
             self.table.create_scalar_index(column, replace=True)
 
@@ -273,7 +280,7 @@ class LanceIndex(VectorIndex):
         where = where_clause(filters)
         if where:
             query = query.where(where, prefilter=True)
-        if self.has_ann_index():
+        if self._has_ann:
             query = query.nprobes(self.nprobes).refine_factor(self.refine_factor)
         result = query.to_arrow()
         ids = result.column("image_id").to_pylist()

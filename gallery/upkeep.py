@@ -46,12 +46,12 @@ class CheckReport(BaseModel):
                     or self.missing_vectors or self.orphan_vectors)  # fmt: skip
 
 
-def _png_bytes(data: bytes) -> bytes:
+def _png_bytes(data: bytes, image: Image.Image) -> bytes:
     """PNGs are kept byte for byte (their metadata intact); other formats become PNG."""
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return data
     buf = io.BytesIO()
-    decode_image(data).save(buf, format="PNG")
+    image.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -66,7 +66,7 @@ class Upkeep:
     def import_image(self, data: bytes, *, filename: str = "", source: str = "import") -> ImportResult:
         """Add one image file (idempotent: the same bytes are only added once)."""
         image = decode_image(data)  # validates before anything is written
-        png = _png_bytes(data)
+        png = _png_bytes(data, image)
         with Image.open(io.BytesIO(png)) as im:
             chunks = {k: v for k, v in getattr(im, "text", {}).items() if isinstance(v, str)}
         tool, fields, params = read_metadata(chunks)

@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."
-
 
 class Reply(Protocol):
     """Where a flow answers: under a `!dream` message, or as follow-ups of a slash command or button."""
@@ -152,7 +150,7 @@ class DreamCog(commands.Cog, name="DreamCog"):
         try:
             state = await self.bot.engine.queue()
         except EngineUnavailable:
-            await ctx.reply(ENGINE_DOWN, mention_author=False)
+            await ctx.reply(render.ENGINE_DOWN, mention_author=False)
             return
         guild = str(ctx.guild.id) if ctx.guild else None
         here = [j for j in state.running + state.queued if j.request.requester.guild == guild]
@@ -184,7 +182,7 @@ class DreamCog(commands.Cog, name="DreamCog"):
             target = max(mine, key=lambda j: j.created_at)
             await self.bot.engine.cancel(target.id)
         except EngineUnavailable:
-            await ctx.reply(ENGINE_DOWN, mention_author=False)
+            await ctx.reply(render.ENGINE_DOWN, mention_author=False)
             return
         await ctx.reply(f"Cancelled `{target.id[:8]}`.", mention_author=False)
 
@@ -216,7 +214,7 @@ class DreamCog(commands.Cog, name="DreamCog"):
             await reply.send(f"⚠️ {e}")
             return
         except EngineUnavailable:
-            await reply.send(ENGINE_DOWN)
+            await reply.send(render.ENGINE_DOWN)
             return
         status = await reply.send(render.queued_text(request, accepted.position, accepted.seed))
         status = await self._follow(accepted.id, status)
@@ -301,7 +299,7 @@ class DreamCog(commands.Cog, name="DreamCog"):
             await interaction.response.send_message(f"{name} of image #{image.id} (seed {image.seed}): {e}")
             return
         except EngineUnavailable:
-            await interaction.response.send_message(ENGINE_DOWN, ephemeral=True)
+            await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
             return
         await interaction.response.send_message(f"{name} of image #{image.id}: queued `{accepted.id[:8]}`.")
 

@@ -21,7 +21,6 @@ from engine.schema import SearchResults
 if TYPE_CHECKING:
     from bots.bot import DreamBot
 
-ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."
 SHOWN = 4
 
 
@@ -52,7 +51,7 @@ class SearchCog(commands.Cog, name="SearchCog"):
         except RequestRejected as e:
             return f"⚠️ {e}", None
         except EngineUnavailable:
-            return ENGINE_DOWN, None
+            return render.ENGINE_DOWN, None
         return await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:")
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
@@ -87,7 +86,7 @@ class SearchCog(commands.Cog, name="SearchCog"):
             await ctx.reply(f"⚠️ {e}", mention_author=False)
             return
         except EngineUnavailable:
-            await ctx.reply(ENGINE_DOWN, mention_author=False)
+            await ctx.reply(render.ENGINE_DOWN, mention_author=False)
             return
         content, file = await self._answer(results, "Closest in this server's gallery:")
         await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
