@@ -3,6 +3,7 @@
     dreamhall engine                 run the engine in the foreground
     dreamhall engine stop | status
     dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 [--json]
+    dreamhall dream "a blue circle" -I photo.png -f 0.6   (or -I 42: gallery image 42)
     dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
     dreamhall gallery import DIR | reindex | check [--repair]
 
@@ -111,14 +112,29 @@ class _Progress:
             self.bar = None
 
 
+def _local_file_check(value: str) -> str:
+    """-I/-M before an engine is there: ids pass, files must exist (they are uploaded once connected)."""
+    if value.strip().isdigit() or value.startswith(("gallery:", "upload:")):
+        return value
+    if not Path(value).expanduser().is_file():
+        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+    return "upload:" + "0" * 64
+
+
 def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
+    requester = Requester(source="cli", user=os.environ.get("USER"))
     try:
-        request = parse_argv(extra, requester=Requester(source="cli", user=os.environ.get("USER")))
+        # The whole command is checked before an engine is started for it.
+        request = parse_argv(extra, requester=requester, resolve_image=_local_file_check)
     except DreamArgsError as e:
         return _fail(str(e))
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     try:
         with connect(settings, autostart=not args.no_autostart, say=say) as engine:
+            try:
+                request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
+            except DreamArgsError as e:
+                return _fail(str(e))
             accepted = engine.submit(request)
             if request.seed is None:
                 say(f"seed {accepted.seed}")
@@ -131,6 +147,8 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
             finally:
                 progress.close()
             grid_path = None
+            if job.status == "done" and request.mode == "upscale":
+                say(f"upscaled with {engine.image(job.images[0].id).params.get('upscaler')}")
             if job.status == "done" and request.layout == "grid":
                 grid_path = settings.home / "grids" / f"{job.id}.png"
                 grid_path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,7 @@ from engine.schema import (
     QueueState,
     ReindexResult,
     SearchResults,
+    Upload,
 )
 from engine.settings import Settings
 
@@ -85,6 +86,9 @@ def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
 
 def _submit_body(request: DreamRequest) -> dict:
     return request.model_dump(mode="json", exclude_defaults=True)
+
+
+_BINARY = {"Content-Type": "application/octet-stream"}
 
 
 def _transport_args(
@@ -151,6 +155,26 @@ class EngineClient:
     def image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, self._send("GET", f"/v1/images/{image_id}"))
 
+    def upload(self, data: bytes) -> Upload:
+        """Send an input image (init image or mask); requests name it by the returned `ref`."""
+        return _parse(Upload, self._send("POST", "/v1/uploads", content=data, headers=_BINARY, timeout=120))
+
+    def image_ref(self, value: str) -> str:
+        """What -I/-M mean on this machine: a gallery id (or reference) as is, a local file uploaded.
+
+        Raises ValueError with a message for the user (the `!dream` parser reports it against the flag).
+        """
+        value = value.strip()
+        if value.isdigit() or value.startswith(("gallery:", "upload:")):
+            return value
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+        try:
+            return self.upload(path.read_bytes()).ref
+        except RequestRejected as e:
+            raise ValueError(f"{path.name}: {e}") from None
+
     def delete_image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, self._send("DELETE", f"/v1/images/{image_id}"))
 
@@ -163,7 +187,7 @@ class EngineClient:
         """Reverse image search with PNG/JPEG/WebP bytes."""
         params = _search_params(limit, offset, filters)
         return _parse(SearchResults, self._send("POST", "/v1/search/image", content=image, params=params,
-                                                headers={"Content-Type": "application/octet-stream"}))  # fmt: skip
+                                                headers=_BINARY))  # fmt: skip
 
     def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
         params = _search_params(limit, offset, filters)
@@ -258,6 +282,9 @@ class AsyncEngineClient:
     async def image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, await self._send("GET", f"/v1/images/{image_id}"))
 
+    async def upload(self, data: bytes) -> Upload:
+        return _parse(Upload, await self._send("POST", "/v1/uploads", content=data, headers=_BINARY, timeout=120))
+
     async def delete_image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, await self._send("DELETE", f"/v1/images/{image_id}"))
 
@@ -268,7 +295,7 @@ class AsyncEngineClient:
     async def search_image(self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
         params = _search_params(limit, offset, filters)
         response = await self._send("POST", "/v1/search/image", content=image, params=params,
-                                    headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+                                    headers=_BINARY)  # fmt: skip
         return _parse(SearchResults, response)
 
     async def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:

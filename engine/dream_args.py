@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
@@ -40,6 +40,8 @@ FLAGS: dict[str, str] = {
     "strength": "-f/--strength",
     "init_mask": "-M/--init_mask",
     "variation_amount": "-v/--variation_amount",
+    "variation_seed": "--variation_seed",
+    "outpaint": "--outpaint",
     "with_variations": "-V/--with_variations",
     "upscale": "-U/--upscale",
     "layout": "-g/--grid or -i/--individual",
@@ -89,6 +91,24 @@ def _variations(value: str) -> list[dict[str, float]]:
     return terms
 
 
+def _sides(value: str) -> dict[str, int]:
+    """`64` (every side) or `left:64,top:32`."""
+    try:
+        if value.strip().isdigit():
+            px = int(value)
+            return {"left": px, "right": px, "top": px, "bottom": px}
+        sides: dict[str, int] = {}
+        for part in value.split(","):
+            side, px = part.split(":")
+            sides[side.strip().lower()] = int(px)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PIXELS or side:pixels[,side:pixels...], got {value!r}") from None
+    unknown = set(sides) - {"left", "right", "top", "bottom"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown side {sorted(unknown)[0]!r}; use left, right, top, bottom")
+    return sides
+
+
 def _build_parser() -> _Parser:
     p = _Parser(prog="!dream", add_help=False, allow_abbrev=False)
     p.add_argument("prompt", nargs="*")
@@ -108,6 +128,8 @@ def _build_parser() -> _Parser:
     p.add_argument("-M", "--init_mask")
     p.add_argument("-v", "--variation_amount", type=float)
     p.add_argument("-V", "--with_variations", type=_variations)
+    p.add_argument("--variation_seed", type=int)
+    p.add_argument("--outpaint", type=_sides)
     p.add_argument("-U", "--upscale", type=int)
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid")
@@ -129,13 +151,22 @@ def split(text: str) -> list[str]:
     return argv
 
 
-def parse(text: str, *, requester: Requester | None = None) -> DreamRequest:
+ImageResolver = Callable[[str], str]
+
+
+def parse(text: str, *, requester: Requester | None = None, resolve_image: ImageResolver | None = None) -> DreamRequest:
     """Parse `!dream "prompt" -n 4 -S 42 ...` into a validated request."""
-    return parse_argv(split(text), requester=requester)
+    return parse_argv(split(text), requester=requester, resolve_image=resolve_image)
 
 
-def parse_argv(argv: Sequence[str], *, requester: Requester | None = None) -> DreamRequest:
-    """Parse an already split command line (what `dreamhall dream` receives)."""
+def parse_argv(
+    argv: Sequence[str], *, requester: Requester | None = None, resolve_image: ImageResolver | None = None
+) -> DreamRequest:
+    """Parse an already split command line (what `dreamhall dream` receives).
+
+    `resolve_image` turns the values of -I and -M into image references
+    (the CLI and the desktop app upload local files with it).
+    """
     argv = list(argv)
     # Everything after `--` is prompt, even words that look like flags (argparse's
     # intermixed parsing does not honour `--` itself).
@@ -150,6 +181,13 @@ def parse_argv(argv: Sequence[str], *, requester: Requester | None = None) -> Dr
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
     if ns.negative:
         fields["negative_prompt"] = ", ".join(ns.negative)
+    if resolve_image is not None:
+        for field in ("init_image", "init_mask"):
+            if field in fields:
+                try:
+                    fields[field] = resolve_image(fields[field])
+                except ValueError as e:
+                    raise DreamArgsError(f"{FLAGS[field]}: {e}") from None
     fields["mode"] = _infer_mode(fields)
     if requester is not None:
         fields["requester"] = requester
@@ -164,6 +202,8 @@ def _infer_mode(fields: dict) -> str:
         return "upscale"
     if fields.get("variation_amount") is not None or fields.get("with_variations"):
         return "variation"
+    if fields.get("outpaint") is not None:
+        return "outpaint"
     if fields.get("init_mask") is not None:
         return "inpaint"
     if fields.get("init_image") is not None:
@@ -216,7 +256,8 @@ def format_request(request: DreamRequest) -> str:
     simple = [
         ("n", "-n"), ("seed", "-S"), ("width", "-W"), ("height", "-H"), ("cfg_scale", "-C"), ("steps", "-s"),
         ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("init_image", "--init_img"),
-        ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"), ("upscale", "-U"),
+        ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"),
+        ("variation_seed", "--variation_seed"), ("upscale", "-U"),
     ]  # fmt: skip
     for field, flag in simple:
         value = getattr(request, field)
@@ -230,6 +271,9 @@ def format_request(request: DreamRequest) -> str:
             parts += [flag, shlex.quote(text)]
     if request.aspect_ratio is not None:
         parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
+    if request.outpaint is not None:
+        sides = request.outpaint.model_dump()
+        parts += ["--outpaint", ",".join(f"{k}:{v}" for k, v in sides.items() if v)]
     if request.with_variations:
         parts += ["-V", ",".join(f"{v.seed}:{v.weight!r}" for v in request.with_variations)]
     if request.layout is not None:

@@ -1,4 +1,4 @@
-"""Loading diffusers pipelines, choosing schedulers, and the text-to-image task.
+"""Loading diffusers pipelines, choosing schedulers, and the txt2img/img2img/inpaint tasks.
 
 One loader serves every kind of model reference: a local diffusers folder (the
 built-in toy model is one), a Hugging Face hub id (when online), or a
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
     AutoPipelineForText2Image,
     DDIMScheduler,
     DiffusionPipeline,
@@ -118,18 +120,26 @@ class GenerationResult:
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-class TextToImage:
-    """txt2img on a loaded pipeline. Components are shared, never copied."""
+class Generator:
+    """The tasks of one loaded model. img2img and inpaint pipelines are built with
+    `from_pipe`, so they share the loaded components instead of copying them."""
 
     def __init__(self, pipe: DiffusionPipeline, device: Device) -> None:
         self.pipe = pipe
         self.device = device
         self.base_scheduler_config = dict(pipe.scheduler.config)
+        self._img2img: DiffusionPipeline | None = None
+        self._inpaint: DiffusionPipeline | None = None
 
     @property
     def native_size(self) -> int:
         """The square size the model was trained at (512 for SD 1.x, 64 for the toy model)."""
         return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """The shape of one image's starting noise."""
+        f = self.pipe.vae_scale_factor
+        return int(self.pipe.unet.config.in_channels), height // f, width // f
 
     def check_inputs(self, *, width: int, height: int, steps: int, seeds: list[int]) -> None:
         multiple = self.pipe.vae_scale_factor
@@ -140,40 +150,80 @@ class TextToImage:
         if not seeds:
             raise ValueError("seeds must name at least one image")
 
-    @torch.inference_mode()
-    def __call__(
+    def txt2img(
         self,
+        *,
+        seeds: list[int],
+        width: int,
+        height: int,
+        latents: torch.Tensor | None = None,
+        **common,
+    ) -> GenerationResult:
+        """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
+        if latents is not None:
+            latents = latents.to(self.device.torch_device, self.pipe.unet.dtype)
+        return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
+
+    def img2img(self, *, seeds: list[int], image: Image.Image, strength: float, **common) -> GenerationResult:
+        if self._img2img is None:
+            self._img2img = self._task(AutoPipelineForImage2Image)
+        return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength, **common)
+
+    def inpaint(
+        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, **common
+    ) -> GenerationResult:
+        """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
+        masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
+        if self._inpaint is None:
+            self._inpaint = self._task(AutoPipelineForInpainting)
+        n = len(seeds)
+        return self._run(self._inpaint, seeds=seeds, image=[image] * n, mask_image=[mask] * n, strength=strength,
+                         width=image.width, height=image.height, **common)  # fmt: skip
+
+    def _task(self, auto: type) -> DiffusionPipeline:
+        pipe = auto.from_pipe(self.pipe)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        pipe: DiffusionPipeline,
         *,
         prompt: str,
         negative_prompt: str,
         seeds: list[int],
-        width: int,
-        height: int,
         steps: int,
         cfg_scale: float,
         sampler: Sampler,
         on_step: StepCallback | None = None,
+        **task_inputs,
     ) -> GenerationResult:
-        self.check_inputs(width=width, height=height, steps=steps, seeds=seeds)
-        # CPU generators: the same seed draws the same initial noise on any device.
+        if "width" in task_inputs:
+            self.check_inputs(width=task_inputs["width"], height=task_inputs["height"], steps=steps, seeds=seeds)
+        # CPU generators: the same seed draws the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        self.pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config)
+        if task_inputs.get("latents") is not None:
+            # The caller drew the starting noise from these generators; advance them
+            # the same way so the sampler's own noise matches a plain txt2img call.
+            for g in generators:
+                torch.randn(task_inputs["latents"].shape[1:], generator=g)
+        pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config)
 
         def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             if on_step is not None:
                 on_step(step + 1, pipe.num_timesteps, tensors["latents"])
             return tensors
 
-        out = self.pipe(
+        out = pipe(
             prompt=[prompt] * len(seeds),
             negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
-            width=width,
-            height=height,
             num_inference_steps=steps,
             guidance_scale=cfg_scale,
             generator=generators,
             callback_on_step_end=step_end,
             callback_on_step_end_tensor_inputs=["latents"],
+            **task_inputs,
         )
         return GenerationResult(images=list(out.images), seeds=list(seeds))
 
@@ -197,29 +247,29 @@ class PipelineCache:
         self._lock = threading.Lock()
         self._name: str | None = None
         self._ref: str | None = None
-        self._txt2img: TextToImage | None = None
+        self._generator: Generator | None = None
 
     def default_name(self) -> str:
         return self.default_model or BUILTIN_MODEL_NAME
 
-    def text_to_image(self, ref: str | None) -> tuple[str, TextToImage]:
-        """The txt2img pipeline for `ref` (None: the configured default), loading it if needed."""
+    def generator(self, ref: str | None) -> tuple[str, Generator]:
+        """The tasks of model `ref` (None: the configured default), loading it if needed."""
         ref = ref or self.default_model
         if ref == BUILTIN_MODEL_NAME:
             ref = None  # images record the built-in model by this name; it must load back
         with self._lock:
-            if self._txt2img is None or ref != self._ref:
+            if self._generator is None or ref != self._ref:
                 self.unload()
                 if ref is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
                 name, pipe = load_pipeline(ref, self.device)
-                self._name, self._ref, self._txt2img = name, ref, TextToImage(pipe, self.device)
+                self._name, self._ref, self._generator = name, ref, Generator(pipe, self.device)
                 log.info("loaded model %s on %s", name, self.device.describe())
             assert self._name is not None
-            return self._name, self._txt2img
+            return self._name, self._generator
 
     def unload(self) -> None:
-        if self._txt2img is not None:
-            self._txt2img = None
+        if self._generator is not None:
+            self._generator = None
             self._name = self._ref = None
             self.device.free_memory()

@@ -6,10 +6,11 @@ whether it came from Discord, the desktop app, the CLI or raw HTTP.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
@@ -37,9 +38,32 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Size = Annotated[int, Field(ge=64, le=2048)]
 
-# Modes the engine can run today; the others parse and validate, then get a
-# clear "not supported yet" from the engine.
-SUPPORTED_MODES: frozenset[str] = frozenset({"txt2img"})
+# Strength (how much of an input image is repainted) when a request gives none.
+DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.75, "inpaint": 0.75, "outpaint": 1.0, "upscale": 0.3}
+
+
+def _image_ref(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"gallery:{value}"
+    if isinstance(value, str):
+        value = value.strip()
+        if value.isdigit():
+            return f"gallery:{int(value)}"
+        if not re.fullmatch(r"gallery:\d+|upload:[0-9a-f]{64}", value):
+            raise ValueError(
+                f"expected a gallery image id such as 42, got {value!r} "
+                "(the CLI and the desktop app upload local files for you)"
+            )
+    return value
+
+
+# An input image: `gallery:<id>` (bare digits allowed) or `upload:<sha256>` from POST /v1/uploads.
+ImageRef = Annotated[str, BeforeValidator(_image_ref)]
+
+
+def gallery_id(ref: str) -> int | None:
+    """The image id of a `gallery:<id>` reference (None for uploads)."""
+    return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
 
 
 class Requester(BaseModel):
@@ -67,12 +91,39 @@ class VariationWeight(BaseModel):
     weight: float = Field(ge=0.0, le=1.0)
 
 
+class OutpaintSides(BaseModel):
+    """Pixels to add on each side (rounded up to multiples of 8)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    left: int = Field(default=0, ge=0, le=1024)
+    right: int = Field(default=0, ge=0, le=1024)
+    top: int = Field(default=0, ge=0, le=1024)
+    bottom: int = Field(default=0, ge=0, le=1024)
+
+    @field_validator("left", "right", "top", "bottom")
+    @classmethod
+    def _up_to_8(cls, v: int) -> int:
+        return -(-v // 8) * 8
+
+    @model_validator(mode="after")
+    def _some_side(self) -> OutpaintSides:
+        if not (self.left or self.right or self.top or self.bottom):
+            raise ValueError("outpaint needs at least one side to extend")
+        return self
+
+
 class DreamRequest(BaseModel):
     """One `!dream`: what to draw, how, and who asked.
 
     Sizes are rounded to the nearest multiple of 8 (the VAE's stride); `None`
     for width, height or model means the model's (or engine's) default.
-    Image `i` of the request uses seed `(seed + i) mod 2**32`.
+    Image `i` of the request uses seed `(seed + i) mod 2**32`; in variation
+    mode every image shares `seed` and image `i` blends in the noise of
+    `variation_seed + i`.
+
+    Input images (`init_image`, `init_mask`) are references: a gallery image
+    id or an upload. In variation mode `init_image` names the parent image.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -89,11 +140,13 @@ class DreamRequest(BaseModel):
     sampler: Sampler = "k_euler_a"
     model: str | None = Field(default=None, max_length=1000)
     mode: Mode = "txt2img"
-    init_image: str | None = Field(default=None, max_length=4096)
-    init_mask: str | None = Field(default=None, max_length=4096)
+    init_image: ImageRef | None = None
+    init_mask: ImageRef | None = None
     strength: float | None = Field(default=None, ge=0.0, le=1.0)
     variation_amount: float | None = Field(default=None, ge=0.0, le=1.0)
+    variation_seed: Seed | None = None
     with_variations: tuple[VariationWeight, ...] | None = None
+    outpaint: OutpaintSides | None = None
     upscale: Literal[2, 4] | None = None
     layout: Literal["grid", "individual"] | None = None
     priority: int = Field(default=0, ge=-10, le=10)
@@ -118,7 +171,7 @@ class DreamRequest(BaseModel):
         needs = {
             "img2img": ("init_image",),
             "inpaint": ("init_image", "init_mask"),
-            "outpaint": ("init_image",),
+            "outpaint": ("init_image", "outpaint"),
             "upscale": ("init_image", "upscale"),
         }.get(self.mode, ())
         for field in needs:
@@ -152,6 +205,15 @@ def resolve_size(request: DreamRequest, default: int) -> tuple[int, int]:
 def image_seed(seed: int, index: int) -> int:
     """The seed of image `index` of a request: one convention for every frontend."""
     return (seed + index) % (MAX_SEED + 1)
+
+
+class Upload(BaseModel):
+    """An input image sent with POST /v1/uploads, to be named in a request by `ref`."""
+
+    ref: str
+    sha256: str
+    width: int
+    height: int
 
 
 class ImageInfo(BaseModel):
@@ -300,3 +362,41 @@ class GalleryCheck(BaseModel):
 class ReindexResult(BaseModel):
     embedded: int
     unreadable: list[int]
+
+
+# Sampler names as images record them (AUTOMATIC1111's) back to ours.
+SAMPLER_KEYS: dict[str, str] = {display: key for key, display in SAMPLERS.items()}
+VARIABLE_MODES = frozenset({"txt2img", "variation"})  # modes whose noise a variation can blend
+
+
+def derived_request(parent: ImageRecord, *, mode: Mode, requester: Requester, **changes: object) -> DreamRequest:
+    """A request that starts from `parent`'s own parameters: the U/V buttons and the desktop's actions."""
+    fields: dict[str, object] = {
+        "prompt": parent.prompt or "an image",
+        "negative_prompt": parent.negative_prompt,
+        "seed": parent.seed,
+        "width": parent.width,
+        "height": parent.height,
+        "steps": parent.steps or 20,
+        "cfg_scale": parent.cfg_scale if parent.cfg_scale is not None else 7.5,
+        "sampler": SAMPLER_KEYS.get(parent.sampler or "", "k_euler_a"),
+        "model": parent.model,
+        "mode": mode,
+        "init_image": f"gallery:{parent.id}",
+        "requester": requester,
+    }
+    return DreamRequest.model_validate({**fields, **changes})
+
+
+def variation_of(parent: ImageRecord, *, amount: float, n: int, requester: Requester) -> DreamRequest:
+    """`n` variations of `parent`: its seed's noise blended with new noise by `amount`."""
+    if parent.mode not in VARIABLE_MODES:
+        raise ValueError(f"variations blend the noise of a txt2img image; image {parent.id} is {parent.mode}")
+    earlier = parent.params.get("with_variations") or None
+    return derived_request(parent, mode="variation", requester=requester, n=n, variation_amount=amount,
+                           with_variations=earlier)  # fmt: skip
+
+
+def upscale_of(parent: ImageRecord, *, factor: Literal[2, 4], requester: Requester) -> DreamRequest:
+    """`parent` made `factor` times larger."""
+    return derived_request(parent, mode="upscale", requester=requester, upscale=factor, width=None, height=None)

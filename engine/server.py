@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from engine import __version__
 from engine.device import Device
 from engine.dream_args import explain_errors
+from engine.inputs import InputError, Inputs
 from engine.pipelines import PipelineCache
 from engine.queue import JobNotFound, JobQueue, JobRecord, SqliteJobQueue, TooManyQueued
 from engine.schema import (
@@ -54,9 +55,11 @@ from engine.schema import (
     ReindexResult,
     SearchResult,
     SearchResults,
+    Upload,
+    gallery_id,
 )
 from engine.settings import Settings
-from engine.worker import EventSink, Worker, WorkerEmbedder, draw_seed, image_info, unsupported_reason
+from engine.worker import EventSink, Worker, WorkerEmbedder, draw_seed, image_info
 from gallery.db import open_gallery_db
 from gallery.embeddings import OpenClipEmbedder
 from gallery.files import BadImage, decode_image
@@ -113,6 +116,7 @@ class Services:
     settings: Settings
     queue: JobQueue
     store: ImageStore
+    inputs: Inputs
     pipelines: PipelineCache
     device: Device
     search: GallerySearch
@@ -129,7 +133,8 @@ def build_services(settings: Settings) -> Services:
     store = SqliteImageStore(db, settings.images_dir)
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
     pipelines = PipelineCache(device, settings.model)
-    worker = Worker(queue=queue, store=store, pipelines=pipelines, device=device)
+    inputs = Inputs(store, settings.uploads_dir)
+    worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device)
     worker.start()
     clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
                        device=str(device.torch_device))  # fmt: skip
@@ -143,6 +148,7 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         queue=queue,
         store=store,
+        inputs=inputs,
         pipelines=pipelines,
         device=device,
         search=GallerySearch(engine=db, store=store, embedder=embedder, index=index),
@@ -201,6 +207,22 @@ def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
     )
 
 
+def settle_seeds(request: DreamRequest, s: Services) -> DreamRequest:
+    """Fix a variation's seeds at submit time, so the stored request replays exactly after a restart.
+
+    The base seed is the parent image's (or the given one); new variation noise gets a drawn seed.
+    """
+    if request.mode != "variation":
+        return request
+    update: dict = {}
+    parent_id = gallery_id(request.init_image) if request.init_image else None
+    if request.seed is None and parent_id is not None:
+        update["seed"] = s.store.get(parent_id).seed
+    if request.variation_amount is not None and request.variation_seed is None:
+        update["variation_seed"] = draw_seed()
+    return request.model_copy(update=update)
+
+
 def _existing_job(job_id: str, s: ServicesDep) -> JobRecord:
     # A dependency, so an unknown id is a 404 before the event stream starts.
     return s.queue.get(job_id)
@@ -218,6 +240,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     ImageNotFound: 404,
     SearchError: 422,
     BadImage: 422,
+    InputError: 422,
     TooManyQueued: 429,
 }
 
@@ -308,21 +331,25 @@ def create_app(services: Services) -> FastAPI:
             running=1 if s.worker.current else 0,
         )
 
-    @app.post("/v1/dreams", status_code=202, responses={429: {"model": ErrorBody}, 501: {"model": ErrorBody}})
+    @app.post("/v1/dreams", status_code=202, responses={404: {"model": ErrorBody}, 429: {"model": ErrorBody}})
     def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
         if request.n > s.settings.max_n:
             raise HTTPException(
                 422, f"n: this engine makes at most {s.settings.max_n} images per request (got {request.n})"
             )
-        reason = unsupported_reason(request)
-        if reason:
-            raise HTTPException(501, reason)
+        s.inputs.check(request)
+        request = settle_seeds(request, s)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = s.queue.put(request, seed=seed)
         s.worker.wake()
         if s.hub is not None:
             s.hub.positions_changed(s.queue.positions())
         return Accepted(id=record.id, status=record.status, position=position, seed=seed)
+
+    @app.post("/v1/uploads", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def upload(request: Request, s: ServicesDep) -> Upload:
+        """An input image for img2img, inpaint (image or mask), outpaint or upscale; name it by `ref`."""
+        return await asyncio.to_thread(s.inputs.save_upload, await request.body())
 
     @app.get("/v1/dreams/{job_id}")
     def get_job(job_id: str, s: ServicesDep) -> Job:

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
         return self.home / "images"
 
     @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
+
+    @property
     def index_dir(self) -> Path:
         return self.home / "lancedb"
 

@@ -24,15 +24,17 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from engine import modes
 from engine.device import Device
-from engine.pipelines import Cancelled, GenerationResult, ModelLoadError, PipelineCache, TextToImage
+from engine.inputs import InputError, Inputs
+from engine.pipelines import Cancelled, Generator, ModelLoadError, PipelineCache, StepCallback
 from engine.queue import JobQueue, JobRecord
-from engine.schema import SAMPLERS, SUPPORTED_MODES, DreamRequest, Event, ImageInfo, image_seed, resolve_size
+from engine.schema import SAMPLERS, Event, ImageInfo
 from gallery.embeddings import Embedder
 from gallery.files import encode_png
 from gallery.indexer import Indexer
 from gallery.schemas import ImageCreate, ImagePublic
-from gallery.store import ImageStore
+from gallery.store import ImageNotFound, ImageStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -60,13 +62,6 @@ def draw_seed() -> int:
     return secrets.randbelow(2**32)
 
 
-def unsupported_reason(request: DreamRequest) -> str | None:
-    """Why the engine cannot run `request` yet (None if it can)."""
-    if request.mode not in SUPPORTED_MODES:
-        return f"{request.mode} is not supported yet; only txt2img runs in this version"
-    return None
-
-
 def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
     """The client's view of a stored image; `path` is absolute, for frontends on this machine."""
     return ImageInfo(
@@ -83,6 +78,7 @@ class Worker:
         *,
         queue: JobQueue,
         store: ImageStore,
+        inputs: Inputs,
         pipelines: PipelineCache,
         device: Device,
         events: EventSink | None = None,
@@ -91,6 +87,7 @@ class Worker:
         self.queue = queue
         self.indexer = indexer
         self.store = store
+        self.inputs = inputs
         self.pipelines = pipelines
         self.events = events
         self.device = device
@@ -173,7 +170,7 @@ class Worker:
     def _preload(self) -> None:
         """Load the default model before the first job asks; bring the search index up to date."""
         try:
-            self.pipelines.text_to_image(None)
+            self.pipelines.generator(None)
         except Exception as e:  # reported again, per job, when the model is used
             log.error("could not preload the default model: %s", readable_error(e))
         if self.indexer is not None:
@@ -196,9 +193,6 @@ class Worker:
         self.current, self.progress = job.id, (0, job.request.steps)
         self.events.publish(Event(type="started", job=job.id, step=0, total=job.request.steps))
         try:
-            reason = unsupported_reason(job.request)
-            if reason:
-                raise ValueError(reason)
             images = self._generate(job)
             self._index(images)
             for image in images:
@@ -222,22 +216,22 @@ class Worker:
 
     def _generate(self, job: JobRecord) -> list[ImagePublic]:
         req = job.request
-        model_name, pipe = self.pipelines.text_to_image(req.model)
-        width, height = resolve_size(req, pipe.native_size)
-        seeds = [image_seed(job.seed, i) for i in range(req.n)]
+        model_name, gen = self.pipelines.generator(req.model)
+        inputs = self.inputs.load(req)
+        work = modes.plan(req, inputs, job_seed=job.seed, native_size=gen.native_size)
         started = time.perf_counter()
-        result = self._run_batched(job, pipe, seeds, width, height)
-        log.info("job %s: %d image(s) %dx%d, %d steps in %.2f s", job.id, req.n, width, height, req.steps,
-                 time.perf_counter() - started)  # fmt: skip
-        params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
+        images = self._run_batched(job, gen, work)
+        log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
+                 work.height, req.steps, time.perf_counter() - started)  # fmt: skip
+        parent_id = inputs.parent.id if inputs.parent is not None else None
         items = []
-        for i, (img, seed) in enumerate(zip(result.images, result.seeds)):
+        for i, img in enumerate(images):
             info = ImageCreate(
                 job_id=job.id,
                 index=i,
                 width=img.width,
                 height=img.height,
-                seed=seed,
+                seed=work.seeds[i],
                 prompt=req.prompt,
                 negative_prompt=req.negative_prompt,
                 steps=req.steps,
@@ -249,24 +243,25 @@ class Worker:
                 user=req.requester.user,
                 guild=req.requester.guild,
                 channel=req.requester.channel,
-                # Per-image parameters: n=1 and this image's seed reproduce it alone.
-                params={**params, "n": 1, "seed": seed, "width": width, "height": height, "model": model_name},
+                parent_id=parent_id,
+                relation=None if req.mode == "txt2img" else req.mode,
+                params={**work.image_params(req, i), "model": model_name},
             )
             items.append((info, encode_png(img, info)))
         return self.store.add(items)
 
-    def _run_batched(
-        self, job: JobRecord, pipe: TextToImage, seeds: list[int], width: int, height: int
-    ) -> GenerationResult:
-        """All of `seeds` as one batch; halve the batch on out-of-memory until it fits."""
-        batch = len(seeds)
+    def _run_batched(self, job: JobRecord, gen: Generator, work: modes.Plan) -> list[Image.Image]:
+        """All images as one batch; halve the batch on out-of-memory until it fits."""
+        count = len(work.seeds)
+        batch = count
         while True:
             try:
-                images: list = []
-                chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
+                images: list[Image.Image] = []
+                chunks = [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
                 for c, chunk in enumerate(chunks):
-                    images += self._call(job, pipe, chunk, width, height, chunk_no=c, chunks=len(chunks)).images
-                return GenerationResult(images=images, seeds=seeds)
+                    on_step = self._step_reporter(job, gen, chunk_no=c, chunks=len(chunks))
+                    images += work.run(gen, job.request, chunk, on_step).images
+                return images
             except (Cancelled, _Interrupted):
                 raise
             except Exception as e:
@@ -276,18 +271,7 @@ class Worker:
                 batch = max(1, batch // 2)
                 log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch)
 
-    def _call(
-        self,
-        job: JobRecord,
-        pipe: TextToImage,
-        seeds: list[int],
-        width: int,
-        height: int,
-        *,
-        chunk_no: int,
-        chunks: int,
-    ) -> GenerationResult:
-        req = job.request
+    def _step_reporter(self, job: JobRecord, gen: Generator, *, chunk_no: int, chunks: int) -> StepCallback:
         last_preview = [0.0]
 
         def on_step(step: int, total: int, latents) -> None:
@@ -300,22 +284,12 @@ class Worker:
             self.progress = (done, all_steps)
             preview = None
             now = time.monotonic()
-            if req.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
+            if job.request.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
                 last_preview[0] = now
-                preview = _data_url(pipe.preview(latents))
+                preview = _data_url(gen.preview(latents))
             self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
 
-        return pipe(
-            prompt=req.prompt,
-            negative_prompt=req.negative_prompt,
-            seeds=seeds,
-            width=width,
-            height=height,
-            steps=req.steps,
-            cfg_scale=req.cfg_scale,
-            sampler=req.sampler,
-            on_step=on_step,
-        )
+        return on_step
 
 
 class WorkerEmbedder(Embedder):
@@ -342,7 +316,7 @@ def _data_url(img) -> str:
 
 def readable_error(e: BaseException) -> str:
     """One line for the user; the traceback stays in the engine's log."""
-    if isinstance(e, ModelLoadError):
+    if isinstance(e, (ModelLoadError, InputError, ImageNotFound)):
         return str(e)
     if Device.is_out_of_memory(e):
         return "out of memory even for a single image; try a smaller size or fewer steps"

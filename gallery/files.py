@@ -89,8 +89,8 @@ class BadImage(ValueError):
     """Bytes that are not an image we accept; the message says why."""
 
 
-def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096) -> Image.Image:
-    """Open untrusted image bytes safely: size checked before decoding, fully loaded, RGB."""
+def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096, mode: str = "RGB") -> Image.Image:
+    """Open untrusted image bytes safely: size checked before decoding, fully loaded, in `mode`."""
     if not data:
         raise BadImage("the image is empty")
     try:
@@ -99,7 +99,7 @@ def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096) -> Image.Image:
         if w * h > max_pixels:
             raise BadImage(f"the image is too large ({w}x{h}; at most {max_pixels} pixels)")
         im.load()
-        return im.convert("RGB")
+        return im.convert(mode)
     except BadImage:
         raise
     except Image.DecompressionBombError as e:

@@ -1,6 +1,6 @@
 """Measure the built-in models on the toy world (shared by bench/offline_models.py and the tests).
 
-Everything goes through the production loaders: the engine's TextToImage and
+Everything goes through the production loaders: the engine's Generator and
 the gallery's OpenClipEmbedder.
 """
 
@@ -34,7 +34,7 @@ def fidelity(pipe, scenes: list[toyworld.Scene], *, seeds: list[int], steps: int
     for scene, prompt in jobs:
         for i in range(0, len(seeds), batch):
             chunk = seeds[i : i + batch]
-            result = pipe(prompt=prompt, negative_prompt="", seeds=chunk, width=64, height=64, steps=steps,
+            result = pipe.txt2img(prompt=prompt, negative_prompt="", seeds=chunk, width=64, height=64, steps=steps,
                           cfg_scale=7.5, sampler="k_euler_a")  # fmt: skip
             for image in result.images:
                 v = judge(image)
@@ -74,12 +74,12 @@ def clip_metrics(embedder, *, count: int = 400, seed: int = 12345) -> ClipMetric
 
 def seconds_per_image(pipe, *, batch: int, steps: int = 20, repeats: int = 3) -> float:
     prompt = "a red circle on a blue background"
-    pipe(prompt=prompt, negative_prompt="", seeds=list(range(batch)), width=64, height=64, steps=steps,
+    pipe.txt2img(prompt=prompt, negative_prompt="", seeds=list(range(batch)), width=64, height=64, steps=steps,
          cfg_scale=7.5, sampler="k_euler_a")  # fmt: skip
     times = []
     for r in range(repeats):
         t = time.perf_counter()
-        pipe(prompt=prompt, negative_prompt="", seeds=list(range(r, r + batch)), width=64, height=64, steps=steps,
-             cfg_scale=7.5, sampler="k_euler_a")  # fmt: skip
+        pipe.txt2img(prompt=prompt, negative_prompt="", seeds=list(range(r, r + batch)), width=64, height=64,
+                     steps=steps, cfg_scale=7.5, sampler="k_euler_a")  # fmt: skip
         times.append((time.perf_counter() - t) / batch)
     return float(np.median(times))

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.dream_args import DreamArgsError, format_request, parse, parse_argv
-from engine.schema import SAMPLERS, DreamRequest, Requester, VariationWeight, image_seed, resolve_size
+from engine.schema import SAMPLERS, DreamRequest, OutpaintSides, Requester, VariationWeight, image_seed, resolve_size
 
 
 def test_the_classic_command() -> None:
@@ -42,12 +42,22 @@ def test_sampler_names_are_forgiving() -> None:
 
 
 def test_modes_are_inferred_from_their_flags() -> None:
-    assert parse("x -I in.png -f 0.6").mode == "img2img"
-    assert parse("x -I in.png -M mask.png").mode == "inpaint"
+    assert parse("x -I 7 -f 0.6").mode == "img2img"
+    assert parse("x -I 7 -M 8").mode == "inpaint"
     assert parse("x -v 0.2").mode == "variation"
+    assert parse("x -v 0.2 -I 7").init_image == "gallery:7"  # the parent of the variations
     assert parse("x -V 12:0.5,13:0.25").with_variations == (VariationWeight(seed=12, weight=0.5),
                                                            VariationWeight(seed=13, weight=0.25))  # fmt: skip
-    assert parse("x -U 2 -I in.png").mode == "upscale"
+    assert parse("x -U 2 -I 7").mode == "upscale"
+    assert parse("x -I 7 --outpaint 64").outpaint == OutpaintSides(left=64, right=64, top=64, bottom=64)
+    assert parse("x -I 7 --outpaint left:60,TOP:8").outpaint == OutpaintSides(left=64, top=8)
+
+
+def test_image_flags_take_gallery_ids_or_resolved_files() -> None:
+    assert parse("x -I 42").init_image == "gallery:42"
+    uploaded = {"cat.png": "upload:" + "ab" * 32}
+    request = parse("x -I cat.png -f 0.5", resolve_image=uploaded.__getitem__)
+    assert request.init_image == "upload:" + "ab" * 32 and request.strength == 0.5
 
 
 def test_sizes_round_to_multiples_of_8() -> None:
@@ -75,7 +85,11 @@ def test_seed_convention_wraps_at_2_32() -> None:
         ("x -W 32", "-W/--width (width): must be between 64 and 2048"),
         ("x -s 0", "-s/--steps (steps): must be between 1 and 150"),
         ("x -C 31", "-C/--cfg_scale (cfg_scale): must be between 0 and 30"),
-        ("x -I a.png -f 1.5", "-f/--strength (strength): must be between 0 and 1"),
+        ("x -I 1 -f 1.5", "-f/--strength (strength): must be between 0 and 1"),
+        ("x -I a.png", "-I/--init_img (init_image): expected a gallery image id such as 42, got 'a.png'"),
+        ("x -I 1 --outpaint 0", "--outpaint (outpaint): outpaint needs at least one side"),
+        ("x -I 1 --outpaint middle:8", "--outpaint: unknown side 'middle'"),
+        ("x -I 1 --outpaint 2000", "--outpaint (outpaint): input should be less than or equal to 1024"),
         ("x -n many", "-n/--iterations: invalid int value: 'many'"),
         ("x -s", "-s/--steps: expected one argument"),
         ("x --bogus 3", "unknown flag --bogus"),
@@ -85,7 +99,7 @@ def test_seed_convention_wraps_at_2_32() -> None:
         ("x -i -g", "not allowed with argument"),
         ("x --ar 16x9", "--ar: expected W:H"),
         ("x -V 12", "-V/--with_variations: expected seed:weight"),
-        ("x -U 3 -I a.png", "-U/--upscale (upscale)"),
+        ("x -U 3 -I 1", "-U/--upscale (upscale)"),
         ("x --ar 16:9 -W 512 -H 512", "aspect ratio or both width and height"),
     ],
 )
@@ -125,7 +139,7 @@ sizes = st.integers(min_value=8, max_value=256).map(lambda v: v * 8)
 
 @st.composite
 def requests(draw: st.DrawFn) -> DreamRequest:
-    mode = draw(st.sampled_from(["txt2img", "img2img", "inpaint", "variation", "upscale"]))
+    mode = draw(st.sampled_from(["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"]))
     fields: dict = {
         "prompt": draw(prompts),
         "negative_prompt": draw(st.one_of(st.just(""), prompts)),
@@ -144,15 +158,22 @@ def requests(draw: st.DrawFn) -> DreamRequest:
     else:
         fields["width"] = draw(st.one_of(st.none(), sizes))
         fields["height"] = draw(st.one_of(st.none(), sizes))
-    if mode in {"img2img", "inpaint", "upscale"}:
-        fields["init_image"] = draw(st.sampled_from(["in.png", "my pictures/cat.png"]))
+    refs = st.one_of(st.integers(0, 10**9).map(lambda i: f"gallery:{i}"),
+                     st.binary(min_size=32, max_size=32).map(lambda b: f"upload:{b.hex()}"))  # fmt: skip
+    if mode in {"img2img", "inpaint", "outpaint", "upscale"}:
+        fields["init_image"] = draw(refs)
         fields["strength"] = draw(st.one_of(st.none(), st.floats(0, 1, allow_nan=False)))
     if mode == "inpaint":
-        fields["init_mask"] = "mask.png"
+        fields["init_mask"] = draw(refs)
+    if mode == "outpaint":
+        sides = st.integers(0, 128).map(lambda v: v * 8)
+        fields["outpaint"] = OutpaintSides(left=draw(sides), right=draw(sides), top=draw(sides), bottom=8)
     if mode == "upscale":
         fields["upscale"] = draw(st.sampled_from([2, 4]))
     if mode == "variation":
         fields["variation_amount"] = draw(st.floats(0, 1, allow_nan=False))
+        fields["variation_seed"] = draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+        fields["init_image"] = draw(st.one_of(st.none(), refs))
         if draw(st.booleans()):
             weights = st.builds(VariationWeight, seed=st.integers(0, 2**32 - 1), weight=st.floats(0, 1))
             fields["with_variations"] = tuple(draw(st.lists(weights, min_size=1, max_size=3)))

@@ -175,7 +175,7 @@ def test_bad_json_types_and_sizes(engine: EngineProcess) -> None:
         r = http.post("/v1/dreams", json={"prompt": "x", "n": 9})
         assert r.status_code == 422 and "at most 8 images" in r.json()["error"]
         r = http.post("/v1/dreams", json={"prompt": "x", "mode": "img2img", "init_image": "a.png"})
-        assert r.status_code == 501 and "not supported yet" in r.json()["error"]
+        assert r.status_code == 422 and "expected a gallery image id" in r.json()["error"]
         r = http.get("/v1/dreams/nope")
         assert r.status_code == 404 and r.json()["error"] == "no job nope"
         assert http.get("/v1/dreams/nope/events").status_code == 404

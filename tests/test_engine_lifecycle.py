@@ -106,7 +106,7 @@ class _Events:
 def test_out_of_memory_retries_in_smaller_batches(tiny_model: Path) -> None:
     device = Device("cpu")
     cache = PipelineCache(device, str(tiny_model))
-    _, pipe = cache.text_to_image(None)
+    _, pipe = cache.generator(None)
     worker = Worker(queue=None, store=None, pipelines=cache, events=_Events(), device=device)  # type: ignore[arg-type]
     job = JobRecord(id="j", status="running", request=small("oom", n=4), seed=10, queue_key="k", priority=0,
                     created_at="2026-01-01T00:00:00")  # fmt: skip
