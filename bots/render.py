@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from engine.schema import SAMPLERS, DreamRequest, Job
+from engine.schema import SAMPLERS, DreamRequest, Job, gallery_id
 
 MESSAGE_LIMIT = 2000
 ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."
@@ -27,8 +27,21 @@ def describe(job: Job) -> str:
         f" · model {req.model}" if req.model else ""
     )
     negative = f"\nnegative: {clip(req.negative_prompt, 300)}" if req.negative_prompt else ""
-    head = f"\n{params}{negative}"
+    head = f"\n{params}{negative}{_lineage(req)}"
     return f"**{clip(req.prompt, MESSAGE_LIMIT - len(head) - 10)}**{head}"
+
+
+def _lineage(req: DreamRequest) -> str:
+    """What a derived result came from, e.g. 'variations of #12 (amount 0.25)'."""
+    if req.mode == "txt2img" or req.init_image is None:
+        return ""
+    parent = gallery_id(req.init_image)
+    source = f"#{parent}" if parent is not None else "the attached image"
+    detail = {
+        "variation": f"variations of {source} (amount {req.variation_amount:g})" if req.variation_amount else "",
+        "upscale": f"x{req.upscale} upscale of {source}",
+    }.get(req.mode) or f"{req.mode} of {source}" + (f" (strength {req.strength:g})" if req.strength else "")
+    return f"\n{detail}"
 
 
 def queued_text(request: DreamRequest, position: int, seed: int) -> str:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import discord
 
-from engine.schema import Job
+from engine.schema import VARIABLE_MODES, Job
 
 if TYPE_CHECKING:
     from bots.cogs.dream import DreamCog
@@ -45,12 +45,15 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
 
 
 def result_view(job: Job) -> discord.ui.View:
-    """U and V for the first four images (as Midjourney), then reroll and delete."""
+    """U and V for the first four images (as Midjourney), then reroll and delete.
+
+    V only where there is seed noise to vary (txt2img and variations)."""
     view = discord.ui.View(timeout=None)
     for k, image in enumerate(job.images[:4], start=1):
         view.add_item(ImageAction("upscale", image.id, label=f"U{k}", row=0))
-    for k, image in enumerate(job.images[:4], start=1):
-        view.add_item(ImageAction("variation", image.id, label=f"V{k}", row=1))
+    if job.request.mode in VARIABLE_MODES:
+        for k, image in enumerate(job.images[:4], start=1):
+            view.add_item(ImageAction("variation", image.id, label=f"V{k}", row=1))
     first = job.images[0].id
     view.add_item(ImageAction("reroll", first, emoji="🔄", row=2))
     view.add_item(ImageAction("delete", first, emoji="❌", row=2))

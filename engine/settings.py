@@ -27,6 +27,7 @@ class BotSettings(BaseModel):
     max_steps: int = Field(default=50, ge=1, le=150)
     max_size: int = Field(default=1024, ge=64, le=2048)
     max_queued_per_user: int = Field(default=3, ge=1)
+    variation_amount: float = Field(default=0.25, ge=0.0, le=1.0, description="how far the V buttons wander")
     cooldown_s: float = Field(default=0.0, ge=0, description="seconds between a user's requests")
     progress_every_s: float = Field(default=2.0, ge=0.5, description="status message edits at most this often")
 

@@ -57,6 +57,7 @@ class Posted:
     edits: list[dict] = field(default_factory=list)
     deleted: bool = False
     via: str = "channel"  # channel, interaction, followup
+    interaction: str | None = None  # for follow-ups: the interaction they answer
 
     @property
     def content(self) -> str:
@@ -308,11 +309,13 @@ class FakeDiscord:
             )
         if p[0] == "webhooks":
             token = p[2]
-            interaction = next(i for i in self._interactions.values() if i["token"] == token)
+            iid, interaction = next((k, i) for k, i in self._interactions.items() if i["token"] == token)
             if interaction.get("expired"):
                 return json_response({"message": "Invalid Webhook Token", "code": 50027}, status=401)
             if method == "POST" and len(p) == 3:
-                return json_response(self._message(self._post(interaction["channel_id"], payload, files, "followup")))
+                posted = self._post(interaction["channel_id"], payload, files, "followup")
+                posted.interaction = iid
+                return json_response(self._message(posted))
             target = interaction.get("answer") if p[4] == "@original" else self.posted.get(p[4])
             if target is None or target.deleted:
                 return json_response({"message": "Unknown Message", "code": 10008}, status=404)

@@ -13,6 +13,7 @@ from PIL import Image
 from bots.bot import DreamBot
 from engine.client import AsyncEngineClient
 from engine.settings import BotSettings, Settings
+from models.checker import judge
 from tests.conftest import EngineProcess
 from tests.fake_discord import FakeDiscord, Posted
 
@@ -100,16 +101,31 @@ async def test_dream_posts_a_grid_with_seeds_and_buttons(world: World) -> None:
     await world.fake.wait_for(lambda: status[0].deleted)
 
 
-async def test_individual_images_and_a_variation_button(world: World) -> None:
-    mid = await world.fake.say(A, "7", "!dream a green star -n 4 -i -S 5 -s 3")
+async def follow_up_result(world: World, iid: str) -> Posted:
+    deferred = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert deferred.payload["type"] == 5
+    return await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.via == "followup" and p.files
+                      and p.interaction == iid), None), 90)  # fmt: skip
+
+
+async def test_individual_images_then_v2_and_u3_act_on_the_right_image(world: World) -> None:
+    mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -n 4 -i -S 5 -s 6')
     result = await world.result_for(mid)
     assert len(result.files) == 4
-    v1 = next(c for c in result.custom_ids if c.startswith("dreamhall:variation:"))
-    image_id = v1.rsplit(":", 1)[1]
-    iid = await world.fake.click(A, "7", result, v1)
-    answer = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
-    assert f"image #{image_id}" in answer.payload["content"]
-    assert "not supported yet" in answer.payload["content"]
+    ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:variation:")]
+    assert len(ids) == 4
+    v2 = await follow_up_result(world, await world.fake.click(A, "7", result, f"dreamhall:variation:{ids[1]}"))
+    assert f"variations of #{ids[1]} (amount 0.25)" in v2.content
+    assert png_sizes(v2) == [(128, 128)]  # four variations, as a grid
+    parent = await world.client.image(ids[1])
+    children = [int(c.rsplit(":", 1)[1]) for c in v2.custom_ids if c.startswith("dreamhall:upscale:")]
+    for child in [await world.client.image(i) for i in children]:
+        assert child.parent_id == ids[1] and child.seed == parent.seed and child.relation == "variation"
+    u3 = await follow_up_result(world, await world.fake.click(A, "7", result, f"dreamhall:upscale:{ids[2]}"))
+    assert f"x2 upscale of #{ids[2]}" in u3.content and png_sizes(u3) == [(128, 128)]
+    # An upscale has no seed noise of its own to vary: no V buttons under it.
+    assert not [c for c in u3.custom_ids if ":variation:" in c]
 
 
 async def test_slash_dream_defers_then_follows_up_with_files(world: World) -> None:
@@ -220,11 +236,17 @@ async def test_queue_and_cancel(world: World) -> None:
     await world.fake.wait_for(lambda: "cancelled" in status.content)
 
 
-async def test_an_attachment_is_the_init_image_and_img2img_is_not_built_yet(world: World) -> None:
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 0, 0)).save(buf, format="PNG")
-    mid = await world.fake.say(A, "7", "!dream make it blue -f 0.7", attachment=buf.getvalue())
-    assert "img2img is not supported yet" in (await world.text_reply(mid)).content
+async def test_an_attachment_is_the_init_image(world: World) -> None:
+    mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -n 1 -S 3 -s 8')
+    red = next(iter((await world.result_for(mid)).files.values()))
+    mid = await world.fake.say(A, "7", '!dream "a blue circle on a white background" -f 0.8 -n 2 -S 9', attachment=red)
+    result = await world.result_for(mid)
+    assert "img2img of the attached image (strength 0.8)" in result.content
+    ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:upscale:")]
+    images = [Image.open(io.BytesIO(await world.client.image_file(i))) for i in ids]
+    assert [judge(im).colour for im in images].count("blue") >= 1
+    bad = await world.fake.say(A, "7", "!dream anything", attachment=b"not an image at all")
+    assert "the attached file image.png: not a readable image" in (await world.text_reply(bad)).content
 
 
 async def test_an_expired_interaction_token_falls_back_to_the_channel(world: World) -> None:

@@ -13,10 +13,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
-from bots.views import image_ids_of, result_view
+from bots.views import result_view
 from engine.client import EngineUnavailable, RequestRejected
-from engine.dream_args import DreamArgsError, parse, parse_argv, split
-from engine.schema import SAMPLERS, DreamRequest, Job, Requester
+from engine.dream_args import DreamArgsError, parse_argv, split
+from engine.schema import SAMPLERS, DreamRequest, Job, Requester, upscale_of, variation_of
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -80,14 +80,29 @@ class DreamCog(commands.Cog, name="DreamCog"):
     async def dream_command(self, ctx: commands.Context, *, args: str = "") -> None:
         who = requester_of(ctx.guild, ctx.channel, ctx.author)  # type: ignore[arg-type]
         try:
-            request = parse(args, requester=who)
-            if ctx.message.attachments:  # an attached picture is the init image (img2img)
-                init = ctx.message.attachments[0].url
-                request = DreamRequest.model_validate({**request.model_dump(), "init_image": init, "mode": "img2img"})
+            argv = split(args)
+            if ctx.message.attachments and not {"-I", "--init_img"} & set(argv):
+                # An attached picture is the init image: img2img, or inpaint/outpaint with their flags.
+                argv += ["-I", await self._upload(ctx.message.attachments[0])]
+            request = parse_argv(argv, requester=who)
         except DreamArgsError as e:
             await ctx.reply(f"⚠️ {e}", mention_author=False)
             return
+        except EngineUnavailable:
+            await ctx.reply(render.ENGINE_DOWN, mention_author=False)
+            return
         await self.run(request, MessageReply(ctx.message), ctx.channel, ctx.author)
+
+    async def _upload(self, attachment: discord.Attachment) -> str:
+        """Send an attachment to the engine; its reference, or a DreamArgsError saying what is wrong."""
+        if attachment.size > self.bot.settings.max_body_bytes:
+            raise DreamArgsError(f"the attached file is too large ({attachment.size // 1024} KiB)")
+        try:
+            return (await self.bot.engine.upload(await attachment.read())).ref
+        except RequestRejected as e:
+            raise DreamArgsError(f"the attached file {attachment.filename}: {e}") from None
+        except discord.HTTPException as e:
+            raise DreamArgsError(f"could not download the attached file ({e.status})") from None
 
     @app_commands.command(name="dream", description="Make images from a prompt (same flags as !dream)")
     @app_commands.describe(
@@ -278,30 +293,25 @@ class DreamCog(commands.Cog, name="DreamCog"):
             await interaction.response.send_message("⚠️ That image is not in this server's gallery.", ephemeral=True)
             return
         who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
-        base = {**image.params, "requester": who.model_dump()}
         if action == "delete":
             await self._delete(interaction, image)
             return
-        if action == "reroll":
-            await interaction.response.defer(thinking=True)
-            count = max(1, len(image_ids_of(interaction.message)))
-            request = DreamRequest.model_validate({**base, "n": count, "seed": None})
-            await self.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
-            return
-        name = "Upscale" if action == "upscale" else "Variations"
-        extra = (
-            {"mode": "upscale", "upscale": 2} if action == "upscale" else {"mode": "variation", "variation_amount": 0.3}
-        )
-        request = DreamRequest.model_validate({**base, **extra, "init_image": f"gallery:{image.id}"})
         try:
-            accepted = await engine.submit(request)
-        except RequestRejected as e:
-            await interaction.response.send_message(f"{name} of image #{image.id} (seed {image.seed}): {e}")
+            if action == "reroll":  # the same job again with new seeds
+                original = (await engine.job(image.job_id)).request if image.job_id else None
+                if original is None:
+                    raise ValueError(f"image #{image.id} was imported, not dreamed here: nothing to reroll")
+                request = original.model_copy(update={"seed": None, "variation_seed": None, "requester": who})
+            elif action == "upscale":
+                request = upscale_of(image, factor=2, requester=who)
+            else:
+                n = min(4, self.rules.max_n)
+                request = variation_of(image, amount=self.rules.variation_amount, n=n, requester=who)
+        except (ValueError, RequestRejected) as e:
+            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
             return
-        except EngineUnavailable:
-            await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
-            return
-        await interaction.response.send_message(f"{name} of image #{image.id}: queued `{accepted.id[:8]}`.")
+        await interaction.response.defer(thinking=True)
+        await self.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
 
     async def _delete(self, interaction: discord.Interaction, image) -> None:
         is_owner = image.user == str(interaction.user.id)
