@@ -32,6 +32,17 @@ def check(request: DreamRequest, rules: BotSettings, *, channel_id: int, nsfw: b
     return None
 
 
+def nsfw_allowed(channel: object) -> bool:
+    """Whether the channel is marked NSFW (threads follow their parent); DMs are not."""
+    parent = getattr(channel, "parent", None)
+    return bool(getattr(channel, "nsfw", False) or getattr(parent, "nsfw", False))
+
+
+def flagged_text(flagged: int, total: int) -> str:
+    return (f"⚠️ The safety check flagged {flagged} of {total} image(s), so nothing is posted here: "
+            "flagged images are shown only in NSFW channels. They are kept in the gallery.")  # fmt: skip
+
+
 class Cooldown:
     """Seconds a user must wait between requests (0: no cooldown)."""
 

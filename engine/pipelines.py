@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import (
     AutoPipelineForImage2Image,
@@ -78,25 +79,30 @@ def make_scheduler(sampler: Sampler, base_config: dict):
     return cls.from_config(base_config, **extra)
 
 
-def load_pipeline(ref: str | None, device: Device) -> tuple[str, DiffusionPipeline]:
-    """Load a text-to-image pipeline from `ref` (None: the built-in toy model); return (name, pipeline)."""
+def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True) -> tuple[str, DiffusionPipeline]:
+    """Load a text-to-image pipeline from `ref` (None: the built-in toy model); return (name, pipeline).
+
+    With `safety_check`, a model's own safety checker (SD 1.x ships one) is loaded too; see `Generator`.
+    """
     # Loading bars belong in a terminal, not in the engine's log.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     name = ref or BUILTIN_MODEL_NAME
     path = builtin_model_dir() if ref is None else Path(ref).expanduser()
-    kwargs = {"dtype": device.dtype}
+    kwargs: dict = {"dtype": device.dtype}
+    if not safety_check:
+        kwargs["safety_checker"] = None
     try:
         if path.is_dir():
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json)")
-            pipe = AutoPipelineForText2Image.from_pretrained(path, safety_checker=None, **kwargs)
+            pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
         elif path.suffix in {".safetensors", ".ckpt"}:
             if not path.is_file():
                 raise ModelLoadError(f"checkpoint file {path} does not exist")
-            pipe = StableDiffusionPipeline.from_single_file(str(path), safety_checker=None, **kwargs)
+            pipe = StableDiffusionPipeline.from_single_file(str(path), load_safety_checker=safety_check, **kwargs)
         elif ref is not None and "/" in ref and not ref.startswith((".", "/", "~")):
-            pipe = AutoPipelineForText2Image.from_pretrained(ref, safety_checker=None, **kwargs)
+            pipe = AutoPipelineForText2Image.from_pretrained(ref, **kwargs)
         else:
             raise ModelLoadError(f"model {ref!r} is neither a folder, a .safetensors/.ckpt file nor a hub id")
     except ModelLoadError:
@@ -125,6 +131,14 @@ class Generator:
     `from_pipe`, so they share the loaded components instead of copying them."""
 
     def __init__(self, pipe: DiffusionPipeline, device: Device) -> None:
+        # The model's safety checker flags images instead of blacking them out inside the
+        # pipeline: the gallery keeps everything, and each frontend decides where to show it.
+        self.safety_checker = getattr(pipe, "safety_checker", None)
+        self.feature_extractor = getattr(pipe, "feature_extractor", None)
+        if self.safety_checker is not None:
+            pipe.safety_checker = None
+            # Its warning says "a black image will be returned": not true here, the image is only flagged.
+            logging.getLogger(type(self.safety_checker).__module__).setLevel(logging.ERROR)
         self.pipe = pipe
         self.device = device
         self.base_scheduler_config = dict(pipe.scheduler.config)
@@ -227,6 +241,17 @@ class Generator:
         )
         return GenerationResult(images=list(out.images), seeds=list(seeds))
 
+    @torch.inference_mode()
+    def safety_flags(self, images: list[Image.Image]) -> list[bool]:
+        """For each image, whether the model's safety checker flags it (all False when it has none)."""
+        if self.safety_checker is None or self.feature_extractor is None or not images:
+            return [False] * len(images)
+        clip_input = self.feature_extractor(images, return_tensors="pt").pixel_values
+        pixels = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
+        checker = self.safety_checker
+        _, flags = checker(images=pixels, clip_input=clip_input.to(self.device.torch_device, checker.dtype))
+        return [bool(f) for f in flags]
+
     def preview(self, latents: torch.Tensor, size: int = 64) -> Image.Image:
         """A small picture of the first image's current latents, decoded by the real VAE."""
         vae = self.pipe.vae
@@ -241,9 +266,10 @@ class Generator:
 class PipelineCache:
     """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines."""
 
-    def __init__(self, device: Device, default_model: str | None) -> None:
+    def __init__(self, device: Device, default_model: str | None, *, safety_check: bool = True) -> None:
         self.device = device
         self.default_model = default_model
+        self.safety_check = safety_check
         self._lock = threading.Lock()
         self._name: str | None = None
         self._ref: str | None = None
@@ -262,7 +288,7 @@ class PipelineCache:
                 self.unload()
                 if ref is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
-                name, pipe = load_pipeline(ref, self.device)
+                name, pipe = load_pipeline(ref, self.device, safety_check=self.safety_check)
                 self._name, self._ref, self._generator = name, ref, Generator(pipe, self.device)
                 log.info("loaded model %s on %s", name, self.device.describe())
             assert self._name is not None

@@ -226,6 +226,7 @@ class ImageInfo(BaseModel):
     height: int
     path: str
     sha256: str
+    nsfw: bool = False
 
 
 class Progress(BaseModel):
@@ -320,6 +321,7 @@ class ImageRecord(BaseModel):
     parent_id: int | None = None
     relation: str | None = None
     favourite: bool = False
+    nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
     created_at: datetime
     params: dict = {}
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     clip_model: str | None = Field(default=None, description="open_clip model name; None: built-in toy CLIP")
     clip_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps")
+    safety_check: bool = Field(
+        default=True, description="run a model's own safety checker (when it has one) and flag images"
+    )
     max_n: int = Field(default=16, ge=1, le=16)
     max_queued_per_user: int = Field(default=20, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

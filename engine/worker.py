@@ -66,7 +66,7 @@ def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
     """The client's view of a stored image; `path` is absolute, for frontends on this machine."""
     return ImageInfo(
         id=image.id, index=image.index, seed=image.seed or 0, width=image.width, height=image.height,
-        path=str(store.file_path(image)), sha256=image.sha256,
+        path=str(store.file_path(image)), sha256=image.sha256, nsfw=image.nsfw,
     )  # fmt: skip
 
 
@@ -224,6 +224,7 @@ class Worker:
         log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
                  work.height, req.steps, time.perf_counter() - started)  # fmt: skip
         parent_id = inputs.parent.id if inputs.parent is not None else None
+        flags = gen.safety_flags(images)
         items = []
         for i, img in enumerate(images):
             info = ImageCreate(
@@ -245,6 +246,7 @@ class Worker:
                 channel=req.requester.channel,
                 parent_id=parent_id,
                 relation=None if req.mode == "txt2img" else req.mode,
+                nsfw=flags[i],
                 params={**work.image_params(req, i), "model": model_name},
             )
             items.append((info, encode_png(img, info)))

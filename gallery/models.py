@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -70,6 +70,7 @@ class ImageRow(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     relation: Mapped[str | None] = mapped_column(String(16))
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
+    nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

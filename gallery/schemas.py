@@ -28,6 +28,7 @@ class ImageCreate(BaseModel):
     channel: str | None = None
     parent_id: int | None = None
     relation: str | None = None
+    nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
     params: dict = Field(default_factory=dict, description="the full request, as JSON")
 
 

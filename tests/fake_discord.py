@@ -72,15 +72,18 @@ class Posted:
 class FakeDiscord:
     """One bot user, a few guilds with one text channel each, and users to play."""
 
-    def __init__(self, guilds: dict[str, str] | None = None) -> None:
+    def __init__(self, guilds: dict[str, str] | None = None, *, nsfw: frozenset[str] = frozenset()) -> None:
+        """`nsfw`: the guilds whose channel is marked NSFW."""
         self.app_id = snowflake()
         self.bot_user = {"id": self.app_id, "username": "dreamhall", "discriminator": "0", "avatar": None, "bot": True}
         self.guilds: dict[str, dict] = {}
         for gid, name in (guilds or {"111": "guild-a", "222": "guild-b"}).items():
             self.guilds[gid] = self._guild(gid, name)
+            self.guilds[gid]["channels"][0]["nsfw"] = gid in nsfw
         self.requests: list[tuple[str, str]] = []
         self.posted: dict[str, Posted] = {}
         self.attachments: dict[str, bytes] = {}
+        self.said: dict[str, dict] = {}  # users' messages, by id
         self.commands: list[dict] = []
         self.ws: web.WebSocketResponse | None = None
         self.seq = 0
@@ -362,8 +365,10 @@ class FakeDiscord:
         data |= {"guild_id": guild_id, "member": self._member(uid)}
         if reply_to is not None:
             data["message_reference"] = {"message_id": reply_to, "channel_id": self.channel_of(guild_id)}
-            data["referenced_message"] = self._message(self.posted[reply_to])
+            referenced = self.said.get(reply_to) or self._message(self.posted[reply_to])
+            data["referenced_message"] = referenced
             data["type"] = 19
+        self.said[mid] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return mid
 

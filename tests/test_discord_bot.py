@@ -258,3 +258,57 @@ async def test_an_expired_interaction_token_falls_back_to_the_channel(world: Wor
         lambda: next((p for p in world.fake.in_channel(A) if p.files and "a late circle" in p.content), None), 90
     )
     assert result.via == "channel"
+
+
+async def test_slash_search_and_similar_as_a_reply_to_a_users_image(world: World) -> None:
+    mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -n 1 -S 21 -s 8')
+    red = next(iter((await world.result_for(mid)).files.values()))
+    iid = await world.fake.slash(A, "8", "search", text="red circle")
+    deferred = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert deferred.payload["type"] == 5
+    found = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == iid and p.files), None), 60
+    )
+    assert "Best matches for **red circle**" in found.content and "red circle" in found.content.split("\n")[1]
+    # Someone posts a picture; `!similar` as a reply to their message searches with it.
+    theirs = await world.fake.say(A, "9", "look what I drew", attachment=red)
+    similar = await world.fake.say(A, "7", "!similar", reply_to=theirs)
+    answer = await world.text_reply(similar)
+    assert answer.files and "Closest in this server's gallery" in answer.content
+
+
+@pytest.fixture
+async def checked_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World]:
+    """An engine whose model ships a safety checker that flags every image; guild B's channel is NSFW."""
+    from tests.tiny_pipeline import build
+
+    model = build(tmp_path_factory.mktemp("checked"), flag_everything=True)
+    engine = EngineProcess(tmp_path_factory.mktemp("home"), model).start()
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    fake = await FakeDiscord(nsfw=frozenset({B})).start()
+    fake.patch_client()
+    w = World(fake, engine)
+    await w.start_bot(dev_guild=None)
+    try:
+        yield w
+    finally:
+        await w.stop_bot()
+        await fake.stop()
+        engine.stop()
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+async def test_flagged_images_are_posted_only_in_nsfw_channels(checked_world: World) -> None:
+    fake = checked_world.fake
+    sfw = await fake.say(A, "7", "!dream a flagged thing -n 2 -s 2")
+    reply = await fake.wait_for(lambda: next((p for p in checked_world.replies_to(sfw)
+                                              if "safety check flagged 2 of 2" in p.content), None))  # fmt: skip
+    assert not [p for p in checked_world.replies_to(sfw) if p.files]
+    nsfw = await fake.say(B, "7", "!dream a flagged thing -n 2 -s 2")
+    assert (await checked_world.result_for(nsfw)).files
+    assert "nothing is posted here" in reply.content
+    # Search follows the same rule.
+    hidden = await checked_world.text_reply(await fake.say(A, "7", "!search flagged"))
+    assert not hidden.files and "flagged by the safety check" in hidden.content
+    shown = await checked_world.text_reply(await fake.say(B, "7", "!search flagged"))
+    assert shown.files

@@ -10,12 +10,30 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from models import tokenizer as toy_tokenizer
 
 
-def build(out: Path) -> Path:
+def safety_checker(threshold: float) -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
+    """SD's safety checker, tiny. Its concept thresholds are weights: -10 flags every image, +10 none."""
+    config = CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )  # fmt: skip
+    checker = StableDiffusionSafetyChecker(config)
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return checker, processor
+
+
+def build(out: Path, *, flag_everything: bool = False) -> Path:
+    """The pipeline folder; `flag_everything` adds a safety checker that flags every image."""
     torch.manual_seed(0)
     tok_dir = out / "_tok"
     vocab = toy_tokenizer.build(tok_dir, first_merges=200, model_max_length=16)
@@ -39,10 +57,11 @@ def build(out: Path) -> Path:
     scheduler = EulerAncestralDiscreteScheduler(
         beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1
     )
+    checker, processor = safety_checker(-10.0) if flag_everything else (None, None)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        safety_checker=checker, feature_extractor=processor, requires_safety_checker=False,
     )  # fmt: skip
-    target = out / "tiny-sd"
+    target = out / ("tiny-sd-checked" if flag_everything else "tiny-sd")
     pipe.save_pretrained(target)
     return target

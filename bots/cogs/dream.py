@@ -208,9 +208,8 @@ class DreamCog(commands.Cog, name="DreamCog"):
         """Check the rules, queue the job, keep one status message current, post the result."""
         guild = getattr(channel, "guild", None)
         gid = guild.id if guild else 0
-        reason = rules.check(
-            request, self.rules, channel_id=getattr(channel, "id", 0), nsfw=bool(getattr(channel, "nsfw", False))
-        )
+        nsfw = rules.nsfw_allowed(channel)
+        reason = rules.check(request, self.rules, channel_id=getattr(channel, "id", 0), nsfw=nsfw)
         if reason is None and (left := self.cooldown.wait_left(gid, user.id)) > 0:
             reason = f"Slow down: you can dream again in {left:.0f} s."
         engine = self.bot.engine
@@ -236,6 +235,12 @@ class DreamCog(commands.Cog, name="DreamCog"):
         job = await engine.job(accepted.id)
         if job.status != "done":
             text = f"⚠️ The dream {job.status}" + (f": {job.error}" if job.error else ".")
+            if not await self._edit(status, text):
+                await reply.send(text)
+            return
+        flagged = sum(i.nsfw for i in job.images)
+        if flagged and not nsfw:
+            text = rules.flagged_text(flagged, len(job.images))
             if not await self._edit(status, text):
                 await reply.send(text)
             return

@@ -13,7 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots import render
+from bots import render, rules
 from bots.views import image_ids_of
 from engine.client import EngineUnavailable, RequestRejected
 from engine.schema import SearchResults
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from bots.bot import DreamBot
 
 SHOWN = 4
+FETCHED = 8  # a few spare, for results hidden outside NSFW channels
 
 
 class SearchCog(commands.Cog, name="SearchCog"):
@@ -30,39 +31,45 @@ class SearchCog(commands.Cog, name="SearchCog"):
     def __init__(self, bot: DreamBot) -> None:
         self.bot = bot
 
-    async def _answer(self, results: SearchResults, title: str) -> tuple[str, discord.File | None]:
-        if not results.results:
-            return "Nothing in this server's gallery matches.", None
-        blobs = [await self.bot.engine.image_file(r.image.id) for r in results.results]
+    async def _answer(self, results: SearchResults, title: str, channel: object) -> tuple[str, discord.File | None]:
+        shown = [r for r in results.results if not r.image.nsfw or rules.nsfw_allowed(channel)][:SHOWN]
+        hidden = len(results.results) - len(shown) if len(shown) < SHOWN else 0
+        note = f"\n({hidden} flagged by the safety check: shown only in NSFW channels)" if hidden else ""
+        if not shown:
+            return "Nothing in this server's gallery matches." + note, None
+        blobs = [await self.bot.engine.image_file(r.image.id) for r in shown]
         lines = [title] + [
             f"{k}. #{r.image.id} · seed {r.image.seed} · {render.clip(r.image.prompt, 200)}"
-            for k, r in enumerate(results.results, start=1)
+            for k, r in enumerate(shown, start=1)
         ]
+        lines[-1] += note
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT), discord.File(
             io.BytesIO(render.tile(blobs)), "results.png"
         )
 
-    async def _text_search(self, guild: discord.Guild | None, text: str) -> tuple[str, discord.File | None]:
+    async def _text_search(
+        self, guild: discord.Guild | None, channel: object, text: str
+    ) -> tuple[str, discord.File | None]:
         text = text.strip().strip('"').strip()
         if not text:
             return 'Give me something to look for: !search "red fox in snow"', None
         try:
-            results = await self.bot.engine.search(text, limit=SHOWN, guild=str(guild.id) if guild else None)
+            results = await self.bot.engine.search(text, limit=FETCHED, guild=str(guild.id) if guild else None)
         except RequestRejected as e:
             return f"⚠️ {e}", None
         except EngineUnavailable:
             return render.ENGINE_DOWN, None
-        return await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:")
+        return await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:", channel)
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
-        content, file = await self._text_search(ctx.guild, text)
+        content, file = await self._text_search(ctx.guild, ctx.channel, text)
         await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
     async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        content, file = await self._text_search(interaction.guild, text)
+        content, file = await self._text_search(interaction.guild, interaction.channel, text)
         await interaction.followup.send(content, file=file or discord.utils.MISSING)
 
     @commands.command(name="similar", help="attach an image, or reply to one: images like it")
@@ -72,13 +79,13 @@ class SearchCog(commands.Cog, name="SearchCog"):
         referenced = ctx.message.reference.resolved if ctx.message.reference else None
         try:
             if ctx.message.attachments:
-                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=SHOWN, guild=guild)
+                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=FETCHED, guild=guild)
             elif isinstance(referenced, discord.Message) and image_ids_of(referenced):
-                results = await engine.similar(image_ids_of(referenced)[0], limit=SHOWN, guild=guild)
+                results = await engine.similar(image_ids_of(referenced)[0], limit=FETCHED, guild=guild)
             elif isinstance(referenced, discord.Message) and referenced.attachments:
-                results = await engine.search_image(await referenced.attachments[0].read(), limit=SHOWN, guild=guild)
+                results = await engine.search_image(await referenced.attachments[0].read(), limit=FETCHED, guild=guild)
             elif image_id is not None:
-                results = await engine.similar(image_id, limit=SHOWN, guild=guild)
+                results = await engine.similar(image_id, limit=FETCHED, guild=guild)
             else:
                 await ctx.reply("Attach an image, reply to one, or give an image id: !similar 42", mention_author=False)
                 return
@@ -88,7 +95,7 @@ class SearchCog(commands.Cog, name="SearchCog"):
         except EngineUnavailable:
             await ctx.reply(render.ENGINE_DOWN, mention_author=False)
             return
-        content, file = await self._answer(results, "Closest in this server's gallery:")
+        content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel)
         await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
 
     @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
