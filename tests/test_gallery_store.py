@@ -58,6 +58,11 @@ def test_migrations_keep_data_through_downgrade_and_upgrade(tmp_path: Path) -> N
         # The full-text index is rebuilt for rows that predate it.
         hits = conn.execute(text("SELECT rowid FROM images_fts WHERE images_fts MATCH 'purple'")).all()
         assert len(hits) == 1
+    # Later migrations must not drop the triggers that keep the full-text index current.
+    store.add([(info(prompt="a golden ring"), encode_png(Image.new("RGB", (9, 9)), info()))])
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM images_fts WHERE images_fts MATCH 'golden'")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM images WHERE nsfw = 0")).scalar() == 2
 
 
 def test_migrations_round_trip_from_base(tmp_path: Path) -> None:

@@ -16,11 +16,11 @@ branch_labels = None
 depends_on = None
 
 
+# Plain ALTER TABLE, not batch mode: batch mode rebuilds `images` on SQLite and that
+# silently drops the FTS triggers of 0002 (a test of search caught it).
 def upgrade() -> None:
-    with op.batch_alter_table("images") as batch:
-        batch.add_column(sa.Column("nsfw", sa.Boolean(), nullable=False, server_default=sa.false()))
+    op.add_column("images", sa.Column("nsfw", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("images") as batch:
-        batch.drop_column("nsfw")
+    op.drop_column("images", "nsfw")
