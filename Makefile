@@ -27,6 +27,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/engine_overhead.py
+	QT_QPA_PLATFORM=offscreen $(PY) bench/desktop_gallery.py
 
 models: setup
 	PYTHON=$(PY) models/train_all.sh

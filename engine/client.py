@@ -30,6 +30,7 @@ from engine.schema import (
     Event,
     GalleryCheck,
     Health,
+    ImagePage,
     ImageRecord,
     ImportResult,
     Job,
@@ -154,6 +155,13 @@ class EngineClient:
 
     def image(self, image_id: int) -> ImageRecord:
         return _parse(ImageRecord, self._send("GET", f"/v1/images/{image_id}"))
+
+    def images(self, *, limit: int = 100, offset: int = 0, **filters: object) -> ImagePage:
+        """The gallery newest first; filters as for search (guild, user, source, model, after, before, favourites)."""
+        return _parse(ImagePage, self._send("GET", "/v1/images", params=_search_params(limit, offset, filters)))
+
+    def set_favourite(self, image_id: int, favourite: bool) -> ImageRecord:
+        return _parse(ImageRecord, self._send("PATCH", f"/v1/images/{image_id}", json={"favourite": favourite}))
 
     def upload(self, data: bytes) -> Upload:
         """Send an input image (init image or mask); requests name it by the returned `ref`."""

@@ -326,6 +326,23 @@ class ImageRecord(BaseModel):
     params: dict = {}
 
 
+class ImagePage(BaseModel):
+    """A page of the gallery, newest first; `total` is how many match the filters."""
+
+    images: list[ImageRecord]
+    total: int
+    offset: int
+    limit: int
+
+
+class ImageUpdate(BaseModel):
+    """What a client may change about an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    favourite: bool
+
+
 class SearchResult(BaseModel):
     image: ImageRecord
     score: float

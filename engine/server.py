@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
@@ -47,7 +47,9 @@ from engine.schema import (
     Event,
     GalleryCheck,
     Health,
+    ImagePage,
     ImageRecord,
+    ImageUpdate,
     ImportResult,
     Job,
     Progress,
@@ -398,9 +400,25 @@ def create_app(services: Services) -> FastAPI:
             queued=sorted((job_view(s, r, positions) for r in s.queue.jobs("queued")), key=lambda j: j.position or 0),
         )
 
+    @app.get("/v1/images")
+    def list_images(
+        s: ServicesDep,
+        filters: FiltersDep,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> ImagePage:
+        """The gallery newest first (what a gallery grid pages through); same filters as search."""
+        page = s.search.browse(limit=limit, offset=offset, filters=filters)
+        return ImagePage(images=[image_record(i, s.store) for i in page.images], total=page.total,
+                         offset=page.offset, limit=page.limit)  # fmt: skip
+
     @app.get("/v1/images/{image_id}")
     def get_image(image_id: int, s: ServicesDep) -> ImageRecord:
         return image_record(s.store.get(image_id), s.store)
+
+    @app.patch("/v1/images/{image_id}")
+    def update_image(image_id: int, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
+        return image_record(s.store.set_favourite(image_id, update.favourite), s.store)
 
     @app.delete("/v1/images/{image_id}")
     def delete_image(image_id: int, s: ServicesDep) -> ImageRecord:

@@ -80,6 +80,13 @@ class SearchPage(BaseModel):
     limit: int
 
 
+class BrowsePage(BaseModel):
+    images: list[ImagePublic]
+    total: int
+    offset: int
+    limit: int
+
+
 def fts_query(query: str) -> str | None:
     """An FTS5 expression for free text: a quoted phrase stays a phrase, other words are OR-ed terms."""
     phrases = re.findall(r'"([^"]+)"', query)
@@ -145,6 +152,18 @@ class GallerySearch:
         if offset < 0:
             raise SearchError(f"offset must not be negative (got {offset})")
         return max(50, 2 * (limit + offset))
+
+    def browse(self, *, limit: int = 100, offset: int = 0, filters: SearchFilters | None = None) -> BrowsePage:
+        """The gallery newest first, with the total that matches (what a gallery grid pages through)."""
+        filters = filters or SearchFilters()
+        where, params = filters.sql("i")
+        with Session(self.engine) as session:
+            total = session.execute(text(f"SELECT count(*) FROM images AS i WHERE {where}"), params).scalar_one()
+            sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit OFFSET :offset")
+            ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
+            rows = {r.id: r for r in session.query(ImageRow).filter(ImageRow.id.in_(ids))}
+            images = [ImagePublic.model_validate(rows[i]) for i in ids]
+        return BrowsePage(images=images, total=total, offset=offset, limit=limit)
 
     def _keyword(self, query: str, k: int, filters: SearchFilters) -> list[int]:
         match = fts_query(query)

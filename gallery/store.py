@@ -59,6 +59,10 @@ class ImageStore(ABC):
         """Hide an image from every listing and search; its row and file stay (raises ImageNotFound)."""
 
     @abstractmethod
+    def set_favourite(self, image_id: int, favourite: bool) -> ImagePublic:
+        """Mark or unmark an image as a favourite."""
+
+    @abstractmethod
     def file_path(self, image: ImagePublic) -> Path:
         """The absolute path of an image's file."""
 
@@ -100,6 +104,15 @@ class SqliteImageStore(ImageStore):
             if row is None or row.deleted_at is not None:
                 raise ImageNotFound(f"no image {image_id}")
             row.deleted_at = datetime.now(UTC)
+            session.flush()
+            return ImagePublic.model_validate(row)
+
+    def set_favourite(self, image_id: int, favourite: bool) -> ImagePublic:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(ImageRow, image_id)
+            if row is None or row.deleted_at is not None:
+                raise ImageNotFound(f"no image {image_id}")
+            row.favourite = favourite
             session.flush()
             return ImagePublic.model_validate(row)
 

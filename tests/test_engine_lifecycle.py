@@ -137,7 +137,7 @@ def test_out_of_memory_retries_in_smaller_batches(tiny_model: Path) -> None:
 def test_frontend_modules_import_no_heavy_libraries() -> None:
     code = (
         "import sys, engine.client, engine.schema, engine.dream_args, engine.settings, engine.cli;"
-        "import bots.bot, bots.cogs.dream, bots.cogs.search;"
+        "import bots.bot, bots.cogs.dream, bots.cogs.search, desktop.app, desktop.window;"
         "print(sorted(m for m in ('torch', 'diffusers', 'sqlalchemy', 'lancedb', 'open_clip') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -1,0 +1,282 @@
+"""The Gallery tab: a virtualised thumbnail grid, filters, text and reverse-image search, and a details pane."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QMimeData, QSize, Qt, QUrl, Signal
+from PySide6.QtGui import (
+    QDesktopServices,
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QKeySequence,
+    QPixmap,
+    QShortcut,
+)
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QGridLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListView,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QTextBrowser,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.engine_link import EngineLink
+from desktop.gallery_model import THUMB, GalleryModel, RecordRole
+from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, SearchResults, upscale_of, variation_of
+
+SINCE = {"any time": None, "today": timedelta(days=1), "this week": timedelta(days=7), "this month": timedelta(days=31)}
+VARIATION_AMOUNT = 0.25
+
+
+class EngineSource:
+    """The engine's gallery listing, newest first, with filters."""
+
+    def __init__(self, link: EngineLink, filters: dict[str, Any]) -> None:
+        self.link = link
+        self.filters = filters
+
+    def page(self, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
+        page = self.link.client().images(limit=limit, offset=offset, **self.filters)
+        return page.total, page.images
+
+    def image_bytes(self, record: ImageRecord) -> bytes | None:
+        return self.link.client().image_file(record.id)
+
+
+class ResultSource(EngineSource):
+    """A finished search: a fixed list, best first."""
+
+    def __init__(self, link: EngineLink, records: list[ImageRecord]) -> None:
+        super().__init__(link, {})
+        self.records = records
+
+    def page(self, offset: int, limit: int) -> tuple[int, list[ImageRecord]]:
+        return len(self.records), self.records[offset : offset + limit]
+
+
+class GalleryPanel(QWidget):
+    """Browse and search everything the engine made; act on one image."""
+
+    reuse = Signal(object)  # ImageRecord: fill the Generate form
+    use_as_init = Signal(object)  # ImageRecord
+    dream = Signal(object)  # DreamRequest: variations / upscale, run in the Generate tab
+    message = Signal(str)
+
+    def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.link = link
+        self.current: ImageRecord | None = None
+        self.setAcceptDrops(True)
+
+        self.search = QLineEdit(placeholderText="Search prompts and pictures… (Enter)   or drop / paste an image")
+        self.source = QComboBox()
+        self.source.addItems(["all sources", "desktop", "discord", "cli", "api"])
+        self.since = QComboBox()
+        self.since.addItems(list(SINCE))
+        self.model_filter = QLineEdit(placeholderText="model")
+        self.favourites = QCheckBox("favourites")
+        self.count = QLabel("")
+        bar = QHBoxLayout()
+        for w in (self.search, self.source, self.since, self.model_filter, self.favourites, self.count):
+            bar.addWidget(w)
+        bar.setStretch(0, 1)
+
+        self.model = GalleryModel(self)
+        self.view = QListView()
+        self.view.setViewMode(QListView.ViewMode.IconMode)
+        self.view.setUniformItemSizes(True)  # the view lays out 100k rows without asking each one
+        self.view.setResizeMode(QListView.ResizeMode.Adjust)
+        self.view.setMovement(QListView.Movement.Static)
+        self.view.setIconSize(QSize(THUMB, THUMB))
+        self.view.setGridSize(QSize(THUMB + 8, THUMB + 8))
+        self.view.setModel(self.model)
+
+        self.picture = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.picture.setMinimumSize(256, 256)
+        self.details = QTextBrowser()
+        self.actions: dict[str, QPushButton] = {}
+        grid = QGridLayout()
+        names = ["Reuse parameters", "Copy seed", "Use as init image", "Variations", "Upscale ×2", "Similar",
+                 "Favourite", "Delete", "Open file", "Show in folder"]  # fmt: skip
+        for k, name in enumerate(names):
+            button = self.actions[name] = QPushButton(name, enabled=False)
+            grid.addWidget(button, k // 2, k % 2)
+        side = QWidget()
+        side_layout = QVBoxLayout(side)
+        side_layout.addWidget(self.picture)
+        side_layout.addWidget(self.details, 1)
+        side_layout.addLayout(grid)
+        self.splitter = QSplitter()
+        self.splitter.addWidget(self.view)
+        self.splitter.addWidget(side)
+        self.splitter.setStretchFactor(0, 3)
+        self.splitter.setStretchFactor(1, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(bar)
+        layout.addWidget(self.splitter, 1)
+
+        self.search.returnPressed.connect(self.run_search)
+        for combo in (self.source, self.since):
+            combo.currentIndexChanged.connect(self.browse)
+        self.model_filter.editingFinished.connect(self.browse)
+        self.favourites.toggled.connect(self.browse)
+        self.view.selectionModel().currentChanged.connect(lambda index, _: self.show_record(index.data(RecordRole)))
+        self.model.loaded.connect(lambda total: self.count.setText(f"{total} image(s)"))
+        self.model.page_failed.connect(self.message.emit)
+        QShortcut(QKeySequence.StandardKey.Paste, self, activated=self.paste)
+        a = self.actions
+        a["Reuse parameters"].clicked.connect(lambda: self.reuse.emit(self.current))
+        a["Copy seed"].clicked.connect(lambda: QGuiApplication.clipboard().setText(str(self.current.seed)))
+        a["Use as init image"].clicked.connect(lambda: self.use_as_init.emit(self.current))
+        a["Variations"].clicked.connect(lambda: self._derive("variation"))
+        a["Upscale ×2"].clicked.connect(lambda: self._derive("upscale"))
+        a["Similar"].clicked.connect(self.similar)
+        a["Favourite"].clicked.connect(self.toggle_favourite)
+        a["Delete"].clicked.connect(self.delete)
+        a["Open file"].clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(self.current.path)))
+        a["Show in folder"].clicked.connect(
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(Path(self.current.path).parent)))
+        )
+
+    # --- listing and searching -------------------------------------------------------------
+    def filters(self) -> dict[str, Any]:
+        since = SINCE[self.since.currentText()]
+        return {
+            "source": None if self.source.currentIndex() == 0 else self.source.currentText(),
+            "model": self.model_filter.text().strip() or None,
+            "after": datetime.now(UTC) - since if since else None,
+            "favourites": True if self.favourites.isChecked() else None,
+        }
+
+    def browse(self) -> None:
+        """Newest first, with the filters (the search box cleared)."""
+        self.search.clear()
+        self.model.set_source(EngineSource(self.link, self.filters()))
+
+    def run_search(self) -> None:
+        text = self.search.text().strip()
+        if not text:
+            self.browse()
+            return
+        filters = self.filters()
+        self.message.emit(f"Searching for “{text}”…")
+        self.link.call(lambda c: c.search(text, limit=200, **filters), self._show_results)
+
+    def search_image(self, data: bytes) -> None:
+        """Reverse search: the gallery's images most like this picture."""
+        filters = self.filters()
+        self.message.emit("Searching for similar images…")
+        self.link.call(lambda c: c.search_image(data, limit=200, **filters), self._show_results)
+
+    def similar(self) -> None:
+        if self.current is not None:
+            image_id, filters = self.current.id, self.filters()
+            self.link.call(lambda c: c.similar(image_id, limit=200, **filters), self._show_results)
+
+    def _show_results(self, results: SearchResults) -> None:
+        self.model.set_source(ResultSource(self.link, [r.image for r in results.results]))
+        self.message.emit(f"{len(results.results)} match(es).")
+
+    # --- drop and paste -------------------------------------------------------------------
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() or event.mimeData().hasImage():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        self.take_image(event.mimeData())
+        event.acceptProposedAction()
+
+    def paste(self) -> None:
+        self.take_image(QGuiApplication.clipboard().mimeData())
+
+    def take_image(self, mime: QMimeData) -> None:
+        for url in mime.urls() if mime.hasUrls() else []:
+            if url.isLocalFile():
+                try:
+                    self.search_image(Path(url.toLocalFile()).read_bytes())
+                except OSError as e:
+                    self.message.emit(f"⚠ cannot read {url.toLocalFile()}: {e.strerror}")
+                return
+        if mime.hasImage():
+            from PySide6.QtCore import QBuffer, QIODevice
+
+            buffer = QBuffer()
+            buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+            mime.imageData().save(buffer, "PNG")
+            self.search_image(bytes(buffer.data()))
+
+    # --- one image ------------------------------------------------------------------------
+    def show_record(self, record: ImageRecord | None) -> None:
+        self.current = record
+        for button in self.actions.values():
+            button.setEnabled(record is not None)
+            button.setToolTip("")
+        if record is None:
+            self.details.clear()
+            self.picture.clear()
+            return
+        self.picture.setPixmap(QPixmap(record.path).scaled(256, 256, Qt.AspectRatioMode.KeepAspectRatio))
+        lineage = f"<br><b>{record.relation}</b> of #{record.parent_id}" if record.parent_id else ""
+        params = ", ".join(f"{k}: {v}" for k, v in sorted(record.params.items()) if v not in (None, "", []))
+        self.details.setHtml(
+            f"<p><b>#{record.id}</b> · seed {record.seed} · {record.width}×{record.height} · {record.mode}"
+            f"{' · ★' if record.favourite else ''}{lineage}</p>"
+            f"<p>{_escape(record.prompt)}</p>"
+            + (f"<p><i>negative:</i> {_escape(record.negative_prompt)}</p>" if record.negative_prompt else "")
+            + f"<p><small>{record.steps} steps · {record.sampler} · cfg {record.cfg_scale} · {record.model}<br>"
+            f"{record.source} · {record.created_at:%Y-%m-%d %H:%M}</small></p>"
+            f"<p><small>{_escape(params)}</small></p>"
+        )
+        self.actions["Favourite"].setText("Unfavourite" if record.favourite else "Favourite")
+        if record.mode not in VARIABLE_MODES:
+            self.actions["Variations"].setEnabled(False)
+            self.actions["Variations"].setToolTip(f"Variations blend seed noise; this image is {record.mode}.")
+
+    def _derive(self, kind: str) -> None:
+        from desktop.generate import requester
+
+        record = self.current
+        if record is None:
+            return
+        request: DreamRequest
+        if kind == "variation":
+            request = variation_of(record, amount=VARIATION_AMOUNT, n=4, requester=requester())
+        else:
+            request = upscale_of(record, factor=2, requester=requester())
+        self.dream.emit(request)
+
+    def toggle_favourite(self) -> None:
+        record = self.current
+        if record is not None:
+            self.link.call(lambda c: c.set_favourite(record.id, not record.favourite), self._updated)
+
+    def _updated(self, record: ImageRecord) -> None:
+        self.model.replace(record)
+        self.show_record(record)
+
+    def delete(self, confirm: bool = True) -> None:
+        record = self.current
+        if record is None:
+            return
+        if (
+            confirm
+            and QMessageBox.question(self, "Delete", f"Delete image #{record.id}?") != QMessageBox.StandardButton.Yes
+        ):
+            return
+        self.link.call(lambda c: c.delete_image(record.id), lambda _: self.model.refresh())
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -1,0 +1,308 @@
+"""The Generate tab: prompt and parameters in, live progress and results out.
+
+The prompt box also takes the `!dream` grammar: a command pasted from
+Discord (`"a red circle" -n 4 -S 42`) overrides the fields it names.
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+from typing import Any
+
+from PySide6.QtCore import QRegularExpression, QSettings, QSize, Qt, Signal
+from PySide6.QtGui import QGuiApplication, QKeySequence, QPixmap, QRegularExpressionValidator, QShortcut
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from desktop.engine_link import EngineLink
+from desktop.mask import MaskEditor
+from engine.dream_args import DreamArgsError, parse_argv, split
+from engine.schema import SAMPLER_KEYS, SAMPLERS, DreamRequest, Event, ImageInfo, ImageRecord, Requester
+
+THUMB = 128
+
+
+def requester() -> Requester:
+    return Requester(source="desktop", user=getpass.getuser())
+
+
+class GeneratePanel(QWidget):
+    """Prompt, parameters, Generate/Cancel, progress with previews, and the results of the last job."""
+
+    image_done = Signal(object)  # ImageInfo, as each image of a job finishes
+    message = Signal(str)  # one line for the status bar
+
+    def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.link = link
+        self.job_id: str | None = None
+        self.init_ref: str | None = None
+        self.init_record: ImageRecord | None = None
+        self.mask_ref: str | None = None
+
+        self.prompt = QPlainTextEdit(
+            placeholderText='a red circle on a blue background   (or a !dream command: "…" -n 4 -S 42)'
+        )
+        self.prompt.setMaximumHeight(90)
+        self.negative = QLineEdit(placeholderText="what to avoid (-N)")
+        self.count = QSpinBox(minimum=1, maximum=16, value=4)
+        # Seeds go to 2**32 - 1, past what a (signed 32-bit) QSpinBox holds; the parser checks the range.
+        self.seed = QLineEdit(placeholderText="seed")
+        self.seed.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{0,10}")))
+        self.random_seed = QCheckBox("random", checked=True)
+        self.copy_seed = QPushButton("Copy")
+        self.width_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
+        self.height_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
+        self.steps = QSpinBox(minimum=1, maximum=150, value=20)
+        self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=7.5, singleStep=0.5)
+        self.sampler = QComboBox()
+        self.sampler.addItems(list(SAMPLERS))
+        self.sampler.setCurrentText("k_euler_a")
+        self.model = QLineEdit(placeholderText="engine default")
+        self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=0.75, singleStep=0.05)
+        self.init_label = QLabel("none")
+        self.paint_mask = QPushButton("Paint mask…")
+        self.clear_init = QPushButton("Clear")
+        self.generate_button = QPushButton("Generate  (Ctrl+Enter)")
+        self.cancel_button = QPushButton("Cancel", enabled=False)
+        self.progress = QProgressBar()
+        self.state = QLabel("Ready.")
+        self.preview = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.preview.setMinimumHeight(THUMB)
+        self.results = QListWidget(viewMode=QListWidget.ViewMode.IconMode, movement=QListWidget.Movement.Static)
+        self.results.setIconSize(QSize(THUMB, THUMB))
+        self.results.setMinimumHeight(THUMB + 24)
+
+        seed_row = QHBoxLayout()
+        for w in (self.seed, self.random_seed, self.copy_seed):
+            seed_row.addWidget(w)
+        size_row = QHBoxLayout()
+        for w in (self.width_box, QLabel("×"), self.height_box):
+            size_row.addWidget(w)
+        init_row = QHBoxLayout()
+        for w in (self.init_label, self.strength, self.paint_mask, self.clear_init):
+            init_row.addWidget(w)
+        form = QFormLayout()
+        form.addRow("Prompt", self.prompt)
+        form.addRow("Negative", self.negative)
+        form.addRow("Images", self.count)
+        form.addRow("Seed", seed_row)
+        form.addRow("Size", size_row)
+        form.addRow("Steps", self.steps)
+        form.addRow("CFG scale", self.cfg)
+        form.addRow("Sampler", self.sampler)
+        form.addRow("Model", self.model)
+        form.addRow("Init image / strength", init_row)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.generate_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.state)
+        layout.addWidget(self.preview)
+        layout.addWidget(self.results, 1)
+
+        self.generate_button.clicked.connect(self.generate)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.copy_seed.clicked.connect(lambda: QGuiApplication.clipboard().setText(self.seed.text()))
+        self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))
+        self.seed.setEnabled(False)
+        self.clear_init.clicked.connect(self.clear_init_image)
+        self.paint_mask.clicked.connect(self.open_mask_editor)
+        for keys in ("Ctrl+Return", "Ctrl+Enter"):
+            QShortcut(QKeySequence(keys), self, activated=self.generate)
+        self._update_init_widgets()
+
+    # --- building the request -----------------------------------------------------------
+    def argv(self) -> list[str]:
+        """The form as `!dream` flags, then the prompt box (whose own flags win)."""
+        argv: list[str] = ["-n", str(self.count.value()), "-s", str(self.steps.value()), "-C", f"{self.cfg.value():g}",
+                           "-A", self.sampler.currentText()]  # fmt: skip
+        if not self.random_seed.isChecked() and self.seed.text():
+            argv += ["-S", self.seed.text()]
+        if self.width_box.value():
+            argv += ["-W", str(self.width_box.value())]
+        if self.height_box.value():
+            argv += ["-H", str(self.height_box.value())]
+        if self.negative.text().strip():
+            argv.append(f"--negative={self.negative.text().strip()}")
+        if self.model.text().strip():
+            argv += ["-m", self.model.text().strip()]
+        if self.init_ref is not None:
+            argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
+            if self.mask_ref is not None:
+                argv += ["-M", self.mask_ref]
+        text = self.prompt.toPlainText().strip()
+        try:
+            return argv + split(text)
+        except DreamArgsError:  # a plain prompt with a stray quote: all of it is prompt
+            return [*argv, "--", text]
+
+    def request(self) -> DreamRequest:
+        return parse_argv(self.argv(), requester=requester())
+
+    # --- actions ------------------------------------------------------------------------
+    def generate(self) -> None:
+        try:
+            request = self.request()
+        except DreamArgsError as e:
+            self.show_state(f"⚠ {e}")
+            return
+        self.submit(request)
+
+    def submit(self, request: DreamRequest) -> None:
+        """Queue `request` (from the form, or a gallery action) and follow it here."""
+        if self.job_id is not None:
+            self.show_state("⚠ A job is still running here; cancel it or wait.")
+            return
+        request = request.model_copy(update={"preview": True})
+        self.results.clear()
+        self.progress.setValue(0)
+        self.generate_button.setEnabled(False)
+        self.show_state("Sending…")
+        self.link.call(lambda c: c.submit(request), self._accepted, self._failed)
+
+    def _accepted(self, accepted: Any) -> None:
+        self.job_id = accepted.id
+        self.cancel_button.setEnabled(True)
+        if self.random_seed.isChecked():
+            self.seed.setText(str(accepted.seed))
+        self.show_state("Next up." if accepted.position == 0 else f"Queued: position {accepted.position + 1}.")
+        self.link.follow(accepted.id, self._event, self._ended)
+
+    def _failed(self, message: str) -> None:
+        self.generate_button.setEnabled(True)
+        self.show_state(f"⚠ {message}")
+
+    def _event(self, event: Event) -> None:
+        if event.type == "queued" and event.position is not None:
+            self.show_state("Next up." if event.position == 0 else f"Queued: position {event.position + 1}.")
+        elif event.type in {"started", "step"} and event.total:
+            self.progress.setMaximum(event.total)
+            self.progress.setValue(event.step or 0)
+            self.show_state(f"Dreaming… step {event.step or 0}/{event.total}")
+            if event.preview:
+                pixmap = QPixmap()
+                pixmap.loadFromData(base64.b64decode(event.preview.split(",", 1)[1]))
+                self.preview.setPixmap(pixmap.scaled(THUMB * 2, THUMB * 2, Qt.AspectRatioMode.KeepAspectRatio))
+        elif event.type == "image" and event.image is not None:
+            self._add_result(event.image)
+        elif event.type == "done":
+            self.progress.setValue(self.progress.maximum())
+            self.show_state(f"Done: {self.results.count()} image(s).")
+        elif event.type in {"failed", "cancelled"}:
+            self.show_state(f"⚠ The job {event.type}" + (f": {event.error}" if event.error else "."))
+
+    def _ended(self, error: str) -> None:
+        self.job_id = None
+        self.generate_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if error:
+            self.show_state(f"⚠ {error}")
+
+    def _add_result(self, image: ImageInfo) -> None:
+        pixmap = QPixmap(image.path)
+        item = QListWidgetItem(pixmap.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio), f"seed {image.seed}")
+        item.setData(Qt.ItemDataRole.UserRole, image.id)
+        self.results.addItem(item)
+        self.preview.setPixmap(pixmap.scaled(THUMB * 2, THUMB * 2, Qt.AspectRatioMode.KeepAspectRatio))
+        self.image_done.emit(image)
+
+    def cancel(self) -> None:
+        if self.job_id is not None:
+            job_id = self.job_id
+            self.link.call(lambda c: c.cancel(job_id), lambda _: self.show_state("Cancelling…"))
+
+    def show_state(self, text: str) -> None:
+        self.state.setText(text)
+        self.message.emit(text)
+
+    # --- from the gallery ---------------------------------------------------------------
+    def reuse(self, record: ImageRecord) -> None:
+        """Fill the form with an image's parameters (seed locked)."""
+        self.prompt.setPlainText(record.prompt)
+        self.negative.setText(record.negative_prompt)
+        if record.seed is not None:
+            self.random_seed.setChecked(False)
+            self.seed.setText(str(record.seed))
+        self.count.setValue(1)
+        self.width_box.setValue(record.width)
+        self.height_box.setValue(record.height)
+        self.steps.setValue(record.steps or 20)
+        self.cfg.setValue(record.cfg_scale if record.cfg_scale is not None else 7.5)
+        self.sampler.setCurrentText(SAMPLER_KEYS.get(record.sampler or "", "k_euler_a"))
+        self.model.setText("" if record.model in (None, self.link.health.model if self.link.health else None)
+                           else record.model)  # fmt: skip
+
+    def set_init_image(self, record: ImageRecord) -> None:
+        self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None
+        if not self.prompt.toPlainText().strip():
+            self.prompt.setPlainText(record.prompt)
+        self._update_init_widgets()
+
+    def clear_init_image(self) -> None:
+        self.init_ref = self.init_record = self.mask_ref = None
+        self._update_init_widgets()
+
+    def _update_init_widgets(self) -> None:
+        if self.init_record is None:
+            self.init_label.setText("none (txt2img)")
+        else:
+            kind = "inpaint with mask" if self.mask_ref else "img2img from"
+            self.init_label.setText(f"{kind} #{self.init_record.id}")
+        for w in (self.strength, self.paint_mask, self.clear_init):
+            w.setEnabled(self.init_record is not None)
+
+    def open_mask_editor(self) -> None:
+        if self.init_record is None:
+            return
+        editor = MaskEditor(self.init_record.path, self)
+        editor.accepted.connect(lambda: self.use_mask(editor.mask_png()))
+        editor.open()
+
+    def use_mask(self, png: bytes) -> None:
+        """Upload a painted mask; the next Generate inpaints."""
+
+        def uploaded(upload: Any) -> None:
+            self.mask_ref = upload.ref
+            self._update_init_widgets()
+
+        self.link.call(lambda c: c.upload(png), uploaded, self._failed)
+
+    # --- remembered between runs ----------------------------------------------------------
+    def save_state(self, settings: QSettings) -> None:
+        for key, value in (("prompt", self.prompt.toPlainText()), ("negative", self.negative.text()),
+                           ("count", self.count.value()), ("steps", self.steps.value()), ("cfg", self.cfg.value()),
+                           ("sampler", self.sampler.currentText()), ("model", self.model.text()),
+                           ("width", self.width_box.value()), ("height", self.height_box.value())):  # fmt: skip
+            settings.setValue(f"generate/{key}", value)
+
+    def restore_state(self, settings: QSettings) -> None:
+        self.prompt.setPlainText(str(settings.value("generate/prompt", "")))
+        self.negative.setText(str(settings.value("generate/negative", "")))
+        self.count.setValue(int(settings.value("generate/count", 4)))
+        self.steps.setValue(int(settings.value("generate/steps", 20)))
+        self.cfg.setValue(float(settings.value("generate/cfg", 7.5)))
+        sampler = str(settings.value("generate/sampler", "k_euler_a"))
+        self.sampler.setCurrentText(sampler if sampler in SAMPLERS else "k_euler_a")
+        self.model.setText(str(settings.value("generate/model", "")))
+        self.width_box.setValue(int(settings.value("generate/width", 0)))
+        self.height_box.setValue(int(settings.value("generate/height", 0)))

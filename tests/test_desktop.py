@@ -1,0 +1,186 @@
+"""The desktop app: a real Qt window (offscreen) driving a real engine subprocess on the built-in models."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtGui import QDropEvent, QFontDatabase, QImage
+
+from desktop.gallery import ResultSource
+from desktop.mask import MaskEditor
+from desktop.window import MainWindow
+from engine.cli import stop_engine
+from engine.settings import Settings
+from models.checker import judge
+from tests.conftest import ROOT, EngineProcess
+
+pytestmark = pytest.mark.slow
+WAIT = 90_000
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path_factory.mktemp("home"), None).start()
+    yield proc
+    proc.stop()
+
+
+def open_window(qtbot, home: Path, tmp_path: Path, *, autostart: bool = False) -> MainWindow:
+    window = MainWindow(Settings(home=home), autostart=autostart,
+                        qsettings=QSettings(str(tmp_path / "desktop.ini"), QSettings.Format.IniFormat))  # fmt: skip
+    qtbot.addWidget(window)
+    window.show()
+    window.connect_engine()
+    return window
+
+
+@pytest.fixture
+def window(qtbot, engine: EngineProcess, tmp_path: Path) -> Iterator[MainWindow]:
+    w = open_window(qtbot, engine.home, tmp_path)
+    qtbot.waitUntil(lambda: w.link.health is not None, timeout=WAIT)
+    yield w
+    w.close()
+
+
+def generate(qtbot, window: MainWindow, command: str, count: int) -> list[int]:
+    panel = window.generate
+    panel.prompt.setPlainText(command)
+    qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.results.count() == count and panel.job_id is None, timeout=WAIT)
+    return [panel.results.item(i).data(Qt.ItemDataRole.UserRole) for i in range(count)]
+
+
+def distinct_colours(image: QImage) -> int:
+    image = image.convertToFormat(QImage.Format.Format_RGB32)
+    step = 3
+    return len({image.pixel(x, y) for x in range(0, image.width(), step) for y in range(0, image.height(), step)})
+
+
+def test_generate_then_find_by_text_and_by_dropping_an_image(qtbot, window: MainWindow) -> None:
+    # A command pasted from Discord works in the prompt box: its flags win over the form.
+    ids = generate(qtbot, window, '"a red circle on a blue background" -n 2 -S 3220803958 -s 12', 2)
+    assert window.generate.seed.text() == "3220803958" or window.generate.random_seed.isChecked()
+    gallery = window.gallery
+    window.show_view("gallery")
+    qtbot.waitUntil(lambda: set(ids) <= set(gallery.model.row_of), timeout=WAIT)
+    qtbot.waitUntil(lambda: set(ids) <= set(gallery.model.thumbs), timeout=WAIT)  # decoded off the UI thread
+    gallery.search.setText("red circle")
+    qtbot.keyClick(gallery.search, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: isinstance(gallery.model.source, ResultSource) and gallery.model.total > 0, timeout=WAIT)
+    assert "red circle" in gallery.model.record(0).prompt
+    # Drop the first image's file on the gallery: reverse search finds it first.
+    first = gallery.model.record(0)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(first.path)])
+    gallery.model.set_source(ResultSource(window.link, []))
+    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                       Qt.KeyboardModifier.NoModifier)  # fmt: skip
+    gallery.dropEvent(event)
+    qtbot.waitUntil(lambda: gallery.model.total > 0, timeout=WAIT)
+    assert gallery.model.record(0).id == first.id
+
+
+def test_details_variations_upscale_and_inpaint_with_the_brush(qtbot, window: MainWindow) -> None:
+    (parent,) = generate(qtbot, window, '"a red circle on a blue background" -n 1 -S 5 -s 10', 1)
+    gallery = window.gallery
+    window.show_view("gallery")
+    qtbot.waitUntil(lambda: parent in gallery.model.row_of, timeout=WAIT)
+    gallery.view.setCurrentIndex(gallery.model.index(gallery.model.row_of[parent]))
+    assert gallery.current.id == parent and f"#{parent}" in gallery.details.toPlainText()
+    qtbot.mouseClick(gallery.actions["Variations"], Qt.MouseButton.LeftButton)
+    assert window.tabs.currentWidget() is window.generate
+    qtbot.waitUntil(lambda: window.generate.results.count() == 4 and window.generate.job_id is None, timeout=WAIT)
+    child = window.link.client().image(window.generate.results.item(0).data(Qt.ItemDataRole.UserRole))
+    assert child.parent_id == parent and child.relation == "variation"
+    # Upscale of the parent.
+    window.show_view("gallery")
+    gallery.show_record(window.link.client().image(parent))
+    qtbot.mouseClick(gallery.actions["Upscale ×2"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: window.generate.results.count() == 1 and window.generate.job_id is None, timeout=WAIT)
+    big = window.link.client().image(window.generate.results.item(0).data(Qt.ItemDataRole.UserRole))
+    assert (big.width, big.height) == (128, 128) and big.relation == "upscale"
+    # Use as init image, paint the right half, generate: an inpaint that keeps the left half.
+    gallery.show_record(window.link.client().image(parent))
+    qtbot.mouseClick(gallery.actions["Use as init image"], Qt.MouseButton.LeftButton)
+    editor = MaskEditor(window.generate.init_record.path)
+    editor.canvas.brush = 40
+    editor.paint_line(QPoint(48, 0), QPoint(48, 64))
+    window.generate.use_mask(editor.mask_png())
+    qtbot.waitUntil(lambda: window.generate.mask_ref is not None, timeout=WAIT)
+    assert "inpaint" in window.generate.init_label.text()
+    (made,) = generate(qtbot, window, "a green square on a yellow background -n 1 -s 10", 1)
+    record = window.link.client().image(made)
+    assert record.relation == "inpaint" and record.parent_id == parent
+    before, after = QImage(window.link.client().image(parent).path), QImage(record.path)
+    assert all(before.pixel(x, y) == after.pixel(x, y) for x in range(0, 24) for y in range(64))
+
+
+def test_cancel_a_running_job(qtbot, window: MainWindow) -> None:
+    panel = window.generate
+    panel.prompt.setPlainText("a slow octagon -n 2 -s 150 -W 256 -H 256")
+    qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "Dreaming" in panel.state.text(), timeout=WAIT)
+    qtbot.mouseClick(panel.cancel_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: panel.job_id is None, timeout=WAIT)
+    assert "cancelled" in panel.state.text() and panel.generate_button.isEnabled()
+
+
+def test_flag_errors_are_shown_not_raised(qtbot, window: MainWindow) -> None:
+    window.generate.prompt.setPlainText("x -n 99")
+    qtbot.mouseClick(window.generate.generate_button, Qt.MouseButton.LeftButton)
+    assert "-n/--iterations (n): must be between 1 and 16" in window.generate.state.text()
+
+
+def test_engine_down_is_a_clear_message_then_autostart_works(qtbot, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    window = open_window(qtbot, home, tmp_path, autostart=False)
+    try:
+        qtbot.waitUntil(lambda: "not answering" in window.engine_state.text(), timeout=WAIT)
+        window.link.start(autostart=True)  # Engine ▸ Start engine
+        qtbot.waitUntil(lambda: window.link.health is not None, timeout=WAIT)
+        assert "ready" in window.engine_state.text()
+        (made,) = generate(qtbot, window, '"a red circle on a blue background" -n 1 -S 3 -s 10', 1)
+        assert judge(to_pil(QImage(window.link.client().image(made).path))).colour == "red"
+    finally:
+        window.close()
+        stop_engine(Settings(home=home))
+
+
+def to_pil(image: QImage):
+    from PIL import Image
+
+    image = image.convertToFormat(QImage.Format.Format_RGB888)
+    return Image.frombytes("RGB", (image.width(), image.height()), bytes(image.constBits())[: image.sizeInBytes()])
+
+
+def test_screenshots_of_both_views_are_not_blank(qtbot, window: MainWindow, tmp_path: Path) -> None:
+    assert any("DejaVu" in family for family in QFontDatabase.families())
+    generate(qtbot, window, '"a green triangle on a white background" -n 2 -s 10', 2)
+    for view in ("generate", "gallery"):
+        window.show_view(view)
+        if view == "gallery":
+            qtbot.waitUntil(lambda: len(window.gallery.model.thumbs) >= 2, timeout=WAIT)
+        qtbot.wait(200)
+        shot = window.grab().toImage()
+        assert distinct_colours(shot) > 40, view
+
+
+def test_screenshot_flag_renders_and_exits(engine: EngineProcess, tmp_path: Path) -> None:
+    out = tmp_path / "gallery.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    done = subprocess.run(
+        [sys.executable, "-m", "desktop", "--home", str(engine.home), "--no-autostart", "--screenshot", str(out),
+         "--view", "gallery"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    shot = QImage(str(out))
+    assert (shot.width(), shot.height()) == (1200, 800) and distinct_colours(shot) > 40
