@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine import modes
 from engine.client import EngineClient
 from engine.device import Device
+from engine.inputs import Resolved
 from engine.pipelines import PipelineCache
 from engine.queue import JobRecord
 from engine.schema import DreamRequest, Requester
@@ -106,30 +108,30 @@ class _Events:
 def test_out_of_memory_retries_in_smaller_batches(tiny_model: Path) -> None:
     device = Device("cpu")
     cache = PipelineCache(device, str(tiny_model))
-    _, pipe = cache.generator(None)
-    worker = Worker(queue=None, store=None, pipelines=cache, events=_Events(), device=device)  # type: ignore[arg-type]
+    _, gen = cache.generator(None)
+    worker = Worker(queue=None, store=None, inputs=None, pipelines=cache, events=_Events(), device=device)  # type: ignore[arg-type]
     job = JobRecord(id="j", status="running", request=small("oom", n=4), seed=10, queue_key="k", priority=0,
                     created_at="2026-01-01T00:00:00")  # fmt: skip
-    whole = worker._run_batched(job, pipe, [10, 11, 12, 13], 64, 64)
-    real_call = pipe.__call__
+    work = modes.plan(job.request, Resolved(), job_seed=10, native_size=64)
+    whole = worker._run_batched(job, gen, work)
     batch_sizes = []
 
     class TightMemory:
-        """The real pipeline, on a device that only fits batches of 1 (fault injection)."""
+        """The real generator, on a device that only fits batches of 1 (fault injection)."""
 
-        native_size = pipe.native_size
-
-        def __call__(self, **kw):
+        def txt2img(self, **kw):
             batch_sizes.append(len(kw["seeds"]))
             if len(kw["seeds"]) > 1:
                 raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return real_call(**kw)
+            return gen.txt2img(**kw)
 
-    split = worker._run_batched(job, TightMemory(), [10, 11, 12, 13], 64, 64)  # type: ignore[arg-type]
+        def preview(self, latents):
+            return gen.preview(latents)
+
+    split = worker._run_batched(job, TightMemory(), work)  # type: ignore[arg-type]
     assert batch_sizes == [4, 2, 1, 1, 1, 1]
-    assert split.seeds == whole.seeds
     # Batched arithmetic may differ by rounding; the issue allows +-1 grey level per pixel.
-    for a, b in zip(split.images, whole.images, strict=True):
+    for a, b in zip(split, whole, strict=True):
         diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max()
         assert diff <= 1, f"split and whole batches differ by {diff} grey levels"
 
