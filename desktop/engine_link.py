@@ -3,47 +3,27 @@
     link.call(lambda c: c.search("red circle"), done=show_results)
     link.follow(job_id, on_event=update_progress)
 
-The UI thread never waits on the engine. Each pool thread keeps its own
-`EngineClient` (httpx clients are not shared across threads here).
+The UI thread never waits on the engine. Work runs on plain Python threads
+(no Qt objects live there); results come back through one long-lived signal.
+Each thread keeps its own `EngineClient`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, Signal
 
 from engine.client import EngineClient, EngineError, EngineUnavailable, connect
 from engine.schema import TERMINAL_EVENTS, Event, Health
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class _Signals(QObject):
-    done = Signal(object)
-    failed = Signal(str)
-
-
-class _Task(QRunnable):
-    def __init__(self, fn: Callable[[], Any], signals: _Signals) -> None:
-        super().__init__()
-        self.fn = fn
-        self.signals = signals
-
-    def run(self) -> None:
-        try:
-            result = self.fn()
-        except EngineError as e:
-            self.signals.failed.emit(readable(e))
-        except Exception as e:  # a bug must not kill the pool thread; the user sees one line
-            log.exception("background call failed")
-            self.signals.failed.emit(f"{type(e).__name__}: {e}")
-        else:
-            self.signals.done.emit(result)
 
 
 def readable(e: EngineError) -> str:
@@ -58,18 +38,21 @@ class EngineLink(QObject):
     status = Signal(str)  # one line for the status bar
     ready = Signal(object)  # Health, once an engine answers
     failed = Signal(str)  # a call failed: one line for the user
+    # (callback, value) from pool threads, run on the UI thread. One long-lived sender: a QObject
+    # per call would be freed on whichever thread dropped it last, and Qt crashes on that.
+    deliver = Signal(object, object)
 
     def __init__(self, settings: Settings, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.settings = settings
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(4)
-        self.streams = QThreadPool(self)  # long-lived event streams, apart from quick calls
-        self.streams.setMaxThreadCount(8)
+        self.pool = ThreadPoolExecutor(4, thread_name_prefix="engine-call")
         self._local = threading.local()
         self._clients: list[EngineClient] = []
-        self._pending: set[_Signals] = set()
         self.health: Health | None = None
+        self.deliver.connect(self._run_callback)
+
+    def _run_callback(self, callback: Callable[[Any], None], value: Any) -> None:
+        callback(value)
 
     def client(self) -> EngineClient:
         """This thread's client."""
@@ -85,21 +68,34 @@ class EngineLink(QObject):
         done: Callable[[Any], None] | None = None,
         failed: Callable[[str], None] | None = None,
         *,
-        pool: QThreadPool | None = None,
+        long: bool = False,
     ) -> None:
-        """Run `fn(client)` on a pool thread; `done(result)` or `failed(message)` run on the UI thread."""
-        signals = _Signals()  # created here, so its signals are delivered on the UI thread
-        self._pending.add(signals)
+        """Run `fn(client)` off the UI thread; `done(result)` or `failed(message)` then run on the UI thread.
 
-        def finish() -> None:
-            self._pending.discard(signals)
+        `long`: a daemon thread of its own (event streams, engine start-up), so it never holds up others.
+        """
+        done = done or (lambda _: None)
+        failed = failed or self.failed.emit
 
-        if done is not None:
-            signals.done.connect(done)
-        signals.failed.connect(failed or self.failed.emit)
-        signals.done.connect(finish)
-        signals.failed.connect(finish)
-        (pool or self.pool).start(_Task(lambda: fn(self.client()), signals))
+        def run() -> None:
+            try:
+                result = fn(self.client())
+            except EngineError as e:
+                self._deliver(failed, readable(e))
+            except Exception as e:  # a bug must not kill the thread; the user sees one line
+                log.exception("background call failed")
+                self._deliver(failed, f"{type(e).__name__}: {e}")
+            else:
+                self._deliver(done, result)
+
+        if long:
+            threading.Thread(target=run, daemon=True, name="engine-stream").start()
+        else:
+            self.pool.submit(run)
+
+    def _deliver(self, callback: Callable[[Any], None], value: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the window is gone: nobody to tell
+            self.deliver.emit(callback, value)
 
     def start(self, autostart: bool = True) -> None:
         """Find the engine, or start one in the background (saying so), then report `ready`."""
@@ -125,32 +121,22 @@ class EngineLink(QObject):
             self.status.emit(message)
             self.failed.emit(message)
 
-        self.call(find, found, lost, pool=self.streams)
+        self.call(find, found, lost, long=True)
 
     def follow(self, job_id: str, on_event: Callable[[Event], None], on_end: Callable[[str], None]) -> None:
         """Stream a job's events to `on_event` (UI thread); `on_end(error or "")` after the last one."""
-        events = _Signals()
-        events.done.connect(on_event)
 
         def stream(client: EngineClient) -> str:
             for event in client.events(job_id):
-                events.done.emit(event)
+                self._deliver(on_event, event)
                 if event.type in TERMINAL_EVENTS:
                     break
             return ""
 
-        self._pending.add(events)
-
-        def end(error: str) -> None:
-            self._pending.discard(events)
-            on_end(error)
-
-        self.call(stream, end, end, pool=self.streams)
+        self.call(stream, on_end, on_end, long=True)
 
     def close(self) -> None:
         """Stop everything: closing the clients ends any event stream still open."""
-        self.streams.clear()
         for client in self._clients:
             client.close()
-        self.pool.waitForDone(3000)
-        self.streams.waitForDone(3000)
+        self.pool.shutdown(wait=True, cancel_futures=True)

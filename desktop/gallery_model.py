@@ -11,10 +11,11 @@ import contextlib
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QRunnable, QSize, Qt, QThreadPool, Signal
+from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QImageReader, QPixmap
 
 from engine.schema import ImageRecord
@@ -45,8 +46,8 @@ class ThumbnailLoader(QObject):
         super().__init__()
         self.source_of = source_of
         self.size = size
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(threads)
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="thumbnails")
         self._stack: OrderedDict[int, ImageRecord] = OrderedDict()
         self._lock = threading.Lock()
         self._running = 0
@@ -58,10 +59,10 @@ class ThumbnailLoader(QObject):
             self._stack.move_to_end(record.id)
             while len(self._stack) > self.max_waiting:  # scrolled past long ago
                 self._stack.popitem(last=False)
-            if self._running >= self.pool.maxThreadCount():
+            if self._running >= self.threads:
                 return
             self._running += 1
-        self.pool.start(_Drain(self))
+        self.pool.submit(self._drain)
 
     def _next(self) -> ImageRecord | None:
         """The newest waiting request, or None (and this drain ends)."""
@@ -70,6 +71,20 @@ class ThumbnailLoader(QObject):
                 self._running -= 1
                 return None
             return self._stack.popitem(last=True)[1]
+
+    def _drain(self) -> None:
+        while (record := self._next()) is not None:
+            try:
+                image = self.decode(record)
+            except Exception:  # an unreadable file shows the placeholder
+                image = QImage()
+            with contextlib.suppress(RuntimeError):  # the window closed meanwhile
+                self.loaded.emit(record.id, image)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stack.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def decode(self, record: ImageRecord) -> QImage:
         path = Path(record.path)
@@ -85,37 +100,6 @@ class ThumbnailLoader(QObject):
         return reader.read()
 
 
-class _Drain(QRunnable):
-    def __init__(self, loader: ThumbnailLoader) -> None:
-        super().__init__()
-        self.loader = loader
-
-    def run(self) -> None:
-        while (record := self.loader._next()) is not None:
-            try:
-                image = self.loader.decode(record)
-            except Exception:  # an unreadable file shows the placeholder
-                image = QImage()
-            with contextlib.suppress(RuntimeError):  # the window closed meanwhile
-                self.loader.loaded.emit(record.id, image)
-
-
-class _PageFetch(QRunnable):
-    def __init__(self, model: GalleryModel, source: ImageSource, generation: int, page: int) -> None:
-        super().__init__()
-        self.model, self.source, self.generation, self.page_no = model, source, generation, page
-
-    def run(self) -> None:
-        try:
-            total, records = self.source.page(self.page_no * PAGE, PAGE)
-        except Exception as e:  # reported in the UI; the grid keeps what it has
-            with contextlib.suppress(RuntimeError):
-                self.model.page_failed.emit(str(e))
-            return
-        with contextlib.suppress(RuntimeError):  # the window closed while the page was on its way
-            self.model.page_arrived.emit(self.generation, self.page_no, total, records)
-
-
 class GalleryModel(QAbstractListModel):
     """Rows = images of the current source, newest first; data arrives page by page."""
 
@@ -129,8 +113,7 @@ class GalleryModel(QAbstractListModel):
         self.total = 0
         self.pages: dict[int, list[ImageRecord]] = {}
         self.row_of: dict[int, int] = {}
-        self.pool = QThreadPool(self)
-        self.pool.setMaxThreadCount(2)
+        self.pool = ThreadPoolExecutor(2, thread_name_prefix="gallery-pages")
         self.generation = 0
         self._asked: set[int] = set()
         self.thumbs: OrderedDict[int, QPixmap] = OrderedDict()
@@ -157,7 +140,17 @@ class GalleryModel(QAbstractListModel):
         if page in self._asked or self.source is None:
             return
         self._asked.add(page)
-        self.pool.start(_PageFetch(self, self.source, self.generation, page))
+        self.pool.submit(self._fetch, self.source, self.generation, page)
+
+    def _fetch(self, source: ImageSource, generation: int, page: int) -> None:
+        try:
+            total, records = source.page(page * PAGE, PAGE)
+        except Exception as e:  # reported in the UI; the grid keeps what it has
+            with contextlib.suppress(RuntimeError):
+                self.page_failed.emit(str(e))
+            return
+        with contextlib.suppress(RuntimeError):  # the window closed while the page was on its way
+            self.page_arrived.emit(generation, page, total, records)
 
     def _page_arrived(self, generation: int, page: int, total: int, records: list[ImageRecord]) -> None:
         if generation != self.generation:
@@ -195,10 +188,8 @@ class GalleryModel(QAbstractListModel):
     def close(self) -> None:
         """Wait for page fetches and thumbnail decodes still running (the window is closing)."""
         self.generation += 1
-        with self.loader._lock:
-            self.loader._stack.clear()
-        self.pool.waitForDone(5000)
-        self.loader.pool.waitForDone(5000)
+        self.loader.close()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
     def record(self, row: int) -> ImageRecord | None:
         page = self.pages.get(row // PAGE)

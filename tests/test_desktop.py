@@ -110,7 +110,7 @@ def test_details_variations_upscale_and_inpaint_with_the_brush(qtbot, window: Ma
     # Use as init image, paint the right half, generate: an inpaint that keeps the left half.
     gallery.show_record(window.link.client().image(parent))
     qtbot.mouseClick(gallery.actions["Use as init image"], Qt.MouseButton.LeftButton)
-    editor = MaskEditor(window.generate.init_record.path)
+    editor = MaskEditor(window.generate.init_record.path, window)
     editor.canvas.brush = 40
     editor.paint_line(QPoint(48, 0), QPoint(48, 64))
     window.generate.use_mask(editor.mask_png())
