@@ -11,7 +11,7 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
-from PySide6.QtCore import QMimeData, QPoint, QPointF, QSettings, Qt, QUrl
+from PySide6.QtCore import QMimeData, QObject, QPoint, QPointF, QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QDropEvent, QFontDatabase, QImage
 
 from desktop.gallery import ResultSource
@@ -184,3 +184,17 @@ def test_screenshot_flag_renders_and_exits(engine: EngineProcess, tmp_path: Path
     assert done.returncode == 0, done.stderr
     shot = QImage(str(out))
     assert (shot.width(), shot.height()) == (1200, 800) and distinct_colours(shot) > 40
+
+
+def test_signal_emit_keeps_reference_counts() -> None:
+    """PySide6 6.12.0's emit() returned True without a reference: on Python 3.11 the app aborted
+    after enough signals (constraints.txt pins a good version)."""
+
+    class Emitter(QObject):
+        fired = Signal(int)
+
+    emitter = Emitter()
+    before = sys.getrefcount(True)
+    for i in range(2000):
+        emitter.fired.emit(i)
+    assert abs(sys.getrefcount(True) - before) < 100
