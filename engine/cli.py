@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from engine.client import EngineError, EngineUnavailable, RequestRejected, connect
 from engine.dream_args import DreamArgsError, parse_argv
-from engine.schema import Event, Requester
+from engine.schema import Event, Requester, looks_like_ref
 from engine.settings import Settings
 
 
@@ -114,7 +114,7 @@ class _Progress:
 
 def _local_file_check(value: str) -> str:
     """-I/-M before an engine is there: ids pass, files must exist (they are uploaded once connected)."""
-    if value.strip().isdigit() or value.startswith(("gallery:", "upload:")):
+    if looks_like_ref(value):
         return value
     if not Path(value).expanduser().is_file():
         raise ValueError(f"{value!r} is neither a gallery image id nor a file")

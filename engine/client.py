@@ -38,6 +38,7 @@ from engine.schema import (
     ReindexResult,
     SearchResults,
     Upload,
+    looks_like_ref,
 )
 from engine.settings import Settings
 
@@ -172,8 +173,7 @@ class EngineClient:
 
         Raises ValueError with a message for the user (the `!dream` parser reports it against the flag).
         """
-        value = value.strip()
-        if value.isdigit() or value.startswith(("gallery:", "upload:")):
+        if looks_like_ref(value):
             return value
         path = Path(value).expanduser()
         if not path.is_file():

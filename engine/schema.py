@@ -61,6 +61,12 @@ def _image_ref(value: object) -> object:
 ImageRef = Annotated[str, BeforeValidator(_image_ref)]
 
 
+def looks_like_ref(value: str) -> bool:
+    """Whether a -I/-M value already names an image (a gallery id or reference) rather than a file."""
+    value = value.strip()
+    return value.isdigit() or value.startswith(("gallery:", "upload:"))
+
+
 def gallery_id(ref: str) -> int | None:
     """The image id of a `gallery:<id>` reference (None for uploads)."""
     return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
