@@ -315,6 +315,9 @@ class DreamCog(commands.Cog, name="DreamCog"):
         except (ValueError, RequestRejected) as e:
             await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
             return
+        except EngineUnavailable:
+            await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
+            return
         await interaction.response.defer(thinking=True)
         await self.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
 
