@@ -6,7 +6,8 @@
     inpaint     the white part of the mask (and the init image's transparent part) repainted;
                 everything else is pasted back from the original, pixel for pixel
     outpaint    the canvas grown by the requested sides, then the new border inpainted
-    upscale     a Lanczos resample, then an img2img detail pass at low strength
+    upscale     the configured diffusers upscaler; without one, a Lanczos resample, then an
+                img2img detail pass at low strength
 
 A `Plan` is made once per job; the worker runs it in batches (`run`) and
 asks it for each image's own parameters, which reproduce that image alone.
@@ -22,7 +23,7 @@ import torch
 from PIL import Image
 
 from engine.inputs import InputError, Resolved
-from engine.pipelines import GenerationResult, Generator, StepCallback
+from engine.pipelines import GenerationResult, Generator, StepCallback, Upscaler
 from engine.schema import DEFAULT_STRENGTH, MAX_SEED, DreamRequest, image_seed, resolve_size
 
 MAX_SIDE = 2048
@@ -33,7 +34,7 @@ MASK_THRESHOLD = 128  # mask pixels at or above this repaint; alpha below 255 - 
 class Plan:
     """One job's work: which task, at what size, on which inputs, and each image's seed."""
 
-    task: str  # the generator method: txt2img, img2img or inpaint
+    task: str  # txt2img, img2img or inpaint (the generator's methods), or upscale (the upscaler pipeline)
     width: int
     height: int
     seeds: list[int]  # what each image records as its seed
@@ -42,6 +43,7 @@ class Plan:
     strength: float | None = None
     variations: list[list[tuple[int, float]]] | None = None  # per image: (seed, weight) blended in order
     notes: dict = field(default_factory=dict)  # recorded in every image's params
+    upscaler: Upscaler | None = None
 
     def run(self, gen: Generator, req: DreamRequest, indices: list[int], on_step: StepCallback) -> GenerationResult:
         """Images `indices` of the plan, as one batch."""
@@ -56,6 +58,13 @@ class Plan:
             return gen.txt2img(width=self.width, height=self.height, latents=latents, **common)
         if self.task == "img2img":
             return gen.img2img(image=self.image, strength=self.strength, **common)
+        if self.task == "upscale":
+            assert self.upscaler is not None
+            result = self.upscaler(image=self.image, **common)
+            size = (self.width, self.height)  # an x4 upscaler asked for x2 is resized down
+            result.images = [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im
+                             for im in result.images]  # fmt: skip
+            return result
         result = gen.inpaint(image=self.image, mask=self.mask, strength=self.strength, **common)
         result.images = [paste_back(im, self.image, self.mask) for im in result.images]
         return result
@@ -75,8 +84,13 @@ class Plan:
         return params
 
 
-def plan(req: DreamRequest, inputs: Resolved, *, job_seed: int, native_size: int) -> Plan:
-    """Work out a job from its request; `job_seed` is the seed the engine settled on at submit time."""
+def plan(
+    req: DreamRequest, inputs: Resolved, *, job_seed: int, native_size: int, upscaler: Upscaler | None = None
+) -> Plan:
+    """Work out a job from its request; `job_seed` is the seed the engine settled on at submit time.
+
+    `upscaler`: the configured upscaler pipeline, if any (otherwise upscale resamples, then img2img).
+    """
     if req.mode == "txt2img":
         width, height = resolve_size(req, native_size)
         return Plan("txt2img", width, height, [image_seed(job_seed, i) for i in range(req.n)])
@@ -101,6 +115,12 @@ def plan(req: DreamRequest, inputs: Resolved, *, job_seed: int, native_size: int
                 f"a x{req.upscale} upscale of a {inputs.init.width}x{inputs.init.height} image would be "
                 f"{width}x{height}; the largest is {MAX_SIDE} per side"
             )
+        if upscaler is not None:
+            note = f"{upscaler.name} (x{upscaler.factor})"
+            if upscaler.factor != req.upscale:
+                note += f", resized to x{req.upscale}"
+            return Plan("upscale", width, height, seeds, image=_rgb(inputs.init), notes={"upscaler": note},
+                        upscaler=upscaler)  # fmt: skip
         image = _rgb(inputs.init).resize((width, height), Image.Resampling.LANCZOS)
         note = f"lanczos x{req.upscale} + img2img detail pass at strength {strength:g}"
         return Plan("img2img", width, height, seeds, image=image, strength=strength, notes={"upscaler": note})

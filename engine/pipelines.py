@@ -31,7 +31,9 @@ from diffusers import (
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
@@ -263,13 +265,71 @@ class Generator:
         return img
 
 
+class Upscaler:
+    """A diffusers upscaler pipeline: Stable Diffusion's x4 upscaler, or the x2 latent upscaler."""
+
+    def __init__(self, name: str, pipe: DiffusionPipeline, device: Device) -> None:
+        self.name = name
+        self.pipe = pipe
+        self.device = device
+        self.factor = 2 if isinstance(pipe, StableDiffusionLatentUpscalePipeline) else int(pipe.vae_scale_factor)
+
+    @torch.inference_mode()
+    def __call__(
+        self,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        image: Image.Image,
+        seeds: list[int],
+        steps: int,
+        cfg_scale: float,
+        on_step: StepCallback | None = None,
+        **_: object,
+    ) -> GenerationResult:
+        n = len(seeds)
+
+        def callback(step: int, timestep, latents: torch.Tensor) -> None:
+            if on_step is not None:
+                on_step(step + 1, steps, latents)
+
+        out = self.pipe(
+            prompt=[prompt] * n,
+            negative_prompt=[negative_prompt] * n if negative_prompt else None,
+            image=[image] * n,
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+            callback=callback,
+            callback_steps=1,
+        )
+        return GenerationResult(images=list(out.images), seeds=list(seeds))
+
+
+def load_upscaler(ref: str, device: Device) -> Upscaler:
+    """A configured upscaler: a diffusers folder or hub id of an upscaler pipeline."""
+    path = Path(ref).expanduser()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(path if path.is_dir() else ref, dtype=device.dtype)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"could not load upscaler {ref!r}: {e}") from e
+    if not isinstance(pipe, (StableDiffusionUpscalePipeline, StableDiffusionLatentUpscalePipeline)):
+        raise ModelLoadError(f"{ref!r} is a {type(pipe).__name__}, not an upscaler pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    return Upscaler(ref, pipe.to(device.torch_device), device)
+
+
 class PipelineCache:
     """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines."""
 
-    def __init__(self, device: Device, default_model: str | None, *, safety_check: bool = True) -> None:
+    def __init__(
+        self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None
+    ) -> None:
         self.device = device
         self.default_model = default_model
         self.safety_check = safety_check
+        self.upscaler_ref = upscaler
+        self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
         self._name: str | None = None
         self._ref: str | None = None
@@ -293,6 +353,16 @@ class PipelineCache:
                 log.info("loaded model %s on %s", name, self.device.describe())
             assert self._name is not None
             return self._name, self._generator
+
+    def upscaler(self) -> Upscaler | None:
+        """The configured upscaler pipeline (loaded on first use), or None."""
+        if self.upscaler_ref is None:
+            return None
+        with self._lock:
+            if self._upscaler is None:
+                self._upscaler = load_upscaler(self.upscaler_ref, self.device)
+                log.info("loaded upscaler %s (x%d)", self.upscaler_ref, self._upscaler.factor)
+            return self._upscaler
 
     def unload(self) -> None:
         if self._generator is not None:

@@ -134,7 +134,7 @@ def build_services(settings: Settings) -> Services:
     device = Device(settings.device)
     store = SqliteImageStore(db, settings.images_dir)
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
-    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check)
+    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler)
     inputs = Inputs(store, settings.uploads_dir)
     worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device)
     worker.start()

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     clip_model: str | None = Field(default=None, description="open_clip model name; None: built-in toy CLIP")
     clip_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps")
+    upscaler: str | None = Field(
+        default=None,
+        description="diffusers upscaler folder or hub id (SD x4 upscaler, x2 latent upscaler); "
+        "None: Lanczos resample + img2img detail pass",
+    )
     safety_check: bool = Field(
         default=True, description="run a model's own safety checker (when it has one) and flag images"
     )

@@ -218,7 +218,8 @@ class Worker:
         req = job.request
         model_name, gen = self.pipelines.generator(req.model)
         inputs = self.inputs.load(req)
-        work = modes.plan(req, inputs, job_seed=job.seed, native_size=gen.native_size)
+        upscaler = self.pipelines.upscaler() if req.mode == "upscale" else None
+        work = modes.plan(req, inputs, job_seed=job.seed, native_size=gen.native_size, upscaler=upscaler)
         started = time.perf_counter()
         images = self._run_batched(job, gen, work)
         log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,

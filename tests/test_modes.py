@@ -106,6 +106,23 @@ def test_upscale_resamples_then_adds_detail(toy: Generator, red_circle: Image.Im
     assert judge(out.resize((64, 64))).colour == "red"
 
 
+def test_a_configured_upscaler_pipeline_is_used_and_named(red_circle: Image.Image, tmp_path) -> None:
+    from engine.pipelines import load_upscaler
+    from tests.tiny_pipeline import build_upscaler
+
+    upscaler = load_upscaler(str(build_upscaler(tmp_path)), Device("cpu"))
+    assert upscaler.factor == 4
+    steps = []
+    for factor, size in ((4, 256), (2, 128)):
+        req = ref_request(prompt=RED_ON_BLUE, mode="upscale", upscale=factor, seed=1, steps=2)
+        work = modes.plan(req, Resolved(init=red_circle.convert("RGBA")), job_seed=1, native_size=64,
+                          upscaler=upscaler)  # fmt: skip
+        assert work.notes["upscaler"].endswith("(x4)" if factor == 4 else "(x4), resized to x2")
+        out = work.run(None, req, [0], on_step=lambda step, total, _: steps.append((step, total))).images[0]  # type: ignore[arg-type]
+        assert out.size == (size, size)
+    assert steps[:2] == [(1, 2), (2, 2)]
+
+
 def test_slerp_keeps_gaussian_norm() -> None:
     a, b = torch.randn(4, 32, 32), torch.randn(4, 32, 32)
     mid = modes.slerp(0.5, a, b)

@@ -9,7 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerAncestralDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionUpscalePipeline,
+    UNet2DConditionModel,
+)
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -63,5 +71,38 @@ def build(out: Path, *, flag_everything: bool = False) -> Path:
         safety_checker=checker, feature_extractor=processor, requires_safety_checker=False,
     )  # fmt: skip
     target = out / ("tiny-sd-checked" if flag_everything else "tiny-sd")
+    pipe.save_pretrained(target)
+    return target
+
+
+def build_upscaler(out: Path) -> Path:
+    """A tiny random-weight Stable Diffusion x4 upscaler pipeline folder (diffusers' own test shapes)."""
+    torch.manual_seed(0)
+    tok_dir = out / "_tok_up"
+    vocab = toy_tokenizer.build(tok_dir, first_merges=200, model_max_length=16)
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 32, 64), layers_per_block=2, sample_size=32, in_channels=7, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32,
+        attention_head_dim=8, use_linear_projection=True, only_cross_attention=(True, True, False),
+        num_class_embeds=100,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 3, up_block_types=["UpDecoderBlock2D"] * 3,
+    )  # fmt: skip
+    pipe = StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, low_res_scheduler=DDPMScheduler(),
+        scheduler=DDIMScheduler(prediction_type="v_prediction"), max_noise_level=350,
+    )  # fmt: skip
+    target = out / "tiny-x4-upscaler"
     pipe.save_pretrained(target)
     return target
