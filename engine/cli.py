@@ -4,6 +4,7 @@
     dreamhall engine stop | status
     dreamhall dream "a red circle on a blue background" -n 4 -S 3220803958 [--json]
     dreamhall dream "a blue circle" -I photo.png -f 0.6   (or -I 42: gallery image 42)
+    dreamhall zoom "a red circle on a blue background" --frames 8 --out zoom.gif
     dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
     dreamhall gallery import DIR | reindex | check [--repair]
 
@@ -275,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     dream.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     dream.add_argument("--no-autostart", action="store_true", help="fail instead of starting an engine")
     dream.add_argument("--help", action="help", help="show this help")
+    zoom = sub.add_parser("zoom", help="infinite zoom: chained outpaints as an animation", allow_abbrev=False)
+    zoom.add_argument("--frames", type=int, default=5, help="pictures to make (each one outpaint job)")
+    zoom.add_argument("--factor", type=float, default=0.75, help="how much smaller each picture sits in the next")
+    zoom.add_argument("--out", type=Path, default=Path("zoom.gif"), help="the animation (.gif or .webp)")
+    zoom.add_argument("--no-autostart", action="store_true")
     search = sub.add_parser("search", help="find images by text, by an image file, or like a gallery image")
     search.add_argument("query", nargs="?", help="text: a concept or words from a prompt")
     search.add_argument("--image", type=Path, help="reverse search: PNG/JPEG file")
@@ -297,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command != "dream":
+    if extra and args.command not in {"dream", "zoom"}:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
     try:
@@ -314,7 +320,38 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "import" and args.path is None:
             return _fail("gallery import needs a folder: dreamhall gallery import DIR")
         return cmd_gallery(args, settings)
+    if args.command == "zoom":
+        return cmd_zoom(args, extra, settings)
     return cmd_dream(args, extra, settings)
+
+
+def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
+    from engine.zoom import save_animation, zoom_in_animation, zoom_out_frames
+
+    if not 2 <= args.frames <= 100:
+        return _fail(f"--frames: between 2 and 100 (got {args.frames})")
+    if not 0.3 <= args.factor <= 0.95:
+        return _fail(f"--factor: between 0.3 and 0.95 (got {args.factor})")
+    if args.out.suffix.lower() not in {".gif", ".webp"}:
+        return _fail(f"--out: a .gif or .webp file (got {args.out.name})")
+    try:
+        request = parse_argv(extra, requester=Requester(source="cli", user=os.environ.get("USER")))
+    except DreamArgsError as e:
+        return _fail(str(e))
+    if request.mode != "txt2img":
+        return _fail("zoom starts from a prompt: leave out -I, -M, -v, -U and --outpaint")
+    try:
+        with connect(settings, autostart=not args.no_autostart) as engine, tqdm(total=args.frames, unit="frame") as bar:
+            frames = zoom_out_frames(engine, request, frames=args.frames, factor=args.factor,
+                                     on_frame=lambda k, _: bar.update(1))  # fmt: skip
+    except RequestRejected as e:
+        return _fail(str(e))
+    except EngineError as e:
+        return _fail(str(e), 1)
+    shown = zoom_in_animation(frames, factor=args.factor)
+    save_animation(shown, str(args.out))
+    print(f"{args.out}  ({len(frames)} pictures, {len(shown)} frames)")
+    return 0
 
 
 if __name__ == "__main__":

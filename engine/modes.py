@@ -143,7 +143,8 @@ def plan(
 
 
 def _fit8(v: float) -> int:
-    return max(64, int(v) // 8 * 8)
+    """Down to a multiple of 8 (the VAE's stride). Small inputs stay small: an outpaint grows them."""
+    return max(8, int(v) // 8 * 8)
 
 
 def _input_size(req: DreamRequest, init: Image.Image) -> tuple[int, int]:

@@ -135,3 +135,23 @@ def test_cli_names_a_missing_file_before_starting_anything(tmp_path: Path) -> No
     )  # fmt: skip
     assert out.returncode == 2
     assert out.stderr.strip() == "dreamhall: -I/--init_img: 'nope.png' is neither a gallery image id nor a file"
+
+
+def test_cli_infinite_zoom_chains_outpaints_into_an_animation(engine: EngineProcess, tmp_path: Path) -> None:
+    out = tmp_path / "zoom.gif"
+    done = subprocess.run(
+        [sys.executable, "-m", "engine", "--home", str(engine.home), "zoom", RED_ON_BLUE, "-S", "4", "-s", "8",
+         "--frames", "3", "--out", str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=180,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    animation = Image.open(out)
+    assert animation.n_frames == 2 * 6 + 1 and animation.size == (64, 64)
+    with engine.client() as client:
+        page = client.images(limit=2)
+    # The last two pictures are outpaints of uploads of the shrunk picture before them.
+    assert [r.relation for r in page.images] == ["outpaint", "outpaint"]
+    assert all(r.params["outpaint"] == {"left": 8, "right": 8, "top": 8, "bottom": 8} for r in page.images)
+    bad = subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "zoom", "x", "--frames", "1"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "--frames: between 2 and 100" in bad.stderr
