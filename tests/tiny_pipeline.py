@@ -24,6 +24,20 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTex
 from models import tokenizer as toy_tokenizer
 
 
+def text_model(tok_dir: Path) -> tuple[CLIPTokenizer, CLIPTextModel]:
+    """A tiny CLIP tokenizer (the toy vocabulary) and a 32-wide text encoder."""
+    vocab = toy_tokenizer.build(tok_dir, first_merges=200, model_max_length=16)
+    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+            max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )  # fmt: skip
+    return tokenizer, text_encoder
+
+
 def safety_checker(threshold: float) -> tuple[StableDiffusionSafetyChecker, CLIPImageProcessor]:
     """SD's safety checker, tiny. Its concept thresholds are weights: -10 flags every image, +10 none."""
     config = CLIPConfig(
@@ -43,16 +57,7 @@ def safety_checker(threshold: float) -> tuple[StableDiffusionSafetyChecker, CLIP
 def build(out: Path, *, flag_everything: bool = False) -> Path:
     """The pipeline folder; `flag_everything` adds a safety checker that flags every image."""
     torch.manual_seed(0)
-    tok_dir = out / "_tok"
-    vocab = toy_tokenizer.build(tok_dir, first_merges=200, model_max_length=16)
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-            max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
+    tokenizer, text_encoder = text_model(out / "_tok")
     unet = UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
@@ -78,16 +83,7 @@ def build(out: Path, *, flag_everything: bool = False) -> Path:
 def build_upscaler(out: Path) -> Path:
     """A tiny random-weight Stable Diffusion x4 upscaler pipeline folder (diffusers' own test shapes)."""
     torch.manual_seed(0)
-    tok_dir = out / "_tok_up"
-    vocab = toy_tokenizer.build(tok_dir, first_merges=200, model_max_length=16)
-    tokenizer = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=16)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=16, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )  # fmt: skip
+    tokenizer, text_encoder = text_model(out / "_tok_up")
     unet = UNet2DConditionModel(
         block_out_channels=(32, 32, 64), layers_per_block=2, sample_size=32, in_channels=7, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
