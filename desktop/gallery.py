@@ -33,7 +33,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine_link import EngineLink
-from desktop.gallery_model import THUMB, GalleryModel, RecordRole
+from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
+from desktop.generate import requester
 from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, SearchResults, upscale_of, variation_of
 
 SINCE = {"any time": None, "today": timedelta(days=1), "this week": timedelta(days=7), "this month": timedelta(days=31)}
@@ -210,12 +211,7 @@ class GalleryPanel(QWidget):
                     self.message.emit(f"⚠ cannot read {url.toLocalFile()}: {e.strerror}")
                 return
         if mime.hasImage():
-            from PySide6.QtCore import QBuffer, QIODevice
-
-            buffer = QBuffer()
-            buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-            mime.imageData().save(buffer, "PNG")
-            self.search_image(bytes(buffer.data()))
+            self.search_image(png_bytes(mime.imageData()))
 
     # --- one image ------------------------------------------------------------------------
     def show_record(self, record: ImageRecord | None) -> None:
@@ -245,8 +241,6 @@ class GalleryPanel(QWidget):
             self.actions["Variations"].setToolTip(f"Variations blend seed noise; this image is {record.mode}.")
 
     def _derive(self, kind: str) -> None:
-        from desktop.generate import requester
-
         record = self.current
         if record is None:
             return

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from PySide6.QtCore import QAbstractListModel, QModelIndex, QObject, QSize, Qt, Signal
+from PySide6.QtCore import QAbstractListModel, QBuffer, QIODevice, QModelIndex, QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QImageReader, QPixmap
 
 from engine.schema import ImageRecord
@@ -23,6 +23,14 @@ from engine.schema import ImageRecord
 PAGE = 200
 THUMB = 128
 RecordRole = Qt.ItemDataRole.UserRole + 1
+
+
+def png_bytes(image: QImage) -> bytes:
+    """A QImage as PNG file bytes (what the engine's upload and image-search endpoints take)."""
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    image.save(buffer, "PNG")
+    return bytes(buffer.data())
 
 
 class ImageSource(Protocol):

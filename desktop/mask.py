@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QBuffer, QIODevice, QPoint, QPointF, Qt
+from PySide6.QtCore import QPoint, QPointF, Qt
 from PySide6.QtGui import QColor, QImage, QMouseEvent, QPainter, QPaintEvent, QPen, QPixmap
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
+
+from desktop.gallery_model import png_bytes
 
 VIEW = 384  # the canvas is shown at least this big; the mask keeps the image's own size
 
@@ -88,7 +90,4 @@ class MaskEditor(QDialog):
         self.canvas.stroke(QPointF(a) * s, QPointF(b) * s)
 
     def mask_png(self) -> bytes:
-        buffer = QBuffer()
-        buffer.open(QIODevice.OpenModeFlag.WriteOnly)
-        self.canvas.mask.save(buffer, "PNG")
-        return bytes(buffer.data())
+        return png_bytes(self.canvas.mask)

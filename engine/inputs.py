@@ -78,11 +78,13 @@ class Inputs:
         with Image.open(self._path(ref, None)) as im:
             return im.size, None
 
-    def check(self, request: DreamRequest) -> None:
-        """Cheap checks at submit time, so a bad reference is an immediate error, not a failed job."""
+    def check(self, request: DreamRequest) -> ImagePublic | None:
+        """Cheap checks at submit time, so a bad reference is an immediate error, not a failed job.
+
+        Returns the init image's gallery record (None for uploads and requests without one)."""
         if request.init_image is None:
-            return
-        size, _ = self._size(request.init_image, request)
+            return None
+        size, parent = self._size(request.init_image, request)
         if request.init_mask is not None:
             mask_size, _ = self._size(request.init_mask, request)
             if mask_size != size:
@@ -90,6 +92,7 @@ class Inputs:
                     f"the mask is {mask_size[0]}x{mask_size[1]} but the init image is {size[0]}x{size[1]}; "
                     "masks must be the same size as the image they cover"
                 )
+        return parent
 
     def load(self, request: DreamRequest) -> Resolved:
         resolved = Resolved()

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from engine.inputs import InputError, Resolved
-from engine.pipelines import GenerationResult, Generator, StepCallback, Upscaler
+from engine.pipelines import Generator, StepCallback, Upscaler
 from engine.schema import DEFAULT_STRENGTH, MAX_SEED, DreamRequest, image_seed, resolve_size
 
 MAX_SIDE = 2048
@@ -45,7 +45,7 @@ class Plan:
     notes: dict = field(default_factory=dict)  # recorded in every image's params
     upscaler: Upscaler | None = None
 
-    def run(self, gen: Generator, req: DreamRequest, indices: list[int], on_step: StepCallback) -> GenerationResult:
+    def run(self, gen: Generator, req: DreamRequest, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         """Images `indices` of the plan, as one batch."""
         seeds = [self.seeds[i] for i in indices]
         common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, seeds=seeds, steps=req.steps,
@@ -60,14 +60,11 @@ class Plan:
             return gen.img2img(image=self.image, strength=self.strength, **common)
         if self.task == "upscale":
             assert self.upscaler is not None
-            result = self.upscaler(image=self.image, **common)
+            images = self.upscaler(image=self.image, **common)
             size = (self.width, self.height)  # an x4 upscaler asked for x2 is resized down
-            result.images = [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im
-                             for im in result.images]  # fmt: skip
-            return result
-        result = gen.inpaint(image=self.image, mask=self.mask, strength=self.strength, **common)
-        result.images = [paste_back(im, self.image, self.mask) for im in result.images]
-        return result
+            return [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
+        images = gen.inpaint(image=self.image, mask=self.mask, strength=self.strength, **common)
+        return [paste_back(im, self.image, self.mask) for im in images]
 
     def image_params(self, req: DreamRequest, index: int) -> dict:
         """The request that makes image `index` alone: n=1, its own seed (and its variation terms)."""

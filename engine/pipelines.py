@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -117,14 +116,6 @@ def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True)
     return name, pipe.to(device.torch_device)
 
 
-@dataclass
-class GenerationResult:
-    """The images of one pipeline call, in request order, with their seeds."""
-
-    images: list[Image.Image]
-    seeds: list[int]
-
-
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
@@ -174,20 +165,20 @@ class Generator:
         height: int,
         latents: torch.Tensor | None = None,
         **common,
-    ) -> GenerationResult:
+    ) -> list[Image.Image]:
         """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
         if latents is not None:
             latents = latents.to(self.device.torch_device, self.pipe.unet.dtype)
         return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
 
-    def img2img(self, *, seeds: list[int], image: Image.Image, strength: float, **common) -> GenerationResult:
+    def img2img(self, *, seeds: list[int], image: Image.Image, strength: float, **common) -> list[Image.Image]:
         if self._img2img is None:
             self._img2img = self._task(AutoPipelineForImage2Image)
         return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength, **common)
 
     def inpaint(
         self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, **common
-    ) -> GenerationResult:
+    ) -> list[Image.Image]:
         """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
         masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
         if self._inpaint is None:
@@ -214,7 +205,7 @@ class Generator:
         sampler: Sampler,
         on_step: StepCallback | None = None,
         **task_inputs,
-    ) -> GenerationResult:
+    ) -> list[Image.Image]:
         if "width" in task_inputs:
             self.check_inputs(width=task_inputs["width"], height=task_inputs["height"], steps=steps, seeds=seeds)
         # CPU generators: the same seed draws the same noise on any device.
@@ -241,7 +232,7 @@ class Generator:
             callback_on_step_end_tensor_inputs=["latents"],
             **task_inputs,
         )
-        return GenerationResult(images=list(out.images), seeds=list(seeds))
+        return list(out.images)
 
     @torch.inference_mode()
     def safety_flags(self, images: list[Image.Image]) -> list[bool]:
@@ -286,7 +277,7 @@ class Upscaler:
         cfg_scale: float,
         on_step: StepCallback | None = None,
         **_: object,
-    ) -> GenerationResult:
+    ) -> list[Image.Image]:
         n = len(seeds)
 
         def callback(step: int, timestep, latents: torch.Tensor) -> None:
@@ -303,7 +294,7 @@ class Upscaler:
             callback=callback,
             callback_steps=1,
         )
-        return GenerationResult(images=list(out.images), seeds=list(seeds))
+        return list(out.images)
 
 
 def load_upscaler(ref: str, device: Device) -> Upscaler:

@@ -58,7 +58,6 @@ from engine.schema import (
     SearchResult,
     SearchResults,
     Upload,
-    gallery_id,
 )
 from engine.settings import Settings
 from engine.worker import EventSink, Worker, WorkerEmbedder, draw_seed, image_info
@@ -209,7 +208,7 @@ def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
     )
 
 
-def settle_seeds(request: DreamRequest, s: Services) -> DreamRequest:
+def settle_seeds(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
     """Fix a variation's seeds at submit time, so the stored request replays exactly after a restart.
 
     The base seed is the parent image's (or the given one); new variation noise gets a drawn seed.
@@ -217,9 +216,8 @@ def settle_seeds(request: DreamRequest, s: Services) -> DreamRequest:
     if request.mode != "variation":
         return request
     update: dict = {}
-    parent_id = gallery_id(request.init_image) if request.init_image else None
-    if request.seed is None and parent_id is not None:
-        update["seed"] = s.store.get(parent_id).seed
+    if request.seed is None and parent is not None:
+        update["seed"] = parent.seed
     if request.variation_amount is not None and request.variation_seed is None:
         update["variation_seed"] = draw_seed()
     return request.model_copy(update=update)
@@ -339,8 +337,8 @@ def create_app(services: Services) -> FastAPI:
             raise HTTPException(
                 422, f"n: this engine makes at most {s.settings.max_n} images per request (got {request.n})"
             )
-        s.inputs.check(request)
-        request = settle_seeds(request, s)
+        parent = s.inputs.check(request)
+        request = settle_seeds(request, parent)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = s.queue.put(request, seed=seed)
         s.worker.wake()

@@ -263,7 +263,7 @@ class Worker:
                 chunks = [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
                 for c, chunk in enumerate(chunks):
                     on_step = self._step_reporter(job, gen, chunk_no=c, chunks=len(chunks))
-                    images += work.run(gen, job.request, chunk, on_step).images
+                    images += work.run(gen, job.request, chunk, on_step)
                 return images
             except (Cancelled, _Interrupted):
                 raise

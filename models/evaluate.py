@@ -36,7 +36,7 @@ def fidelity(pipe, scenes: list[toyworld.Scene], *, seeds: list[int], steps: int
             chunk = seeds[i : i + batch]
             result = pipe.txt2img(prompt=prompt, negative_prompt="", seeds=chunk, width=64, height=64, steps=steps,
                           cfg_scale=7.5, sampler="k_euler_a")  # fmt: skip
-            for image in result.images:
+            for image in result:
                 v = judge(image)
                 hits += v.matches(scene)
                 shape += v.shape == scene.shape

@@ -32,7 +32,7 @@ def red_circle(toy: Generator) -> Image.Image:
 def run(gen: Generator, req: DreamRequest, inputs: Resolved | None = None, job_seed: int | None = None):
     work = modes.plan(req, inputs or Resolved(), job_seed=job_seed if job_seed is not None else req.seed or 0,
                       native_size=gen.native_size)  # fmt: skip
-    return work.run(gen, req, list(range(req.n)), on_step=lambda *_: None).images
+    return work.run(gen, req, list(range(req.n)), on_step=lambda *_: None)
 
 
 def ref_request(**fields) -> DreamRequest:
@@ -90,7 +90,7 @@ def test_variation_amount_zero_is_the_parent_and_terms_replay(toy: Generator, re
     # An image's recorded terms make it again alone.
     req = same.model_copy(update={"variation_amount": 0.3, "variation_seed": 40, "n": 2})
     work = modes.plan(req, Resolved(), job_seed=3220803958, native_size=64)
-    second = work.run(toy, req, [0, 1], on_step=lambda *_: None).images[1]
+    second = work.run(toy, req, [0, 1], on_step=lambda *_: None)[1]
     params = work.image_params(req, 1)
     assert params["with_variations"] == [{"seed": 41, "weight": 0.3}] and params["seed"] == 3220803958
     replay = DreamRequest.model_validate({**params, "mode": "variation"})
@@ -101,7 +101,7 @@ def test_upscale_resamples_then_adds_detail(toy: Generator, red_circle: Image.Im
     req = ref_request(prompt=RED_ON_BLUE, mode="upscale", upscale=2, seed=1)
     work = modes.plan(req, Resolved(init=red_circle.convert("RGBA")), job_seed=1, native_size=64)
     assert "lanczos x2" in work.notes["upscaler"] and work.strength == 0.3
-    out = work.run(toy, req, [0], on_step=lambda *_: None).images[0]
+    out = work.run(toy, req, [0], on_step=lambda *_: None)[0]
     assert out.size == (128, 128)
     assert judge(out.resize((64, 64))).colour == "red"
 
@@ -118,7 +118,7 @@ def test_a_configured_upscaler_pipeline_is_used_and_named(red_circle: Image.Imag
         work = modes.plan(req, Resolved(init=red_circle.convert("RGBA")), job_seed=1, native_size=64,
                           upscaler=upscaler)  # fmt: skip
         assert work.notes["upscaler"].endswith("(x4)" if factor == 4 else "(x4), resized to x2")
-        out = work.run(None, req, [0], on_step=lambda step, total, _: steps.append((step, total))).images[0]  # type: ignore[arg-type]
+        out = work.run(None, req, [0], on_step=lambda step, total, _: steps.append((step, total)))[0]  # type: ignore[arg-type]
         assert out.size == (size, size)
     assert steps[:2] == [(1, 2), (2, 2)]
 

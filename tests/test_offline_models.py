@@ -61,7 +61,7 @@ def test_a_red_circle_on_a_blue_background(toy: Generator) -> None:
         cfg_scale=7.5,
         sampler="k_euler_a",
     )
-    verdicts = [judge(im) for im in result.images]
+    verdicts = [judge(im) for im in result]
     right = sum(v.matches(toyworld.Scene("circle", "red", "blue")) for v in verdicts)
     assert right >= 3, verdicts
 
@@ -86,7 +86,7 @@ def test_same_seed_same_image(toy: Generator) -> None:
             cfg_scale=7.5,
             sampler="ddim",
         )
-        return r.images[0].tobytes()
+        return r[0].tobytes()
 
     assert once() == once()
 
