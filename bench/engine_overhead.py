@@ -1,7 +1,7 @@
 """What does the engine cost on top of the bare diffusers call?
 
 Same model, prompt, seed, steps and n, interleaved in pairs:
-  bare       Generator called in this process (the pipeline alone)
+  bare       LoadedModel called in this process (the pipeline alone)
   cli        `dreamhall dream ...` as a subprocess against a warm engine (process start, socket,
              queue, worker, PNG + SQLite writes, event stream) — the figure the issue asks for
   client     the same round trip through EngineClient from this process (no interpreter start-up)
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from engine.client import EngineClient, EngineUnavailable  # noqa: E402
 from engine.device import Device  # noqa: E402
 from engine.dream_args import parse  # noqa: E402
-from engine.pipelines import Generator, load_pipeline  # noqa: E402
+from engine.pipelines import load_model  # noqa: E402
 from engine.schema import image_seed, resolve_size  # noqa: E402
 
 
@@ -47,8 +47,8 @@ def main() -> None:
     device = Device("auto")
     print(f"device {device.describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"python {platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
-    name, pipe = load_pipeline(args.model, device)
-    tti = Generator(pipe, device)
+    tti = load_model(args.model, device)
+    name = tti.name
     size = ["-W", str(args.size), "-H", str(args.size)] if args.size else []
     command = [f'"{args.prompt}"', "-n", str(args.n), "-S", str(args.seed), "-s", str(args.steps), *size]
     request = parse(" ".join(command))

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.device import Device  # noqa: E402
-from engine.pipelines import Generator, builtin_model_dir, load_pipeline  # noqa: E402
+from engine.pipelines import builtin_model_dir, load_model  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir  # noqa: E402
 from models import evaluate, toyworld  # noqa: E402
 
@@ -40,8 +40,7 @@ def main() -> None:
     device = Device("auto")
     say(f"device {device.describe()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"python {platform.python_version()}, {os.cpu_count()} CPUs")  # fmt: skip
-    _, pipe = load_pipeline(None, device)
-    tti = Generator(pipe, device)
+    tti = load_model(None, device)
     seeds = list(range(1000, 1000 + args.seeds))
     seen = evaluate.fidelity(tti, toyworld.seen_scenes(), seeds=seeds, steps=args.steps, templates=(0, 2))
     say(f"fidelity, seen scenes:     {seen.score:.3f} over {seen.images} images "

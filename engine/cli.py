@@ -18,16 +18,17 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from engine.client import EngineError, EngineUnavailable, RequestRejected, connect
+from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv
+from engine.launch import StopFailed, connect, stop_engine
 from engine.schema import Event, Requester, looks_like_ref
 from engine.settings import Settings
 
@@ -37,12 +38,33 @@ def _fail(message: str, code: int = 2) -> int:
     return code
 
 
+class Exit(Exception):
+    """Leave the command with this exit code (the message is already printed)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """Engine errors as one line on stderr: 2 when the engine refused the request, 1 when there is no engine."""
+    try:
+        yield
+    except RequestRejected as e:
+        raise Exit(_fail(str(e))) from None
+    except EngineError as e:
+        raise Exit(_fail(str(e), 1)) from None
+
+
 def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "stop":
-        return stop_engine(settings)
+        try:
+            print(stop_engine(settings))
+        except StopFailed as e:
+            return _fail(str(e), 1)
+        return 0
     if args.action == "status":
-        from engine.client import EngineClient
-
         with EngineClient(settings.socket_path) as client:
             try:
                 h = client.health()
@@ -56,36 +78,13 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from engine.server import EngineAlreadyRunning, serve  # heavy: torch and diffusers
+    from engine.app import EngineAlreadyRunning, serve  # heavy: torch and diffusers
 
     try:
         serve(settings)
     except EngineAlreadyRunning as e:
         return _fail(str(e), 1)
     return 0
-
-
-def stop_engine(settings: Settings, timeout: float = 30.0) -> int:
-    try:
-        pid = int(settings.pid_file.read_text())
-    except (FileNotFoundError, ValueError):
-        print("no engine running")
-        return 0
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        settings.pid_file.unlink(missing_ok=True)
-        print("no engine running (removed a stale pid file)")
-        return 0
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            print(f"engine {pid} stopped")
-            return 0
-        time.sleep(0.1)
-    return _fail(f"engine {pid} did not stop within {timeout:.0f}s", 1)
 
 
 class _Progress:
@@ -130,34 +129,29 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
     except DreamArgsError as e:
         return _fail(str(e))
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    try:
-        with connect(settings, autostart=not args.no_autostart, say=say) as engine:
-            try:
-                request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
-            except DreamArgsError as e:
-                return _fail(str(e))
-            accepted = engine.submit(request)
-            if request.seed is None:
-                say(f"seed {accepted.seed}")
-            progress = _Progress(quiet=args.json)
-            try:
-                job = engine.wait(accepted.id, on_event=progress)
-            except KeyboardInterrupt:
-                engine.cancel(accepted.id)
-                return _fail("cancelled", 130)
-            finally:
-                progress.close()
-            grid_path = None
-            if job.status == "done" and request.mode == "upscale":
-                say(f"upscaled with {engine.image(job.images[0].id).params.get('upscaler')}")
-            if job.status == "done" and request.layout == "grid":
-                grid_path = settings.home / "grids" / f"{job.id}.png"
-                grid_path.parent.mkdir(parents=True, exist_ok=True)
-                grid_path.write_bytes(engine.grid(job.id))
-    except RequestRejected as e:
-        return _fail(str(e))
-    except EngineError as e:
-        return _fail(str(e), 1)
+    with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
+        try:
+            request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
+        except DreamArgsError as e:
+            return _fail(str(e))
+        accepted = engine.submit(request)
+        if request.seed is None:
+            say(f"seed {accepted.seed}")
+        progress = _Progress(quiet=args.json)
+        try:
+            job = engine.wait(accepted.id, on_event=progress)
+        except KeyboardInterrupt:
+            engine.cancel(accepted.id)
+            return _fail("cancelled", 130)
+        finally:
+            progress.close()
+        grid_path = None
+        if job.status == "done" and request.mode == "upscale":
+            say(f"upscaled with {engine.image(job.images[0].id).params.get('upscaler')}")
+        if job.status == "done" and request.layout == "grid":
+            grid_path = settings.home / "grids" / f"{job.id}.png"
+            grid_path.parent.mkdir(parents=True, exist_ok=True)
+            grid_path.write_bytes(engine.grid(job.id))
     if job.status != "done":
         return _fail(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""), 1)
     if args.json:
@@ -183,22 +177,17 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         return _fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
     filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter}
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    try:
-        with connect(settings, autostart=not args.no_autostart, say=say) as engine:
-            if args.image is not None:
-                try:
-                    data = Path(args.image).read_bytes()
-                except OSError as e:
-                    return _fail(f"cannot read {args.image}: {e.strerror}")
-                found = engine.search_image(data, limit=args.limit, **filters)
-            elif args.similar is not None:
-                found = engine.similar(args.similar, limit=args.limit, **filters)
-            else:
-                found = engine.search(args.query, limit=args.limit, **filters)
-    except RequestRejected as e:
-        return _fail(str(e))
-    except EngineError as e:
-        return _fail(str(e), 1)
+    with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
+        if args.image is not None:
+            try:
+                data = Path(args.image).read_bytes()
+            except OSError as e:
+                return _fail(f"cannot read {args.image}: {e.strerror}")
+            found = engine.search_image(data, limit=args.limit, **filters)
+        elif args.similar is not None:
+            found = engine.similar(args.similar, limit=args.limit, **filters)
+        else:
+            found = engine.search(args.query, limit=args.limit, **filters)
     if args.json:
         rows = [{"id": r.image.id, "path": r.image.path, "score": r.score, "prompt": r.image.prompt,
                  "seed": r.image.seed} for r in found.results]  # fmt: skip
@@ -215,19 +204,14 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        with connect(settings, autostart=not args.no_autostart) as engine:
-            if args.action == "import":
-                return _import(engine, args.path)
-            if args.action == "reindex":
-                result = engine.reindex()
-                print(f"re-embedded {result.embedded} image(s); {len(result.unreadable)} unreadable")
-                return 0
-            report = engine.check_gallery(repair=args.repair)
-    except RequestRejected as e:
-        return _fail(str(e))
-    except EngineError as e:
-        return _fail(str(e), 1)
+    with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
+        if args.action == "import":
+            return _import(engine, args.path)
+        if args.action == "reindex":
+            result = engine.reindex()
+            print(f"re-embedded {result.embedded} image(s); {len(result.unreadable)} unreadable")
+            return 0
+        report = engine.check_gallery(repair=args.repair)
     print(f"{report.rows} images, {report.files} files, {report.vectors} vectors")
     problems = [
         (report.missing_files, "image(s) whose file is missing or unreadable"),
@@ -312,17 +296,20 @@ def main(argv: list[str] | None = None) -> int:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         return _fail(f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)")
-    if args.command == "engine":
-        return cmd_engine(args, settings)
-    if args.command == "search":
-        return cmd_search(args, settings)
-    if args.command == "gallery":
-        if args.action == "import" and args.path is None:
-            return _fail("gallery import needs a folder: dreamhall gallery import DIR")
-        return cmd_gallery(args, settings)
-    if args.command == "zoom":
-        return cmd_zoom(args, extra, settings)
-    return cmd_dream(args, extra, settings)
+    try:
+        if args.command == "engine":
+            return cmd_engine(args, settings)
+        if args.command == "search":
+            return cmd_search(args, settings)
+        if args.command == "gallery":
+            if args.action == "import" and args.path is None:
+                return _fail("gallery import needs a folder: dreamhall gallery import DIR")
+            return cmd_gallery(args, settings)
+        if args.command == "zoom":
+            return cmd_zoom(args, extra, settings)
+        return cmd_dream(args, extra, settings)
+    except Exit as e:
+        return e.code
 
 
 def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
@@ -340,14 +327,13 @@ def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> 
         return _fail(str(e))
     if request.mode != "txt2img":
         return _fail("zoom starts from a prompt: leave out -I, -M, -v, -U and --outpaint")
-    try:
-        with connect(settings, autostart=not args.no_autostart) as engine, tqdm(total=args.frames, unit="frame") as bar:
-            frames = zoom_out_frames(engine, request, frames=args.frames, factor=args.factor,
-                                     on_frame=lambda k, _: bar.update(1))  # fmt: skip
-    except RequestRejected as e:
-        return _fail(str(e))
-    except EngineError as e:
-        return _fail(str(e), 1)
+    with (
+        engine_errors(),
+        connect(settings, autostart=not args.no_autostart) as engine,
+        tqdm(total=args.frames, unit="frame") as bar,
+    ):
+        frames = zoom_out_frames(engine, request, frames=args.frames, factor=args.factor,
+                                 on_frame=lambda k, _: bar.update(1))  # fmt: skip
     shown = zoom_in_animation(frames, factor=args.factor)
     save_animation(shown, str(args.out))
     print(f"{args.out}  ({len(frames)} pictures, {len(shown)} frames)")

@@ -4,6 +4,10 @@ Light on purpose: httpx and pydantic only, no torch, no database. The
 transport is a seam: a Unix socket by default, TCP with a token, or
 `httpx.MockTransport` in unit tests.
 
+Every endpoint is written once, in `_Endpoints` (method, path, body and the
+type of the answer); `EngineClient` and `AsyncEngineClient` differ only in how
+they send a request, as httpx's own `Client` and `AsyncClient` do.
+
     with EngineClient(settings.socket_path) as engine:
         accepted = engine.submit(parse('"a red circle" -n 4'))
         job = engine.wait(accepted.id, on_event=print)
@@ -11,13 +15,10 @@ transport is a seam: a Unix socket by default, TCP with a token, or
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
@@ -26,23 +27,25 @@ from pydantic import BaseModel
 from engine.schema import (
     TERMINAL_EVENTS,
     Accepted,
+    CheckReport,
     DreamRequest,
     Event,
-    GalleryCheck,
     Health,
     ImagePage,
     ImageRecord,
     ImportResult,
     Job,
     QueueState,
-    ReindexResult,
+    ReconcileReport,
     SearchResults,
     Upload,
     looks_like_ref,
 )
-from engine.settings import Settings
 
-T = TypeVar("T", bound=BaseModel)
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+# What an endpoint method gives: the answer itself (EngineClient) or an awaitable of it (AsyncEngineClient).
+Answer: TypeAlias = T | Awaitable[T]
 
 
 class EngineError(Exception):
@@ -64,7 +67,8 @@ class RequestRejected(EngineError):
         self.status = status
 
 
-def _check(response: httpx.Response) -> httpx.Response:
+def check(response: httpx.Response) -> httpx.Response:
+    """The response, or RequestRejected with the engine's one-sentence error."""
     if response.status_code >= 400:
         try:
             message = response.json().get("error") or response.text
@@ -74,8 +78,22 @@ def _check(response: httpx.Response) -> httpx.Response:
     return response
 
 
-def _parse(model: type[T], response: httpx.Response) -> T:
-    return model.model_validate(_check(response).json())
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One request to the engine, and how to read its answer."""
+
+    method: str
+    path: str
+    read: Callable[[httpx.Response], T]
+    options: dict[str, Any] = field(default_factory=dict)  # params, json, content, headers, timeout
+
+
+def _model(model: type[M]) -> Callable[[httpx.Response], M]:
+    return lambda response: model.model_validate(check(response).json())
+
+
+def _bytes(response: httpx.Response) -> bytes:
+    return check(response).content
 
 
 def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
@@ -86,22 +104,115 @@ def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
     return params
 
 
-def _submit_body(request: DreamRequest) -> dict:
-    return request.model_dump(mode="json", exclude_defaults=True)
-
-
 _BINARY = {"Content-Type": "application/octet-stream"}
 
 
-def _transport_args(
-    socket_path: Path | None, base_url: str | None, token: str | None
-) -> tuple[str, dict[str, str], str]:
+class _Endpoints:
+    """Every endpoint of the engine, once. Subclasses say how a `Call` is sent (`_do`)."""
+
+    where: str
+
+    def _do(self, call: Call[T]) -> Answer[T]:
+        raise NotImplementedError
+
+    def health(self) -> Answer[Health]:
+        return self._do(Call("GET", "/v1/health", _model(Health)))
+
+    def submit(self, request: DreamRequest) -> Answer[Accepted]:
+        body = request.model_dump(mode="json", exclude_defaults=True)
+        return self._do(Call("POST", "/v1/dreams", _model(Accepted), {"json": body}))
+
+    def job(self, job_id: str) -> Answer[Job]:
+        return self._do(Call("GET", f"/v1/dreams/{job_id}", _model(Job)))
+
+    def cancel(self, job_id: str) -> Answer[Job]:
+        return self._do(Call("DELETE", f"/v1/dreams/{job_id}", _model(Job)))
+
+    def queue(self) -> Answer[QueueState]:
+        return self._do(Call("GET", "/v1/queue", _model(QueueState)))
+
+    def grid(self, job_id: str) -> Answer[bytes]:
+        return self._do(Call("GET", f"/v1/dreams/{job_id}/grid", _bytes))
+
+    def image_file(self, image_id: int) -> Answer[bytes]:
+        return self._do(Call("GET", f"/v1/images/{image_id}/file", _bytes))
+
+    def image(self, image_id: int) -> Answer[ImageRecord]:
+        return self._do(Call("GET", f"/v1/images/{image_id}", _model(ImageRecord)))
+
+    def images(self, *, limit: int = 100, offset: int = 0, **filters: object) -> Answer[ImagePage]:
+        """The gallery newest first; filters as for search (guild, user, source, model, after, before, favourites)."""
+        params = _search_params(limit, offset, filters)
+        return self._do(Call("GET", "/v1/images", _model(ImagePage), {"params": params}))
+
+    def set_favourite(self, image_id: int, favourite: bool) -> Answer[ImageRecord]:
+        body = {"favourite": favourite}
+        return self._do(Call("PATCH", f"/v1/images/{image_id}", _model(ImageRecord), {"json": body}))
+
+    def delete_image(self, image_id: int) -> Answer[ImageRecord]:
+        return self._do(Call("DELETE", f"/v1/images/{image_id}", _model(ImageRecord)))
+
+    def upload(self, data: bytes) -> Answer[Upload]:
+        """Send an input image (init image or mask); requests name it by the returned `ref`."""
+        options = {"content": data, "headers": _BINARY, "timeout": 120}
+        return self._do(Call("POST", "/v1/uploads", _model(Upload), options))
+
+    def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> Answer[SearchResults]:
+        """Text search (CLIP + prompt keywords); filters: guild, user, source, model, after, before, favourites."""
+        params = _search_params(limit, offset, filters) | {"q": query}
+        return self._do(Call("GET", "/v1/search", _model(SearchResults), {"params": params}))
+
+    def search_image(
+        self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object
+    ) -> Answer[SearchResults]:
+        """Reverse image search with PNG/JPEG/WebP bytes."""
+        options = {"content": image, "params": _search_params(limit, offset, filters), "headers": _BINARY}
+        return self._do(Call("POST", "/v1/search/image", _model(SearchResults), options))
+
+    def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> Answer[SearchResults]:
+        params = _search_params(limit, offset, filters)
+        return self._do(Call("GET", f"/v1/images/{image_id}/similar", _model(SearchResults), {"params": params}))
+
+    def import_image(self, data: bytes, *, filename: str = "") -> Answer[ImportResult]:
+        options = {"content": data, "params": {"filename": filename}, "timeout": 120}
+        return self._do(Call("POST", "/v1/gallery/import", _model(ImportResult), options))
+
+    def check_gallery(self, *, repair: bool = False) -> Answer[CheckReport]:
+        options = {"params": {"repair": repair}, "timeout": None}
+        return self._do(Call("POST", "/v1/gallery/check", _model(CheckReport), options))
+
+    def reindex(self) -> Answer[ReconcileReport]:
+        return self._do(Call("POST", "/v1/gallery/reindex", _model(ReconcileReport), {"timeout": None}))
+
+    def _events_path(self, job_id: str) -> str:
+        return f"/v1/dreams/{job_id}/events"
+
+    def _unavailable(self, e: Exception, verb: str = "no engine answers") -> EngineUnavailable:
+        return EngineUnavailable(f"{verb} at {self.where}: {e}")
+
+
+def local_image(value: str) -> tuple[str, bytes | None]:
+    """What -I/-M mean on this machine: (a gallery id or reference, None) as is, or (file name, its bytes).
+
+    Raises ValueError with a message for the user (the `!dream` parser reports it against the flag).
+    """
+    if looks_like_ref(value):
+        return value, None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+    return path.name, path.read_bytes()
+
+
+_LOST = (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError)
+
+
+def _base(socket_path: Path | None, base_url: str | None, token: str | None) -> tuple[str, dict[str, str], str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    where = base_url or str(socket_path)
-    return base_url or "http://engine", headers, where
+    return base_url or "http://engine", headers, base_url or str(socket_path)
 
 
-class EngineClient:
+class EngineClient(_Endpoints):
     """Blocking client. Use as a context manager, or call close()."""
 
     def __init__(
@@ -113,7 +224,7 @@ class EngineClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
-        url, headers, self.where = _transport_args(socket_path, base_url, token)
+        url, headers, self.where = _base(socket_path, base_url, token)
         if transport is None and base_url is None:
             transport = httpx.HTTPTransport(uds=str(socket_path), retries=2)
         self._http = httpx.Client(transport=transport, base_url=url, headers=headers, timeout=timeout)
@@ -127,104 +238,37 @@ class EngineClient:
     def close(self) -> None:
         self._http.close()
 
-    def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+    def _do(self, call: Call[T]) -> T:
         try:
-            return self._http.request(method, url, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
-            raise EngineUnavailable(f"no engine answers at {self.where}: {e}") from e
-
-    def health(self) -> Health:
-        return _parse(Health, self._send("GET", "/v1/health"))
-
-    def submit(self, request: DreamRequest) -> Accepted:
-        return _parse(Accepted, self._send("POST", "/v1/dreams", json=_submit_body(request)))
-
-    def job(self, job_id: str) -> Job:
-        return _parse(Job, self._send("GET", f"/v1/dreams/{job_id}"))
-
-    def cancel(self, job_id: str) -> Job:
-        return _parse(Job, self._send("DELETE", f"/v1/dreams/{job_id}"))
-
-    def queue(self) -> QueueState:
-        return _parse(QueueState, self._send("GET", "/v1/queue"))
-
-    def grid(self, job_id: str) -> bytes:
-        return _check(self._send("GET", f"/v1/dreams/{job_id}/grid")).content
-
-    def image_file(self, image_id: int) -> bytes:
-        return _check(self._send("GET", f"/v1/images/{image_id}/file")).content
-
-    def image(self, image_id: int) -> ImageRecord:
-        return _parse(ImageRecord, self._send("GET", f"/v1/images/{image_id}"))
-
-    def images(self, *, limit: int = 100, offset: int = 0, **filters: object) -> ImagePage:
-        """The gallery newest first; filters as for search (guild, user, source, model, after, before, favourites)."""
-        return _parse(ImagePage, self._send("GET", "/v1/images", params=_search_params(limit, offset, filters)))
-
-    def set_favourite(self, image_id: int, favourite: bool) -> ImageRecord:
-        return _parse(ImageRecord, self._send("PATCH", f"/v1/images/{image_id}", json={"favourite": favourite}))
-
-    def upload(self, data: bytes) -> Upload:
-        """Send an input image (init image or mask); requests name it by the returned `ref`."""
-        return _parse(Upload, self._send("POST", "/v1/uploads", content=data, headers=_BINARY, timeout=120))
+            response = self._http.request(call.method, call.path, **call.options)
+        except _LOST as e:
+            raise self._unavailable(e) from e
+        return call.read(response)
 
     def image_ref(self, value: str) -> str:
-        """What -I/-M mean on this machine: a gallery id (or reference) as is, a local file uploaded.
-
-        Raises ValueError with a message for the user (the `!dream` parser reports it against the flag).
-        """
-        if looks_like_ref(value):
-            return value
-        path = Path(value).expanduser()
-        if not path.is_file():
-            raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+        """-I/-M as the engine reads them: a gallery reference as is, a local file uploaded first."""
+        name, data = local_image(value)
+        if data is None:
+            return name
         try:
-            return self.upload(path.read_bytes()).ref
+            return self.upload(data).ref
         except RequestRejected as e:
-            raise ValueError(f"{path.name}: {e}") from None
-
-    def delete_image(self, image_id: int) -> ImageRecord:
-        return _parse(ImageRecord, self._send("DELETE", f"/v1/images/{image_id}"))
-
-    def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        """Text search (CLIP + prompt keywords); filters: guild, user, source, model, after, before, favourites."""
-        params = _search_params(limit, offset, filters) | {"q": query}
-        return _parse(SearchResults, self._send("GET", "/v1/search", params=params))
-
-    def search_image(self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        """Reverse image search with PNG/JPEG/WebP bytes."""
-        params = _search_params(limit, offset, filters)
-        return _parse(SearchResults, self._send("POST", "/v1/search/image", content=image, params=params,
-                                                headers=_BINARY))  # fmt: skip
-
-    def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        params = _search_params(limit, offset, filters)
-        return _parse(SearchResults, self._send("GET", f"/v1/images/{image_id}/similar", params=params))
-
-    def import_image(self, data: bytes, *, filename: str = "") -> ImportResult:
-        return _parse(ImportResult, self._send("POST", "/v1/gallery/import", content=data,
-                                               params={"filename": filename}, timeout=120))  # fmt: skip
-
-    def check_gallery(self, *, repair: bool = False) -> GalleryCheck:
-        return _parse(GalleryCheck, self._send("POST", "/v1/gallery/check", params={"repair": repair}, timeout=None))
-
-    def reindex(self) -> ReindexResult:
-        return _parse(ReindexResult, self._send("POST", "/v1/gallery/reindex", timeout=None))
+            raise ValueError(f"{name}: {e}") from None
 
     def events(self, job_id: str) -> Iterator[Event]:
         """The job's events until it is done, failed or cancelled."""
         try:
-            with connect_sse(self._http, "GET", f"/v1/dreams/{job_id}/events", timeout=None) as source:
+            with connect_sse(self._http, "GET", self._events_path(job_id), timeout=None) as source:
                 if source.response.status_code >= 400:
                     source.response.read()
-                    _check(source.response)
+                    check(source.response)
                 for sse in source.iter_sse():
                     event = Event.model_validate_json(sse.data)
                     yield event
                     if event.type in TERMINAL_EVENTS:
                         return
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
-            raise EngineUnavailable(f"lost the engine at {self.where}: {e}") from e
+        except _LOST as e:
+            raise self._unavailable(e, "lost the engine") from e
 
     def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
         """Follow a job to its end, calling `on_event` for each event; return the final job."""
@@ -234,8 +278,8 @@ class EngineClient:
         return self.job(job_id)
 
 
-class AsyncEngineClient:
-    """The same API for asyncio frontends (the Discord bot)."""
+class AsyncEngineClient(_Endpoints):
+    """The same API for asyncio frontends (the Discord bot): every method returns an awaitable."""
 
     def __init__(
         self,
@@ -246,7 +290,7 @@ class AsyncEngineClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
     ) -> None:
-        url, headers, self.where = _transport_args(socket_path, base_url, token)
+        url, headers, self.where = _base(socket_path, base_url, token)
         if transport is None and base_url is None:
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path), retries=2)
         self._http = httpx.AsyncClient(transport=transport, base_url=url, headers=headers, timeout=timeout)
@@ -260,113 +304,38 @@ class AsyncEngineClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, url: str, **kwargs) -> httpx.Response:
+    async def _do(self, call: Call[T]) -> T:  # type: ignore[override]
         try:
-            return await self._http.request(method, url, **kwargs)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
-            raise EngineUnavailable(f"no engine answers at {self.where}: {e}") from e
+            response = await self._http.request(call.method, call.path, **call.options)
+        except _LOST as e:
+            raise self._unavailable(e) from e
+        return call.read(response)
 
-    async def health(self) -> Health:
-        return _parse(Health, await self._send("GET", "/v1/health"))
-
-    async def submit(self, request: DreamRequest) -> Accepted:
-        return _parse(Accepted, await self._send("POST", "/v1/dreams", json=_submit_body(request)))
-
-    async def job(self, job_id: str) -> Job:
-        return _parse(Job, await self._send("GET", f"/v1/dreams/{job_id}"))
-
-    async def cancel(self, job_id: str) -> Job:
-        return _parse(Job, await self._send("DELETE", f"/v1/dreams/{job_id}"))
-
-    async def queue(self) -> QueueState:
-        return _parse(QueueState, await self._send("GET", "/v1/queue"))
-
-    async def grid(self, job_id: str) -> bytes:
-        return _check(await self._send("GET", f"/v1/dreams/{job_id}/grid")).content
-
-    async def image_file(self, image_id: int) -> bytes:
-        return _check(await self._send("GET", f"/v1/images/{image_id}/file")).content
-
-    async def image(self, image_id: int) -> ImageRecord:
-        return _parse(ImageRecord, await self._send("GET", f"/v1/images/{image_id}"))
-
-    async def upload(self, data: bytes) -> Upload:
-        return _parse(Upload, await self._send("POST", "/v1/uploads", content=data, headers=_BINARY, timeout=120))
-
-    async def delete_image(self, image_id: int) -> ImageRecord:
-        return _parse(ImageRecord, await self._send("DELETE", f"/v1/images/{image_id}"))
-
-    async def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        params = _search_params(limit, offset, filters) | {"q": query}
-        return _parse(SearchResults, await self._send("GET", "/v1/search", params=params))
-
-    async def search_image(self, image: bytes, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        params = _search_params(limit, offset, filters)
-        response = await self._send("POST", "/v1/search/image", content=image, params=params,
-                                    headers=_BINARY)  # fmt: skip
-        return _parse(SearchResults, response)
-
-    async def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> SearchResults:
-        params = _search_params(limit, offset, filters)
-        return _parse(SearchResults, await self._send("GET", f"/v1/images/{image_id}/similar", params=params))
+    async def image_ref(self, value: str) -> str:
+        name, data = local_image(value)
+        if data is None:
+            return name
+        try:
+            return (await self.upload(data)).ref  # type: ignore[misc]
+        except RequestRejected as e:
+            raise ValueError(f"{name}: {e}") from None
 
     async def events(self, job_id: str) -> AsyncIterator[Event]:
         try:
-            async with aconnect_sse(self._http, "GET", f"/v1/dreams/{job_id}/events", timeout=None) as source:
+            async with aconnect_sse(self._http, "GET", self._events_path(job_id), timeout=None) as source:
                 if source.response.status_code >= 400:
                     await source.response.aread()
-                    _check(source.response)
+                    check(source.response)
                 async for sse in source.aiter_sse():
                     event = Event.model_validate_json(sse.data)
                     yield event
                     if event.type in TERMINAL_EVENTS:
                         return
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as e:
-            raise EngineUnavailable(f"lost the engine at {self.where}: {e}") from e
+        except _LOST as e:
+            raise self._unavailable(e, "lost the engine") from e
 
-
-def spawn_engine(settings: Settings) -> subprocess.Popen:
-    """Start an engine in the background (its own session, so it outlives this process)."""
-    settings.log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(settings.log_dir / "engine.log", "ab")  # noqa: SIM115 - handed to the child
-    env = {**os.environ, "DREAMHALL_HOME": str(settings.home)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "engine", "engine"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=log,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def connect(
-    settings: Settings, *, autostart: bool = True, timeout: float = 120.0, say: Callable[[str], None] = print
-) -> EngineClient:
-    """A client for the configured engine; start one in the background if none answers (and say so)."""
-    client = EngineClient(settings.socket_path)
-    try:
-        client.health()
-        return client
-    except EngineUnavailable:
-        if not autostart:
-            client.close()
-            raise
-    proc = spawn_engine(settings)
-    say(
-        f"No engine was running; started one in the background (pid {proc.pid}, log {settings.log_dir / 'engine.log'})."
-    )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            client.close()
-            raise EngineUnavailable(
-                f"the engine exited at start (code {proc.returncode}); see {settings.log_dir / 'engine.log'}"
-            )
-        try:
-            client.health()
-            return client
-        except EngineUnavailable:
-            time.sleep(0.2)
-    client.close()
-    raise EngineUnavailable(f"the engine did not answer within {timeout:.0f}s; see {settings.log_dir / 'engine.log'}")
+    async def wait(self, job_id: str, on_event: Callable[[Event], None] | None = None) -> Job:
+        async for event in self.events(job_id):
+            if on_event is not None:
+                on_event(event)
+        return await self.job(job_id)  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""How each mode turns a request and its input images into generator calls.
+"""How each mode turns a request and its input images into calls on a loaded model.
 
     txt2img     noise from `seed + i`
     variation   the noise of `seed`, blended (slerp) with the noise of `variation_seed + i`
@@ -9,100 +9,208 @@
     upscale     the configured diffusers upscaler; without one, a Lanczos resample, then an
                 img2img detail pass at low strength
 
-A `Plan` is made once per job; the worker runs it in batches (`run`) and
-asks it for each image's own parameters, which reproduce that image alone.
+`plan()` is called once per job and returns one small frozen plan: its sampling
+settings, size and per-image seeds. `run(model, indices, on_step)` makes some
+of its images with exactly one call; `records(...)` turns the images into
+gallery rows whose parameters remake each image alone. `run_batched` splits
+the work into batches that fit (and halves them on out-of-memory).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 from engine.inputs import InputError, Resolved
-from engine.pipelines import Generator, StepCallback, Upscaler
-from engine.schema import DEFAULT_STRENGTH, MAX_SEED, DreamRequest, image_seed, resolve_size
+from engine.pipelines import LoadedModel, StepCallback, Upscaler
+from engine.schema import DEFAULT_STRENGTH, MAX_SEED, SAMPLERS, DreamRequest, Sampler, image_seed, resolve_size
+from gallery.schemas import ImageCreate, ImagePublic
 
 MAX_SIDE = 2048
 MASK_THRESHOLD = 128  # mask pixels at or above this repaint; alpha below 255 - this repaints
+T = TypeVar("T")
 
 
-@dataclass
+@dataclass(frozen=True)
+class Sampling:
+    """What every task samples with."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_scale: float
+    sampler: Sampler
+
+    @classmethod
+    def of(cls, req: DreamRequest) -> Sampling:
+        return cls(req.prompt, req.negative_prompt, req.steps, req.cfg_scale, req.sampler)
+
+    def call_args(self, seeds: list[int], on_step: StepCallback) -> dict:
+        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seeds=seeds, steps=self.steps,
+                    cfg_scale=self.cfg_scale, sampler=self.sampler, on_step=on_step)  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Plan:
-    """One job's work: which task, at what size, on which inputs, and each image's seed."""
+    """One job's work: sampling settings, output size, and each image's seed (what it records)."""
 
-    task: str  # txt2img, img2img or inpaint (the generator's methods), or upscale (the upscaler pipeline)
+    sampling: Sampling
     width: int
     height: int
-    seeds: list[int]  # what each image records as its seed
-    image: Image.Image | None = None  # RGB input at width x height
-    mask: Image.Image | None = None  # L, white = repaint
-    strength: float | None = None
-    variations: list[list[tuple[int, float]]] | None = None  # per image: (seed, weight) blended in order
+    seeds: tuple[int, ...]
     notes: dict = field(default_factory=dict)  # recorded in every image's params
-    upscaler: Upscaler | None = None
 
-    def run(self, gen: Generator, req: DreamRequest, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         """Images `indices` of the plan, as one batch."""
-        seeds = [self.seeds[i] for i in indices]
-        common = dict(prompt=req.prompt, negative_prompt=req.negative_prompt, seeds=seeds, steps=req.steps,
-                      cfg_scale=req.cfg_scale, sampler=req.sampler, on_step=on_step)  # fmt: skip
-        if self.task == "txt2img":
-            latents = None
-            if self.variations is not None:
-                shape = gen.latent_shape(self.width, self.height)
-                latents = torch.stack([variation_noise(self.seeds[i], self.variations[i], shape) for i in indices])
-            return gen.txt2img(width=self.width, height=self.height, latents=latents, **common)
-        if self.task == "img2img":
-            return gen.img2img(image=self.image, strength=self.strength, **common)
-        if self.task == "upscale":
-            assert self.upscaler is not None
-            images = self.upscaler(image=self.image, **common)
-            size = (self.width, self.height)  # an x4 upscaler asked for x2 is resized down
-            return [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
-        images = gen.inpaint(image=self.image, mask=self.mask, strength=self.strength, **common)
-        return [paste_back(im, self.image, self.mask) for im in images]
+        raise NotImplementedError
 
     def image_params(self, req: DreamRequest, index: int) -> dict:
-        """The request that makes image `index` alone: n=1, its own seed (and its variation terms)."""
+        """The request that makes image `index` alone: n=1, its own seed."""
         params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
         params.update(n=1, seed=self.seeds[index], width=self.width, height=self.height, **self.notes)
+        return params
+
+    def records(
+        self, req: DreamRequest, images: Sequence[Image.Image], *, job_id: str, model: str,
+        parent: ImagePublic | None, nsfw: Sequence[bool],
+    ) -> list[ImageCreate]:  # fmt: skip
+        """The gallery rows of this plan's images."""
+        r = req.requester
+        return [
+            ImageCreate(
+                job_id=job_id,
+                index=i,
+                width=img.width,
+                height=img.height,
+                seed=self.seeds[i],
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                steps=req.steps,
+                cfg_scale=req.cfg_scale,
+                sampler=SAMPLERS[req.sampler],
+                model=model,
+                mode=req.mode,
+                source=r.source,
+                user=r.user,
+                guild=r.guild,
+                channel=r.channel,
+                parent_id=parent.id if parent is not None else None,
+                relation=None if req.mode == "txt2img" else req.mode,
+                nsfw=nsfw[i],
+                params={**self.image_params(req, i), "model": model},
+            )
+            for i, img in enumerate(images)
+        ]
+
+
+@dataclass(frozen=True)
+class Txt2ImgPlan(Plan):
+    """Noise from each seed; with `variations`, each image's noise blended with those terms in order."""
+
+    variations: tuple[tuple[tuple[int, float], ...], ...] | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        latents = None
         if self.variations is not None:
+            shape = model.latent_shape(self.width, self.height)
+            latents = torch.stack([variation_noise(self.seeds[i], self.variations[i], shape) for i in indices])
+        seeds = [self.seeds[i] for i in indices]
+        return model.txt2img(width=self.width, height=self.height, latents=latents,
+                             **self.sampling.call_args(seeds, on_step))  # fmt: skip
+
+    def image_params(self, req: DreamRequest, index: int) -> dict:
+        params = super().image_params(req, index)
+        if self.variations is not None:  # its own terms replay it: no new variation seed
             params.update(
                 variation_amount=None,
                 variation_seed=None,
                 with_variations=[{"seed": s, "weight": w} for s, w in self.variations[index]] or None,
             )
-        if self.strength is not None:
-            params["strength"] = self.strength
         return params
 
 
+@dataclass(frozen=True)
+class Img2ImgPlan(Plan):
+    """The init image (RGB, at the output size), noised by `strength`, then denoised."""
+
+    image: Image.Image | None = None
+    strength: float = 0.75
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None
+        seeds = [self.seeds[i] for i in indices]
+        return model.img2img(image=self.image, strength=self.strength, **self.sampling.call_args(seeds, on_step))
+
+    def image_params(self, req: DreamRequest, index: int) -> dict:
+        return super().image_params(req, index) | {"strength": self.strength}
+
+
+@dataclass(frozen=True)
+class InpaintPlan(Img2ImgPlan):
+    """The white part of `mask` repainted; everything else pasted back from the original."""
+
+    mask: Image.Image | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None and self.mask is not None
+        seeds = [self.seeds[i] for i in indices]
+        images = model.inpaint(image=self.image, mask=self.mask, strength=self.strength,
+                               **self.sampling.call_args(seeds, on_step))  # fmt: skip
+        return [paste_back(im, self.image, self.mask) for im in images]
+
+
+@dataclass(frozen=True)
+class UpscalePlan(Plan):
+    """The configured upscaler pipeline; an x4 upscaler asked for x2 is resized down."""
+
+    image: Image.Image | None = None
+    upscaler: Upscaler | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None and self.upscaler is not None
+        seeds = [self.seeds[i] for i in indices]
+        s = self.sampling
+        images = self.upscaler.upscale(prompt=s.prompt, negative_prompt=s.negative_prompt, image=self.image,
+                                       seeds=seeds, steps=s.steps, cfg_scale=s.cfg_scale, on_step=on_step)  # fmt: skip
+        size = (self.width, self.height)
+        return [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
+
+
 def plan(
-    req: DreamRequest, inputs: Resolved, *, job_seed: int, native_size: int, upscaler: Upscaler | None = None
+    req: DreamRequest,
+    inputs: Resolved,
+    *,
+    job_seed: int,
+    native_size: int,
+    upscaler: Callable[[], Upscaler | None] = lambda: None,
 ) -> Plan:
     """Work out a job from its request; `job_seed` is the seed the engine settled on at submit time.
 
-    `upscaler`: the configured upscaler pipeline, if any (otherwise upscale resamples, then img2img).
+    `upscaler`: gives the configured upscaler pipeline, if any (asked only for an upscale; without
+    one, upscale resamples, then runs img2img).
     """
+    sampling = Sampling.of(req)
     if req.mode == "txt2img":
         width, height = resolve_size(req, native_size)
-        return Plan("txt2img", width, height, [image_seed(job_seed, i) for i in range(req.n)])
+        return Txt2ImgPlan(sampling, width, height, seeds_of(job_seed, req.n))
     if req.mode == "variation":
         width, height = resolve_size(req, native_size)
-        earlier = [(v.seed, v.weight) for v in req.with_variations or ()]
+        earlier = tuple((v.seed, v.weight) for v in req.with_variations or ())
         if req.variation_amount is None:  # -V alone replays given terms: every image is the same
-            terms = [earlier] * req.n
+            terms = (earlier,) * req.n
         else:
             base = req.variation_seed if req.variation_seed is not None else job_seed
-            terms = [[*earlier, (image_seed(base, i), req.variation_amount)] for i in range(req.n)]
-        return Plan("txt2img", width, height, [job_seed] * req.n, variations=terms)
+            terms = tuple((*earlier, (image_seed(base, i), req.variation_amount)) for i in range(req.n))
+        return Txt2ImgPlan(sampling, width, height, (job_seed,) * req.n, variations=terms)
 
     assert inputs.init is not None  # the schema requires init_image for every other mode
-    seeds = [image_seed(job_seed, i) for i in range(req.n)]
+    seeds = seeds_of(job_seed, req.n)
     strength = req.strength if req.strength is not None else DEFAULT_STRENGTH[req.mode]
     if req.mode == "upscale":
         assert req.upscale is not None
@@ -112,20 +220,21 @@ def plan(
                 f"a x{req.upscale} upscale of a {inputs.init.width}x{inputs.init.height} image would be "
                 f"{width}x{height}; the largest is {MAX_SIDE} per side"
             )
-        if upscaler is not None:
-            note = f"{upscaler.name} (x{upscaler.factor})"
-            if upscaler.factor != req.upscale:
+        pipeline = upscaler()
+        if pipeline is not None:
+            note = f"{pipeline.name} (x{pipeline.factor})"
+            if pipeline.factor != req.upscale:
                 note += f", resized to x{req.upscale}"
-            return Plan("upscale", width, height, seeds, image=_rgb(inputs.init), notes={"upscaler": note},
-                        upscaler=upscaler)  # fmt: skip
+            return UpscalePlan(sampling, width, height, seeds, notes={"upscaler": note}, image=_rgb(inputs.init),
+                               upscaler=pipeline)  # fmt: skip
         image = _rgb(inputs.init).resize((width, height), Image.Resampling.LANCZOS)
         note = f"lanczos x{req.upscale} + img2img detail pass at strength {strength:g}"
-        return Plan("img2img", width, height, seeds, image=image, strength=strength, notes={"upscaler": note})
+        return Img2ImgPlan(sampling, width, height, seeds, notes={"upscaler": note}, image=image, strength=strength)
 
     width, height = _input_size(req, inputs.init)
     init = inputs.init.resize((width, height), Image.Resampling.LANCZOS)
     if req.mode == "img2img":
-        return Plan("img2img", width, height, seeds, image=_rgb(init), strength=strength)
+        return Img2ImgPlan(sampling, width, height, seeds, image=_rgb(init), strength=strength)
     mask = _mask_of(init, inputs.mask)
     if req.mode == "outpaint":
         assert req.outpaint is not None
@@ -136,7 +245,36 @@ def plan(
             raise InputError(f"outpainting would make a {width}x{height} image; the largest is {MAX_SIDE} per side")
     if not np.asarray(mask).any():
         raise InputError("the mask is all black: nothing to repaint (white marks what to repaint)")
-    return Plan("inpaint", width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
+    return InpaintPlan(sampling, width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
+
+
+def seeds_of(job_seed: int, n: int) -> tuple[int, ...]:
+    return tuple(image_seed(job_seed, i) for i in range(n))
+
+
+def run_batched(
+    count: int,
+    run: Callable[[list[int], int, int], list[T]],
+    *,
+    max_batch: int | None = None,
+    is_out_of_memory: Callable[[BaseException], bool],
+    on_retry: Callable[[int], None] = lambda batch: None,
+) -> list[T]:
+    """`run(indices, chunk_no, chunks)` over `count` items in batches of at most `max_batch` (all at once
+    when None); on out-of-memory the batch is halved and the whole job starts again, down to one."""
+    batch = max(1, min(count, max_batch or count))
+    while True:
+        try:
+            out: list[T] = []
+            chunks = [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
+            for c, chunk in enumerate(chunks):
+                out += run(chunk, c, len(chunks))
+            return out
+        except Exception as e:
+            if not is_out_of_memory(e) or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            on_retry(batch)
 
 
 def _fit8(v: float) -> int:

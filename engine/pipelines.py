@@ -1,4 +1,4 @@
-"""Loading diffusers pipelines, choosing schedulers, and the txt2img/img2img/inpaint tasks.
+"""Loading diffusers pipelines, choosing schedulers, and the tasks of a loaded model.
 
 One loader serves every kind of model reference: a local diffusers folder (the
 built-in toy model is one), a Hugging Face hub id (when online), or a
@@ -9,6 +9,7 @@ task pipelines share its components.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -83,7 +84,7 @@ def make_scheduler(sampler: Sampler, base_config: dict):
 def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True) -> tuple[str, DiffusionPipeline]:
     """Load a text-to-image pipeline from `ref` (None: the built-in toy model); return (name, pipeline).
 
-    With `safety_check`, a model's own safety checker (SD 1.x ships one) is loaded too; see `Generator`.
+    With `safety_check`, a model's own safety checker (SD 1.x ships one) is loaded too; see `LoadedModel`.
     """
     # Loading bars belong in a terminal, not in the engine's log.
     diffusers_logging.disable_progress_bar()
@@ -119,11 +120,24 @@ def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True)
 StepCallback = Callable[[int, int, torch.Tensor], None]
 
 
-class Generator:
-    """The tasks of one loaded model. img2img and inpaint pipelines are built with
-    `from_pipe`, so they share the loaded components instead of copying them."""
+def effective_steps(steps: int, strength: float) -> int:
+    """Steps to ask diffusers for so that an img2img pass at `strength` runs at least one.
 
-    def __init__(self, pipe: DiffusionPipeline, device: Device) -> None:
+    diffusers runs int(steps * strength) of them; below one it fails on an empty tensor. As
+    AUTOMATIC1111 does, run one step instead: asking for ceil(1/strength) runs exactly the last
+    step of that schedule, whose noise level matches `strength`.
+    """
+    if strength <= 0:
+        raise ValueError(f"strength must be above 0, got {strength}")
+    return steps if int(steps * strength) >= 1 else math.ceil(1 / strength)
+
+
+class LoadedModel:
+    """A loaded model and its tasks (txt2img, img2img, inpaint). img2img and inpaint pipelines are
+    built with `from_pipe`, so they share the loaded components instead of copying them."""
+
+    def __init__(self, name: str, pipe: DiffusionPipeline, device: Device) -> None:
+        self.name = name
         # The model's safety checker flags images instead of blacking them out inside the
         # pipeline: the gallery keeps everything, and each frontend decides where to show it.
         self.safety_checker = getattr(pipe, "safety_checker", None)
@@ -149,6 +163,7 @@ class Generator:
         return int(self.pipe.unet.config.in_channels), height // f, width // f
 
     def check_inputs(self, *, width: int, height: int, steps: int, seeds: list[int]) -> None:
+        """Before any work, for every task: errors name the argument and its value."""
         multiple = self.pipe.vae_scale_factor
         if width % multiple or height % multiple:
             raise ValueError(f"width and height must be multiples of {multiple}, got {width}x{height}")
@@ -167,25 +182,32 @@ class Generator:
         **common,
     ) -> list[Image.Image]:
         """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
+        self.check_inputs(width=width, height=height, steps=common["steps"], seeds=seeds)
         if latents is not None:
             latents = latents.to(self.device.torch_device, self.pipe.unet.dtype)
         return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
 
-    def img2img(self, *, seeds: list[int], image: Image.Image, strength: float, **common) -> list[Image.Image]:
+    def img2img(
+        self, *, seeds: list[int], image: Image.Image, strength: float, steps: int, **common
+    ) -> list[Image.Image]:
+        self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
         if self._img2img is None:
             self._img2img = self._task(AutoPipelineForImage2Image)
-        return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength, **common)
+        return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength,
+                         steps=effective_steps(steps, strength), **common)  # fmt: skip
 
     def inpaint(
-        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, **common
+        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, steps: int, **common
     ) -> list[Image.Image]:
         """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
         masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
+        self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
         if self._inpaint is None:
             self._inpaint = self._task(AutoPipelineForInpainting)
         n = len(seeds)
         return self._run(self._inpaint, seeds=seeds, image=[image] * n, mask_image=[mask] * n, strength=strength,
-                         width=image.width, height=image.height, **common)  # fmt: skip
+                         width=image.width, height=image.height, steps=effective_steps(steps, strength),
+                         **common)  # fmt: skip
 
     def _task(self, auto: type) -> DiffusionPipeline:
         pipe = auto.from_pipe(self.pipe)
@@ -206,8 +228,6 @@ class Generator:
         on_step: StepCallback | None = None,
         **task_inputs,
     ) -> list[Image.Image]:
-        if "width" in task_inputs:
-            self.check_inputs(width=task_inputs["width"], height=task_inputs["height"], steps=steps, seeds=seeds)
         # CPU generators: the same seed draws the same noise on any device.
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         if task_inputs.get("latents") is not None:
@@ -256,6 +276,12 @@ class Generator:
         return img
 
 
+def load_model(ref: str | None, device: Device, *, safety_check: bool = True) -> LoadedModel:
+    """`load_pipeline`, ready to run: the model and its tasks."""
+    name, pipe = load_pipeline(ref, device, safety_check=safety_check)
+    return LoadedModel(name, pipe, device)
+
+
 class Upscaler:
     """A diffusers upscaler pipeline: Stable Diffusion's x4 upscaler, or the x2 latent upscaler."""
 
@@ -266,7 +292,7 @@ class Upscaler:
         self.factor = 2 if isinstance(pipe, StableDiffusionLatentUpscalePipeline) else int(pipe.vae_scale_factor)
 
     @torch.inference_mode()
-    def __call__(
+    def upscale(
         self,
         *,
         prompt: str,
@@ -276,8 +302,8 @@ class Upscaler:
         steps: int,
         cfg_scale: float,
         on_step: StepCallback | None = None,
-        **_: object,
     ) -> list[Image.Image]:
+        """`image` made `factor` times larger, once per seed. The upscaler keeps its own scheduler."""
         n = len(seeds)
 
         def callback(step: int, timestep, latents: torch.Tensor) -> None:
@@ -322,28 +348,25 @@ class PipelineCache:
         self.upscaler_ref = upscaler
         self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
-        self._name: str | None = None
         self._ref: str | None = None
-        self._generator: Generator | None = None
+        self._model: LoadedModel | None = None
 
     def default_name(self) -> str:
         return self.default_model or BUILTIN_MODEL_NAME
 
-    def generator(self, ref: str | None) -> tuple[str, Generator]:
-        """The tasks of model `ref` (None: the configured default), loading it if needed."""
+    def model(self, ref: str | None) -> LoadedModel:
+        """Model `ref` (None: the configured default), loading it if needed."""
         ref = ref or self.default_model
         if ref == BUILTIN_MODEL_NAME:
             ref = None  # images record the built-in model by this name; it must load back
         with self._lock:
-            if self._generator is None or ref != self._ref:
+            if self._model is None or ref != self._ref:
                 self.unload()
                 if ref is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
-                name, pipe = load_pipeline(ref, self.device, safety_check=self.safety_check)
-                self._name, self._ref, self._generator = name, ref, Generator(pipe, self.device)
-                log.info("loaded model %s on %s", name, self.device.describe())
-            assert self._name is not None
-            return self._name, self._generator
+                self._ref, self._model = ref, load_model(ref, self.device, safety_check=self.safety_check)
+                log.info("loaded model %s on %s", self._model.name, self.device.describe())
+            return self._model
 
     def upscaler(self) -> Upscaler | None:
         """The configured upscaler pipeline (loaded on first use), or None."""
@@ -356,7 +379,7 @@ class PipelineCache:
             return self._upscaler
 
     def unload(self) -> None:
-        if self._generator is not None:
-            self._generator = None
-            self._name = self._ref = None
+        if self._model is not None:
+            self._model = None
+            self._ref = None
             self.device.free_memory()

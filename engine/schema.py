@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+# The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
+from gallery.schemas import CheckReport as CheckReport
+from gallery.schemas import ImagePublic
+from gallery.schemas import ImportResult as ImportResult
+from gallery.schemas import ReconcileReport as ReconcileReport
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
@@ -38,6 +44,8 @@ JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Size = Annotated[int, Field(ge=64, le=2048)]
 
+# How far a "variations" button wanders from its parent (the bot's V buttons, the desktop's Variations).
+DEFAULT_VARIATION_AMOUNT = 0.25
 # Strength (how much of an input image is repainted) when a request gives none.
 DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.75, "inpaint": 0.75, "outpaint": 1.0, "upscale": 0.3}
 
@@ -190,6 +198,11 @@ class DreamRequest(BaseModel):
         return self
 
 
+def default_of(field: str) -> Any:
+    """A `DreamRequest` field's default: forms and derived requests read it here, never write it again."""
+    return DreamRequest.model_fields[field].default
+
+
 def resolve_size(request: DreamRequest, default: int) -> tuple[int, int]:
     """Width and height for `request`, given the model's native square size."""
 
@@ -303,33 +316,10 @@ class ErrorBody(BaseModel):
     detail: list[dict] | None = None
 
 
-class ImageRecord(BaseModel):
+class ImageRecord(ImagePublic):
     """An image of the gallery as clients see it: enough to show it, explain it, and make it again."""
 
-    id: int
     path: str = Field(description="absolute path on the engine's machine")
-    sha256: str
-    width: int
-    height: int
-    seed: int | None = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int | None = None
-    cfg_scale: float | None = None
-    sampler: str | None = None
-    model: str | None = None
-    mode: str = "txt2img"
-    source: str = "api"
-    user: str | None = None
-    guild: str | None = None
-    channel: str | None = None
-    job_id: str | None = None
-    parent_id: int | None = None
-    relation: str | None = None
-    favourite: bool = False
-    nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
-    created_at: datetime
-    params: dict = {}
 
 
 class ImagePage(BaseModel):
@@ -362,33 +352,6 @@ class SearchResults(BaseModel):
     limit: int
 
 
-class ImportResult(BaseModel):
-    """One file given to `dreamhall gallery import`."""
-
-    id: int
-    status: Literal["added", "duplicate"]
-    tool: str = Field(description="whose metadata was read: dreamhall, a1111, comfyui, invokeai, none")
-
-
-class GalleryCheck(BaseModel):
-    """Whether rows, files and vectors agree (and what --repair did)."""
-
-    rows: int
-    files: int
-    vectors: int
-    missing_files: list[int]
-    orphan_files: list[str]
-    temp_files: list[str]
-    missing_vectors: int
-    orphan_vectors: int
-    repaired: bool = False
-
-
-class ReindexResult(BaseModel):
-    embedded: int
-    unreadable: list[int]
-
-
 # Sampler names as images record them (AUTOMATIC1111's) back to ours.
 SAMPLER_KEYS: dict[str, str] = {display: key for key, display in SAMPLERS.items()}
 VARIABLE_MODES = frozenset({"txt2img", "variation"})  # modes whose noise a variation can blend
@@ -402,9 +365,9 @@ def derived_request(parent: ImageRecord, *, mode: Mode, requester: Requester, **
         "seed": parent.seed,
         "width": parent.width,
         "height": parent.height,
-        "steps": parent.steps or 20,
-        "cfg_scale": parent.cfg_scale if parent.cfg_scale is not None else 7.5,
-        "sampler": SAMPLER_KEYS.get(parent.sampler or "", "k_euler_a"),
+        "steps": parent.steps or default_of("steps"),
+        "cfg_scale": parent.cfg_scale if parent.cfg_scale is not None else default_of("cfg_scale"),
+        "sampler": SAMPLER_KEYS.get(parent.sampler or "", default_of("sampler")),
         "model": parent.model,
         "mode": mode,
         "init_image": f"gallery:{parent.id}",

@@ -15,6 +15,8 @@ import platformdirs
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from engine.schema import DEFAULT_VARIATION_AMOUNT
+
 
 class BotSettings(BaseModel):
     """The Discord bot's rules (`[bot]` in config.toml, or DREAMHALL_BOT__MAX_N=4 and so on)."""
@@ -27,7 +29,9 @@ class BotSettings(BaseModel):
     max_steps: int = Field(default=50, ge=1, le=150)
     max_size: int = Field(default=1024, ge=64, le=2048)
     max_queued_per_user: int = Field(default=3, ge=1)
-    variation_amount: float = Field(default=0.25, ge=0.0, le=1.0, description="how far the V buttons wander")
+    variation_amount: float = Field(
+        default=DEFAULT_VARIATION_AMOUNT, ge=0.0, le=1.0, description="how far the V buttons wander"
+    )
     cooldown_s: float = Field(default=0.0, ge=0, description="seconds between a user's requests")
     progress_every_s: float = Field(default=2.0, ge=0.5, description="status message edits at most this often")
 

@@ -13,10 +13,8 @@ import functools
 import io
 import logging
 import queue as queue_module
-import secrets
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -26,14 +24,16 @@ from PIL import Image
 
 from engine import modes
 from engine.device import Device
+from engine.events import EventSink, NullSink
 from engine.inputs import InputError, Inputs
-from engine.pipelines import Cancelled, Generator, ModelLoadError, PipelineCache, StepCallback
+from engine.pipelines import Cancelled, LoadedModel, ModelLoadError, PipelineCache, StepCallback
 from engine.queue import JobQueue, JobRecord
-from engine.schema import SAMPLERS, Event, ImageInfo
+from engine.records import image_info
+from engine.schema import Event, Progress
 from gallery.embeddings import Embedder
 from gallery.files import encode_png
 from gallery.indexer import Indexer
-from gallery.schemas import ImageCreate, ImagePublic
+from gallery.schemas import ImagePublic
 from gallery.store import ImageNotFound, ImageStore
 
 log = logging.getLogger(__name__)
@@ -42,32 +42,8 @@ T = TypeVar("T")
 PREVIEW_INTERVAL_S = 0.5
 
 
-class EventSink(ABC):
-    """Where the worker reports; implementations must be safe to call from the worker thread."""
-
-    @abstractmethod
-    def publish(self, event: Event) -> None:
-        """Deliver one job event to whoever listens."""
-
-    @abstractmethod
-    def positions_changed(self, positions: dict[str, int]) -> None:
-        """The queue moved: tell each waiting job its new position."""
-
-
 class _Interrupted(Exception):
     """The engine is shutting down mid-job: the job goes back to the queue."""
-
-
-def draw_seed() -> int:
-    return secrets.randbelow(2**32)
-
-
-def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
-    """The client's view of a stored image; `path` is absolute, for frontends on this machine."""
-    return ImageInfo(
-        id=image.id, index=image.index, seed=image.seed or 0, width=image.width, height=image.height,
-        path=str(store.file_path(image)), sha256=image.sha256, nsfw=image.nsfw,
-    )  # fmt: skip
 
 
 class Worker:
@@ -83,14 +59,16 @@ class Worker:
         device: Device,
         events: EventSink | None = None,
         indexer: Indexer | None = None,
+        max_batch_pixels: int | None = None,
     ) -> None:
         self.queue = queue
         self.indexer = indexer
         self.store = store
         self.inputs = inputs
         self.pipelines = pipelines
-        self.events = events
+        self.events = events or NullSink()
         self.device = device
+        self.max_batch_pixels = max_batch_pixels
         self.current: str | None = None
         self.progress: tuple[int, int] = (0, 0)
         self._wake = threading.Event()
@@ -128,6 +106,12 @@ class Worker:
         """A job was queued."""
         self._wake.set()
 
+    def progress_of(self, job_id: str) -> Progress | None:
+        if self.current != job_id:
+            return None
+        step, total = self.progress
+        return Progress(step=step, total=total)
+
     def cancel(self, job_id: str) -> None:
         """Ask the running job to stop at its next step."""
         self._cancel.add(job_id)
@@ -163,14 +147,13 @@ class Worker:
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
-            self.events.positions_changed(self.queue.positions())
             self._run(job)
         self._run_tasks()
 
     def _preload(self) -> None:
         """Load the default model before the first job asks; bring the search index up to date."""
         try:
-            self.pipelines.generator(None)
+            self.pipelines.model(None)
         except Exception as e:  # reported again, per job, when the model is used
             log.error("could not preload the default model: %s", readable_error(e))
         if self.indexer is not None:
@@ -190,91 +173,67 @@ class Worker:
             log.exception("could not index %d new image(s)", len(images))
 
     def _run(self, job: JobRecord) -> None:
+        """One job from claim to its end; the queue announces each transition."""
         self.current, self.progress = job.id, (0, job.request.steps)
-        self.events.publish(Event(type="started", job=job.id, step=0, total=job.request.steps))
         try:
             images = self._generate(job)
             self._index(images)
             for image in images:
                 self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
-            self.queue.finish(job.id, "done")
-            self.events.publish(Event(type="done", job=job.id))
+            self.queue.complete(job.id)
         except Cancelled:
-            self.queue.finish(job.id, "cancelled")
-            self.events.publish(Event(type="cancelled", job=job.id))
+            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
         except _Interrupted:
-            self.queue.finish(job.id, "queued")
+            self.queue.requeue(job.id)
             log.info("job %s interrupted by shutdown; it will resume on the next start", job.id)
         except Exception as e:  # one bad job must never take the engine down
             message = readable_error(e)
             log.exception("job %s failed: %s", job.id, message)
-            self.queue.finish(job.id, "failed", message)
-            self.events.publish(Event(type="failed", job=job.id, error=message))
+            self.queue.fail(job.id, message)
         finally:
             self._cancel.discard(job.id)
             self.current, self.progress = None, (0, 0)
 
     def _generate(self, job: JobRecord) -> list[ImagePublic]:
+        """model -> inputs -> plan -> batches -> safety flags -> records -> store."""
         req = job.request
-        model_name, gen = self.pipelines.generator(req.model)
+        # 1. the model, and 2. the input images
+        model = self.pipelines.model(req.model)
         inputs = self.inputs.load(req)
-        upscaler = self.pipelines.upscaler() if req.mode == "upscale" else None
-        work = modes.plan(req, inputs, job_seed=job.seed, native_size=gen.native_size, upscaler=upscaler)
+        # 3. the plan: size, seeds, and which single call makes its images
+        work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
+                          upscaler=self.pipelines.upscaler)  # fmt: skip
+        # 4. batches that fit
         started = time.perf_counter()
-        images = self._run_batched(job, gen, work)
+        images = modes.run_batched(
+            len(work.seeds),
+            lambda indices, chunk, chunks: work.run(model, indices, self._step_reporter(job, model, chunk, chunks)),
+            max_batch=self._max_batch(work),
+            is_out_of_memory=self._out_of_memory,
+            on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
+        )
         log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
                  work.height, req.steps, time.perf_counter() - started)  # fmt: skip
-        parent_id = inputs.parent.id if inputs.parent is not None else None
-        flags = gen.safety_flags(images)
-        items = []
-        for i, img in enumerate(images):
-            info = ImageCreate(
-                job_id=job.id,
-                index=i,
-                width=img.width,
-                height=img.height,
-                seed=work.seeds[i],
-                prompt=req.prompt,
-                negative_prompt=req.negative_prompt,
-                steps=req.steps,
-                cfg_scale=req.cfg_scale,
-                sampler=SAMPLERS[req.sampler],
-                model=model_name,
-                mode=req.mode,
-                source=req.requester.source,
-                user=req.requester.user,
-                guild=req.requester.guild,
-                channel=req.requester.channel,
-                parent_id=parent_id,
-                relation=None if req.mode == "txt2img" else req.mode,
-                nsfw=flags[i],
-                params={**work.image_params(req, i), "model": model_name},
-            )
-            items.append((info, encode_png(img, info)))
-        return self.store.add(items)
+        if job.id in self._cancel:
+            raise Cancelled()  # asked for during the last step: store nothing
+        # 5. safety flags, 6. gallery records, 7. the store
+        flags = model.safety_flags(images)
+        records = work.records(req, images, job_id=job.id, model=model.name, parent=inputs.parent, nsfw=flags)
+        return self.store.add([(record, encode_png(img, record)) for record, img in zip(records, images)])
 
-    def _run_batched(self, job: JobRecord, gen: Generator, work: modes.Plan) -> list[Image.Image]:
-        """All images as one batch; halve the batch on out-of-memory until it fits."""
-        count = len(work.seeds)
-        batch = count
-        while True:
-            try:
-                images: list[Image.Image] = []
-                chunks = [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
-                for c, chunk in enumerate(chunks):
-                    on_step = self._step_reporter(job, gen, chunk_no=c, chunks=len(chunks))
-                    images += work.run(gen, job.request, chunk, on_step)
-                return images
-            except (Cancelled, _Interrupted):
-                raise
-            except Exception as e:
-                if not Device.is_out_of_memory(e) or batch == 1:
-                    raise
-                self.device.free_memory()
-                batch = max(1, batch // 2)
-                log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch)
+    def _max_batch(self, work: modes.Plan) -> int | None:
+        """How many images of this size fit one batch under the pixel budget (None: no budget)."""
+        if self.max_batch_pixels is None:
+            return None
+        return max(1, self.max_batch_pixels // (work.width * work.height))
 
-    def _step_reporter(self, job: JobRecord, gen: Generator, *, chunk_no: int, chunks: int) -> StepCallback:
+    def _out_of_memory(self, e: BaseException) -> bool:
+        if not Device.is_out_of_memory(e):
+            return False
+        self.device.free_memory()
+        return True
+
+    def _step_reporter(self, job: JobRecord, model: LoadedModel, chunk_no: int, chunks: int) -> StepCallback:
         last_preview = [0.0]
 
         def on_step(step: int, total: int, latents) -> None:
@@ -289,7 +248,7 @@ class Worker:
             now = time.monotonic()
             if job.request.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
                 last_preview[0] = now
-                preview = _data_url(gen.preview(latents))
+                preview = _data_url(model.preview(latents))
             self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
 
         return on_step

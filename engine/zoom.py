@@ -47,11 +47,12 @@ def zoom_out_frames(
         buf = io.BytesIO()
         inner.save(buf, format="PNG")
         ref = engine.upload(buf.getvalue()).ref
-        step = request.model_copy(update={
+        # Validated as a whole (not model_copy), so the outpaint sides become a model, not a dict.
+        step = DreamRequest.model_validate(request.model_dump() | {
             "mode": "outpaint", "n": 1, "seed": image_seed(seed, k), "init_image": ref, "width": None, "height": None,
             "outpaint": {"left": bx, "right": bx, "top": by, "bottom": by}, "aspect_ratio": None,
         })  # fmt: skip
-        job = engine.wait(engine.submit(DreamRequest.model_validate(step.model_dump())).id)
+        job = engine.wait(engine.submit(step).id)
         if job.status != "done":
             raise EngineError(f"frame {k} {job.status}: {job.error or ''}".rstrip(": "))
         image = Image.open(io.BytesIO(engine.image_file(job.images[0].id))).convert("RGB")

@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
+from gallery.schemas import VectorFilters
+
 log = logging.getLogger(__name__)
 
 
@@ -47,17 +49,6 @@ class IndexRow(BaseModel):
     source: str = "api"
     model: str | None = None
     created_at: datetime
-
-
-class VectorFilters(BaseModel):
-    """Filters applied inside the vector query (prefilter), never afterwards."""
-
-    guild: str | None = None
-    user: str | None = None
-    source: str | None = None
-    model: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
 
 
 class VectorHit(BaseModel):
@@ -85,6 +76,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
         """The k nearest images that pass the filters, best first."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Drop every vector (a reindex starts from here)."""
 
     @abstractmethod
     def image_ids(self) -> set[int]:
@@ -226,7 +221,6 @@ class LanceIndex(VectorIndex):
             self._after_write()
 
     def clear(self) -> None:
-        """Drop every vector of this model (reindex starts from here)."""
         with self._lock:
             self._pending = []
         self.db.drop_table(self.table_name)

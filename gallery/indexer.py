@@ -12,24 +12,17 @@ import threading
 from collections.abc import Callable
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session
 
 from gallery.embeddings import Embedder
 from gallery.index import IndexRow, VectorIndex
-from gallery.models import EmbeddingRow, ImageRow
-from gallery.schemas import ImagePublic
+from gallery.models import EmbeddingRow
+from gallery.schemas import ImagePublic, ReconcileReport
 from gallery.store import ImageStore
 
 log = logging.getLogger(__name__)
-
-
-class ReconcileReport(BaseModel):
-    embedded: int = 0
-    dropped: int = 0
-    unreadable: list[int] = []
 
 
 def _row(image: ImagePublic, vector: list[float]) -> IndexRow:
@@ -88,10 +81,26 @@ class Indexer:
                 )
         return unreadable
 
+    def forget(self, image_ids: list[int]) -> None:
+        """Drop these images' vectors (they were deleted)."""
+        self.index.delete(image_ids)
+
+    def rebuild(self) -> ReconcileReport:
+        """Embed the whole gallery again from scratch."""
+        self.index.clear()
+        return self.reconcile()
+
+    def vector_ids(self) -> set[int]:
+        """Every image that has a vector (what was buffered included)."""
+        return self.index.image_ids()
+
+    def flush(self) -> None:
+        """Write buffered vectors (at shutdown)."""
+        self.index.flush()
+
     def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileReport:
         """Make the index hold exactly the live images' vectors."""
-        with Session(self.engine) as s:
-            live = set(s.scalars(select(ImageRow.id).where(ImageRow.deleted_at.is_(None))))
+        live = self.store.live_ids()
         have = self.index.image_ids()
         report = ReconcileReport()
         orphans = sorted(have - live)
@@ -101,9 +110,7 @@ class Indexer:
         missing = sorted(live - have)
         for start in range(0, len(missing), 512):
             ids = missing[start : start + 512]
-            with Session(self.engine) as s:
-                rows = s.scalars(select(ImageRow).where(ImageRow.id.in_(ids)))
-                images = [ImagePublic.model_validate(r) for r in rows]
+            images = self.store.get_many(ids)
             bad = self._index_new(images)
             report.unreadable += bad
             report.embedded += len(images) - len(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -43,3 +44,63 @@ class ImagePublic(ImageCreate):
     favourite: bool = False
     created_at: datetime
     deleted_at: datetime | None = None
+
+
+class VectorFilters(BaseModel):
+    """Filters that are also columns of the vector index: applied inside the vector query, never afterwards."""
+
+    guild: str | None = None
+    user: str | None = None
+    source: str | None = None
+    model: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+class SearchFilters(VectorFilters):
+    """What a listing or search may be narrowed to. `guild` is tenant isolation: set, it is never crossed.
+
+    The inherited fields are also columns of the vector index; the ones added here live only in SQLite.
+    """
+
+    favourites: bool = False
+    min_width: int | None = Field(default=None, ge=1)
+    min_height: int | None = Field(default=None, ge=1)
+
+    def vector_filters(self) -> VectorFilters:
+        return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))
+
+
+class ImportResult(BaseModel):
+    """One file given to `dreamhall gallery import`."""
+
+    id: int
+    status: Literal["added", "duplicate"]
+    tool: str = Field(description="whose metadata was read: dreamhall, a1111, comfyui, invokeai, none")
+
+
+class CheckReport(BaseModel):
+    """Whether rows, files and vectors agree (and what --repair did)."""
+
+    rows: int
+    files: int
+    vectors: int
+    missing_files: list[int] = Field(description="live rows whose file is gone or unreadable")
+    orphan_files: list[str] = Field(description="files no row points at")
+    temp_files: list[str] = Field(description="half-written files left by a crash")
+    missing_vectors: int
+    orphan_vectors: int
+    repaired: bool = False
+
+    @property
+    def consistent(self) -> bool:
+        return not (self.missing_files or self.orphan_files or self.temp_files
+                    or self.missing_vectors or self.orphan_vectors)  # fmt: skip
+
+
+class ReconcileReport(BaseModel):
+    """What bringing the vector index in line with SQLite did."""
+
+    embedded: int = 0
+    dropped: int = 0
+    unreadable: list[int] = []

@@ -3,7 +3,8 @@
 Text search fuses two rankings with reciprocal-rank fusion: CLIP (the text's
 embedding against image vectors, for concepts) and SQLite FTS5 over prompts
 (for exact words and phrases). Filters, tenant isolation by guild above all,
-are part of both queries; nothing is filtered after ranking.
+are part of both queries; nothing is filtered after ranking. This module only
+ranks and fuses: rows come from the `ImageStore`, vectors from the `VectorIndex`.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from __future__ import annotations
 import re
 
 from PIL import Image
-from pydantic import BaseModel, Field
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session
+from pydantic import BaseModel
 
 from gallery.embeddings import Embedder
-from gallery.index import VectorFilters, VectorIndex
-from gallery.models import ImageRow
-from gallery.schemas import ImagePublic
+from gallery.index import VectorIndex
+from gallery.schemas import ImagePublic, SearchFilters
 from gallery.store import GalleryError, ImageStore
 
 MAX_QUERY_CHARS = 1000
@@ -28,45 +26,6 @@ RRF_K = 60  # the constant from Cormack et al.; damps the weight of top ranks
 
 class SearchError(GalleryError):
     """A search that cannot be run as asked; the message says what to fix."""
-
-
-class SearchFilters(VectorFilters):
-    """What a search may be narrowed to. `guild` is tenant isolation: set, it is never crossed.
-
-    The inherited fields are also columns of the vector index; the ones added
-    here live only in SQLite.
-    """
-
-    favourites: bool = False
-    min_width: int | None = Field(default=None, ge=1)
-    min_height: int | None = Field(default=None, ge=1)
-
-    def vector_filters(self) -> VectorFilters:
-        return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))
-
-    def sql(self, alias: str = "i") -> tuple[str, dict]:
-        """WHERE conditions on the images table (always excluding deleted images)."""
-        conds, params = [f"{alias}.deleted_at IS NULL"], {}
-        for column in ("guild", "user", "source", "model"):
-            value = getattr(self, column)
-            if value is not None:
-                conds.append(f'{alias}."{column}" = :f_{column}')
-                params[f"f_{column}"] = value
-        if self.created_after is not None:
-            conds.append(f"{alias}.created_at >= :f_after")
-            params["f_after"] = self.created_after
-        if self.created_before is not None:
-            conds.append(f"{alias}.created_at < :f_before")
-            params["f_before"] = self.created_before
-        if self.favourites:
-            conds.append(f"{alias}.favourite = 1")
-        if self.min_width is not None:
-            conds.append(f"{alias}.width >= :f_min_w")
-            params["f_min_w"] = self.min_width
-        if self.min_height is not None:
-            conds.append(f"{alias}.height >= :f_min_h")
-            params["f_min_h"] = self.min_height
-        return " AND ".join(conds), params
 
 
 class SearchHit(BaseModel):
@@ -107,8 +66,7 @@ def reciprocal_rank_fusion(*rankings: list[int]) -> list[tuple[int, float]]:
 class GallerySearch:
     """Search over the gallery's images, their prompts and their CLIP vectors."""
 
-    def __init__(self, *, engine: Engine, store: ImageStore, embedder: Embedder, index: VectorIndex) -> None:
-        self.engine = engine
+    def __init__(self, *, store: ImageStore, embedder: Embedder, index: VectorIndex) -> None:
         self.store = store
         self.embedder = embedder
         self.index = index
@@ -155,37 +113,17 @@ class GallerySearch:
 
     def browse(self, *, limit: int = 100, offset: int = 0, filters: SearchFilters | None = None) -> BrowsePage:
         """The gallery newest first, with the total that matches (what a gallery grid pages through)."""
-        filters = filters or SearchFilters()
-        where, params = filters.sql("i")
-        with Session(self.engine) as session:
-            total = session.execute(text(f"SELECT count(*) FROM images AS i WHERE {where}"), params).scalar_one()
-            sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit OFFSET :offset")
-            ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
-            rows = {r.id: r for r in session.query(ImageRow).filter(ImageRow.id.in_(ids))}
-            images = [ImagePublic.model_validate(rows[i]) for i in ids]
+        images, total = self.store.page(filters=filters or SearchFilters(), limit=limit, offset=offset)
         return BrowsePage(images=images, total=total, offset=offset, limit=limit)
 
     def _keyword(self, query: str, k: int, filters: SearchFilters) -> list[int]:
         match = fts_query(query)
-        if match is None:
-            return []
-        where, params = filters.sql("i")
-        sql = text(
-            f"SELECT i.id FROM images_fts JOIN images AS i ON i.id = images_fts.rowid "
-            f"WHERE images_fts MATCH :match AND {where} ORDER BY bm25(images_fts) LIMIT :k"
-        )
-        with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(sql, {**params, "match": match, "k": k})]
+        return [] if match is None else self.store.keyword_ids(match, filters=filters, k=k)
 
     def _page(self, ranked: list[tuple[int, float]], limit: int, offset: int, filters: SearchFilters) -> SearchPage:
-        ids = [i for i, _ in ranked]
-        where, params = filters.sql("i")
-        with Session(self.engine) as session:
-            # Re-check every filter in SQLite too: the vector index may lag behind a delete or a favourite.
-            id_list = ",".join(str(int(i)) for i in ids) or "NULL"
-            sql = text(f"SELECT i.id FROM images AS i WHERE i.id IN ({id_list}) AND {where}")
-            allowed = set(session.execute(sql, params).scalars())
-            kept = [(i, s) for i, s in ranked if i in allowed][offset : offset + limit]
-            rows = {r.id: r for r in session.query(ImageRow).filter(ImageRow.id.in_([i for i, _ in kept]))}
-            results = [SearchHit(image=ImagePublic.model_validate(rows[i]), score=s) for i, s in kept]
+        # Re-check every filter in SQLite too: the vector index may lag behind a delete or a favourite.
+        allowed = self.store.filter_ids([i for i, _ in ranked], filters)
+        kept = [(i, s) for i, s in ranked if i in allowed][offset : offset + limit]
+        images = {image.id: image for image in self.store.get_many([i for i, _ in kept])}
+        results = [SearchHit(image=images[i], score=s) for i, s in kept if i in images]
         return SearchPage(results=results, offset=offset, limit=limit)

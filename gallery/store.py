@@ -3,6 +3,9 @@
 Files are written first and rows second, in one transaction per call: a crash
 can leave an unreferenced file (which `dreamhall gallery check` finds), never a
 row whose file is missing.
+
+`ImageStore` is the gateway to the images table: search, the indexer and
+upkeep ask it, and nothing else queries that table.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gallery.files import write_content_addressed
 from gallery.models import ImageRow
-from gallery.schemas import ImageCreate, ImagePublic
+from gallery.schemas import ImageCreate, ImagePublic, SearchFilters
 
 
 class GalleryError(Exception):
@@ -65,6 +68,38 @@ class ImageStore(ABC):
     @abstractmethod
     def file_path(self, image: ImagePublic) -> Path:
         """The absolute path of an image's file."""
+
+    @abstractmethod
+    def get_many(self, image_ids: list[int]) -> list[ImagePublic]:
+        """The live images among `image_ids`, in the order given."""
+
+    @abstractmethod
+    def page(self, *, filters: SearchFilters, limit: int, offset: int) -> tuple[list[ImagePublic], int]:
+        """Live images newest first that pass `filters`, and how many pass in all."""
+
+    @abstractmethod
+    def filter_ids(self, image_ids: list[int], filters: SearchFilters) -> set[int]:
+        """Which of `image_ids` are live and pass `filters`."""
+
+    @abstractmethod
+    def keyword_ids(self, match: str, *, filters: SearchFilters, k: int) -> list[int]:
+        """Up to `k` live images whose prompts match the FTS5 expression `match`, best first."""
+
+    @abstractmethod
+    def live_ids(self) -> set[int]:
+        """Every image that is not deleted."""
+
+    @abstractmethod
+    def paths(self) -> dict[int, tuple[str, bool]]:
+        """Every image row's file: id -> (relative path, deleted)."""
+
+    @abstractmethod
+    def find_by_sha(self, sha256: str) -> int | None:
+        """A live image with these bytes, if there is one."""
+
+    @abstractmethod
+    def mark_deleted(self, image_ids: list[int]) -> None:
+        """Soft-delete many at once (a repair: their files are gone)."""
 
 
 class SqliteImageStore(ImageStore):
@@ -118,3 +153,79 @@ class SqliteImageStore(ImageStore):
 
     def file_path(self, image: ImagePublic) -> Path:
         return self.images_dir / image.path
+
+    def get_many(self, image_ids: list[int]) -> list[ImagePublic]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(ImageRow).where(ImageRow.id.in_(image_ids), ImageRow.deleted_at.is_(None)))
+            found = {r.id: ImagePublic.model_validate(r) for r in rows}
+        return [found[i] for i in image_ids if i in found]
+
+    def page(self, *, filters: SearchFilters, limit: int, offset: int) -> tuple[list[ImagePublic], int]:
+        where, params = filter_sql(filters, "i")
+        with Session(self.engine) as session:
+            total = session.execute(text(f"SELECT count(*) FROM images AS i WHERE {where}"), params).scalar_one()
+            sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit OFFSET :offset")
+            ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
+        return self.get_many(ids), total
+
+    def filter_ids(self, image_ids: list[int], filters: SearchFilters) -> set[int]:
+        if not image_ids:
+            return set()
+        where, params = filter_sql(filters, "i")
+        id_list = ",".join(str(int(i)) for i in image_ids)
+        with Session(self.engine) as session:
+            sql = text(f"SELECT i.id FROM images AS i WHERE i.id IN ({id_list}) AND {where}")
+            return set(session.execute(sql, params).scalars())
+
+    def keyword_ids(self, match: str, *, filters: SearchFilters, k: int) -> list[int]:
+        where, params = filter_sql(filters, "i")
+        sql = text(
+            f"SELECT i.id FROM images_fts JOIN images AS i ON i.id = images_fts.rowid "
+            f"WHERE images_fts MATCH :match AND {where} ORDER BY bm25(images_fts) LIMIT :k"
+        )
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sql, {**params, "match": match, "k": k})]
+
+    def live_ids(self) -> set[int]:
+        with Session(self.engine) as session:
+            return set(session.scalars(select(ImageRow.id).where(ImageRow.deleted_at.is_(None))))
+
+    def paths(self) -> dict[int, tuple[str, bool]]:
+        with Session(self.engine) as session:
+            rows = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.deleted_at)).all()
+        return {r.id: (r.path, r.deleted_at is not None) for r in rows}
+
+    def find_by_sha(self, sha256: str) -> int | None:
+        with Session(self.engine) as session:
+            return session.scalars(
+                select(ImageRow.id).where(ImageRow.sha256 == sha256, ImageRow.deleted_at.is_(None))
+            ).first()
+
+    def mark_deleted(self, image_ids: list[int]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.execute(update(ImageRow).where(ImageRow.id.in_(image_ids)).values(deleted_at=datetime.now(UTC)))
+
+
+def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
+    """WHERE conditions on the images table for `filters` (always excluding deleted images)."""
+    conds, params = [f"{alias}.deleted_at IS NULL"], {}
+    for column in ("guild", "user", "source", "model"):
+        value = getattr(filters, column)
+        if value is not None:
+            conds.append(f'{alias}."{column}" = :f_{column}')
+            params[f"f_{column}"] = value
+    if filters.created_after is not None:
+        conds.append(f"{alias}.created_at >= :f_after")
+        params["f_after"] = filters.created_after
+    if filters.created_before is not None:
+        conds.append(f"{alias}.created_at < :f_before")
+        params["f_before"] = filters.created_before
+    if filters.favourites:
+        conds.append(f"{alias}.favourite = 1")
+    if filters.min_width is not None:
+        conds.append(f"{alias}.width >= :f_min_w")
+        params["f_min_w"] = filters.min_width
+    if filters.min_height is not None:
+        conds.append(f"{alias}.height >= :f_min_h")
+        params["f_min_h"] = filters.min_height
+    return " AND ".join(conds), params

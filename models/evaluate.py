@@ -1,6 +1,6 @@
 """Measure the built-in models on the toy world (shared by bench/offline_models.py and the tests).
 
-Everything goes through the production loaders: the engine's Generator and
+Everything goes through the production loaders: the engine's LoadedModel and
 the gallery's OpenClipEmbedder.
 """
 

@@ -17,9 +17,7 @@ from engine.client import EngineClient
 from engine.device import Device
 from engine.inputs import Resolved
 from engine.pipelines import PipelineCache
-from engine.queue import JobRecord
 from engine.schema import DreamRequest, Requester
-from engine.worker import Worker
 from tests.conftest import ROOT, EngineProcess
 
 pytestmark = pytest.mark.slow
@@ -97,39 +95,43 @@ def test_tcp_without_a_token_refuses_to_start(tmp_path: Path, tiny_model: Path) 
         engine.start()
 
 
-class _Events:
-    def publish(self, event) -> None:
-        pass
+def test_batching_halves_on_out_of_memory_down_to_one() -> None:
+    calls: list[list[int]] = []
 
-    def positions_changed(self, positions) -> None:
-        pass
+    def run(indices: list[int], chunk: int, chunks: int) -> list[int]:
+        calls.append(indices)
+        if len(indices) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [i * 10 for i in indices]
+
+    retries: list[int] = []
+    out = modes.run_batched(4, run, is_out_of_memory=Device.is_out_of_memory, on_retry=retries.append)
+    assert out == [0, 10, 20, 30]
+    assert [len(c) for c in calls] == [4, 2, 1, 1, 1, 1] and retries == [2, 1]
 
 
-def test_out_of_memory_retries_in_smaller_batches(tiny_model: Path) -> None:
-    device = Device("cpu")
-    cache = PipelineCache(device, str(tiny_model))
-    _, gen = cache.generator(None)
-    worker = Worker(queue=None, store=None, inputs=None, pipelines=cache, events=_Events(), device=device)  # type: ignore[arg-type]
-    job = JobRecord(id="j", status="running", request=small("oom", n=4), seed=10, queue_key="k", priority=0,
-                    created_at="2026-01-01T00:00:00")  # fmt: skip
-    work = modes.plan(job.request, Resolved(), job_seed=10, native_size=64)
-    whole = worker._run_batched(job, gen, work)
-    batch_sizes = []
+def test_batching_respects_a_budget_and_passes_other_errors_through() -> None:
+    calls: list[tuple[list[int], int, int]] = []
+    out = modes.run_batched(5, lambda ix, c, n: calls.append((ix, c, n)) or ix, max_batch=2,
+                            is_out_of_memory=Device.is_out_of_memory)  # fmt: skip
+    assert out == [0, 1, 2, 3, 4] and calls == [([0, 1], 0, 3), ([2, 3], 1, 3), ([4], 2, 3)]
 
-    class TightMemory:
-        """The real generator, on a device that only fits batches of 1 (fault injection)."""
+    def broken(indices: list[int], chunk: int, chunks: int) -> list[int]:
+        raise ValueError("not a memory problem")
 
-        def txt2img(self, **kw):
-            batch_sizes.append(len(kw["seeds"]))
-            if len(kw["seeds"]) > 1:
-                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return gen.txt2img(**kw)
+    with pytest.raises(ValueError, match="not a memory"):
+        modes.run_batched(4, broken, is_out_of_memory=Device.is_out_of_memory)
 
-        def preview(self, latents):
-            return gen.preview(latents)
 
-    split = worker._run_batched(job, TightMemory(), work)  # type: ignore[arg-type]
-    assert batch_sizes == [4, 2, 1, 1, 1, 1]
+def test_split_batches_match_the_whole_batch(tiny_model: Path) -> None:
+    model = PipelineCache(Device("cpu"), str(tiny_model)).model(None)
+    work = modes.plan(small("oom", n=4), Resolved(), job_seed=10, native_size=64)
+
+    def run(indices: list[int], chunk: int, chunks: int):
+        return work.run(model, indices, on_step=lambda *_: None)
+
+    whole = modes.run_batched(4, run, is_out_of_memory=Device.is_out_of_memory)
+    split = modes.run_batched(4, run, max_batch=1, is_out_of_memory=Device.is_out_of_memory)
     # Batched arithmetic may differ by rounding; the issue allows +-1 grey level per pixel.
     for a, b in zip(split, whole, strict=True):
         diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max()
@@ -138,8 +140,8 @@ def test_out_of_memory_retries_in_smaller_batches(tiny_model: Path) -> None:
 
 def test_frontend_modules_import_no_heavy_libraries() -> None:
     code = (
-        "import sys, engine.client, engine.schema, engine.dream_args, engine.settings, engine.cli;"
-        "import bots.bot, bots.cogs.dream, bots.cogs.search, desktop.app, desktop.window;"
+        "import sys, engine.client, engine.schema, engine.dream_args, engine.settings, engine.cli, engine.launch;"
+        "import bots.bot, bots.flow, bots.cogs.dream, bots.cogs.search, desktop.app, desktop.window;"
         "print(sorted(m for m in ('torch', 'diffusers', 'sqlalchemy', 'lancedb', 'open_clip') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

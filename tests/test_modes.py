@@ -10,7 +10,7 @@ from PIL import Image
 from engine import modes
 from engine.device import Device
 from engine.inputs import InputError, Resolved
-from engine.pipelines import Generator, load_pipeline
+from engine.pipelines import LoadedModel, load_model
 from engine.schema import DreamRequest
 from models.checker import judge
 
@@ -18,35 +18,35 @@ RED_ON_BLUE = "a red circle on a blue background"
 
 
 @pytest.fixture(scope="module")
-def toy() -> Generator:
-    return Generator(load_pipeline(None, Device("cpu"))[1], Device("cpu"))
+def toy() -> LoadedModel:
+    return load_model(None, Device("cpu"))
 
 
 @pytest.fixture(scope="module")
-def red_circle(toy: Generator) -> Image.Image:
+def red_circle(toy: LoadedModel) -> Image.Image:
     image = run(toy, DreamRequest(prompt=RED_ON_BLUE, seed=3220803958))[0]
     assert judge(image).colour == "red"
     return image
 
 
-def run(gen: Generator, req: DreamRequest, inputs: Resolved | None = None, job_seed: int | None = None):
+def run(gen: LoadedModel, req: DreamRequest, inputs: Resolved | None = None, job_seed: int | None = None):
     work = modes.plan(req, inputs or Resolved(), job_seed=job_seed if job_seed is not None else req.seed or 0,
                       native_size=gen.native_size)  # fmt: skip
-    return work.run(gen, req, list(range(req.n)), on_step=lambda *_: None)
+    return work.run(gen, list(range(req.n)), on_step=lambda *_: None)
 
 
 def ref_request(**fields) -> DreamRequest:
     return DreamRequest(init_image="gallery:1", **fields)
 
 
-def test_img2img_follows_the_new_prompt(toy: Generator, red_circle: Image.Image) -> None:
+def test_img2img_follows_the_new_prompt(toy: LoadedModel, red_circle: Image.Image) -> None:
     req = ref_request(prompt="a blue circle on a white background", mode="img2img", strength=0.8, n=4, seed=7)
     verdicts = [judge(im) for im in run(toy, req, Resolved(init=red_circle.convert("RGBA")))]
     assert sum(v.colour == "blue" for v in verdicts) >= 3, verdicts
     assert sum(v.background == "white" for v in verdicts) >= 3, verdicts
 
 
-def test_inpaint_leaves_the_unmasked_half_unchanged(toy: Generator, red_circle: Image.Image) -> None:
+def test_inpaint_leaves_the_unmasked_half_unchanged(toy: LoadedModel, red_circle: Image.Image) -> None:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (32, 0, 64, 64))
     req = ref_request(prompt="a green square on a yellow background", mode="inpaint", init_mask="gallery:2", seed=3)
@@ -56,7 +56,7 @@ def test_inpaint_leaves_the_unmasked_half_unchanged(toy: Generator, red_circle: 
     assert np.abs(out[:, 32:] - before[:, 32:]).mean() > 10  # the masked half really was repainted
 
 
-def test_transparent_pixels_count_as_mask(toy: Generator, red_circle: Image.Image) -> None:
+def test_transparent_pixels_count_as_mask(toy: LoadedModel, red_circle: Image.Image) -> None:
     init = red_circle.convert("RGBA")
     alpha = Image.new("L", (64, 64), 255)
     alpha.paste(0, (0, 0, 64, 20))
@@ -67,7 +67,7 @@ def test_transparent_pixels_count_as_mask(toy: Generator, red_circle: Image.Imag
     assert np.abs(out[20:] - before[20:]).max() <= 1 and np.abs(out[:20] - before[:20]).mean() > 10
 
 
-def test_outpaint_grows_the_canvas_and_keeps_the_middle(toy: Generator, red_circle: Image.Image) -> None:
+def test_outpaint_grows_the_canvas_and_keeps_the_middle(toy: LoadedModel, red_circle: Image.Image) -> None:
     req = ref_request(prompt=RED_ON_BLUE, mode="outpaint", outpaint={"left": 16, "right": 16}, seed=5)
     out = run(toy, req, Resolved(init=red_circle.convert("RGBA")))[0]
     assert out.size == (96, 64)
@@ -75,7 +75,7 @@ def test_outpaint_grows_the_canvas_and_keeps_the_middle(toy: Generator, red_circ
     assert np.abs(middle - np.asarray(red_circle).astype(int)).max() <= 1
 
 
-def test_a_small_variation_keeps_the_class_and_changes_pixels(toy: Generator, red_circle: Image.Image) -> None:
+def test_a_small_variation_keeps_the_class_and_changes_pixels(toy: LoadedModel, red_circle: Image.Image) -> None:
     base = DreamRequest(prompt=RED_ON_BLUE, seed=3220803958)
     for amount, seed in ((0.1, 11), (0.1, 12)):
         req = base.model_copy(update={"mode": "variation", "variation_amount": amount, "variation_seed": seed})
@@ -84,24 +84,24 @@ def test_a_small_variation_keeps_the_class_and_changes_pixels(toy: Generator, re
         assert np.abs(np.asarray(varied).astype(int) - np.asarray(red_circle).astype(int)).mean() > 0.5
 
 
-def test_variation_amount_zero_is_the_parent_and_terms_replay(toy: Generator, red_circle: Image.Image) -> None:
+def test_variation_amount_zero_is_the_parent_and_terms_replay(toy: LoadedModel, red_circle: Image.Image) -> None:
     same = DreamRequest(prompt=RED_ON_BLUE, seed=3220803958, mode="variation", variation_amount=0.0, variation_seed=1)
     assert np.array_equal(np.asarray(run(toy, same)[0]), np.asarray(red_circle))
     # An image's recorded terms make it again alone.
     req = same.model_copy(update={"variation_amount": 0.3, "variation_seed": 40, "n": 2})
     work = modes.plan(req, Resolved(), job_seed=3220803958, native_size=64)
-    second = work.run(toy, req, [0, 1], on_step=lambda *_: None)[1]
+    second = work.run(toy, [0, 1], on_step=lambda *_: None)[1]
     params = work.image_params(req, 1)
     assert params["with_variations"] == [{"seed": 41, "weight": 0.3}] and params["seed"] == 3220803958
     replay = DreamRequest.model_validate({**params, "mode": "variation"})
     assert np.array_equal(np.asarray(run(toy, replay)[0]), np.asarray(second))
 
 
-def test_upscale_resamples_then_adds_detail(toy: Generator, red_circle: Image.Image) -> None:
+def test_upscale_resamples_then_adds_detail(toy: LoadedModel, red_circle: Image.Image) -> None:
     req = ref_request(prompt=RED_ON_BLUE, mode="upscale", upscale=2, seed=1)
     work = modes.plan(req, Resolved(init=red_circle.convert("RGBA")), job_seed=1, native_size=64)
     assert "lanczos x2" in work.notes["upscaler"] and work.strength == 0.3
-    out = work.run(toy, req, [0], on_step=lambda *_: None)[0]
+    out = work.run(toy, [0], on_step=lambda *_: None)[0]
     assert out.size == (128, 128)
     assert judge(out.resize((64, 64))).colour == "red"
 
@@ -116,9 +116,9 @@ def test_a_configured_upscaler_pipeline_is_used_and_named(red_circle: Image.Imag
     for factor, size in ((4, 256), (2, 128)):
         req = ref_request(prompt=RED_ON_BLUE, mode="upscale", upscale=factor, seed=1, steps=2)
         work = modes.plan(req, Resolved(init=red_circle.convert("RGBA")), job_seed=1, native_size=64,
-                          upscaler=upscaler)  # fmt: skip
+                          upscaler=lambda: upscaler)  # fmt: skip
         assert work.notes["upscaler"].endswith("(x4)" if factor == 4 else "(x4), resized to x2")
-        out = work.run(None, req, [0], on_step=lambda step, total, _: steps.append((step, total)))[0]  # type: ignore[arg-type]
+        out = work.run(None, [0], on_step=lambda step, total, _: steps.append((step, total)))[0]  # type: ignore[arg-type]
         assert out.size == (size, size)
     assert steps[:2] == [(1, 2), (2, 2)]
 

@@ -16,7 +16,7 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from engine.device import Device
-from engine.pipelines import BUILTIN_MODEL_NAME, Generator, builtin_model_dir, load_pipeline
+from engine.pipelines import BUILTIN_MODEL_NAME, LoadedModel, builtin_model_dir, load_model
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir
 from models import evaluate, toyworld
 from models.checker import judge
@@ -24,14 +24,13 @@ from tests.conftest import ROOT, EngineProcess
 
 
 @pytest.fixture(scope="module")
-def toy() -> Generator:
-    device = Device("cpu")
-    name, pipe = load_pipeline(None, device)
-    assert name == BUILTIN_MODEL_NAME
-    return Generator(pipe, device)
+def toy() -> LoadedModel:
+    model = load_model(None, Device("cpu"))
+    assert model.name == BUILTIN_MODEL_NAME
+    return model
 
 
-def test_shipped_files_load_through_the_production_loaders(toy: Generator) -> None:
+def test_shipped_files_load_through_the_production_loaders(toy: LoadedModel) -> None:
     assert isinstance(toy.pipe, StableDiffusionPipeline)
     assert toy.pipe.safety_checker is None and toy.native_size == 64
     tokenizer = CLIPTokenizer.from_pretrained(builtin_model_dir() / "tokenizer")
@@ -50,7 +49,7 @@ def test_models_fit_the_size_budget() -> None:
     assert total <= 20e6, f"built-in models take {total / 1e6:.1f} MB"
 
 
-def test_a_red_circle_on_a_blue_background(toy: Generator) -> None:
+def test_a_red_circle_on_a_blue_background(toy: LoadedModel) -> None:
     result = toy.txt2img(
         prompt="a red circle on a blue background",
         negative_prompt="",
@@ -66,7 +65,7 @@ def test_a_red_circle_on_a_blue_background(toy: Generator) -> None:
     assert right >= 3, verdicts
 
 
-def test_prompt_fidelity_floor(toy: Generator) -> None:
+def test_prompt_fidelity_floor(toy: LoadedModel) -> None:
     # Goals: 0.9 seen, 0.7 held out (bench/offline_models.py measures them on many more images).
     seen = evaluate.fidelity(toy, toyworld.seen_scenes()[::3], seeds=[5, 6])
     assert seen.score >= 0.85, seen
@@ -74,7 +73,7 @@ def test_prompt_fidelity_floor(toy: Generator) -> None:
     assert held.score >= 0.65, held
 
 
-def test_same_seed_same_image(toy: Generator) -> None:
+def test_same_seed_same_image(toy: LoadedModel) -> None:
     def once() -> bytes:
         r = toy.txt2img(
             prompt="a green star on a white background",

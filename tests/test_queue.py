@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
+from engine.events import EventSink
 from engine.queue import FAIR_DEQUEUE_SQL, JobNotFound, SqliteJobQueue, TooManyQueued
-from engine.schema import DreamRequest, Requester
+from engine.queue.sqlite import fair_order
+from engine.schema import DreamRequest, Event, Requester
 from gallery.db import open_gallery_db
 
 
@@ -25,7 +30,7 @@ def drain(queue: SqliteJobQueue) -> list[str]:
     served = []
     while (job := queue.claim()) is not None:
         served.append(job.request.requester.user or "")
-        queue.finish(job.id, "done")
+        queue.complete(job.id)
     return served
 
 
@@ -34,7 +39,7 @@ def test_a_burst_cannot_starve_a_later_user(queue: SqliteJobQueue) -> None:
     first = queue.claim()
     assert first is not None and first.id == a_jobs[0].id
     queue.put(req("B"), seed=0)
-    queue.finish(first.id, "done")
+    queue.complete(first.id)
     assert drain(queue)[:3] == ["B", "A", "A"]  # B runs before A's second (and third) job
 
 
@@ -107,3 +112,89 @@ def test_dequeue_uses_the_indexes(queue: SqliteJobQueue) -> None:
     assert "ix_jobs_status" in joined, joined
     assert "ix_jobs_queue_key_claim_seq" in joined, joined
     assert not any(line.startswith("SCAN c") for line in plan), joined
+
+
+class Recorder(EventSink):
+    """Every event the queue announces; it watches every queued job (and an id that is gone)."""
+
+    def __init__(self, queue: SqliteJobQueue) -> None:
+        self.queue = queue
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+    def watched(self) -> set[str]:
+        return {j.id for j in self.queue.jobs("queued")} | {"gone"}
+
+    def types(self, job_id: str) -> list[str]:
+        return [e.type for e in self.events if e.job == job_id]
+
+
+def test_transitions_announce_themselves(queue: SqliteJobQueue) -> None:
+    queue.events = sink = Recorder(queue)
+    a, _ = queue.put(req("A"), seed=0)
+    b, _ = queue.put(req("B"), seed=0)
+    assert queue.claim() is not None  # a runs; b moves up
+    assert sink.types(a.id)[0] == "queued" and sink.types(a.id)[-1] == "started"
+    assert [e.position for e in sink.events if e.job == b.id] == [1, 0]
+    assert queue.complete(a.id)
+    assert sink.types(a.id)[-1] == "done"
+    assert queue.cancel(b.id).status == "cancelled" and sink.types(b.id)[-1] == "cancelled"
+
+
+def test_a_terminal_state_is_never_left(queue: SqliteJobQueue) -> None:
+    job, _ = queue.put(req("A"), seed=0)
+    assert queue.claim() is not None
+    assert queue.cancel(job.id).status == "cancelled"  # a running job's cancel is recorded at once
+    assert not queue.complete(job.id)  # the worker finishing late cannot undo it
+    assert not queue.requeue(job.id)
+    assert not queue.fail(job.id, "late")
+    assert queue.get(job.id).status == "cancelled"
+    with pytest.raises(JobNotFound):
+        queue.complete("nope")
+
+
+def test_a_cancelled_running_job_is_not_resumed_after_a_crash(tmp_path: Path) -> None:
+    db = tmp_path / "gallery.db"
+    q = SqliteJobQueue(open_gallery_db(db))
+    job, _ = q.put(req("A"), seed=7)
+    assert q.claim() is not None
+    q.cancel(job.id)  # ...and the engine dies before the worker's next step
+    q2 = SqliteJobQueue(open_gallery_db(db))
+    assert q2.requeue_interrupted() == 0 and q2.claim() is None
+
+
+def test_one_position_agrees_with_all_positions(queue: SqliteJobQueue) -> None:
+    for user, priority in [("A", 0), ("A", 0), ("B", 3), ("C", 0), ("A", 3), ("B", 0), ("C", 0)]:
+        queue.put(req(user, priority), seed=0)
+    queue.complete(queue.claim().id)  # type: ignore[union-attr]
+    positions = queue.positions()
+    assert {i: queue.position(i) for i in positions} == positions
+
+
+def quadratic_fair_order(queued: list, last_claim: dict) -> dict[str, int]:
+    """The original O(n^2) replay of FAIR_DEQUEUE_SQL: the oracle for the linear one."""
+    last = {k: (-1 if v is None else v) for k, v in last_claim.items()}
+    pending, order = list(queued), {}
+    tick = max(last.values(), default=0) + 1
+    while pending:
+        best = min(pending, key=lambda q: (-q.priority, last.get(q.queue_key, -1), q.seq))
+        order[best.id] = len(order)
+        last[best.queue_key] = tick
+        tick += 1
+        pending.remove(best)
+    return order
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    jobs=st.lists(st.tuples(st.sampled_from("ABCDE"), st.sampled_from([0, 0, 0, 1, 5])), max_size=40),
+    claims=st.dictionaries(st.sampled_from("ABCDE"), st.one_of(st.none(), st.integers(1, 50)), max_size=5),
+)
+def test_linear_fair_order_matches_the_quadratic_replay(jobs: list, claims: dict) -> None:
+    # Claim sequence numbers are unique in the database; keep them so here.
+    seen: set[int] = set()
+    claims = {k: v for k, v in claims.items() if v is None or not (v in seen or seen.add(v))}
+    rows = [SimpleNamespace(id=f"j{i}", queue_key=u, priority=p, seq=i) for i, (u, p) in enumerate(jobs)]
+    assert fair_order(rows, claims) == quadratic_fair_order(rows, claims)

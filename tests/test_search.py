@@ -18,8 +18,8 @@ from gallery.files import BadImage, decode_image, encode_png
 from gallery.index import LanceIndex
 from gallery.indexer import Indexer
 from gallery.models import ImageRow
-from gallery.schemas import ImageCreate
-from gallery.search import GallerySearch, SearchError, SearchFilters
+from gallery.schemas import ImageCreate, SearchFilters
+from gallery.search import GallerySearch, SearchError
 from gallery.store import SqliteImageStore
 from models import toyworld
 
@@ -42,7 +42,7 @@ class Gallery:
             self.root / "lancedb", model_id=self.embedder.model_id, dim=self.embedder.dim
         )
         self.indexer = Indexer(engine=self.db, store=self.store, embedder=self.embedder, index=self.index)
-        self.search = GallerySearch(engine=self.db, store=self.store, embedder=self.embedder, index=self.index)
+        self.search = GallerySearch(store=self.store, embedder=self.embedder, index=self.index)
 
     def add(self, count: int, *, seed: int, guild: str | None = None, index: bool = True, **kw) -> list:
         images, scenes, captions = toyworld.dataset(count, scenes=toyworld.all_scenes(), seed=seed)

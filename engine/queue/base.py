@@ -1,4 +1,18 @@
-"""What the engine needs from a job queue, independent of storage."""
+"""What the engine needs from a job queue, independent of storage.
+
+A job's life, and the only ways it moves (each a named transition):
+
+    queued --claim--> running --complete--> done
+       |                 |----fail-------> failed
+       |                 |----cancel-----> cancelled
+       |                 '----requeue----> queued     (shutdown or a dead worker: it runs again)
+       |----cancel-----> cancelled
+       '----fail-------> failed                       (refused before it ran)
+
+Terminal states (done, failed, cancelled) are never left. Every transition
+announces itself to the queue's `EventSink`: the job's own event, and the new
+positions of the jobs someone is watching.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +21,10 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
+from engine.events import EventSink
 from engine.schema import DreamRequest, JobStatus
+
+TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
 
 class QueueError(Exception):
@@ -43,7 +60,9 @@ class JobRecord(BaseModel):
 
 
 class JobQueue(ABC):
-    """A persistent queue that serves users round-robin."""
+    """A persistent queue that serves users round-robin and announces its own state changes."""
+
+    events: EventSink
 
     @abstractmethod
     def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
@@ -51,15 +70,25 @@ class JobQueue(ABC):
 
     @abstractmethod
     def claim(self) -> JobRecord | None:
-        """Mark the next job (fair order) running and return it; None when the queue is empty."""
+        """queued -> running for the next job in fair order; None when the queue is empty."""
 
     @abstractmethod
-    def finish(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        """Record a running job's end: done, failed, cancelled, or queued again."""
+    def complete(self, job_id: str) -> bool:
+        """running -> done. False (and nothing changes) if the job is not running."""
+
+    @abstractmethod
+    def fail(self, job_id: str, error: str) -> bool:
+        """queued or running -> failed, with one sentence for the user."""
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobRecord:
-        """Cancel a queued job at once; a running job is returned unchanged for the worker to stop."""
+        """queued or running -> cancelled, recorded at once (a running job's worker stops at its next step).
+
+        Returns the job as it is now; a job already finished is returned unchanged. Raises JobNotFound."""
+
+    @abstractmethod
+    def requeue(self, job_id: str) -> bool:
+        """running -> queued: it runs again later (the engine is stopping, or its worker died)."""
 
     @abstractmethod
     def get(self, job_id: str) -> JobRecord:
@@ -70,8 +99,16 @@ class JobQueue(ABC):
         """Jobs in the given states, oldest first."""
 
     @abstractmethod
+    def count(self, status: JobStatus) -> int:
+        """How many jobs are in `status`."""
+
+    @abstractmethod
     def positions(self) -> dict[str, int]:
         """Queued job id -> position (0 runs next), in the order claim() will serve them."""
+
+    @abstractmethod
+    def position(self, job_id: str) -> int | None:
+        """One queued job's position without computing everyone's; None if it is not queued."""
 
     @abstractmethod
     def requeue_interrupted(self) -> int:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from engine.queue.base import JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
-from engine.schema import DreamRequest, JobStatus
+from engine.events import EventSink, NullSink
+from engine.queue.base import TERMINAL, JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
+from engine.schema import DreamRequest, Event, JobStatus
 from gallery.models import JobRow
 
 # Round-robin across users: serve the user whose most recent claim is oldest
@@ -29,6 +33,25 @@ FAIR_DEQUEUE_SQL = text(
     LIMIT 1
     """
 )
+
+# Each user's queued jobs per priority level: what positions are computed from,
+# one row per (user, priority) rather than one per job.
+QUEUED_GROUPS_SQL = text(
+    """
+    SELECT queue_key, priority, count(*) AS count, min(seq) AS first_seq
+    FROM jobs WHERE status = 'queued' GROUP BY queue_key, priority
+    """
+)
+
+# Where a transition may start from; the guarded setter refuses anything else,
+# so a terminal state is never left (a late worker cannot undo a cancel).
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "running": frozenset({"queued"}),
+    "done": frozenset({"running"}),
+    "failed": frozenset({"queued", "running"}),
+    "cancelled": frozenset({"queued", "running"}),
+    "queued": frozenset({"running"}),
+}
 
 
 def _record(row: JobRow) -> JobRecord:
@@ -49,13 +72,15 @@ def _record(row: JobRow) -> JobRecord:
 class SqliteJobQueue(JobQueue):
     """JobQueue on SQLite. One process (the engine) owns it."""
 
-    def __init__(self, engine: Engine, *, max_queued_per_user: int = 20) -> None:
+    def __init__(self, engine: Engine, *, max_queued_per_user: int = 20, events: EventSink | None = None) -> None:
         self.engine = engine
         self.max_queued_per_user = max_queued_per_user
+        self.events = events or NullSink()
         # Select-then-claim and count-then-insert must not interleave between
-        # the HTTP thread and the worker thread.
+        # the HTTP threads and the worker thread.
         self._lock = threading.Lock()
 
+    # --- transitions ----------------------------------------------------------------------
     def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
         key = request.requester.queue_key
         with self._lock:
@@ -90,7 +115,10 @@ class SqliteJobQueue(JobQueue):
                     record = _record(row)
             except SQLAlchemyError as e:
                 raise QueueError(f"could not queue the job: {e}") from e
-            return record, self.positions()[record.id]
+            position = self.position(record.id)
+        assert position is not None
+        self._announce_positions()
+        return record, position
 
     def claim(self) -> JobRecord | None:
         with self._lock, Session(self.engine) as s, s.begin():
@@ -103,25 +131,54 @@ class SqliteJobQueue(JobQueue):
             row.claim_seq = next_seq
             row.started_at = datetime.now(UTC)
             s.flush()
-            return _record(row)
+            record = _record(row)
+        self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
+        self._announce_positions()
+        return record
 
-    def finish(self, job_id: str, status: JobStatus, error: str | None = None) -> None:
-        with Session(self.engine) as s, s.begin():
-            values: dict = {"status": status, "error": error}
-            if status != "queued":
-                values["finished_at"] = datetime.now(UTC)
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+    def complete(self, job_id: str) -> bool:
+        return self._set_status(job_id, "done") is not None
+
+    def fail(self, job_id: str, error: str) -> bool:
+        return self._set_status(job_id, "failed", error=error) is not None
 
     def cancel(self, job_id: str) -> JobRecord:
-        with self._lock, Session(self.engine) as s, s.begin():
-            row = s.scalars(select(JobRow).where(JobRow.id == job_id)).one_or_none()
-            if row is None:
-                raise JobNotFound(f"no job {job_id}")
-            if row.status == "queued":
-                row.status = "cancelled"
-                row.finished_at = datetime.now(UTC)
-            return _record(row)
+        if self._set_status(job_id, "cancelled") is None:
+            return self.get(job_id)  # already finished (or unknown: JobNotFound)
+        return self.get(job_id)
 
+    def requeue(self, job_id: str) -> bool:
+        return self._set_status(job_id, "queued") is not None
+
+    def _set_status(self, job_id: str, status: JobStatus, *, error: str | None = None) -> JobStatus | None:
+        """The one setter: move `job_id` to `status` if ALLOWED_FROM permits, then announce it.
+
+        Returns the state it left, or None when nothing changed (raises JobNotFound for an unknown id)."""
+        values: dict = {"status": status, "error": error}
+        if status in TERMINAL:
+            values["finished_at"] = datetime.now(UTC)
+        with self._lock, Session(self.engine) as s, s.begin():
+            before = s.scalar(select(JobRow.status).where(JobRow.id == job_id))
+            if before is None:
+                raise JobNotFound(f"no job {job_id}")
+            if before not in ALLOWED_FROM[status]:
+                return None
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+        if status in TERMINAL:
+            self.events.publish(Event(type=status, job=job_id, error=error))  # type: ignore[arg-type]
+        if before == "queued" or status == "queued":
+            self._announce_positions()
+        return before  # type: ignore[return-value]
+
+    def _announce_positions(self) -> None:
+        """Tell the watched queued jobs where they stand now (only theirs are computed)."""
+        watched = self.events.watched()
+        if not watched:
+            return
+        for job_id, position in self.positions_of(watched).items():
+            self.events.publish(Event(type="queued", job=job_id, position=position))
+
+    # --- reading --------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
         with Session(self.engine) as s:
             row = s.scalars(select(JobRow).where(JobRow.id == job_id)).one_or_none()
@@ -134,19 +191,55 @@ class SqliteJobQueue(JobQueue):
             rows = s.scalars(select(JobRow).where(JobRow.status.in_(statuses)).order_by(JobRow.seq))
             return [_record(r) for r in rows]
 
+    def count(self, status: JobStatus) -> int:
+        with Session(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status)) or 0
+
     def positions(self) -> dict[str, int]:
         with Session(self.engine) as s:
             queued = s.execute(
-                select(JobRow.id, JobRow.queue_key, JobRow.priority, JobRow.seq).where(JobRow.status == "queued")
+                select(JobRow.id, JobRow.queue_key, JobRow.priority, JobRow.seq)
+                .where(JobRow.status == "queued")
+                .order_by(JobRow.seq)
             ).all()
-            last = dict(
-                s.execute(
-                    select(JobRow.queue_key, func.max(JobRow.claim_seq))
-                    .where(JobRow.queue_key.in_({q.queue_key for q in queued}))
-                    .group_by(JobRow.queue_key)
-                ).all()
-            )
+            last = self._last_claims(s, {q.queue_key for q in queued})
         return fair_order(queued, last)
+
+    def position(self, job_id: str) -> int | None:
+        return self.positions_of({job_id}).get(job_id)
+
+    def positions_of(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Positions of a few queued jobs, from per-user counts: O(users), not O(queued jobs)."""
+        with Session(self.engine) as s:
+            wanted = s.execute(
+                select(JobRow.id, JobRow.queue_key, JobRow.priority, JobRow.seq).where(
+                    JobRow.id.in_(list(job_ids)), JobRow.status == "queued"
+                )
+            ).all()
+            if not wanted:
+                return {}
+            groups = [Group(*row) for row in s.execute(QUEUED_GROUPS_SQL)]
+            last = self._last_claims(s, {g.key for g in groups})
+            # A job's turn among its own user's jobs at its level.
+            turn = {w.id: s.scalar(_turn_sql(w.queue_key, w.priority, w.seq)) for w in wanted}
+        found: dict[str, int] = {}
+        for priority, offset, ranked in fair_levels(groups, last):
+            for w in wanted:
+                if w.priority == priority:
+                    found[w.id] = offset + round_robin_position(ranked, w.queue_key, turn[w.id] or 0)
+        return found
+
+    @staticmethod
+    def _last_claims(s: Session, keys: set[str]) -> dict[str, int | None]:
+        if not keys:
+            return {}
+        return dict(
+            s.execute(  # type: ignore[arg-type]
+                select(JobRow.queue_key, func.max(JobRow.claim_seq))
+                .where(JobRow.queue_key.in_(keys))
+                .group_by(JobRow.queue_key)
+            ).all()
+        )
 
     def requeue_interrupted(self) -> int:
         with Session(self.engine) as s, s.begin():
@@ -154,16 +247,73 @@ class SqliteJobQueue(JobQueue):
             return result.rowcount or 0
 
 
+def _turn_sql(key: str, priority: int, seq: int):
+    """How many of the same user's queued jobs at the same level come before job `seq`."""
+    return (
+        select(func.count())
+        .select_from(JobRow)
+        .where(JobRow.status == "queued", JobRow.queue_key == key, JobRow.priority == priority, JobRow.seq < seq)
+    )
+
+
+@dataclass(frozen=True)
+class Group:
+    """One user's queued jobs at one priority level."""
+
+    key: str
+    priority: int
+    count: int
+    first_seq: int
+
+
+def fair_levels(groups: list[Group], last_claim: dict[str, int | None]) -> Iterator[tuple[int, int, list[Group]]]:
+    """FAIR_DEQUEUE_SQL, replayed per priority level: (priority, jobs ahead of the level, its users in turn order).
+
+    Within a level, users take turns in the order of their last claim (never served first, then by their
+    oldest job), and keep that order every round. Serving a level moves its users' last claim forward:
+    the one with more jobs there is served last; equal counts keep their turn order.
+    """
+    last: dict[str, tuple[int, int]] = {k: (0, -1 if v is None else v) for k, v in last_claim.items()}
+    by_priority: dict[int, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_priority[g.priority].append(g)
+    offset, tick = 0, 0
+    for priority in sorted(by_priority, reverse=True):
+        ranked = sorted(by_priority[priority], key=lambda g: (last.get(g.key, (0, -1)), g.first_seq))
+        yield priority, offset, ranked
+        offset += sum(g.count for g in ranked)
+        for _, _, g in sorted((g.count, turn, g) for turn, g in enumerate(ranked)):
+            last[g.key] = (1, tick)
+            tick += 1
+
+
+def round_robin_position(ranked: list[Group], key: str, turn: int) -> int:
+    """Position within a level of user `key`'s job number `turn` (0-based): all earlier rounds,
+    then the users ahead of it in this round."""
+    ahead = sum(min(g.count, turn) for g in ranked)
+    for g in ranked:
+        if g.key == key:
+            return ahead
+        if g.count > turn:
+            ahead += 1
+    raise KeyError(key)
+
+
 def fair_order(queued: list, last_claim: dict[str, int | None]) -> dict[str, int]:
-    """Replay FAIR_DEQUEUE_SQL over `queued` rows to tell each job's position."""
-    last = {k: (-1 if v is None else v) for k, v in last_claim.items()}
-    pending = list(queued)
+    """Every queued job's position; `queued` rows (id, queue_key, priority, seq) in seq order. O(n log n)."""
+    jobs: dict[tuple[int, str], list[str]] = defaultdict(list)
+    first: dict[tuple[int, str], int] = {}
+    for q in queued:
+        jobs[(q.priority, q.queue_key)].append(q.id)
+        first.setdefault((q.priority, q.queue_key), q.seq)
+    groups = [Group(key, priority, len(ids), first[(priority, key)]) for (priority, key), ids in jobs.items()]
     order: dict[str, int] = {}
-    tick = max(last.values(), default=0) + 1
-    while pending:
-        best = min(pending, key=lambda q: (-q.priority, last.get(q.queue_key, -1), q.seq))
-        order[best.id] = len(order)
-        last[best.queue_key] = tick
-        tick += 1
-        pending.remove(best)
+    for priority, offset, ranked in fair_levels(groups, last_claim):
+        position, rnd, remaining = offset, 0, ranked
+        while remaining:
+            for g in remaining:
+                order[jobs[(priority, g.key)][rnd]] = position
+                position += 1
+            rnd += 1
+            remaining = [g for g in remaining if g.count > rnd]
     return order

@@ -1,0 +1,354 @@
+"""The engine's native HTTP API: routes, the error map, and the middlewares of its listeners.
+
+Transport only: handlers parse typed requests and call the job service, the
+gallery and search; domain errors become status codes in one table. Wiring
+and sockets are `engine.app`'s.
+
+    curl --unix-socket ~/.local/share/dreamhall/engine.sock http://engine/v1/health
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from engine import __version__
+from engine.device import Device
+from engine.dream_args import explain_errors
+from engine.events import EventHub
+from engine.grid import tile
+from engine.inputs import InputError, Inputs
+from engine.jobs import JobService
+from engine.pipelines import PipelineCache
+from engine.queue import JobNotFound, JobQueue, TooManyQueued
+from engine.records import image_record
+from engine.schema import (
+    TERMINAL_EVENTS,
+    Accepted,
+    CheckReport,
+    DreamRequest,
+    ErrorBody,
+    Health,
+    ImagePage,
+    ImageRecord,
+    ImageUpdate,
+    ImportResult,
+    Job,
+    QueueState,
+    ReconcileReport,
+    SearchResult,
+    SearchResults,
+    Upload,
+)
+from engine.settings import Settings
+from engine.worker import Worker
+from gallery.files import BadImage, decode_image
+from gallery.indexer import Indexer
+from gallery.schemas import SearchFilters
+from gallery.search import GallerySearch, SearchError, SearchPage
+from gallery.store import ImageNotFound, ImageStore
+from gallery.upkeep import Upkeep
+
+
+@dataclass
+class Services:
+    """What the API needs, built once at start-up (engine.app) and passed in explicitly."""
+
+    settings: Settings
+    jobs: JobService
+    queue: JobQueue
+    store: ImageStore
+    inputs: Inputs
+    pipelines: PipelineCache
+    device: Device
+    search: GallerySearch
+    indexer: Indexer
+    upkeep: Upkeep
+    worker: Worker
+    hub: EventHub | None = None
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(_services)]
+
+
+class FilterQuery(BaseModel):
+    """The filters every listing and search takes, as query parameters; an unknown one is a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    guild: str | None = None
+    user: str | None = None
+    source: str | None = None
+    model: str | None = None
+    after: datetime | None = None
+    before: datetime | None = None
+    favourites: bool = False
+    min_width: int | None = None
+    min_height: int | None = None
+
+    def filters(self) -> SearchFilters:
+        return SearchFilters(guild=self.guild, user=self.user, source=self.source, model=self.model,
+                             created_after=self.after, created_before=self.before, favourites=self.favourites,
+                             min_width=self.min_width, min_height=self.min_height)  # fmt: skip
+
+
+class BrowseQuery(FilterQuery):
+    """A page of the gallery, newest first."""
+
+    limit: int = Field(default=100, ge=1, le=1000)
+    offset: int = Field(default=0, ge=0)
+
+
+class SearchQuery(FilterQuery):
+    """A page of search results, best first."""
+
+    limit: int = 20
+    offset: int = 0
+
+
+class TextSearchQuery(SearchQuery):
+    q: str
+
+
+def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
+    return SearchResults(
+        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
+        offset=page.offset,
+        limit=page.limit,
+    )
+
+
+def _existing_job(job_id: str, s: ServicesDep) -> str:
+    # A dependency, so an unknown id is a 404 before the event stream starts.
+    return s.queue.get(job_id).id
+
+
+ExistingJob = Annotated[str, Depends(_existing_job)]
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message).model_dump(exclude_none=True), status_code=status)
+
+
+# Domain errors -> status codes, in one place; anything else is a bug and a 500.
+DOMAIN_ERRORS: dict[type[Exception], int] = {
+    JobNotFound: 404,
+    ImageNotFound: 404,
+    SearchError: 422,
+    BadImage: 422,
+    InputError: 422,
+    TooManyQueued: 429,
+}
+
+
+def _domain_error_handler(status: int):
+    async def handle(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(status, str(exc))
+
+    return handle
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.hub = EventHub(asyncio.get_running_loop())
+        services.queue.events = services.hub
+        services.worker.serve(services.hub)
+        yield
+        await asyncio.to_thread(services.worker.stop)
+        services.indexer.flush()
+
+    app = FastAPI(
+        title="Dreamhall engine",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=services.settings.max_body_bytes,
+    )
+    app.state.services = services
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if errors and errors[0].get("type") == "json_invalid":
+            ctx = errors[0].get("ctx", {})
+            return error_response(422, f"malformed JSON in the request body: {ctx.get('error', 'cannot parse')}")
+        if errors and errors[0].get("type") == "extra_forbidden" and errors[0]["loc"][0] == "query":
+            known = ", ".join(FilterQuery.model_fields)
+            return error_response(422, f"unknown search filter {errors[0]['loc'][-1]!r}; known: {known}")
+        body = ErrorBody(error=explain_errors(errors), detail=[{"loc": e["loc"], "msg": e["msg"]} for e in errors])
+        return JSONResponse(body.model_dump(), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 413:
+            message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
+        return error_response(exc.status_code, message)
+
+    for error_type, status in DOMAIN_ERRORS.items():
+        app.add_exception_handler(error_type, _domain_error_handler(status))
+
+    @app.get("/v1/health")
+    def health(s: ServicesDep) -> Health:
+        return Health(
+            version=__version__,
+            device=s.device.describe(),
+            model=s.pipelines.default_name(),
+            queued=s.queue.count("queued"),
+            running=1 if s.worker.current else 0,
+        )
+
+    @app.post("/v1/dreams", status_code=202, responses={404: {"model": ErrorBody}, 429: {"model": ErrorBody}})
+    def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
+        return s.jobs.submit(request)
+
+    @app.post("/v1/uploads", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def upload(request: Request, s: ServicesDep) -> Upload:
+        """An input image for img2img, inpaint (image or mask), outpaint or upscale; name it by `ref`."""
+        return await asyncio.to_thread(s.inputs.save_upload, await request.body())
+
+    @app.get("/v1/dreams/{job_id}")
+    def get_job(job_id: str, s: ServicesDep) -> Job:
+        return s.jobs.get(job_id)
+
+    @app.delete("/v1/dreams/{job_id}")
+    def cancel(job_id: str, s: ServicesDep) -> Job:
+        return s.jobs.cancel(job_id)
+
+    @app.get("/v1/dreams/{job_id}/events", response_class=EventSourceResponse)
+    async def events(job_id: ExistingJob, s: ServicesDep) -> AsyncIterator[ServerSentEvent]:
+        assert s.hub is not None
+        q = s.hub.subscribe(job_id)  # subscribe before the snapshot so nothing falls in between
+        try:
+            for event in await asyncio.to_thread(s.jobs.snapshot, job_id):
+                yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+                if event.type in TERMINAL_EVENTS:
+                    return
+            while True:
+                event = await q.get()
+                yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+                if event.type in TERMINAL_EVENTS:
+                    return
+        finally:
+            s.hub.unsubscribe(job_id, q)
+
+    @app.get("/v1/dreams/{job_id}/grid", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def grid(job_id: str, s: ServicesDep) -> Response:
+        images = s.jobs.images_of(job_id)
+        if not images:
+            raise HTTPException(409, f"job {job_id} has no images yet")
+        return Response(tile([s.store.file_path(i).read_bytes() for i in images]), media_type="image/png")
+
+    @app.get("/v1/queue")
+    def queue_state(s: ServicesDep) -> QueueState:
+        return s.jobs.queue_state()
+
+    @app.get("/v1/images")
+    def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
+        """The gallery newest first (what a gallery grid pages through); same filters as search."""
+        page = s.search.browse(limit=query.limit, offset=query.offset, filters=query.filters())
+        return ImagePage(images=[image_record(i, s.store) for i in page.images], total=page.total,
+                         offset=page.offset, limit=page.limit)  # fmt: skip
+
+    @app.get("/v1/images/{image_id}")
+    def get_image(image_id: int, s: ServicesDep) -> ImageRecord:
+        return image_record(s.store.get(image_id), s.store)
+
+    @app.patch("/v1/images/{image_id}")
+    def update_image(image_id: int, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
+        return image_record(s.store.set_favourite(image_id, update.favourite), s.store)
+
+    @app.delete("/v1/images/{image_id}")
+    def delete_image(image_id: int, s: ServicesDep) -> ImageRecord:
+        image = s.store.soft_delete(image_id)
+        s.indexer.forget([image_id])
+        return image_record(image, s.store)
+
+    @app.get("/v1/search")
+    def search_text(s: ServicesDep, query: Annotated[TextSearchQuery, Query()]) -> SearchResults:
+        page = s.search.by_text(query=query.q, limit=query.limit, offset=query.offset, filters=query.filters())
+        return search_results(page, s.store)
+
+    @app.post("/v1/search/image", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def search_image(request: Request, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
+        image = decode_image(await request.body())
+        page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.limit, offset=query.offset,
+                                       filters=query.filters())  # fmt: skip
+        return search_results(page, s.store)
+
+    @app.post("/v1/gallery/import", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+    async def gallery_import(request: Request, s: ServicesDep, filename: str = "") -> ImportResult:
+        data = await request.body()
+        return await asyncio.to_thread(s.upkeep.import_image, data, filename=filename)
+
+    @app.post("/v1/gallery/check")
+    def gallery_check(s: ServicesDep, repair: bool = False) -> CheckReport:
+        return s.upkeep.check(repair=repair)
+
+    @app.post("/v1/gallery/reindex")
+    def gallery_reindex(s: ServicesDep) -> ReconcileReport:
+        return s.indexer.rebuild()
+
+    @app.get("/v1/images/{image_id}/similar")
+    def similar(image_id: int, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
+        page = s.search.similar(image_id=image_id, limit=query.limit, offset=query.offset, filters=query.filters())
+        return search_results(page, s.store)
+
+    @app.get("/v1/images/{image_id}/file", response_class=FileResponse)
+    def image_file(image_id: int, s: ServicesDep) -> FileResponse:
+        return FileResponse(s.store.file_path(s.store.get(image_id)), media_type="image/png")
+
+    return app
+
+
+class DeclaredBodyLimit:
+    """Refuse a body whose Content-Length is over the limit with our JSON error, before reading it.
+
+    FastAPI's max_body_size still guards bodies that declare no length (chunked).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                message = f"request body too large ({int(declared)} bytes; limit {self.max_bytes})"
+                await error_response(413, message)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class TokenGuard:
+    """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, b"Bearer " + self.token):
+                await error_response(401, "missing or wrong token")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

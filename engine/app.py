@@ -1,0 +1,153 @@
+"""The engine's composition root: build the services, start the worker, bind the sockets, serve.
+
+dreamhall engine        (engine.cli) -> serve(settings)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI
+
+from engine import __version__
+from engine.api import DeclaredBodyLimit, Services, TokenGuard, create_app
+from engine.device import Device
+from engine.inputs import Inputs
+from engine.jobs import JobService
+from engine.pipelines import PipelineCache
+from engine.queue import SqliteJobQueue
+from engine.settings import Settings
+from engine.worker import Worker, WorkerEmbedder
+from gallery.db import open_gallery_db
+from gallery.embeddings import OpenClipEmbedder
+from gallery.index import LanceIndex
+from gallery.indexer import Indexer
+from gallery.search import GallerySearch
+from gallery.store import SqliteImageStore
+from gallery.upkeep import Upkeep
+
+log = logging.getLogger(__name__)
+
+
+class EngineAlreadyRunning(RuntimeError):
+    pass
+
+
+def build_services(settings: Settings) -> Services:
+    """Open the gallery and start the worker thread; every model loads on that thread."""
+    db = open_gallery_db(settings.db_path)
+    device = Device(settings.device)
+    store = SqliteImageStore(db, settings.images_dir)
+    queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
+    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler)
+    inputs = Inputs(store, settings.uploads_dir)
+    worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device)
+    worker.start()
+    clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
+                       device=str(device.torch_device))  # fmt: skip
+    embedder = WorkerEmbedder(clip, worker)
+    index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
+    if rebuilt:
+        log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
+    indexer = Indexer(engine=db, store=store, embedder=embedder, index=index)
+    worker.indexer = indexer
+    return Services(
+        settings=settings,
+        jobs=JobService(queue=queue, store=store, inputs=inputs, runner=worker, max_n=settings.max_n),
+        queue=queue,
+        store=store,
+        inputs=inputs,
+        pipelines=pipelines,
+        device=device,
+        search=GallerySearch(store=store, embedder=embedder, index=index),
+        indexer=indexer,
+        upkeep=Upkeep(store=store, indexer=indexer),
+        worker=worker,
+    )
+
+
+def bind_unix_socket(path: Path) -> socket.socket:
+    """Bind the API socket with mode 0600 (only this user may drive the GPU)."""
+    if len(str(path).encode()) > 100:
+        raise OSError(f"socket path too long for a Unix socket ({len(str(path))} chars): {path}; set DREAMHALL_HOME")
+    if path.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # a stale socket from an engine that died
+        else:
+            raise EngineAlreadyRunning(f"an engine is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    """Run the engine until SIGTERM/SIGINT."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = bind_unix_socket(settings.socket_path)
+    try:
+        services = build_services(settings)
+        resumed = services.queue.requeue_interrupted()
+        if resumed:
+            log.info("resuming %d job(s) left running by the last engine", resumed)
+        log.info(
+            "engine %s on %s, device %s, %d job(s) queued",
+            __version__,
+            settings.socket_path,
+            services.device.describe(),
+            services.queue.count("queued"),
+        )
+        app = create_app(services)
+        settings.pid_file.write_text(str(os.getpid()))
+        asyncio.run(_serve(app, services, sock))
+    finally:
+        sock.close()
+        settings.socket_path.unlink(missing_ok=True)
+        settings.pid_file.unlink(missing_ok=True)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn.Server without its own signal capture: serve() handles signals for all listeners."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
+    common = dict(log_config=None, timeout_graceful_shutdown=3, h11_max_incomplete_event_size=64 * 1024)
+    # Outermost, so an oversized declared body gets our JSON error before FastAPI reads anything.
+    asgi = DeclaredBodyLimit(app, max_bytes=services.settings.max_body_bytes)
+    servers = [_Server(uvicorn.Config(asgi, lifespan="on", **common))]
+    sockets = [[sock]]
+    settings = services.settings
+    if settings.tcp_port is not None:
+        if settings.token is None or not settings.token.get_secret_value():
+            raise ValueError("tcp_port is set but no token: the TCP listener requires DREAMHALL_TOKEN")
+        tcp = socket.create_server((settings.tcp_host, settings.tcp_port))
+        guarded = TokenGuard(asgi, settings.token.get_secret_value())
+        servers.append(_Server(uvicorn.Config(guarded, lifespan="off", **common)))
+        sockets.append([tcp])
+        log.info("also listening on tcp://%s:%d (token required)", settings.tcp_host, settings.tcp_port)
+    # One SIGTERM must stop both listeners, and then return here (not re-raise) so the socket is removed.
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+    await asyncio.gather(*(s.serve(sockets=socks) for s, socks in zip(servers, sockets)))

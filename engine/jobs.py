@@ -1,0 +1,127 @@
+"""The job service: the one place every API (native, and any later one) submits, cancels and views jobs.
+
+Routes call these methods and map their domain errors to status codes; the
+rules of a job's life (limits, input checks, settled seeds, who may cancel)
+live here, and its state changes are announced by the queue itself.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Protocol
+
+from engine.inputs import InputError, Inputs
+from engine.queue import JobQueue, JobRecord
+from engine.records import image_info
+from engine.schema import Accepted, DreamRequest, Event, Job, Progress, QueueState
+from gallery.schemas import ImagePublic
+from gallery.store import ImageStore
+
+
+def draw_seed() -> int:
+    return secrets.randbelow(2**32)
+
+
+class Runner(Protocol):
+    """What the job service needs from whoever runs jobs (the local worker thread, or a pool)."""
+
+    def wake(self) -> None:
+        """A job was queued."""
+
+    def cancel(self, job_id: str) -> None:
+        """Stop this running job at its next step."""
+
+    def progress_of(self, job_id: str) -> Progress | None:
+        """The running job's progress, or None if it is not running here."""
+
+
+def settle_seeds(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
+    """Fix a variation's seeds at submit time, so the stored request replays exactly after a restart.
+
+    The base seed is the parent image's (or the given one); new variation noise gets a drawn seed.
+    """
+    if request.mode != "variation":
+        return request
+    update: dict = {}
+    if request.seed is None and parent is not None:
+        update["seed"] = parent.seed
+    if request.variation_amount is not None and request.variation_seed is None:
+        update["variation_seed"] = draw_seed()
+    return request.model_copy(update=update)
+
+
+class JobService:
+    """Submit, cancel and view jobs over the queue, the gallery and the runner."""
+
+    def __init__(self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: Runner, max_n: int) -> None:
+        self.queue = queue
+        self.store = store
+        self.inputs = inputs
+        self.runner = runner
+        self.max_n = max_n
+
+    def submit(self, request: DreamRequest) -> Accepted:
+        """Check the request and its inputs, settle its seeds, queue it (raises InputError, TooManyQueued...)."""
+        if request.n > self.max_n:
+            raise InputError(f"n: this engine makes at most {self.max_n} images per request (got {request.n})")
+        parent = self.inputs.check(request)
+        request = settle_seeds(request, parent)
+        seed = request.seed if request.seed is not None else draw_seed()
+        record, position = self.queue.put(request, seed=seed)
+        self.runner.wake()
+        return Accepted(id=record.id, status=record.status, position=position, seed=seed)
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancel a queued or running job (recorded at once); a finished job is returned as it is."""
+        record = self.queue.cancel(job_id)
+        if record.status == "cancelled":
+            self.runner.cancel(job_id)
+        return self.view(record)
+
+    def get(self, job_id: str) -> Job:
+        return self.view(self.queue.get(job_id))
+
+    def view(self, record: JobRecord, position: int | None = None) -> Job:
+        """A job as clients see it: position while queued, progress while running, images once done."""
+        if record.status == "queued" and position is None:
+            position = self.queue.position(record.id)
+        progress = (self.runner.progress_of(record.id) if record.status == "running" else None) or Progress()
+        images = [image_info(i, self.store) for i in self.store.for_job(record.id)] if record.status == "done" else []
+        return Job(
+            id=record.id,
+            status=record.status,
+            position=position if record.status == "queued" else None,
+            progress=progress,
+            seed=record.seed,
+            images=images,
+            error=record.error,
+            request=record.request,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+        )
+
+    def snapshot(self, job_id: str) -> list[Event]:
+        """What a subscriber arriving now needs to catch up."""
+        job = self.get(job_id)
+        if job.status == "queued":
+            return [Event(type="queued", job=job.id, position=job.position)]
+        if job.status == "running":
+            return [Event(type="started", job=job.id, step=job.progress.step, total=job.progress.total)]
+        if job.status == "done":
+            return [Event(type="image", job=job.id, image=i) for i in job.images] + [Event(type="done", job=job.id)]
+        return [Event(type=job.status, job=job.id, error=job.error)]
+
+    def queue_state(self) -> QueueState:
+        positions = self.queue.positions()
+        return QueueState(
+            running=[self.view(r) for r in self.queue.jobs("running")],
+            queued=sorted(
+                (self.view(r, positions[r.id]) for r in self.queue.jobs("queued") if r.id in positions),
+                key=lambda j: j.position or 0,
+            ),
+        )
+
+    def images_of(self, job_id: str) -> list[ImagePublic]:
+        """A job's images (raises JobNotFound for an unknown job)."""
+        return self.store.for_job(self.queue.get(job_id).id)
