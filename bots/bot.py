@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bots.flow import DreamFlow
 from bots.views import ImageAction
 from engine.client import AsyncEngineClient
 from engine.settings import Settings
@@ -31,6 +32,7 @@ class DreamBot(commands.Bot):
         super().__init__(command_prefix=settings.bot.prefix, intents=intents, chunk_guilds_at_startup=False, **options)
         self.engine = engine
         self.settings = settings
+        self.flow = DreamFlow(engine, settings.bot)  # one, shared by the commands and the buttons
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:

@@ -65,16 +65,3 @@ def fit_upload(png: bytes, limit: int, name: str) -> tuple[bytes, str]:
         if buf.tell() <= limit:
             return buf.getvalue(), name.rsplit(".", 1)[0] + ".jpg"
     raise ValueError(f"the image does not fit the upload limit of {limit} bytes")
-
-
-def tile(images: list[bytes], size: int = 256) -> bytes:
-    """Search results side by side, each scaled to `size` pixels."""
-    cols = min(4, len(images))
-    rows = (len(images) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * size, rows * size))
-    for i, data in enumerate(images):
-        im = Image.open(io.BytesIO(data)).convert("RGB").resize((size, size))
-        sheet.paste(im, ((i % cols) * size, (i // cols) * size))
-    buf = io.BytesIO()
-    sheet.save(buf, format="PNG")
-    return buf.getvalue()

@@ -2,20 +2,25 @@
 
 Each button is a `DynamicItem` whose custom id carries the action and the
 image id (`dreamhall:<action>:<image id>`), so buttons keep working after the
-bot restarts: nothing is kept in memory.
+bot restarts: nothing is kept in memory. A button checks who may press it
+(`interaction_check`) and builds its own derived request; it needs no cog.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import TYPE_CHECKING
 
 import discord
 
-from engine.schema import VARIABLE_MODES, Job
+from bots import render
+from bots.replies import InteractionReply, requester_of
+from engine.client import EngineUnavailable, RequestRejected
+from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, upscale_of, variation_of
 
 if TYPE_CHECKING:
-    from bots.cogs.dream import DreamCog
+    from bots.bot import DreamBot
 
 CUSTOM_ID = re.compile(r"dreamhall:(?P<action>upscale|variation|reroll|delete):(?P<image_id>[0-9]+)")
 
@@ -32,6 +37,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         )
         self.action = action
         self.image_id = image_id
+        self.image: ImageRecord | None = None  # fetched by interaction_check
 
     @classmethod
     async def from_custom_id(
@@ -39,9 +45,67 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
     ) -> ImageAction:
         return cls(match["action"], int(match["image_id"]), label=item.label or "", row=item.row or 0)
 
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
+        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        try:
+            self.image = await bot.engine.image(self.image_id)
+        except (RequestRejected, EngineUnavailable) as e:
+            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
+            return False
+        here = str(interaction.guild.id) if interaction.guild is not None else None
+        if self.image.guild != here:
+            await interaction.response.send_message("⚠️ That image is not in this server's gallery.", ephemeral=True)
+            return False
+        if self.action == "delete" and not (
+            self.image.user == str(interaction.user.id) or interaction.permissions.manage_messages
+        ):
+            await interaction.response.send_message(
+                "Only the person who asked for these images, or a moderator, can delete them.", ephemeral=True
+            )
+            return False
+        return True
+
     async def callback(self, interaction: discord.Interaction) -> None:
-        cog: DreamCog = interaction.client.get_cog("DreamCog")  # type: ignore[assignment, union-attr]
-        await cog.on_action(interaction, self.action, self.image_id)
+        assert self.image is not None
+        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        if self.action == "delete":
+            await self._delete(interaction, bot, self.image)
+            return
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        try:
+            request = await self._derived(bot, self.image, who)
+        except (ValueError, RequestRejected) as e:
+            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
+            return
+        except EngineUnavailable:
+            await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
+
+    async def _derived(self, bot: DreamBot, image: ImageRecord, who) -> DreamRequest:
+        """The request this button makes from its image."""
+        if self.action == "reroll":  # the same job again with new seeds
+            if image.job_id is None:
+                raise ValueError(f"image #{image.id} was imported, not dreamed here: nothing to reroll")
+            original = (await bot.engine.job(image.job_id)).request
+            return original.model_copy(update={"seed": None, "variation_seed": None, "requester": who})
+        if self.action == "upscale":
+            return upscale_of(image, factor=2, requester=who)
+        rules = bot.settings.bot
+        return variation_of(image, amount=rules.variation_amount, n=min(4, rules.max_n), requester=who)
+
+    @staticmethod
+    async def _delete(interaction: discord.Interaction, bot: DreamBot, image: ImageRecord) -> None:
+        ids = [i.id for i in (await bot.engine.job(image.job_id)).images] if image.job_id else [image.id]
+        for i in ids:
+            with contextlib.suppress(RequestRejected):  # already deleted
+                await bot.engine.delete_image(i)
+        await interaction.response.send_message(f"Deleted {len(ids)} image(s).", ephemeral=True)
+        if interaction.message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.message.delete()
 
 
 def result_view(job: Job) -> discord.ui.View:

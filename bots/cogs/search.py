@@ -14,8 +14,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
+from bots.replies import InteractionReply, MessageReply, replying_errors
 from bots.views import image_ids_of
-from engine.client import EngineUnavailable, RequestRejected
+from engine.client import RequestRejected
+from engine.grid import tile
 from engine.schema import SearchResults
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ SHOWN = 4
 FETCHED = 8  # a few spare, for results hidden outside NSFW channels
 
 
-class SearchCog(commands.Cog, name="SearchCog"):
+class SearchCog(commands.Cog, name="Search"):
     """Finding past dreams by words or by picture."""
 
     def __init__(self, bot: DreamBot) -> None:
@@ -44,40 +46,34 @@ class SearchCog(commands.Cog, name="SearchCog"):
         ]
         lines[-1] += note
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT), discord.File(
-            io.BytesIO(render.tile(blobs)), "results.png"
+            io.BytesIO(tile(blobs, size=256, max_cols=4)), "results.png"
         )
 
-    async def _text_search(
-        self, guild: discord.Guild | None, channel: object, text: str
-    ) -> tuple[str, discord.File | None]:
+    async def _text_search(self, guild: discord.Guild | None, channel: object, text: str, say) -> None:
         text = text.strip().strip('"').strip()
         if not text:
-            return 'Give me something to look for: !search "red fox in snow"', None
-        try:
+            await say('Give me something to look for: !search "red fox in snow"')
+            return
+        async with replying_errors(say):
             results = await self.bot.engine.search(text, limit=FETCHED, guild=str(guild.id) if guild else None)
-        except RequestRejected as e:
-            return f"⚠️ {e}", None
-        except EngineUnavailable:
-            return render.ENGINE_DOWN, None
-        return await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:", channel)
+            content, file = await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:", channel)
+            await say(content, file=file or discord.utils.MISSING)
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
-        content, file = await self._text_search(ctx.guild, ctx.channel, text)
-        await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
+        await self._text_search(ctx.guild, ctx.channel, text, MessageReply(ctx.message).send)
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
     async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        content, file = await self._text_search(interaction.guild, interaction.channel, text)
-        await interaction.followup.send(content, file=file or discord.utils.MISSING)
+        await self._text_search(interaction.guild, interaction.channel, text, InteractionReply(interaction).send)
 
     @commands.command(name="similar", help="attach an image, or reply to one: images like it")
     async def similar_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
         guild = str(ctx.guild.id) if ctx.guild else None
         engine = self.bot.engine
         referenced = ctx.message.reference.resolved if ctx.message.reference else None
-        try:
+        async with replying_errors(MessageReply(ctx.message).send):
             if ctx.message.attachments:
                 results = await engine.search_image(await ctx.message.attachments[0].read(), limit=FETCHED, guild=guild)
             elif isinstance(referenced, discord.Message) and image_ids_of(referenced):
@@ -89,14 +85,8 @@ class SearchCog(commands.Cog, name="SearchCog"):
             else:
                 await ctx.reply("Attach an image, reply to one, or give an image id: !similar 42", mention_author=False)
                 return
-        except RequestRejected as e:
-            await ctx.reply(f"⚠️ {e}", mention_author=False)
-            return
-        except EngineUnavailable:
-            await ctx.reply(render.ENGINE_DOWN, mention_author=False)
-            return
-        content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel)
-        await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
+            content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel)
+            await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
 
     @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
     async def info_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
