@@ -19,7 +19,8 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from engine.client import EngineClient, EngineError, EngineUnavailable, connect
+from engine.client import EngineClient, EngineError, EngineUnavailable
+from engine.launch import connect
 from engine.schema import TERMINAL_EVENTS, Event, Health
 from engine.settings import Settings
 

@@ -35,10 +35,17 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
-from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, SearchResults, upscale_of, variation_of
+from engine.schema import (
+    DEFAULT_VARIATION_AMOUNT,
+    VARIABLE_MODES,
+    DreamRequest,
+    ImageRecord,
+    SearchResults,
+    upscale_of,
+    variation_of,
+)
 
 SINCE = {"any time": None, "today": timedelta(days=1), "this week": timedelta(days=7), "this month": timedelta(days=31)}
-VARIATION_AMOUNT = 0.25
 
 
 class EngineSource:
@@ -246,7 +253,7 @@ class GalleryPanel(QWidget):
             return
         request: DreamRequest
         if kind == "variation":
-            request = variation_of(record, amount=VARIATION_AMOUNT, n=4, requester=requester())
+            request = variation_of(record, amount=DEFAULT_VARIATION_AMOUNT, n=4, requester=requester())
         else:
             request = upscale_of(record, factor=2, requester=requester())
         self.dream.emit(request)

@@ -33,7 +33,16 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.mask import MaskEditor
 from engine.dream_args import DreamArgsError, parse_argv, split
-from engine.schema import SAMPLER_KEYS, SAMPLERS, DreamRequest, Event, ImageInfo, ImageRecord, Requester
+from engine.schema import (
+    SAMPLER_KEYS,
+    SAMPLERS,
+    DreamRequest,
+    Event,
+    ImageInfo,
+    ImageRecord,
+    Requester,
+    default_of,
+)
 
 THUMB = 128
 
@@ -69,11 +78,11 @@ class GeneratePanel(QWidget):
         self.copy_seed = QPushButton("Copy")
         self.width_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
         self.height_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
-        self.steps = QSpinBox(minimum=1, maximum=150, value=20)
-        self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=7.5, singleStep=0.5)
+        self.steps = QSpinBox(minimum=1, maximum=150, value=default_of("steps"))
+        self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=default_of("cfg_scale"), singleStep=0.5)
         self.sampler = QComboBox()
         self.sampler.addItems(list(SAMPLERS))
-        self.sampler.setCurrentText("k_euler_a")
+        self.sampler.setCurrentText(default_of("sampler"))
         self.model = QLineEdit(placeholderText="engine default")
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=0.75, singleStep=0.05)
         self.init_label = QLabel("none")
@@ -229,7 +238,9 @@ class GeneratePanel(QWidget):
     def cancel(self) -> None:
         if self.job_id is not None:
             job_id = self.job_id
-            self.link.call(lambda c: c.cancel(job_id), lambda _: self.show_state("Cancelling…"))
+            # The "cancelled" event may arrive before this answer: then there is nothing left to say.
+            self.link.call(lambda c: c.cancel(job_id),
+                           lambda _: self.show_state("Cancelling…") if self.job_id == job_id else None)  # fmt: skip
 
     def show_state(self, text: str) -> None:
         self.state.setText(text)
@@ -246,9 +257,9 @@ class GeneratePanel(QWidget):
         self.count.setValue(1)
         self.width_box.setValue(record.width)
         self.height_box.setValue(record.height)
-        self.steps.setValue(record.steps or 20)
-        self.cfg.setValue(record.cfg_scale if record.cfg_scale is not None else 7.5)
-        self.sampler.setCurrentText(SAMPLER_KEYS.get(record.sampler or "", "k_euler_a"))
+        self.steps.setValue(record.steps or default_of("steps"))
+        self.cfg.setValue(record.cfg_scale if record.cfg_scale is not None else default_of("cfg_scale"))
+        self.sampler.setCurrentText(SAMPLER_KEYS.get(record.sampler or "", default_of("sampler")))
         self.model.setText("" if record.model in (None, self.link.health.model if self.link.health else None)
                            else record.model)  # fmt: skip
 
@@ -299,10 +310,10 @@ class GeneratePanel(QWidget):
         self.prompt.setPlainText(str(settings.value("generate/prompt", "")))
         self.negative.setText(str(settings.value("generate/negative", "")))
         self.count.setValue(int(settings.value("generate/count", 4)))
-        self.steps.setValue(int(settings.value("generate/steps", 20)))
-        self.cfg.setValue(float(settings.value("generate/cfg", 7.5)))
-        sampler = str(settings.value("generate/sampler", "k_euler_a"))
-        self.sampler.setCurrentText(sampler if sampler in SAMPLERS else "k_euler_a")
+        self.steps.setValue(int(settings.value("generate/steps", default_of("steps"))))
+        self.cfg.setValue(float(settings.value("generate/cfg", default_of("cfg_scale"))))
+        sampler = str(settings.value("generate/sampler", default_of("sampler")))
+        self.sampler.setCurrentText(sampler if sampler in SAMPLERS else default_of("sampler"))
         self.model.setText(str(settings.value("generate/model", "")))
         self.width_box.setValue(int(settings.value("generate/width", 0)))
         self.height_box.setValue(int(settings.value("generate/height", 0)))
