@@ -9,6 +9,7 @@ import asyncio
 import logging
 import sys
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -81,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run(settings))
     except discord.LoginFailure:
         print("dreamhall-bot: Discord refused the token; check DISCORD_TOKEN", file=sys.stderr)
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        print("dreamhall-bot: turn on the Message Content intent for this bot in Discord's developer portal "
+              "(Bot > Privileged Gateway Intents); !dream reads message text", file=sys.stderr)  # fmt: skip
+        return 1
+    except (aiohttp.ClientConnectionError, OSError) as e:
+        print(f"dreamhall-bot: cannot reach Discord ({type(e).__name__}: {str(e)[:200]}); "
+              "check the network, then start the bot again", file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         pass

@@ -13,7 +13,7 @@ from bots import render, rules
 from bots.replies import Reply, replying_errors
 from bots.views import result_view
 from engine.client import AsyncEngineClient
-from engine.schema import DreamRequest, Job
+from engine.schema import DreamRequest, Job, Scope
 from engine.settings import BotSettings
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,10 @@ class DreamFlow:
         if reason is None and (left := self.cooldown.wait_left(gid, user.id)) > 0:
             reason = f"Slow down: you can dream again in {left:.0f} s."
         accepted = None
+        scope = Scope.of(request.requester)
         async with replying_errors(reply.send):
             if reason is None:
-                state = await self.engine.queue()
+                state = await self.engine.queue(scope=scope)
                 mine = [j for j in state.queued if j.request.requester.queue_key == request.requester.queue_key]
                 if len(mine) >= self.rules.max_queued_per_user:
                     reason = f"You already have {len(mine)} dreams queued here; wait for one to finish."
@@ -53,7 +54,7 @@ class DreamFlow:
             return
         status = await reply.send(render.queued_text(request, accepted.position, accepted.seed))
         status = await self._follow(accepted.id, status)
-        job = await self.engine.job(accepted.id)
+        job = await self.engine.job(accepted.id, scope=scope)
         if job.status != "done":
             text = f"⚠️ The dream {job.status}" + (f": {render.clip(job.error, 1500)}" if job.error else ".")
             if not await self._edit(status, text):
@@ -101,7 +102,8 @@ class DreamFlow:
     async def _post_result(self, job: Job, reply: Reply, guild: discord.Guild | None) -> None:
         limit = guild.filesize_limit if guild else 10 * 1024 * 1024
         if job.request.layout == "individual":
-            blobs = [(await self.engine.image_file(i.id), f"dream-{i.seed}.png") for i in job.images]
+            scope = Scope.of(job.request.requester)
+            blobs = [(await self.engine.image_file(i.id, scope=scope), f"dream-{i.seed}.png") for i in job.images]
         else:
             blobs = [(await self.engine.grid(job.id), f"dream-{job.images[0].seed}-grid.png")]
         files = [discord.File(*_as_file(data, name, limit)) for data, name in blobs]

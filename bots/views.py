@@ -17,7 +17,7 @@ import discord
 from bots import render
 from bots.replies import InteractionReply, requester_of
 from engine.client import EngineUnavailable, RequestRejected
-from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, upscale_of, variation_of
+from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, Scope, upscale_of, variation_of
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -48,14 +48,16 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
         bot: DreamBot = interaction.client  # type: ignore[assignment]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
         try:
-            self.image = await bot.engine.image(self.image_id)
-        except (RequestRejected, EngineUnavailable) as e:
-            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
+            # The engine answers 404 for an image outside this server (or, in a DM, outside this user's DMs).
+            self.image = await bot.engine.image(self.image_id, scope=Scope.of(who))
+        except RequestRejected as e:
+            text = "That image is not in this server's gallery." if e.status == 404 else str(e)
+            await interaction.response.send_message(f"⚠️ {text}", ephemeral=True)
             return False
-        here = str(interaction.guild.id) if interaction.guild is not None else None
-        if self.image.guild != here:
-            await interaction.response.send_message("⚠️ That image is not in this server's gallery.", ephemeral=True)
+        except EngineUnavailable:
+            await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
             return False
         if self.action == "delete" and not (
             self.image.user == str(interaction.user.id) or interaction.permissions.manage_messages
@@ -89,7 +91,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         if self.action == "reroll":  # the same job again with new seeds
             if image.job_id is None:
                 raise ValueError(f"image #{image.id} was imported, not dreamed here: nothing to reroll")
-            original = (await bot.engine.job(image.job_id)).request
+            original = (await bot.engine.job(image.job_id, scope=Scope.of(who))).request
             return original.model_copy(update={"seed": None, "variation_seed": None, "requester": who})
         if self.action == "upscale":
             return upscale_of(image, factor=2, requester=who)

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import __version__
 from engine.device import Device
@@ -36,6 +37,7 @@ from engine.pipelines import PipelineCache
 from engine.queue import JobNotFound, JobQueue, TooManyQueued
 from engine.records import image_record
 from engine.schema import (
+    MAX_ID,
     TERMINAL_EVENTS,
     Accepted,
     CheckReport,
@@ -49,6 +51,7 @@ from engine.schema import (
     Job,
     QueueState,
     ReconcileReport,
+    Scope,
     SearchResult,
     SearchResults,
     Upload,
@@ -57,8 +60,8 @@ from engine.settings import Settings
 from engine.worker import Worker
 from gallery.files import BadImage, decode_image
 from gallery.indexer import Indexer
-from gallery.schemas import SearchFilters
-from gallery.search import GallerySearch, SearchError, SearchPage
+from gallery.schemas import ImagePublic, SearchFilters
+from gallery.search import MAX_LIMIT, GallerySearch, SearchError, SearchPage
 from gallery.store import ImageNotFound, ImageStore
 from gallery.upkeep import Upkeep
 
@@ -88,6 +91,26 @@ def _services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(_services)]
 
 
+ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="a gallery image id")]
+MAX_OFFSET = 10**9  # past any gallery; a larger one is a mistake, not a page
+
+
+def _date(value: object) -> object:
+    """ISO dates only, from year 1900: a bare number is not read as a Unix timestamp."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and re.fullmatch(r"[-+]?[0-9.eE+-]+", value)):
+        raise ValueError("use an ISO date such as 2026-11-21 or 2026-11-21T18:00:00Z")
+    return value
+
+
+def _from_1900(value: datetime | None) -> datetime | None:
+    if value is not None and value.year < 1900:
+        raise ValueError("dates before 1900 hold no images")
+    return value
+
+
+Date = Annotated[datetime | None, BeforeValidator(_date), AfterValidator(_from_1900)]
+
+
 class FilterQuery(BaseModel):
     """The filters every listing and search takes, as query parameters; an unknown one is a 422."""
 
@@ -97,34 +120,47 @@ class FilterQuery(BaseModel):
     user: str | None = None
     source: str | None = None
     model: str | None = None
-    after: datetime | None = None
-    before: datetime | None = None
+    after: Date = None
+    before: Date = None
+    dm_of: str | None = Field(default=None, description="a Discord user: only their images from direct messages")
     favourites: bool = False
-    min_width: int | None = None
-    min_height: int | None = None
+    min_width: int | None = Field(default=None, ge=1)
+    min_height: int | None = Field(default=None, ge=1)
 
     def filters(self) -> SearchFilters:
         return SearchFilters(guild=self.guild, user=self.user, source=self.source, model=self.model,
-                             created_after=self.after, created_before=self.before, favourites=self.favourites,
-                             min_width=self.min_width, min_height=self.min_height)  # fmt: skip
+                             created_after=self.after, created_before=self.before, dm_of=self.dm_of,
+                             favourites=self.favourites, min_width=self.min_width,
+                             min_height=self.min_height)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):
     """A page of the gallery, newest first."""
 
     limit: int = Field(default=100, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 class SearchQuery(FilterQuery):
     """A page of search results, best first."""
 
-    limit: int = 20
-    offset: int = 0
+    limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10_000)
 
 
 class TextSearchQuery(SearchQuery):
     q: str
+
+
+ScopeQuery = Annotated[Scope, Query()]
+
+
+def scoped_image(s: Services, image_id: ImageId, scope: Scope) -> ImagePublic:
+    """An image, if the requester's scope (a guild, or a DM user) may see it; else as if it did not exist."""
+    image = s.store.get(image_id)
+    if not scope.allows(guild=image.guild, source=image.source, user=image.user):
+        raise ImageNotFound(f"image {image_id} is not in this server's gallery")
+    return image
 
 
 def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
@@ -158,6 +194,19 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
 }
 
 
+# Every route may answer these, always as one ErrorBody sentence (documented in /openapi.json).
+ERROR_RESPONSES: dict[int | str, dict] = {
+    status: {"model": ErrorBody, "description": what}
+    for status, what in {
+        404: "no such job or image (or not in the requester's guild)",
+        409: "not possible yet (a job without images has no grid)",
+        413: "request body too large",
+        422: "bad input: the sentence names the field",
+        429: "too many queued jobs for this user",
+    }.items()
+}
+
+
 def _domain_error_handler(status: int):
     async def handle(_: Request, exc: Exception) -> JSONResponse:
         return error_response(status, str(exc))
@@ -180,6 +229,7 @@ def create_app(services: Services) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         max_body_size=services.settings.max_body_bytes,
+        responses=ERROR_RESPONSES,
     )
     app.state.services = services
 
@@ -200,10 +250,30 @@ def create_app(services: Services) -> FastAPI:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 413:
             message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
+        if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like bad JSON
+            return error_response(422, "the request body is not JSON in UTF-8")
         return error_response(exc.status_code, message)
 
     for error_type, status in DOMAIN_ERRORS.items():
         app.add_exception_handler(error_type, _domain_error_handler(status))
+
+    generate_openapi = app.openapi
+
+    def openapi() -> dict:
+        # Errors are JSON on every route, also where success is a stream or a PNG; FastAPI would
+        # document them with the route's own media type.
+        if app.openapi_schema is None:
+            spec = generate_openapi()
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            for operations in spec["paths"].values():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if status[0] in "45":
+                            response["content"] = error
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/v1/health")
     def health(s: ServicesDep) -> Health:
@@ -215,7 +285,7 @@ def create_app(services: Services) -> FastAPI:
             running=1 if s.worker.current else 0,
         )
 
-    @app.post("/v1/dreams", status_code=202, responses={404: {"model": ErrorBody}, 429: {"model": ErrorBody}})
+    @app.post("/v1/dreams", status_code=202)
     def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
         return s.jobs.submit(request)
 
@@ -225,8 +295,8 @@ def create_app(services: Services) -> FastAPI:
         return await asyncio.to_thread(s.inputs.save_upload, await request.body())
 
     @app.get("/v1/dreams/{job_id}")
-    def get_job(job_id: str, s: ServicesDep) -> Job:
-        return s.jobs.get(job_id)
+    def get_job(job_id: str, s: ServicesDep, scope: ScopeQuery) -> Job:
+        return s.jobs.get(job_id, scope)
 
     @app.delete("/v1/dreams/{job_id}")
     def cancel(job_id: str, s: ServicesDep) -> Job:
@@ -257,8 +327,8 @@ def create_app(services: Services) -> FastAPI:
         return Response(tile([s.store.file_path(i).read_bytes() for i in images]), media_type="image/png")
 
     @app.get("/v1/queue")
-    def queue_state(s: ServicesDep) -> QueueState:
-        return s.jobs.queue_state()
+    def queue_state(s: ServicesDep, scope: ScopeQuery) -> QueueState:
+        return s.jobs.queue_state(scope)
 
     @app.get("/v1/images")
     def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
@@ -268,15 +338,15 @@ def create_app(services: Services) -> FastAPI:
                          offset=page.offset, limit=page.limit)  # fmt: skip
 
     @app.get("/v1/images/{image_id}")
-    def get_image(image_id: int, s: ServicesDep) -> ImageRecord:
-        return image_record(s.store.get(image_id), s.store)
+    def get_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> ImageRecord:
+        return image_record(scoped_image(s, image_id, scope), s.store)
 
     @app.patch("/v1/images/{image_id}")
-    def update_image(image_id: int, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
+    def update_image(image_id: ImageId, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
         return image_record(s.store.set_favourite(image_id, update.favourite), s.store)
 
     @app.delete("/v1/images/{image_id}")
-    def delete_image(image_id: int, s: ServicesDep) -> ImageRecord:
+    def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
         image = s.store.soft_delete(image_id)
         s.indexer.forget([image_id])
         return image_record(image, s.store)
@@ -307,13 +377,13 @@ def create_app(services: Services) -> FastAPI:
         return s.indexer.rebuild()
 
     @app.get("/v1/images/{image_id}/similar")
-    def similar(image_id: int, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
+    def similar(image_id: ImageId, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
         page = s.search.similar(image_id=image_id, limit=query.limit, offset=query.offset, filters=query.filters())
         return search_results(page, s.store)
 
     @app.get("/v1/images/{image_id}/file", response_class=FileResponse)
-    def image_file(image_id: int, s: ServicesDep) -> FileResponse:
-        return FileResponse(s.store.file_path(s.store.get(image_id)), media_type="image/png")
+    def image_file(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> FileResponse:
+        return FileResponse(s.store.file_path(scoped_image(s, image_id, scope)), media_type="image/png")
 
     return app
 
@@ -324,11 +394,11 @@ class DeclaredBodyLimit:
     FastAPI's max_body_size still guards bodies that declare no length (chunked).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: asgi.ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "http":
             declared = dict(scope["headers"]).get(b"content-length", b"0")
             if declared.isdigit() and int(declared) > self.max_bytes:
@@ -341,11 +411,11 @@ class DeclaredBodyLimit:
 class TokenGuard:
     """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`."""
 
-    def __init__(self, app: ASGIApp, token: str) -> None:
+    def __init__(self, app: asgi.ASGIApp, token: str) -> None:
         self.app = app
         self.token = token.encode()
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
             if not hmac.compare_digest(given, b"Bearer " + self.token):

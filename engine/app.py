@@ -49,7 +49,8 @@ def build_services(settings: Settings) -> Services:
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
     pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler)
     inputs = Inputs(store, settings.uploads_dir)
-    worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device)
+    worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device,
+                    max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip
     worker.start()
     clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
                        device=str(device.torch_device))  # fmt: skip
@@ -98,9 +99,19 @@ def bind_unix_socket(path: Path) -> socket.socket:
     return sock
 
 
+def private_home(home: Path) -> None:
+    """Everything the engine writes is this user's alone: files 0600, folders 0700, the home too."""
+    os.umask(0o077)
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = home.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s was readable by others (mode %o); made it 0700 (prompts and images are private)", home, mode)
+        home.chmod(0o700)
+
+
 def serve(settings: Settings) -> None:
     """Run the engine until SIGTERM/SIGINT."""
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_home(settings.home)
     sock = bind_unix_socket(settings.socket_path)
     try:
         services = build_services(settings)

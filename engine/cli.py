@@ -219,6 +219,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
         (report.temp_files, "half-written file(s) from a crash"),
         (range(report.missing_vectors), "image(s) without a search vector"),
         (range(report.orphan_vectors), "vector(s) of deleted images"),
+        (report.duplicates, "image(s) stored twice by a job that ran again"),
     ]
     for items, what in problems:
         if len(items):

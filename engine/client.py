@@ -37,6 +37,7 @@ from engine.schema import (
     Job,
     QueueState,
     ReconcileReport,
+    Scope,
     SearchResults,
     Upload,
     looks_like_ref,
@@ -104,6 +105,10 @@ def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
     return params
 
 
+def _scoped(scope: Scope | None) -> dict:
+    return {"params": scope.params()} if scope is not None else {}
+
+
 _BINARY = {"Content-Type": "application/octet-stream"}
 
 
@@ -122,23 +127,25 @@ class _Endpoints:
         body = request.model_dump(mode="json", exclude_defaults=True)
         return self._do(Call("POST", "/v1/dreams", _model(Accepted), {"json": body}))
 
-    def job(self, job_id: str) -> Answer[Job]:
-        return self._do(Call("GET", f"/v1/dreams/{job_id}", _model(Job)))
+    def job(self, job_id: str, *, scope: Scope | None = None) -> Answer[Job]:
+        return self._do(Call("GET", f"/v1/dreams/{job_id}", _model(Job), _scoped(scope)))
 
     def cancel(self, job_id: str) -> Answer[Job]:
         return self._do(Call("DELETE", f"/v1/dreams/{job_id}", _model(Job)))
 
-    def queue(self) -> Answer[QueueState]:
-        return self._do(Call("GET", "/v1/queue", _model(QueueState)))
+    def queue(self, *, scope: Scope | None = None) -> Answer[QueueState]:
+        """Running and queued jobs; with a scope (a guild, a DM user), only theirs."""
+        return self._do(Call("GET", "/v1/queue", _model(QueueState), _scoped(scope)))
 
     def grid(self, job_id: str) -> Answer[bytes]:
         return self._do(Call("GET", f"/v1/dreams/{job_id}/grid", _bytes))
 
-    def image_file(self, image_id: int) -> Answer[bytes]:
-        return self._do(Call("GET", f"/v1/images/{image_id}/file", _bytes))
+    def image_file(self, image_id: int, *, scope: Scope | None = None) -> Answer[bytes]:
+        return self._do(Call("GET", f"/v1/images/{image_id}/file", _bytes, _scoped(scope)))
 
-    def image(self, image_id: int) -> Answer[ImageRecord]:
-        return self._do(Call("GET", f"/v1/images/{image_id}", _model(ImageRecord)))
+    def image(self, image_id: int, *, scope: Scope | None = None) -> Answer[ImageRecord]:
+        """One gallery image; with a scope, only if it is inside it (else RequestRejected, 404)."""
+        return self._do(Call("GET", f"/v1/images/{image_id}", _model(ImageRecord), _scoped(scope)))
 
     def images(self, *, limit: int = 100, offset: int = 0, **filters: object) -> Answer[ImagePage]:
         """The gallery newest first; filters as for search (guild, user, source, model, after, before, favourites)."""

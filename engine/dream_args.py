@@ -174,6 +174,10 @@ def parse_argv(
     if "--" in argv:
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1 :]
+    for word in argv:
+        # A phone turns "-n" into "—n": say so instead of silently drawing "—n 4" into the picture.
+        if len(word) > 1 and word[0] in "—–" and "-" + word[1:] in _PARSER._option_string_actions:
+            raise DreamArgsError(f"{word!r} starts with a dash that is not '-': did you mean -{word[1:]}?")
     ns = _PARSER.parse_intermixed_args(argv)
     prompt = " ".join(ns.prompt + tail).strip()
     if not prompt:
@@ -220,6 +224,12 @@ def _range(field: str) -> tuple[float, float] | None:
     return None
 
 
+def _short(value: object) -> str:
+    """An input quoted in an error: at most 60 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}… ({len(str(value))} characters)"
+
+
 def explain(error: ValidationError) -> str:
     """One sentence for the first problem of a validation error, naming the flag."""
     return explain_errors(error.errors())
@@ -235,7 +245,7 @@ def explain_errors(errors: Sequence[dict]) -> str:
     msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg else "invalid value"
     got = first.get("input")
-    got_text = "" if got is None or isinstance(got, (dict, list)) or not field else f" (got {got!r})"
+    got_text = "" if got is None or isinstance(got, (dict, list)) or not field else f" (got {_short(got)})"
     if not field:
         return msg
     if field in FLAGS:

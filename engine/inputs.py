@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.schema import DreamRequest, Upload, gallery_id
+from engine.schema import DreamRequest, Scope, Upload, gallery_id
 from gallery.files import BadImage, decode_image, relative_path, write_content_addressed
 from gallery.schemas import ImagePublic
 from gallery.store import ImageNotFound, ImageStore
@@ -57,9 +57,9 @@ class Inputs:
             image = self.store.get(image_id)
         except ImageNotFound:
             raise ImageNotFound(f"image {image_id} is not in the gallery (deleted, or never made)") from None
-        guild = request.requester.guild
-        if guild is not None and image.guild != guild:
-            # Tenant isolation: the same answer as for an image that does not exist.
+        scope = Scope.of(request.requester)
+        if scope is not None and not scope.allows(guild=image.guild, source=image.source, user=image.user):
+            # Tenant isolation (a DM sees only its user's DM images): the answer for an image that does not exist.
             raise ImageNotFound(f"image {image_id} is not in this server's gallery")
         return image
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 import secrets
 from typing import Protocol
 
+from engine import modes
 from engine.inputs import InputError, Inputs
-from engine.queue import JobQueue, JobRecord
+from engine.modes import MIN_SIDE
+from engine.queue import JobNotFound, JobQueue, JobRecord
 from engine.records import image_info
-from engine.schema import Accepted, DreamRequest, Event, Job, Progress, QueueState
+from engine.schema import Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
 
@@ -65,6 +67,10 @@ class JobService:
         if request.n > self.max_n:
             raise InputError(f"n: this engine makes at most {self.max_n} images per request (got {request.n})")
         parent = self.inputs.check(request)
+        if request.init_image is not None and request.mode != "variation":
+            # A dry run of the plan on the real inputs: sizes out of bounds and masks that repaint
+            # nothing are refused now, with a sentence, rather than failing after the 202.
+            modes.plan(request, self.inputs.load(request), job_seed=0, native_size=MIN_SIDE)
         request = settle_seeds(request, parent)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = self.queue.put(request, seed=seed)
@@ -78,8 +84,13 @@ class JobService:
             self.runner.cancel(job_id)
         return self.view(record)
 
-    def get(self, job_id: str) -> Job:
-        return self.view(self.queue.get(job_id))
+    def get(self, job_id: str, scope: Scope | None = None) -> Job:
+        """A job; with a scope, only a job asked for from inside it (else JobNotFound, as if there were none)."""
+        record = self.queue.get(job_id)
+        r = record.request.requester
+        if scope is not None and not scope.allows(guild=r.guild, source=r.source, user=r.user):
+            raise JobNotFound(f"no job {job_id}")
+        return self.view(record)
 
     def view(self, record: JobRecord, position: int | None = None) -> Job:
         """A job as clients see it: position while queued, progress while running, images once done."""
@@ -112,12 +123,18 @@ class JobService:
             return [Event(type="image", job=job.id, image=i) for i in job.images] + [Event(type="done", job=job.id)]
         return [Event(type=job.status, job=job.id, error=job.error)]
 
-    def queue_state(self) -> QueueState:
+    def queue_state(self, scope: Scope | None = None) -> QueueState:
+        """Running and queued jobs (with a scope: only those asked for from inside it), in queue order."""
         positions = self.queue.positions()
+
+        def inside(record: JobRecord) -> bool:
+            r = record.request.requester
+            return scope is None or scope.allows(guild=r.guild, source=r.source, user=r.user)
+
         return QueueState(
-            running=[self.view(r) for r in self.queue.jobs("running")],
+            running=[self.view(r) for r in self.queue.jobs("running") if inside(r)],
             queued=sorted(
-                (self.view(r, positions[r.id]) for r in self.queue.jobs("queued") if r.id in positions),
+                (self.view(r, positions[r.id]) for r in self.queue.jobs("queued") if r.id in positions and inside(r)),
                 key=lambda j: j.position or 0,
             ),
         )

@@ -33,6 +33,7 @@ from engine.schema import DEFAULT_STRENGTH, MAX_SEED, SAMPLERS, DreamRequest, Sa
 from gallery.schemas import ImageCreate, ImagePublic
 
 MAX_SIDE = 2048
+MIN_SIDE = 64  # the smallest picture a request may ask for, and so the smallest any mode makes
 MASK_THRESHOLD = 128  # mask pixels at or above this repaint; alpha below 255 - this repaints
 T = TypeVar("T")
 
@@ -220,6 +221,7 @@ def plan(
                 f"a x{req.upscale} upscale of a {inputs.init.width}x{inputs.init.height} image would be "
                 f"{width}x{height}; the largest is {MAX_SIDE} per side"
             )
+        _check_min_side(f"a x{req.upscale} upscale", width, height)
         pipeline = upscaler()
         if pipeline is not None:
             note = f"{pipeline.name} (x{pipeline.factor})"
@@ -232,6 +234,8 @@ def plan(
         return Img2ImgPlan(sampling, width, height, seeds, notes={"upscaler": note}, image=image, strength=strength)
 
     width, height = _input_size(req, inputs.init)
+    if req.mode != "outpaint":  # an outpaint grows small pictures (infinite zoom starts from them)
+        _check_min_side(f"a {inputs.init.width}x{inputs.init.height} init image", width, height)
     init = inputs.init.resize((width, height), Image.Resampling.LANCZOS)
     if req.mode == "img2img":
         return Img2ImgPlan(sampling, width, height, seeds, image=_rgb(init), strength=strength)
@@ -243,9 +247,18 @@ def plan(
         width, height = init.size
         if max(width, height) > MAX_SIDE:
             raise InputError(f"outpainting would make a {width}x{height} image; the largest is {MAX_SIDE} per side")
+        _check_min_side("this outpaint", width, height)
     if not np.asarray(mask).any():
         raise InputError("the mask is all black: nothing to repaint (white marks what to repaint)")
     return InpaintPlan(sampling, width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
+
+
+def _check_min_side(what: str, width: int, height: int) -> None:
+    if min(width, height) < MIN_SIDE:
+        raise InputError(
+            f"{what} would make a {width}x{height} picture; each side must be at least {MIN_SIDE} px "
+            "(use a larger image, or give -W/-H)"
+        )
 
 
 def seeds_of(job_seed: int, n: int) -> tuple[int, ...]:

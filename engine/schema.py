@@ -7,19 +7,19 @@ whether it came from Discord, the desktop app, the CLI or raw HTTP.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 # The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
 from gallery.schemas import CheckReport as CheckReport
-from gallery.schemas import ImagePublic
+from gallery.schemas import ImagePublic, UtcDateTime
 from gallery.schemas import ImportResult as ImportResult
 from gallery.schemas import ReconcileReport as ReconcileReport
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
+MAX_ID = 2**63 - 1  # SQLite's largest integer: an id past it is no image, not a crash
 
 # Our sampler names (the 2022 dreambot's) and the names AUTOMATIC1111 writes in
 # its `parameters` chunk, so other tools read our PNGs correctly.
@@ -52,17 +52,28 @@ DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.75, "inpaint": 0.75, "outpain
 
 def _image_ref(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
-        return f"gallery:{value}"
+        value = str(value)
     if isinstance(value, str):
         value = value.strip()
-        if value.isdigit():
-            return f"gallery:{int(value)}"
-        if not re.fullmatch(r"gallery:\d+|upload:[0-9a-f]{64}", value):
+        if re.fullmatch(r"[0-9]+", value):  # ASCII digits only: "١٢" is not image 12
+            value = f"gallery:{int(value)}"
+        if not re.fullmatch(r"gallery:[0-9]+|upload:[0-9a-f]{64}", value):
             raise ValueError(
-                f"expected a gallery image id such as 42, got {value!r} "
+                f"expected a gallery image id such as 42, got {clip_text(value, 40)!r} "
                 "(the CLI and the desktop app upload local files for you)"
             )
+        if value.startswith("gallery:") and not 1 <= int(value[8:]) <= MAX_ID:
+            raise ValueError(f"no gallery image has id {clip_text(value[8:], 30)}")
     return value
+
+
+def clip_text(text: str, limit: int) -> str:
+    """At most `limit` characters of user input, for error messages (never echo a whole input back)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Characters that draw nothing: a prompt made only of these is empty.
+_INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\x00-\x1f\x7f-\x9f]+")
 
 
 # An input image: `gallery:<id>` (bare digits allowed) or `upload:<sha256>` from POST /v1/uploads.
@@ -72,7 +83,7 @@ ImageRef = Annotated[str, BeforeValidator(_image_ref)]
 def looks_like_ref(value: str) -> bool:
     """Whether a -I/-M value already names an image (a gallery id or reference) rather than a file."""
     value = value.strip()
-    return value.isdigit() or value.startswith(("gallery:", "upload:"))
+    return bool(re.fullmatch(r"[0-9]+", value)) or value.startswith(("gallery:", "upload:"))
 
 
 def gallery_id(ref: str) -> int | None:
@@ -94,6 +105,40 @@ class Requester(BaseModel):
     def queue_key(self) -> str:
         """Round-robin key: a Discord user in one guild is one queue user."""
         return f"{self.source}:{self.guild or '-'}:{self.user or '-'}"
+
+
+class Scope(BaseModel):
+    """Whose images a Discord request may see and use: one guild's, or in a DM one user's DM images.
+
+    Other sources (the CLI, the desktop, raw API calls on the socket or with the token) are the
+    engine's owner and see everything: `Scope.of` gives None for them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guild: str | None = Field(default=None, max_length=200)
+    dm_of: str | None = Field(default=None, max_length=200, description="a Discord user: only their DM images")
+
+    @classmethod
+    def of(cls, requester: Requester) -> Scope | None:
+        if requester.source != "discord":
+            return None
+        return cls(guild=requester.guild) if requester.guild else cls(dm_of=requester.user or "")
+
+    @property
+    def given(self) -> bool:
+        return self.guild is not None or self.dm_of is not None
+
+    def allows(self, *, guild: str | None, source: str, user: str | None) -> bool:
+        """Whether an image or job with these fields is inside the scope."""
+        if self.guild is not None:
+            return guild == self.guild
+        if self.dm_of is not None:
+            return guild is None and source == "discord" and user == self.dm_of
+        return True
+
+    def params(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
 
 
 class VariationWeight(BaseModel):
@@ -156,7 +201,7 @@ class DreamRequest(BaseModel):
     mode: Mode = "txt2img"
     init_image: ImageRef | None = None
     init_mask: ImageRef | None = None
-    strength: float | None = Field(default=None, ge=0.0, le=1.0)
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)  # 0 is refused below: it repaints nothing
     variation_amount: float | None = Field(default=None, ge=0.0, le=1.0)
     variation_seed: Seed | None = None
     with_variations: tuple[VariationWeight, ...] | None = None
@@ -171,8 +216,15 @@ class DreamRequest(BaseModel):
     @classmethod
     def _prompt_not_blank(cls, v: str) -> str:
         v = v.strip()
-        if not v:
-            raise ValueError("prompt must not be empty")
+        if not _INVISIBLE.sub("", v):
+            raise ValueError("prompt must not be empty (it has no visible characters)")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _repaints_something(cls, v: float | None) -> float | None:
+        if v == 0:
+            raise ValueError("0 repaints nothing; use a strength above 0 (0.05 changes very little)")
         return v
 
     @field_validator("width", "height")
@@ -264,9 +316,9 @@ class Job(BaseModel):
     images: list[ImageInfo] = []
     error: str | None = None
     request: DreamRequest
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
 
 
 class Accepted(BaseModel):

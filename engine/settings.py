@@ -64,6 +64,11 @@ class Settings(BaseSettings):
         default=True, description="run a model's own safety checker (when it has one) and flag images"
     )
     max_n: int = Field(default=16, ge=1, le=16)
+    batch_pixels: int | None = Field(
+        default=None, ge=64 * 64,
+        description="most pixels (images x width x height) one pipeline call may make; a request over it runs "
+        "in several batches. None: the device's own budget (engine/device.py)",
+    )  # fmt: skip
     max_queued_per_user: int = Field(default=20, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tcp_host: str = "127.0.0.1"

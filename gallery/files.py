@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -104,6 +105,9 @@ def decode_image(data: bytes, *, max_pixels: int = 4096 * 4096, mode: str = "RGB
         raise
     except Image.DecompressionBombError as e:
         raise BadImage(f"the image is too large: {e}") from e
+    except Image.UnidentifiedImageError as e:
+        raise BadImage("not a readable image (not PNG, JPEG, WebP or another format Pillow knows)") from e
     except (OSError, SyntaxError, ValueError) as e:
-        # UnidentifiedImageError and truncated files are OSErrors.
-        raise BadImage(f"not a readable image: {e}") from e
+        # Truncated or corrupt files; the message never carries Python reprs of buffers.
+        reason = re.sub(r"<[^>]*object at 0x[0-9a-f]+>", "the data", str(e))[:200]
+        raise BadImage(f"not a readable image: {reason}") from e

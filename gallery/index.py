@@ -114,6 +114,8 @@ def where_clause(filters: VectorFilters | None) -> str | None:
         value = getattr(filters, column)
         if value is not None:
             parts.append(f"`{column}` = {_quote(value)}")
+    if filters.dm_of is not None:
+        parts.append(f"`guild` IS NULL AND `source` = 'discord' AND `user` = {_quote(filters.dm_of)}")
     if filters.created_after is not None:
         parts.append(f"created_at >= timestamp {_quote(_utc(filters.created_after))}")
     if filters.created_before is not None:

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+# SQLite hands back naive datetimes; every stored moment is UTC, and says so on the wire (RFC 3339).
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class ImageCreate(BaseModel):
@@ -42,8 +50,8 @@ class ImagePublic(ImageCreate):
     sha256: str
     path: str
     favourite: bool = False
-    created_at: datetime
-    deleted_at: datetime | None = None
+    created_at: UtcDateTime
+    deleted_at: UtcDateTime | None = None
 
 
 class VectorFilters(BaseModel):
@@ -55,6 +63,7 @@ class VectorFilters(BaseModel):
     model: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
+    dm_of: str | None = Field(default=None, description="only this Discord user's images from direct messages")
 
 
 class SearchFilters(VectorFilters):
@@ -90,12 +99,13 @@ class CheckReport(BaseModel):
     temp_files: list[str] = Field(description="half-written files left by a crash")
     missing_vectors: int
     orphan_vectors: int
+    duplicates: list[int] = Field(default=[], description="rows repeating an earlier row's job and image index")
     repaired: bool = False
 
     @property
     def consistent(self) -> bool:
         return not (self.missing_files or self.orphan_files or self.temp_files
-                    or self.missing_vectors or self.orphan_vectors)  # fmt: skip
+                    or self.missing_vectors or self.orphan_vectors or self.duplicates)  # fmt: skip
 
 
 class ReconcileReport(BaseModel):

@@ -98,7 +98,8 @@ class GallerySearch:
     def similar(self, *, image_id: int, limit: int = 20, offset: int = 0,
                 filters: SearchFilters | None = None) -> SearchPage:  # fmt: skip
         source = self.store.get(image_id)
-        if filters is not None and filters.guild is not None and source.guild != filters.guild:
+        tenant = SearchFilters(guild=filters.guild, dm_of=filters.dm_of) if filters is not None else None
+        if tenant is not None and not self.store.filter_ids([image_id], tenant):
             raise SearchError(f"no image {image_id} in this guild")  # never confirm another tenant's image exists
         with Image.open(self.store.file_path(source)) as im:
             return self.by_image(image=im.convert("RGB"), limit=limit, offset=offset, filters=filters, exclude=image_id)

@@ -22,6 +22,16 @@ from gallery.files import write_content_addressed
 from gallery.models import ImageRow
 from gallery.schemas import ImageCreate, ImagePublic, SearchFilters
 
+# Every live image whose (job, index) an earlier live image already has: the later copies.
+DUPLICATES_SQL = """
+    SELECT i.id FROM images AS i
+    WHERE i.job_id IS NOT NULL AND i.deleted_at IS NULL AND EXISTS (
+        SELECT 1 FROM images AS e
+        WHERE e.job_id = i.job_id AND e."index" = i."index" AND e.deleted_at IS NULL AND e.id < i.id
+    )
+    ORDER BY i.id
+"""
+
 
 class GalleryError(Exception):
     """Root of the gallery's exceptions.
@@ -98,6 +108,10 @@ class ImageStore(ABC):
         """A live image with these bytes, if there is one."""
 
     @abstractmethod
+    def duplicates(self) -> list[int]:
+        """Live rows that repeat an earlier row's (job, image index): what a crash could once leave."""
+
+    @abstractmethod
     def mark_deleted(self, image_ids: list[int]) -> None:
         """Soft-delete many at once (a repair: their files are gone)."""
 
@@ -114,8 +128,22 @@ class SqliteImageStore(ImageStore):
         try:
             stored = [(info, *write_content_addressed(self.images_dir, data)) for info, data in items]
             with Session(self.engine) as session, session.begin():
-                rows = [ImageRow(**info.model_dump(), sha256=sha, path=rel) for info, sha, rel in stored]
-                session.add_all(rows)
+                # Idempotent per (job, image index): a job re-run after a crash between storing its
+                # images and being marked done finds them here instead of storing them twice.
+                job_ids = {info.job_id for info, _, _ in stored if info.job_id is not None}
+                existing = {
+                    (r.job_id, r.index): r
+                    for r in session.scalars(
+                        select(ImageRow).where(ImageRow.job_id.in_(job_ids), ImageRow.deleted_at.is_(None))
+                    )
+                } if job_ids else {}  # fmt: skip
+                rows = []
+                for info, sha, rel in stored:
+                    row = existing.get((info.job_id, info.index)) if info.job_id is not None else None
+                    if row is None:
+                        row = ImageRow(**info.model_dump(), sha256=sha, path=rel)
+                        session.add(row)
+                    rows.append(row)
                 session.flush()
                 return [ImagePublic.model_validate(r) for r in rows]
         except (OSError, SQLAlchemyError) as e:
@@ -201,6 +229,10 @@ class SqliteImageStore(ImageStore):
                 select(ImageRow.id).where(ImageRow.sha256 == sha256, ImageRow.deleted_at.is_(None))
             ).first()
 
+    def duplicates(self) -> list[int]:
+        with Session(self.engine) as session:
+            return list(session.execute(text(DUPLICATES_SQL)).scalars())
+
     def mark_deleted(self, image_ids: list[int]) -> None:
         with Session(self.engine) as session, session.begin():
             session.execute(update(ImageRow).where(ImageRow.id.in_(image_ids)).values(deleted_at=datetime.now(UTC)))
@@ -214,6 +246,9 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
         if value is not None:
             conds.append(f'{alias}."{column}" = :f_{column}')
             params[f"f_{column}"] = value
+    if filters.dm_of is not None:
+        conds.append(f"{alias}.guild IS NULL AND {alias}.source = 'discord' AND {alias}.\"user\" = :f_dm_of")
+        params["f_dm_of"] = filters.dm_of
     if filters.created_after is not None:
         conds.append(f"{alias}.created_at >= :f_after")
         params["f_after"] = filters.created_after

@@ -68,12 +68,15 @@ class Upkeep:
         report = CheckReport(
             rows=len(live), files=len(files), vectors=len(have), missing_files=missing, orphan_files=orphans,
             temp_files=temp, missing_vectors=len(live_ids - have), orphan_vectors=len(have - live_ids),
+            duplicates=self.store.duplicates(),
         )  # fmt: skip
         if repair and not report.consistent:
             self._repair(report, images_dir)
         return report
 
     def _repair(self, report: CheckReport, images_dir: Path) -> None:
+        if report.duplicates:
+            self.store.mark_deleted(report.duplicates)  # the first copy stays; its twins go
         if report.missing_files:
             # The row keeps its parameters (the image can be made again); it just stops being shown.
             self.store.mark_deleted(report.missing_files)

@@ -86,3 +86,29 @@ def test_open_upgrades_an_empty_file(tmp_path: Path) -> None:
     assert inspect(engine).get_table_names() == []
     engine = open_gallery_db(tmp_path / "new.db")
     assert "alembic_version" in inspect(engine).get_table_names()
+
+
+def test_storing_a_jobs_images_again_is_idempotent_and_check_finds_old_twins(tmp_path: Path) -> None:
+    from sqlalchemy import insert
+
+    from gallery.models import ImageRow, JobRow
+
+    engine = open_gallery_db(tmp_path / "g.db")
+    store = SqliteImageStore(engine, tmp_path / "images")
+    with engine.begin() as conn:
+        conn.execute(insert(JobRow).values(id="job1", status="running", queue_key="k", priority=0, request={},
+                                           seed=1, source="cli"))  # fmt: skip
+    images = [Image.new("RGB", (8, 8), (i * 40, 0, 0)) for i in range(3)]
+    infos = [ImageCreate(job_id="job1", index=i, width=8, height=8, seed=i) for i in range(3)]
+    items = [(info, encode_png(im, info)) for info, im in zip(infos, images)]
+    first = store.add(items)
+    # A crash after the commit, before the job was marked done: the job runs again and stores again.
+    again = store.add(items)
+    assert [i.id for i in again] == [i.id for i in first]
+    assert len(store.for_job("job1")) == 3 and store.duplicates() == []
+    # Twins left by an engine from before this fix are found (and the first copy is the one that stays).
+    row = {**infos[1].model_dump(), "sha256": first[1].sha256, "path": first[1].path}
+    with engine.begin() as conn:
+        conn.execute(insert(ImageRow).values(**row))
+    twins = store.duplicates()
+    assert len(twins) == 1 and twins[0] > first[-1].id

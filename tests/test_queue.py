@@ -198,3 +198,40 @@ def test_linear_fair_order_matches_the_quadratic_replay(jobs: list, claims: dict
     claims = {k: v for k, v in claims.items() if v is None or not (v in seen or seen.add(v))}
     rows = [SimpleNamespace(id=f"j{i}", queue_key=u, priority=p, seq=i) for i, (u, p) in enumerate(jobs)]
     assert fair_order(rows, claims) == quadratic_fair_order(rows, claims)
+
+
+def test_submit_claim_health_and_position_stay_flat_as_the_queue_grows(tmp_path: Path) -> None:
+    """2,000 queued jobs from 200 users: each operation costs about what it did at 200 (quadratic would be 100x)."""
+    import time
+
+    def median_ms(fn, samples: int = 15) -> float:
+        costs = []
+        for _ in range(samples):
+            t = time.perf_counter()
+            fn()
+            costs.append(time.perf_counter() - t)
+        return sorted(costs)[samples // 2] * 1000
+
+    def costs(size: int) -> dict[str, float]:
+        q = SqliteJobQueue(open_gallery_db(tmp_path / f"q{size}.db"), max_queued_per_user=10**6)
+        users = [req(f"u{u}") for u in range(200)]
+        for i in range(size):
+            q.put(users[i % 200], seed=i)
+        probe = q.put(users[0], seed=0)[0]
+
+        def claim() -> None:
+            job = q.claim()
+            assert job is not None
+            q.requeue(job.id)
+
+        return {
+            "submit": median_ms(lambda: q.put(users[7], seed=0)),
+            "claim": median_ms(claim),
+            "health": median_ms(lambda: q.count("queued")),
+            "job GET": median_ms(lambda: q.position(probe.id)),
+        }
+
+    small, large = costs(200), costs(2000)
+    for op in small:
+        # 10x the jobs: linear work may cost up to ~10x; leave room for a busy machine, far below 100x.
+        assert large[op] < max(30 * small[op], 5.0), (op, small[op], large[op])

@@ -12,7 +12,7 @@ from bots import render
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of
 from engine.client import RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, split
-from engine.schema import SAMPLERS
+from engine.schema import SAMPLERS, Scope
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -103,7 +103,8 @@ class DreamCog(commands.Cog, name="Dream"):
     @commands.command(name="queue", help="your queued jobs and this server's")
     async def queue_command(self, ctx: commands.Context) -> None:
         async with replying_errors(MessageReply(ctx.message).send):
-            await ctx.reply(self._queue_text(await self.bot.engine.queue(), ctx), mention_author=False)
+            scope = Scope.of(requester_of(ctx.guild, ctx.channel, ctx.author))  # type: ignore[arg-type]
+            await ctx.reply(self._queue_text(await self.bot.engine.queue(scope=scope), ctx), mention_author=False)
 
     @staticmethod
     def _queue_text(state, ctx: commands.Context) -> str:
@@ -124,7 +125,7 @@ class DreamCog(commands.Cog, name="Dream"):
     @commands.command(name="cancel", help="cancel your latest job (or !cancel <job id>)")
     async def cancel_command(self, ctx: commands.Context, job_id: str = "") -> None:
         async with replying_errors(MessageReply(ctx.message).send):
-            state = await self.bot.engine.queue()
+            state = await self.bot.engine.queue(scope=Scope.of(requester_of(ctx.guild, ctx.channel, ctx.author)))
             guild, user = (str(ctx.guild.id) if ctx.guild else None), str(ctx.author.id)
             mine = [
                 j

@@ -1,6 +1,6 @@
 """Searching this server's gallery from Discord: `!search`, `/search`, `!similar`, `!info`.
 
-Every query carries the guild, and the engine enforces it inside the search:
+Every query carries the guild (in a DM: that user's DM images), and the engine enforces it inside the search:
 one server never sees another's images.
 """
 
@@ -14,11 +14,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
-from bots.replies import InteractionReply, MessageReply, replying_errors
+from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of
 from bots.views import image_ids_of
 from engine.client import RequestRejected
 from engine.grid import tile
-from engine.schema import SearchResults
+from engine.schema import Scope, SearchResults
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -33,13 +33,15 @@ class SearchCog(commands.Cog, name="Search"):
     def __init__(self, bot: DreamBot) -> None:
         self.bot = bot
 
-    async def _answer(self, results: SearchResults, title: str, channel: object) -> tuple[str, discord.File | None]:
+    async def _answer(
+        self, results: SearchResults, title: str, channel: object, scope: Scope
+    ) -> tuple[str, discord.File | None]:
         shown = [r for r in results.results if not r.image.nsfw or rules.nsfw_allowed(channel)][:SHOWN]
         hidden = len(results.results) - len(shown) if len(shown) < SHOWN else 0
         note = f"\n({hidden} flagged by the safety check: shown only in NSFW channels)" if hidden else ""
         if not shown:
             return "Nothing in this server's gallery matches." + note, None
-        blobs = [await self.bot.engine.image_file(r.image.id) for r in shown]
+        blobs = [await self.bot.engine.image_file(r.image.id, scope=scope) for r in shown]
         lines = [title] + [
             f"{k}. #{r.image.id} · seed {r.image.seed} · {render.clip(r.image.prompt, 200)}"
             for k, r in enumerate(shown, start=1)
@@ -49,43 +51,47 @@ class SearchCog(commands.Cog, name="Search"):
             io.BytesIO(tile(blobs, size=256, max_cols=4)), "results.png"
         )
 
-    async def _text_search(self, guild: discord.Guild | None, channel: object, text: str, say) -> None:
+    async def _text_search(self, scope: Scope, channel: object, text: str, say) -> None:
         text = text.strip().strip('"').strip()
         if not text:
             await say('Give me something to look for: !search "red fox in snow"')
             return
         async with replying_errors(say):
-            results = await self.bot.engine.search(text, limit=FETCHED, guild=str(guild.id) if guild else None)
-            content, file = await self._answer(results, f"Best matches for **{render.clip(text, 200)}**:", channel)
+            results = await self.bot.engine.search(text, limit=FETCHED, **scope.params())
+            title = f"Best matches for **{render.clip(text, 200)}**:"
+            content, file = await self._answer(results, title, channel, scope)
             await say(content, file=file or discord.utils.MISSING)
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
-        await self._text_search(ctx.guild, ctx.channel, text, MessageReply(ctx.message).send)
+        await self._text_search(_scope(ctx.guild, ctx.channel, ctx.author), ctx.channel, text,
+                                MessageReply(ctx.message).send)  # fmt: skip
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
     async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        await self._text_search(interaction.guild, interaction.channel, text, InteractionReply(interaction).send)
+        scope = _scope(interaction.guild, interaction.channel, interaction.user)
+        await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send)
 
     @commands.command(name="similar", help="attach an image, or reply to one: images like it")
     async def similar_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
-        guild = str(ctx.guild.id) if ctx.guild else None
+        scope = _scope(ctx.guild, ctx.channel, ctx.author)
+        where = scope.params()  # every search of a DM is of that user's DM images only
         engine = self.bot.engine
         referenced = ctx.message.reference.resolved if ctx.message.reference else None
         async with replying_errors(MessageReply(ctx.message).send):
             if ctx.message.attachments:
-                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=FETCHED, guild=guild)
+                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=FETCHED, **where)
             elif isinstance(referenced, discord.Message) and image_ids_of(referenced):
-                results = await engine.similar(image_ids_of(referenced)[0], limit=FETCHED, guild=guild)
+                results = await engine.similar(image_ids_of(referenced)[0], limit=FETCHED, **where)
             elif isinstance(referenced, discord.Message) and referenced.attachments:
-                results = await engine.search_image(await referenced.attachments[0].read(), limit=FETCHED, guild=guild)
+                results = await engine.search_image(await referenced.attachments[0].read(), limit=FETCHED, **where)
             elif image_id is not None:
-                results = await engine.similar(image_id, limit=FETCHED, guild=guild)
+                results = await engine.similar(image_id, limit=FETCHED, **where)
             else:
                 await ctx.reply("Attach an image, reply to one, or give an image id: !similar 42", mention_author=False)
                 return
-            content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel)
+            content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel, scope)
             await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
 
     @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
@@ -99,10 +105,10 @@ class SearchCog(commands.Cog, name="Search"):
         lines = []
         for i in ids:
             try:
-                image = await self.bot.engine.image(i)
+                image = await self.bot.engine.image(i, scope=_scope(ctx.guild, ctx.channel, ctx.author))
             except RequestRejected:
                 image = None
-            if image is None or image.guild != (str(ctx.guild.id) if ctx.guild else None):
+            if image is None:
                 lines.append(f"#{i}: not in this server's gallery")
                 continue
             lines.append(
@@ -111,6 +117,12 @@ class SearchCog(commands.Cog, name="Search"):
                 f"> {render.clip(image.prompt, 300)}"
             )
         await ctx.reply(render.clip("\n".join(lines), render.MESSAGE_LIMIT), mention_author=False)
+
+
+def _scope(guild, channel, user) -> Scope:
+    scope = Scope.of(requester_of(guild, channel, user))
+    assert scope is not None  # a Discord requester always has one
+    return scope
 
 
 async def setup(bot: DreamBot) -> None:

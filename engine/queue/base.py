@@ -17,12 +17,12 @@ positions of the jobs someone is watching.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from datetime import datetime
 
 from pydantic import BaseModel
 
 from engine.events import EventSink
 from engine.schema import DreamRequest, JobStatus
+from gallery.schemas import UtcDateTime
 
 TERMINAL: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 
@@ -54,9 +54,9 @@ class JobRecord(BaseModel):
     queue_key: str
     priority: int
     error: str | None = None
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
 
 
 class JobQueue(ABC):

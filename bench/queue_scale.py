@@ -1,0 +1,101 @@
+"""How the job queue's costs grow with its length: submit, claim, health, one job's position.
+
+    python bench/queue_scale.py [--sizes 100 1000 2000] [--users 200] [--samples 50]
+
+A real SqliteJobQueue on a real database file (no models). For each size the
+queue is filled round-robin from `--users` users, then each operation is timed
+`--samples` times; the old quadratic position replay is timed alongside for
+comparison. Prints p50/p99 in milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import sqlalchemy
+
+from engine.queue import SqliteJobQueue
+from engine.schema import DreamRequest, Requester
+from gallery.db import open_gallery_db
+
+
+def quadratic_fair_order(queued: list, last_claim: dict) -> dict[str, int]:
+    """The replay the queue used before (kept here to show what it cost)."""
+    last = {k: (-1 if v is None else v) for k, v in last_claim.items()}
+    pending, order, tick = list(queued), {}, max(last.values(), default=0) + 1
+    while pending:
+        best = min(pending, key=lambda q: (-q.priority, last.get(q.queue_key, -1), q.seq))
+        order[best.id] = len(order)
+        last[best.queue_key] = tick
+        tick += 1
+        pending.remove(best)
+    return order
+
+
+def timed(fn, samples: int) -> tuple[float, float]:
+    costs = []
+    for _ in range(samples):
+        t = time.perf_counter()
+        fn()
+        costs.append((time.perf_counter() - t) * 1000)
+    costs.sort()
+    return statistics.median(costs), costs[min(len(costs) - 1, int(len(costs) * 0.99))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
+    ap.add_argument("--users", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=50)
+    args = ap.parse_args()
+    print(f"python {platform.python_version()}, sqlalchemy {sqlalchemy.__version__}, sqlite file in /tmp, "
+          f"{args.users} users, {args.samples} samples per figure")  # fmt: skip
+    print(f"{'queued':>7} | {'submit p50/p99':>15} | {'claim p50/p99':>14} | {'health p50':>10} | "
+          f"{'job GET p50':>11} | {'all positions':>13} | {'old replay':>10}")  # fmt: skip
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(measure(SqliteJobQueue(open_gallery_db(Path(tmp) / "gallery.db"), max_queued_per_user=10**6),
+                          size, users=args.users, samples=args.samples))  # fmt: skip
+
+
+def measure(queue: SqliteJobQueue, size: int, *, users: int, samples: int) -> str:
+    """Fill `queue` to `size` jobs and time its operations; one table row."""
+    request = [DreamRequest(prompt="x", requester=Requester(user=f"u{u}")) for u in range(users)]
+    for i in range(size):
+        queue.put(request[i % users], seed=i)
+    last = queue.put(request[0], seed=0)[0]
+    turn = [0]
+
+    def submit() -> None:
+        turn[0] += 1
+        queue.put(request[turn[0] % users], seed=0)
+
+    def claim() -> None:
+        job = queue.claim()
+        assert job is not None
+        queue.requeue(job.id)  # keep the queue at its size
+
+    def replay() -> None:
+        with queue.engine.connect() as conn:
+            sql = "SELECT id, queue_key, priority, seq FROM jobs WHERE status='queued' ORDER BY seq"
+            quadratic_fair_order(conn.execute(sqlalchemy.text(sql)).all(), {})
+
+    sub, cl = timed(submit, samples), timed(claim, samples)
+    health = timed(lambda: queue.count("queued"), samples)
+    get = timed(lambda: queue.position(last.id), samples)
+    every = timed(queue.positions, max(3, samples // 10))
+    old = timed(replay, 1)
+    return (f"{size:>7} | {sub[0]:6.2f} / {sub[1]:6.2f} | {cl[0]:5.2f} / {cl[1]:6.2f} | {health[0]:10.2f} | "
+            f"{get[0]:11.2f} | {every[0]:13.2f} | {old[0]:10.1f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
