@@ -1,18 +1,25 @@
 """How the job queue's costs grow with its length: submit, claim, health, one job's position.
 
     python bench/queue_scale.py [--sizes 100 1000 2000] [--users 200] [--samples 50]
+    python bench/queue_scale.py --engine 1000
 
 A real SqliteJobQueue on a real database file (no models). For each size the
 queue is filled round-robin from `--users` users, then each operation is timed
 `--samples` times; the old quadratic position replay is timed alongside for
 comparison. Prints p50/p99 in milliseconds.
+
+`--engine N`: the same through a real engine process on its socket (built-in
+model, its worker busy with 150-step jobs): N submissions from `--users`
+users, with /v1/health and a queued job's GET timed as the queue grows.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy
 
+from engine.client import EngineClient, EngineUnavailable
 from engine.queue import SqliteJobQueue
 from engine.schema import DreamRequest, Requester
 from gallery.db import open_gallery_db
@@ -55,7 +63,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--engine", type=int, metavar="N", help="N submissions through a real engine instead")
     args = ap.parse_args()
+    if args.engine:
+        through_engine(args.engine, users=args.users)
+        return
     print(f"python {platform.python_version()}, sqlalchemy {sqlalchemy.__version__}, sqlite file in /tmp, "
           f"{args.users} users, {args.samples} samples per figure")  # fmt: skip
     print(f"{'queued':>7} | {'submit p50/p99':>15} | {'claim p50/p99':>14} | {'health p50':>10} | "
@@ -95,6 +107,49 @@ def measure(queue: SqliteJobQueue, size: int, *, users: int, samples: int) -> st
     old = timed(replay, 1)
     return (f"{size:>7} | {sub[0]:6.2f} / {sub[1]:6.2f} | {cl[0]:5.2f} / {cl[1]:6.2f} | {health[0]:10.2f} | "
             f"{get[0]:11.2f} | {every[0]:13.2f} | {old[0]:10.1f}")  # fmt: skip
+
+
+def through_engine(total: int, *, users: int) -> None:
+    """Submit `total` jobs to a real engine; time submit, health and a queued job's GET per quarter."""
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "DREAMHALL_HOME": home}
+        log = open(Path(home) / "engine.log", "wb")  # noqa: SIM115 - closed below
+        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, stdout=log, stderr=log)
+        client = EngineClient(Path(home) / "engine.sock")
+        try:
+            while True:
+                try:
+                    client.health()
+                    break
+                except EngineUnavailable:
+                    time.sleep(0.2)
+            print(f"engine on the built-in model, {users} users, {total} submissions of 150-step jobs")
+            print(f"{'queued':>11} | {'submit p50/p99':>15} | {'health p50/p99':>15} | {'job GET p50':>11}")
+            quarter = total // 4
+            for q in range(4):
+                submits, healths, gets = [], [], []
+                for i in range(q * quarter, (q + 1) * quarter):
+                    request = DreamRequest(prompt="a red circle", steps=150, requester=Requester(user=f"u{i % users}"))
+                    t = time.perf_counter()
+                    accepted = client.submit(request)
+                    submits.append(time.perf_counter() - t)
+                    if i % 10 == 0:
+                        t = time.perf_counter()
+                        client.health()
+                        healths.append(time.perf_counter() - t)
+                        t = time.perf_counter()
+                        client.job(accepted.id)
+                        gets.append(time.perf_counter() - t)
+                queued = client.health().queued
+                s, h, g = (sorted(x * 1000 for x in v) for v in (submits, healths, gets))
+                p99 = lambda v: v[min(len(v) - 1, int(len(v) * 0.99))]  # noqa: E731
+                print(f"{q * quarter:>4}–{queued:<5} | {statistics.median(s):6.2f} / {p99(s):6.2f} | "
+                      f"{statistics.median(h):6.2f} / {p99(h):6.2f} | {statistics.median(g):11.2f}")  # fmt: skip
+        finally:
+            client.close()
+            engine.terminate()
+            engine.wait(60)
+            log.close()
 
 
 if __name__ == "__main__":
