@@ -84,6 +84,7 @@ class FakeDiscord:
         self.posted: dict[str, Posted] = {}
         self.attachments: dict[str, bytes] = {}
         self.said: dict[str, dict] = {}  # users' messages, by id
+        self.dm_channels: dict[str, str] = {}  # user id -> their DM channel with the bot
         self.commands: list[dict] = []
         self.ws: web.WebSocketResponse | None = None
         self.seq = 0
@@ -371,6 +372,17 @@ class FakeDiscord:
         self.said[mid] = data
         await self.dispatch("MESSAGE_CREATE", data)
         return mid
+
+    async def say_dm(self, uid: str, content: str) -> str:
+        """A user writes to the bot in a direct message (no guild); returns the message id."""
+        mid = snowflake()
+        data = message_object(mid, self.dm_channel_of(uid), self.user(uid), content, [])
+        self.said[mid] = data
+        await self.dispatch("MESSAGE_CREATE", data)
+        return mid
+
+    def dm_channel_of(self, uid: str) -> str:
+        return self.dm_channels.setdefault(uid, snowflake())
 
     async def interact(
         self, guild_id: str, uid: str, itype: int, data: dict, *, message: Posted | None = None, admin: bool = False

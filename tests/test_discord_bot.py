@@ -312,3 +312,31 @@ async def test_flagged_images_are_posted_only_in_nsfw_channels(checked_world: Wo
     assert not hidden.files and "flagged by the safety check" in hidden.content
     shown = await checked_world.text_reply(await fake.say(B, "7", "!search flagged"))
     assert shown.files
+
+
+async def test_a_dm_sees_only_that_users_dm_images(world: World) -> None:
+    in_guild = await world.result_for(
+        await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 9 -s 4')
+    )
+    guild_image = int(in_guild.custom_ids[0].rsplit(":", 1)[1])
+    dm = world.fake.dm_channel_of("7")
+
+    async def dm_reply(content: str, *, files: bool = False) -> Posted:
+        mid = await world.fake.say_dm("7", content)
+        return await world.fake.wait_for(
+            lambda: next((p for p in world.replies_to(mid) if p.channel_id == dm and (p.files or not files)), None), 90
+        )
+
+    # Nothing of the server is found, used or shown from a DM.
+    assert "Nothing in this server's gallery matches" in (await dm_reply('!search "red circle"')).content
+    assert "⚠️" in (await dm_reply(f"!similar {guild_image}")).content
+    assert "not in this server's gallery" in (await dm_reply(f"!info {guild_image}")).content
+    refused = await dm_reply(f'!dream "a blue circle" -I {guild_image} -s 4')
+    assert "not in this server's gallery" in refused.content and not refused.files
+    # What the user makes in DMs is theirs to find there, and only there.
+    made = await dm_reply('!dream "a red circle on a blue background" -S 10 -s 4', files=True)
+    dm_image = int(made.custom_ids[0].rsplit(":", 1)[1])
+    found = await dm_reply('!search "red circle"', files=True)
+    assert f"#{dm_image}" in found.content and f"#{guild_image}" not in found.content
+    in_server = await world.fake.say(A, "7", '!search "red circle"')
+    assert f"#{dm_image}" not in (await world.text_reply(in_server)).content

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -158,11 +160,11 @@ def requests(draw: st.DrawFn) -> DreamRequest:
     else:
         fields["width"] = draw(st.one_of(st.none(), sizes))
         fields["height"] = draw(st.one_of(st.none(), sizes))
-    refs = st.one_of(st.integers(0, 10**9).map(lambda i: f"gallery:{i}"),
+    refs = st.one_of(st.integers(1, 10**9).map(lambda i: f"gallery:{i}"),
                      st.binary(min_size=32, max_size=32).map(lambda b: f"upload:{b.hex()}"))  # fmt: skip
     if mode in {"img2img", "inpaint", "outpaint", "upscale"}:
         fields["init_image"] = draw(refs)
-        fields["strength"] = draw(st.one_of(st.none(), st.floats(0, 1, allow_nan=False)))
+        fields["strength"] = draw(st.one_of(st.none(), st.floats(0, 1, allow_nan=False).filter(bool)))
     if mode == "inpaint":
         fields["init_mask"] = draw(refs)
     if mode == "outpaint":
@@ -184,3 +186,25 @@ def requests(draw: st.DrawFn) -> DreamRequest:
 @given(requests())
 def test_parse_of_format_is_identity(request: DreamRequest) -> None:
     assert parse(format_request(request)) == request
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        ('"a red circle" —n 4', "did you mean -n?"),
+        ('"a red circle" –S 42', "did you mean -S?"),
+        ('"a red circle" -I ١٢', "expected a gallery image id"),
+        ('"\u200b\u2060"', "no visible characters"),
+        ('"a red circle" -I 3 -f 0', "-f/--strength (strength): 0 repaints nothing"),
+        ('"a red circle" -I 99999999999999999999', "no gallery image has id"),
+    ],
+)
+def test_odd_input_is_a_sentence_not_a_surprise(command: str, message: str) -> None:
+    with pytest.raises(DreamArgsError, match=re.escape(message)):
+        parse(command)
+
+
+def test_an_error_quotes_an_excerpt_not_the_whole_input() -> None:
+    with pytest.raises(DreamArgsError) as e:
+        parse('"' + "x" * 100_000 + '"')
+    assert len(str(e.value)) < 200 and "100000 characters" in str(e.value)
