@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
 import threading
 from collections.abc import Callable
 from importlib import resources
@@ -104,17 +106,45 @@ def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True)
                 raise ModelLoadError(f"checkpoint file {path} does not exist")
             pipe = StableDiffusionPipeline.from_single_file(str(path), load_safety_checker=safety_check, **kwargs)
         elif ref is not None and "/" in ref and not ref.startswith((".", "/", "~")):
-            pipe = AutoPipelineForText2Image.from_pretrained(ref, **kwargs)
+            online = hub_reachable(ref)
+            try:
+                pipe = AutoPipelineForText2Image.from_pretrained(ref, **kwargs, local_files_only=not online)
+            except (OSError, ValueError) as e:
+                if online:
+                    raise
+                raise ModelLoadError(
+                    f"model {ref!r} is not in this machine's hub cache and the hub cannot be reached; "
+                    "use a local diffusers folder or a .safetensors file"
+                ) from e
         else:
             raise ModelLoadError(f"model {ref!r} is neither a folder, a .safetensors/.ckpt file nor a hub id")
     except ModelLoadError:
         raise
     except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ModelLoadError(
-            f"could not load model {name!r}: {e}. Offline? Use a local diffusers folder or a .safetensors file."
+            f"could not load model {name!r}: {reason}. Offline? Use a local diffusers folder or a .safetensors file."
         ) from e
     pipe.set_progress_bar_config(disable=True)
     return name, pipe.to(device.torch_device)
+
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_reachable(ref: str, timeout: float = 3.0) -> bool:
+    """Whether a hub id can be fetched now; if not, loading uses the local cache only.
+
+    Without this, an unknown hub id offline holds the worker ~30 s while the hub client retries.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}:
+        return False
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        log.info("the hub cannot be reached: %s comes from the local cache or not at all", ref)
+        return False
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]

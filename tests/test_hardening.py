@@ -27,7 +27,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
     home = tmp_path_factory.mktemp("home")
     home.chmod(0o755)  # an existing home others can read: the engine must close it
     # Two 64 px images per pipeline call: a request of four runs in two batches.
-    proc = EngineProcess(home, tiny_model, DREAMHALL_BATCH_PIXELS=str(2 * 64 * 64)).start()
+    # HF_HUB_OFFLINE: offline on any machine, so the hub-id test takes the same path everywhere.
+    proc = EngineProcess(home, tiny_model, DREAMHALL_BATCH_PIXELS=str(2 * 64 * 64), HF_HUB_OFFLINE="1").start()
     yield proc
     proc.stop()
 
@@ -221,3 +222,13 @@ def test_a_job_rerun_after_a_crash_in_the_window_stores_its_images_once(tmp_path
             assert report.duplicates == [] and report.rows == 3
     finally:
         second.stop()
+
+
+# 12. An unknown hub id offline fails at once with a sentence, instead of holding the worker while the hub retries.
+def test_an_unknown_hub_id_offline_fails_with_a_sentence(client: EngineClient) -> None:
+    request = DreamRequest(prompt="x", steps=2, width=64, height=64, model="nobody/no-such-model")
+    job = client.wait(client.submit(request).id)
+    assert job.status == "failed"
+    assert job.error is not None and "hub cannot be reached" in job.error and len(job.error) < 300
+    # ...and the engine goes on with the next job on its own model.
+    assert made(client, Requester(user="after")) > 0
