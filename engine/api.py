@@ -55,6 +55,7 @@ from engine.schema import (
     SearchResult,
     SearchResults,
     Upload,
+    clip_text,
 )
 from engine.settings import Settings
 from engine.worker import Worker
@@ -93,6 +94,7 @@ ServicesDep = Annotated[Services, Depends(_services)]
 
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="a gallery image id")]
 MAX_OFFSET = 10**9  # past any gallery; a larger one is a mistake, not a page
+MAX_SIDE = 65_536  # no image is wider; larger is a mistake (and would overflow SQLite)
 
 
 def _date(value: object) -> object:
@@ -124,8 +126,8 @@ class FilterQuery(BaseModel):
     before: Date = None
     dm_of: str | None = Field(default=None, description="a Discord user: only their images from direct messages")
     favourites: bool = False
-    min_width: int | None = Field(default=None, ge=1)
-    min_height: int | None = Field(default=None, ge=1)
+    min_width: int | None = Field(default=None, ge=1, le=MAX_SIDE)
+    min_height: int | None = Field(default=None, ge=1, le=MAX_SIDE)
 
     def filters(self) -> SearchFilters:
         return SearchFilters(guild=self.guild, user=self.user, source=self.source, model=self.model,
@@ -177,6 +179,18 @@ def _existing_job(job_id: str, s: ServicesDep) -> str:
 
 
 ExistingJob = Annotated[str, Depends(_existing_job)]
+
+
+def parameter_error(error: dict) -> str:
+    """One sentence for a bad query or path parameter, naming it and its bound."""
+    name, ctx, got = str(error["loc"][-1]), error.get("ctx") or {}, clip_text(str(error.get("input")), 40)
+    bounds = {"less_than_equal": ("at most", "le"), "greater_than_equal": ("at least", "ge"),
+              "less_than": ("below", "lt"), "greater_than": ("above", "gt")}  # fmt: skip
+    if error["type"] in bounds:
+        words, key = bounds[error["type"]]
+        return f"{name} must be {words} {ctx.get(key)} (got {got})"
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{name}: {message[:1].lower()}{message[1:]} (got {got})"
 
 
 def error_response(status: int, message: str) -> JSONResponse:
@@ -242,6 +256,8 @@ def create_app(services: Services) -> FastAPI:
         if errors and errors[0].get("type") == "extra_forbidden" and errors[0]["loc"][0] == "query":
             known = ", ".join(FilterQuery.model_fields)
             return error_response(422, f"unknown search filter {errors[0]['loc'][-1]!r}; known: {known}")
+        if errors and errors[0]["loc"][0] in {"query", "path"}:
+            return error_response(422, parameter_error(errors[0]))
         body = ErrorBody(error=explain_errors(errors), detail=[{"loc": e["loc"], "msg": e["msg"]} for e in errors])
         return JSONResponse(body.model_dump(), status_code=422)
 

@@ -7,6 +7,7 @@
     dreamhall zoom "a red circle on a blue background" --frames 8 --out zoom.gif
     dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
     dreamhall gallery import DIR | reindex | check [--repair]
+    dreamhall gallery list [--limit N] [--source cli] | show ID | open ID|last
 
 The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
 as in Discord and the desktop prompt box.
@@ -18,24 +19,46 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import get_args
 
 from pydantic import ValidationError
 from tqdm import tqdm
 
+from engine import __version__
 from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
-from engine.dream_args import DreamArgsError, parse_argv
+from engine.dream_args import DreamArgsError, parse_argv, usage
 from engine.launch import StopFailed, connect, stop_engine
-from engine.schema import Event, Requester, looks_like_ref
+from engine.schema import Event, Requester, Source, looks_like_ref
 from engine.settings import Settings
 
 
 def _fail(message: str, code: int = 2) -> int:
     print(f"dreamhall: {message}", file=sys.stderr)
     return code
+
+
+def _fail_args(error: DreamArgsError, command: str = "dreamhall dream") -> int:
+    """A grammar error, with examples in this command's words rather than Discord's."""
+    text = str(error).replace("!dream --help", f"{command} --help").replace("!dream", command)
+    return _fail(text)
+
+
+class _GrammarHelp(argparse.Action):
+    """--help of the commands that take the !dream grammar: the grammar's own help, then the command's flags."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show this help")
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(usage(parser.prog))
+        print(f"options of {parser.prog} itself:")
+        print("\n".join(parser.format_help().split("\n")[2:]).replace("options:\n", "", 1))
+        parser.exit()
 
 
 class Exit(Exception):
@@ -74,6 +97,8 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
         print(f"engine {h.version} on {settings.socket_path}: device {h.device}, model {h.model}, "
               f"{h.queued} queued, {h.running} running")  # fmt: skip
         return 0
+    if _answers(settings):  # asked before the heavy imports below: an answer in well under a second
+        return _fail(f"an engine is already listening on {settings.socket_path}", 1)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -85,6 +110,15 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
     except EngineAlreadyRunning as e:
         return _fail(str(e), 1)
     return 0
+
+
+def _answers(settings: Settings) -> bool:
+    with EngineClient(settings.socket_path, timeout=5) as client:
+        try:
+            client.health()
+            return True
+        except (EngineUnavailable, RequestRejected):
+            return False
 
 
 class _Progress:
@@ -127,16 +161,14 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
         # The whole command is checked before an engine is started for it.
         request = parse_argv(extra, requester=requester, resolve_image=_local_file_check)
     except DreamArgsError as e:
-        return _fail(str(e))
+        return _fail_args(e)
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
         try:
             request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
         except DreamArgsError as e:
-            return _fail(str(e))
+            return _fail_args(e)
         accepted = engine.submit(request)
-        if request.seed is None:
-            say(f"seed {accepted.seed}")
         progress = _Progress(quiet=args.json)
         try:
             job = engine.wait(accepted.id, on_event=progress)
@@ -157,16 +189,17 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
     if args.json:
         out = {
             "job": job.id,
-            "images": [
-                {"id": i.id, "path": i.path, "seed": i.seed, "width": i.width, "height": i.height} for i in job.images
-            ],
-        }
+            "images": [i.model_dump(include={"id", "path", "seed", "variation_seed", "width", "height"})
+                       for i in job.images],
+        }  # fmt: skip
         if grid_path is not None:
             out["grid"] = str(grid_path)
         print(json.dumps(out))
     else:
+        # One line per image: its id (what -I, `gallery show` and the desktop take), its seed, size and file.
         for i in job.images:
-            print(f"{i.path}  seed {i.seed}  {i.width}x{i.height}")
+            seed = f"seed {i.seed}" + (f", variation seed {i.variation_seed}" if i.variation_seed is not None else "")
+            print(f"#{i.id}  {seed}  {i.width}x{i.height}  {i.path}")
         if grid_path is not None:
             print(f"{grid_path}  (grid)")
     return 0
@@ -205,8 +238,10 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
     with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
+        if args.action in {"list", "show", "open"}:
+            return _look(engine, args)
         if args.action == "import":
-            return _import(engine, args.path)
+            return _import(engine, Path(args.target))
         if args.action == "reindex":
             result = engine.reindex()
             print(f"re-embedded {result.embedded} image(s); {len(result.unreadable)} unreadable")
@@ -232,6 +267,59 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if consistent or report.repaired else 1
 
 
+def _look(engine: EngineClient, args: argparse.Namespace) -> int:
+    """gallery list / show ID / open ID|last."""
+    if args.action == "list":
+        filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter}
+        page = engine.images(limit=args.limit, **filters)
+        for image in page.images:
+            when = image.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
+            print(f"#{image.id}  {when}  seed {image.seed}  {image.width}x{image.height}  {image.mode}  "
+                  f"{image.prompt[:70]!r}")  # fmt: skip
+        print(f"{len(page.images)} of {page.total} image(s), newest first")
+        return 0
+    if args.target is None:
+        return _fail(f"gallery {args.action} needs an image id (or `last`): dreamhall gallery {args.action} 42")
+    if args.target == "last":
+        newest = engine.images(limit=1).images
+        if not newest:
+            return _fail("the gallery is empty", 1)
+        image = newest[0]
+    elif args.target.isascii() and args.target.isdigit():
+        image = engine.image(int(args.target))
+    else:
+        return _fail(f"{args.target!r} is not an image id; give a number such as 42, or `last`")
+    if args.action == "open":
+        return _open_file(Path(image.path))
+    lineage = f"{image.relation} of #{image.parent_id}" if image.parent_id else (image.relation or "—")
+    fields = [
+        ("prompt", image.prompt), ("negative", image.negative_prompt or "—"), ("seed", image.seed),
+        ("size", f"{image.width}x{image.height}"), ("model", image.model), ("sampler", image.sampler),
+        ("steps", image.steps), ("cfg", image.cfg_scale), ("mode", image.mode), ("lineage", lineage),
+        ("made", f"{image.created_at.astimezone():%Y-%m-%d %H:%M} by {image.source}" + (f" ({image.user})"
+                                                                                         if image.user else "")),
+        ("file", image.path),
+    ]  # fmt: skip
+    print(f"#{image.id}")
+    for name, value in fields:
+        print(f"  {name:<9} {value}")
+    return 0
+
+
+def _open_file(path: Path) -> int:
+    """In the desktop's default viewer."""
+    opener = {"darwin": ["open"], "win32": None}.get(sys.platform, ["xdg-open"])
+    if opener is None:
+        os.startfile(path)  # type: ignore[attr-defined]
+        return 0
+    try:
+        subprocess.Popen([*opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return _fail(f"no viewer ({opener[0]}) on this machine; the file is {path}", 1)
+    print(path)
+    return 0
+
+
 def _import(engine, folder: Path) -> int:
     if not folder.is_dir():
         return _fail(f"{folder} is not a folder")
@@ -252,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dreamhall", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--home", type=Path, help="data directory (default: $DREAMHALL_HOME or the user data dir)")
+    parser.add_argument("--version", action="version", version=f"dreamhall {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     eng = sub.add_parser("engine", help="run, stop or ask about the engine")
     eng.add_argument("action", nargs="?", choices=["serve", "stop", "status"], default="serve")
@@ -260,8 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     dream = sub.add_parser("dream", help="make images: the !dream grammar", add_help=False, allow_abbrev=False)
     dream.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     dream.add_argument("--no-autostart", action="store_true", help="fail instead of starting an engine")
-    dream.add_argument("--help", action="help", help="show this help")
-    zoom = sub.add_parser("zoom", help="infinite zoom: chained outpaints as an animation", allow_abbrev=False)
+    dream.add_argument("--help", action=_GrammarHelp)
+    zoom = sub.add_parser("zoom", help="infinite zoom: chained outpaints as an animation", allow_abbrev=False,
+                          add_help=False)  # fmt: skip
+    zoom.add_argument("--help", action=_GrammarHelp)
     zoom.add_argument("--frames", type=int, default=5, help="pictures to make (each one outpaint job)")
     zoom.add_argument("--factor", type=float, default=0.75, help="how much smaller each picture sits in the next")
     zoom.add_argument("--out", type=Path, default=Path("zoom.gif"), help="the animation (.gif or .webp)")
@@ -273,13 +364,18 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--guild")
     search.add_argument("--user")
-    search.add_argument("--source", choices=["cli", "discord", "desktop", "api"])
+    search.add_argument("--source", choices=list(get_args(Source)) + ["import", "recovered"])
     search.add_argument("--model", dest="model_filter", help="only images of this model")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
-    gallery = sub.add_parser("gallery", help="import images, rebuild the search index, check and repair")
-    gallery.add_argument("action", choices=["import", "reindex", "check"])
-    gallery.add_argument("path", nargs="?", type=Path, help="import: the folder of images")
+    gallery = sub.add_parser("gallery", help="list, show and open images; import, reindex, check and repair")
+    gallery.add_argument("action", choices=["list", "show", "open", "import", "reindex", "check"])
+    gallery.add_argument("target", nargs="?", help="show/open: an image id or `last`; import: the folder")
+    gallery.add_argument("--limit", type=int, default=20, help="list: how many (newest first)")
+    gallery.add_argument("--guild")
+    gallery.add_argument("--user")
+    gallery.add_argument("--source", choices=list(get_args(Source)) + ["import", "recovered"])
+    gallery.add_argument("--model", dest="model_filter", help="only images of this model")
     gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
     gallery.add_argument("--no-autostart", action="store_true")
     return parser
@@ -303,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "search":
             return cmd_search(args, settings)
         if args.command == "gallery":
-            if args.action == "import" and args.path is None:
+            if args.action == "import" and args.target is None:
                 return _fail("gallery import needs a folder: dreamhall gallery import DIR")
             return cmd_gallery(args, settings)
         if args.command == "zoom":
@@ -325,7 +421,7 @@ def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> 
     try:
         request = parse_argv(extra, requester=Requester(source="cli", user=os.environ.get("USER")))
     except DreamArgsError as e:
-        return _fail(str(e))
+        return _fail_args(e, "dreamhall zoom")
     if request.mode != "txt2img":
         return _fail("zoom starts from a prompt: leave out -I, -M, -v, -U and --outpaint")
     with (

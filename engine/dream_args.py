@@ -61,7 +61,7 @@ def _tidy_argparse(message: str) -> str:
     message = message.replace("argument ", "", 1)
     if message.startswith("unrecognized arguments:"):
         bad = message.split(":", 1)[1].strip()
-        return f"unknown flag {bad}; see the list of !dream flags (e.g. -n, -S, -W, -H, -C, -s, -A)"
+        return f"unknown flag {bad}; see the list of !dream flags (-n, -S, -W, -H, -C, -s, -A, ... in !dream --help)"
     return message
 
 
@@ -109,32 +109,99 @@ def _sides(value: str) -> dict[str, int]:
     return sides
 
 
+def _range(field: str) -> tuple[float, float] | None:
+    """The (min, max) a numeric request field allows, read from the schema itself."""
+    prop = DreamRequest.model_json_schema()["properties"].get(field, {})
+    for option in [prop, *prop.get("anyOf", [])]:
+        if "minimum" in option and "maximum" in option:
+            return option["minimum"], option["maximum"]
+    return None
+
+
+def _bounds(field: str) -> str:
+    bounds = _range(field)
+    if bounds is None:
+        return ""
+    lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
+    return f" ({lo}–{hi})"
+
+
 def _build_parser() -> _Parser:
-    p = _Parser(prog="!dream", add_help=False, allow_abbrev=False)
-    p.add_argument("prompt", nargs="*")
-    p.add_argument("-n", "--iterations", dest="n", type=int)
-    p.add_argument("-S", "--seed", type=int)
-    p.add_argument("-W", "--width", type=int)
-    p.add_argument("-H", "--height", type=int)
-    p.add_argument("--ar", dest="aspect_ratio", type=_ratio)
-    p.add_argument("-C", "--cfg_scale", type=float)
-    p.add_argument("-s", "--steps", type=int)
-    p.add_argument("-A", "--sampler", type=_sampler)
-    p.add_argument("-N", "--negative", dest="negative", action="append")
-    p.add_argument("--no", dest="negative", action="append")
-    p.add_argument("-m", "--model")
-    p.add_argument("-I", "--init_img", dest="init_image")
-    p.add_argument("-f", "--strength", type=float)
-    p.add_argument("-M", "--init_mask")
-    p.add_argument("-v", "--variation_amount", type=float)
-    p.add_argument("-V", "--with_variations", type=_variations)
-    p.add_argument("--variation_seed", type=int)
-    p.add_argument("--outpaint", type=_sides)
-    p.add_argument("-U", "--upscale", type=int)
+    p = _Parser(
+        prog="!dream",
+        add_help=False,
+        allow_abbrev=False,
+        usage='%(prog)s "PROMPT" [flags]',
+        description="Make images from a prompt. The same flags everywhere: Discord, the CLI, the desktop prompt box.",
+        epilog="Image i of a request uses seed S+i, and each image records its own seed: any one remakes it alone.",
+    )
+    d = DreamRequest.model_fields
+    p.add_argument("prompt", nargs="*", help="what to draw; quote it, or end the flags with -- before it")
+    p.add_argument("-n", "--iterations", dest="n", type=int, metavar="N", help="how many images" + _bounds("n"))
+    p.add_argument("-S", "--seed", type=int, help="seed of the first image (default: drawn and reported)")
+    p.add_argument("-W", "--width", type=int, help="width in pixels, a multiple of 8" + _bounds("width"))
+    p.add_argument("-H", "--height", type=int, help="height in pixels, a multiple of 8" + _bounds("height"))
+    p.add_argument("--ar", dest="aspect_ratio", type=_ratio, metavar="W:H", help="aspect ratio such as 16:9")
+    p.add_argument(
+        "-C",
+        "--cfg_scale",
+        type=float,
+        metavar="CFG",
+        help=f"how closely to follow the prompt (default {d['cfg_scale'].default})" + _bounds("cfg_scale"),
+    )
+    p.add_argument("-s", "--steps", type=int, help=f"sampling steps (default {d['steps'].default})" + _bounds("steps"))
+    p.add_argument(
+        "-A",
+        "--sampler",
+        type=_sampler,
+        metavar="NAME",
+        help=f"one of {', '.join(SAMPLERS)} (default {d['sampler'].default})",
+    )
+    p.add_argument("-N", "--negative", dest="negative", action="append", metavar="TEXT", help="what to avoid")
+    p.add_argument("--no", dest="negative", action="append", metavar="TEXT", help="the same as -N")
+    p.add_argument("-m", "--model", help="a model the engine has (default: the engine's)")
+    p.add_argument(
+        "-I",
+        "--init_img",
+        dest="init_image",
+        metavar="IMAGE",
+        help="start from an image: a gallery id such as 42, or a file (CLI and desktop)",
+    )
+    p.add_argument("-f", "--strength", type=float, help="how much of -I to repaint (above 0, at most 1)")
+    p.add_argument("-M", "--init_mask", metavar="MASK", help="inpaint: white repaints, black keeps (id or file)")
+    p.add_argument(
+        "-v",
+        "--variation_amount",
+        type=float,
+        metavar="AMOUNT",
+        help="variations of -I (or of -S): how far to wander" + _bounds("variation_amount"),
+    )
+    p.add_argument(
+        "-V",
+        "--with_variations",
+        type=_variations,
+        metavar="SEED:WEIGHT,...",
+        help="replay the variation terms an image recorded",
+    )
+    p.add_argument("--variation_seed", type=int, help="seed of the first variation's noise")
+    p.add_argument(
+        "--outpaint",
+        type=_sides,
+        metavar="PX|SIDE:PX,...",
+        help="grow -I by pixels on every side, or on some: left:64,top:32",
+    )
+    p.add_argument("-U", "--upscale", type=int, metavar="2|4", help="make -I 2 or 4 times larger")
     layout = p.add_mutually_exclusive_group()
-    layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid")
-    layout.add_argument("-i", "--individual", dest="layout", action="store_const", const="individual")
+    layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid", help="one grid (default)")
+    layout.add_argument(
+        "-i", "--individual", dest="layout", action="store_const", const="individual", help="each image on its own"
+    )
     return p
+
+
+def usage(prog: str = "!dream") -> str:
+    """The grammar's help, generated from the one parser (so it can never drift from it)."""
+    return _PARSER.format_help().replace("!dream", prog)
 
 
 _PARSER = _build_parser()
@@ -180,7 +247,7 @@ def parse_argv(
             raise DreamArgsError(f"{word!r} starts with a dash that is not '-': did you mean -{word[1:]}?")
     ns = _PARSER.parse_intermixed_args(argv)
     prompt = " ".join(ns.prompt + tail).strip()
-    if not prompt:
+    if not prompt and ns.upscale is None:  # an upscale keeps its image's prompt, as A1111's Extras tab needs none
         raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
     if ns.negative:
@@ -213,15 +280,6 @@ def _infer_mode(fields: dict) -> str:
     if fields.get("init_image") is not None:
         return "img2img"
     return "txt2img"
-
-
-def _range(field: str) -> tuple[float, float] | None:
-    """The (min, max) a numeric request field allows, read from the schema itself."""
-    prop = DreamRequest.model_json_schema()["properties"].get(field, {})
-    for option in [prop, *prop.get("anyOf", [])]:
-        if "minimum" in option and "maximum" in option:
-            return option["minimum"], option["maximum"]
-    return None
 
 
 def _short(value: object) -> str:

@@ -37,19 +37,31 @@ class Runner(Protocol):
         """The running job's progress, or None if it is not running here."""
 
 
-def settle_seeds(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
-    """Fix a variation's seeds at submit time, so the stored request replays exactly after a restart.
+IMPORTED = frozenset({"import", "recovered"})
 
-    The base seed is the parent image's (or the given one); new variation noise gets a drawn seed.
+
+def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
+    """Fill in at submit time what the parent image decides, so the stored request replays exactly.
+
+    A variation starts from the parent's seed, at the parent's size, with new noise from a drawn
+    seed; an upscale without a prompt keeps the parent's.
     """
-    if request.mode != "variation":
-        return request
     update: dict = {}
-    if request.seed is None and parent is not None:
-        update["seed"] = parent.seed
-    if request.variation_amount is not None and request.variation_seed is None:
-        update["variation_seed"] = draw_seed()
-    return request.model_copy(update=update)
+    if request.mode == "upscale" and not request.prompt and parent is not None:
+        update["prompt"] = parent.prompt
+    if request.mode == "variation":
+        if parent is not None and parent.source in IMPORTED:
+            raise InputError(
+                f"image {parent.id} was imported, not made here: its seed does not remake it with this engine's "
+                f"model, so there is nothing to vary; try -I {parent.id} -f 0.3 (img2img) instead"
+            )
+        if request.seed is None and parent is not None:
+            update["seed"] = parent.seed
+        if parent is not None and request.width is None and request.height is None and request.aspect_ratio is None:
+            update |= {"width": parent.width, "height": parent.height}
+        if request.variation_amount is not None and request.variation_seed is None:
+            update["variation_seed"] = draw_seed()
+    return request.model_copy(update=update) if update else request
 
 
 class JobService:
@@ -71,7 +83,7 @@ class JobService:
             # A dry run of the plan on the real inputs: sizes out of bounds and masks that repaint
             # nothing are refused now, with a sentence, rather than failing after the 202.
             modes.plan(request, self.inputs.load(request), job_seed=0, native_size=MIN_SIDE)
-        request = settle_seeds(request, parent)
+        request = settle(request, parent)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = self.queue.put(request, seed=seed)
         self.runner.wake()

@@ -14,4 +14,9 @@ def image_record(image: ImagePublic, store: ImageStore) -> ImageRecord:
 
 def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
     """The short form a job's `image` events carry."""
-    return ImageInfo.model_validate(image.model_dump() | {"path": str(store.file_path(image)), "seed": image.seed or 0})
+    terms = image.params.get("with_variations") or []
+    variation_seed = terms[-1].get("seed") if terms and isinstance(terms[-1], dict) else None
+    path = str(store.file_path(image))
+    return ImageInfo.model_validate(
+        image.model_dump() | {"path": path, "seed": image.seed or 0, "variation_seed": variation_seed}
+    )

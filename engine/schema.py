@@ -187,7 +187,7 @@ class DreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="required except for an upscale")
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     n: int = Field(default=1, ge=1, le=16)
     seed: Seed | None = None
@@ -214,9 +214,9 @@ class DreamRequest(BaseModel):
 
     @field_validator("prompt")
     @classmethod
-    def _prompt_not_blank(cls, v: str) -> str:
+    def _prompt_visible(cls, v: str) -> str:
         v = v.strip()
-        if not _INVISIBLE.sub("", v):
+        if v and not _INVISIBLE.sub("", v):
             raise ValueError("prompt must not be empty (it has no visible characters)")
         return v
 
@@ -243,6 +243,11 @@ class DreamRequest(BaseModel):
         for field in needs:
             if getattr(self, field) is None:
                 raise ValueError(f"mode {self.mode} needs {field}")
+        if not self.prompt and self.mode != "upscale":  # an upscale without one keeps its parent's prompt
+            raise ValueError("prompt: must not be empty")
+        if self.mode not in {"variation", "txt2img"} and (self.variation_amount is not None or self.with_variations):
+            raise ValueError(f"variations (-v/-V) and {self.mode} do not mix: make the variation first, then "
+                             f"{self.mode} the image you like")  # fmt: skip
         if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
             raise ValueError("mode variation needs variation_amount or with_variations")
         if self.aspect_ratio is not None and self.width is not None and self.height is not None:
@@ -268,8 +273,9 @@ def resolve_size(request: DreamRequest, default: int) -> tuple[int, int]:
         return request.width, r8(request.width * ah / aw)
     if request.height is not None:
         return r8(request.height * aw / ah), request.height
-    # Midjourney-style: the longer side keeps the model's native size.
-    scale = default / max(aw, ah)
+    # Midjourney-style: the longer side keeps the model's native size, unless that makes the shorter
+    # side smaller than 64 px (a small model): then the shorter side is 64 and the ratio still holds.
+    scale = max(default / max(aw, ah), 64 / min(aw, ah))
     return r8(aw * scale), r8(ah * scale)
 
 
@@ -298,6 +304,7 @@ class ImageInfo(BaseModel):
     path: str
     sha256: str
     nsfw: bool = False
+    variation_seed: int | None = Field(default=None, description="a variation's own noise seed (its last -V term)")
 
 
 class Progress(BaseModel):

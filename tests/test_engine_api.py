@@ -278,7 +278,7 @@ def test_bad_search_input(client: EngineClient) -> None:
         assert "image" in str(info.value)
     with pytest.raises(RequestRejected, match="empty"):
         client.search("   ")
-    with pytest.raises(RequestRejected, match="limit must be between"):
+    with pytest.raises(RequestRejected, match="limit must be at most 200"):
         client.search("x", limit=1000)
     with pytest.raises(RequestRejected, match="no image 999999"):
         client.similar(999999)

@@ -83,7 +83,7 @@ def test_tcp_is_opt_in_and_needs_the_token(tmp_path: Path, tiny_model: Path) -> 
             assert job.status == "done"
         # A second engine on the same home refuses instead of stealing the socket.
         second = subprocess.run([sys.executable, "-m", "engine", "engine"], env=engine.env,
-                                capture_output=True, text=True, timeout=120, cwd=ROOT)  # fmt: skip
+                                capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
         assert second.returncode == 1 and "already listening" in second.stderr
     finally:
         assert engine.stop() == 0

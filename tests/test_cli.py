@@ -1,0 +1,90 @@
+"""The `dreamhall` command as a newcomer uses it: help, output, the gallery from the terminal (issue #12)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.schema import DreamRequest, resolve_size
+from tests.conftest import ROOT, EngineProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path_factory.mktemp("home"), tiny_model).start()
+    yield proc
+    proc.stop()
+
+
+def dreamhall(engine: EngineProcess, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), *argv, "--no-autostart"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+
+
+def test_help_is_the_one_grammar_and_errors_speak_cli() -> None:
+    for command in ("dream", "zoom"):
+        out = subprocess.run([sys.executable, "-m", "engine", command, "--help"], capture_output=True, text=True,
+                             cwd=ROOT, timeout=60)  # fmt: skip
+        assert out.returncode == 0
+        for flag in ("-n N, --iterations N", "-S SEED", "--outpaint", "-U 2|4", "prompt", "(1–150)"):
+            assert flag in out.stdout, (command, flag)
+        assert f"dreamhall {command}" in out.stdout and "!dream" not in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "engine", "dream", "-n", "4"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and 'dreamhall dream "a red circle' in bad.stderr and "!dream" not in bad.stderr
+    version = subprocess.run([sys.executable, "-m", "engine", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert re.fullmatch(r"dreamhall \d+\.\d+\.\d+\n", version.stdout)
+
+
+def test_output_names_each_image_and_its_own_seeds(engine: EngineProcess) -> None:
+    out = dreamhall(engine, "dream", "a red circle", "-n", "2", "-S", "40", "-s", "2", "-W", "64", "-H", "64")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert [re.match(r"#(\d+)  seed (\d+)  64x64  /", line) is not None for line in lines] == [True, True]
+    assert "seed 40" in lines[0] and "seed 41" in lines[1] and out.stdout.count("seed 40") == 1
+    first = int(lines[0].split()[0][1:])
+    varied = dreamhall(engine, "dream", "a red circle", "-I", str(first), "-v", "0.3", "-n", "2", "-s", "2")
+    assert varied.returncode == 0, varied.stderr
+    seeds = re.findall(r"variation seed (\d+)", varied.stdout)
+    assert len(seeds) == 2 and int(seeds[1]) == int(seeds[0]) + 1  # each variation says which noise it is
+
+
+def test_the_gallery_from_the_terminal(engine: EngineProcess) -> None:
+    made = dreamhall(engine, "dream", "a blue square", "-S", "77", "-s", "2", "-W", "64", "-H", "64")
+    image_id = made.stdout.split()[0]
+    listing = dreamhall(engine, "gallery", "list", "--limit", "3")
+    assert listing.returncode == 0 and listing.stdout.startswith(image_id) and "newest first" in listing.stdout
+    for target in (image_id[1:], "last"):
+        shown = dreamhall(engine, "gallery", "show", target)
+        assert shown.returncode == 0 and "seed      77" in shown.stdout and "a blue square" in shown.stdout
+    assert "not an image id" in dreamhall(engine, "gallery", "show", "x1").stderr
+    # An upscale needs no prompt: it keeps its image's.
+    up = dreamhall(engine, "dream", "-I", image_id[1:], "-U", "2", "-s", "2")
+    assert up.returncode == 0, up.stderr
+    shown = dreamhall(engine, "gallery", "show", "last")
+    assert "a blue square" in shown.stdout and f"upscale of {image_id}" in shown.stdout
+
+
+def test_no_silent_surprises() -> None:
+    # --ar on a 64 px model keeps the ratio (the shorter side is 64) instead of a silent square.
+    assert resolve_size(DreamRequest(prompt="x", aspect_ratio=(16, 9)), 64) == (112, 64)
+    mixed = subprocess.run([sys.executable, "-m", "engine", "dream", "x", "-I", "1", "-v", "0.2", "-U", "2"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert mixed.returncode == 2 and "do not mix" in mixed.stderr
+
+
+def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
+    started = time.monotonic()
+    second = subprocess.run([sys.executable, "-m", "engine", "engine"], env=engine.env, capture_output=True,
+                            text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert second.returncode == 1 and "already listening" in second.stderr
+    # Before: 12-38 s of torch and diffusers imports. Now the socket is asked first; 5 s covers a busy machine.
+    assert time.monotonic() - started < 5
