@@ -16,12 +16,17 @@ from discord.ext import commands
 
 from bots.flow import DreamFlow
 from bots.views import ImageAction
-from engine.client import AsyncEngineClient
+from engine.client import AsyncEngineClient, EngineUnavailable
 from engine.settings import Settings
 
 log = logging.getLogger(__name__)
 
 OOPS = "Something went wrong on my side; it has been logged. Try again in a moment."
+# What the bot needs where it dreams: read and answer, attach results, tidy its status messages.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True, send_messages=True, send_messages_in_threads=True, attach_files=True, embed_links=True,
+    read_message_history=True, manage_messages=True, use_application_commands=True,
+)  # fmt: skip
 
 
 class DreamBot(commands.Bot):
@@ -37,6 +42,12 @@ class DreamBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
+        try:
+            health = await self.engine.health()
+            log.info("engine %s answers: %s, model %s", health.version, health.device, health.model)
+        except EngineUnavailable:
+            log.warning("no engine answers at %s yet: start one with `dreamhall engine` (each command will say "
+                        "so until it does)", self.engine.where)  # fmt: skip
         await self.load_extension("bots.cogs.dream")
         await self.load_extension("bots.cogs.search")
         self.add_dynamic_items(ImageAction)  # persistent buttons: they work across restarts
@@ -48,6 +59,12 @@ class DreamBot(commands.Bot):
             await self.tree.sync(guild=guild)
         else:
             await self.tree.sync()
+
+    async def on_ready(self) -> None:
+        assert self.user is not None
+        invite = discord.utils.oauth_url(self.user.id, permissions=INVITE_PERMISSIONS,
+                                         scopes=("bot", "applications.commands"))  # fmt: skip
+        log.info("logged in as %s; invite me to a server with %s", self.user, invite)
 
     async def on_command_error(self, ctx: commands.Context, error: commands.CommandError) -> None:
         if isinstance(error, commands.CommandNotFound):

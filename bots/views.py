@@ -1,4 +1,4 @@
-"""The buttons under a result: U1-U4, V1-V4, reroll and delete.
+"""The buttons under a result: U1-U4, V1-V4, reroll, remix and delete.
 
 Each button is a `DynamicItem` whose custom id carries the action and the
 image id (`dreamhall:<action>:<image id>`), so buttons keep working after the
@@ -17,12 +17,13 @@ import discord
 from bots import render
 from bots.replies import InteractionReply, requester_of
 from engine.client import EngineUnavailable, RequestRejected
+from engine.dream_args import DreamArgsError, format_request, parse
 from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, Scope, upscale_of, variation_of
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
 
-CUSTOM_ID = re.compile(r"dreamhall:(?P<action>upscale|variation|reroll|delete):(?P<image_id>[0-9]+)")
+CUSTOM_ID = re.compile(r"dreamhall:(?P<action>upscale|variation|reroll|remix|delete):(?P<image_id>[0-9]+)")
 
 
 class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.pattern):
@@ -74,6 +75,9 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         if self.action == "delete":
             await self._delete(interaction, bot, self.image)
             return
+        if self.action == "remix":
+            await self._remix(interaction, bot, self.image)
+            return
         who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
         try:
             request = await self._derived(bot, self.image, who)
@@ -99,6 +103,20 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         return variation_of(image, amount=rules.variation_amount, n=min(4, rules.max_n), requester=who)
 
     @staticmethod
+    async def _remix(interaction: discord.Interaction, bot: DreamBot, image: ImageRecord) -> None:
+        """Midjourney's Remix: the job's whole command in a form, to edit and dream again."""
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        try:
+            original = (await bot.engine.job(image.job_id, scope=Scope.of(who))).request if image.job_id else None
+        except (RequestRejected, EngineUnavailable):
+            original = None
+        if original is None:
+            await interaction.response.send_message("⚠️ Only images dreamed here can be remixed.", ephemeral=True)
+            return
+        command = format_request(original.model_copy(update={"seed": None, "variation_seed": None}))
+        await interaction.response.send_modal(RemixModal(command))
+
+    @staticmethod
     async def _delete(interaction: discord.Interaction, bot: DreamBot, image: ImageRecord) -> None:
         ids = [i.id for i in (await bot.engine.job(image.job_id)).images] if image.job_id else [image.id]
         for i in ids:
@@ -110,8 +128,30 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
                 await interaction.message.delete()
 
 
+class RemixModal(discord.ui.Modal, title="Remix"):
+    """The command that made a result, pre-filled; what the user sends is dreamed with the same flow."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__(timeout=600)
+        self.command = discord.ui.TextInput(
+            label="Prompt and flags", style=discord.TextStyle.paragraph, default=command[:4000], max_length=4000
+        )
+        self.add_item(self.command)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        try:
+            request = parse(self.command.value, requester=who)
+        except DreamArgsError as e:
+            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
+
+
 def result_view(job: Job) -> discord.ui.View:
-    """U and V for the first four images (as Midjourney), then reroll and delete.
+    """U and V for the first four images (as Midjourney), then reroll, remix and delete.
 
     V only where there is seed noise to vary (txt2img and variations)."""
     view = discord.ui.View(timeout=None)
@@ -122,6 +162,7 @@ def result_view(job: Job) -> discord.ui.View:
             view.add_item(ImageAction("variation", image.id, label=f"V{k}", row=1))
     first = job.images[0].id
     view.add_item(ImageAction("reroll", first, emoji="🔄", row=2))
+    view.add_item(ImageAction("remix", first, emoji="🎨", label="Remix", row=2))
     view.add_item(ImageAction("delete", first, emoji="❌", row=2))
     return view
 

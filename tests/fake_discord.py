@@ -281,7 +281,8 @@ class FakeDiscord:
                 }
             )
         if p[0] == "applications" and p[-1] == "commands":
-            self.commands = [{**c, "id": snowflake(), "application_id": self.app_id, "version": "1"} for c in payload]
+            self.commands = [{"description": "", **c, "id": snowflake(), "application_id": self.app_id, "version": "1"}
+                             for c in payload]  # fmt: skip
             return json_response(self.commands)
         if p[0] == "channels" and p[2:3] == ["messages"]:
             if method == "POST" and len(p) == 3:
@@ -423,6 +424,29 @@ class FakeDiscord:
         return await self.interact(
             guild_id, uid, 3, {"custom_id": custom_id, "component_type": 2}, message=message, admin=admin
         )
+
+    async def context_menu(self, guild_id: str, uid: str, name: str, message: Posted) -> str:
+        """A user picks the message command `name` (Apps ▸ name) on `message`."""
+        command = next(c for c in self.commands if c["name"] == name and c.get("type") == 3)
+        data = {"id": command["id"], "name": name, "type": 3, "target_id": message.id,
+                "resolved": {"messages": {message.id: self._message(message)}}}  # fmt: skip
+        return await self.interact(guild_id, uid, 2, data)
+
+    async def submit_modal(self, guild_id: str, uid: str, modal: Posted, values: dict[str, str]) -> str:
+        """A user sends the modal the bot opened (`modal`: its type 9 answer), text inputs set by custom id."""
+
+        def filled(component: dict) -> dict:
+            if component.get("type") == 4:
+                return {"type": 4, "custom_id": component["custom_id"],
+                        "value": values.get(component["custom_id"], component.get("value", ""))}  # fmt: skip
+            if "components" in component:
+                return {**component, "components": [filled(c) for c in component["components"]]}
+            if "component" in component:
+                return {**component, "component": filled(component["component"])}
+            return component
+
+        data = {"custom_id": modal.payload["custom_id"], "components": [filled(c) for c in modal.payload["components"]]}
+        return await self.interact(guild_id, uid, 5, data)
 
     def expire(self, interaction_id: str) -> None:
         """From now on, the interaction's token is refused (as Discord does after 15 minutes)."""

@@ -94,7 +94,7 @@ async def test_dream_posts_a_grid_with_seeds_and_buttons(world: World) -> None:
     assert "3220803958, 3220803959, 3220803960, 3220803961" in result.content
     assert "a red circle on a blue background" in result.content
     actions = [c.split(":")[1] for c in result.custom_ids]
-    assert actions == ["upscale"] * 4 + ["variation"] * 4 + ["reroll", "delete"]
+    assert actions == ["upscale"] * 4 + ["variation"] * 4 + ["reroll", "remix", "delete"]
     # Progress went through one status message, which is removed once the result is up.
     status = [p for p in world.replies_to(mid) if not p.files]
     assert len(status) == 1
@@ -340,3 +340,44 @@ async def test_a_dm_sees_only_that_users_dm_images(world: World) -> None:
     assert f"#{dm_image}" in found.content and f"#{guild_image}" not in found.content
     in_server = await world.fake.say(A, "7", '!search "red circle"')
     assert f"#{dm_image}" not in (await world.text_reply(in_server)).content
+
+
+async def test_everything_works_without_the_message_content_intent(world: World) -> None:
+    result = await world.result_for(
+        await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 4 -s 4')
+    )
+    image_id = int(result.custom_ids[0].rsplit(":", 1)[1])
+    queue = await world.fake.slash(A, "7", "queue")
+    assert "This server:" in (await world.fake.wait_for(lambda: world.fake.answer_to(queue))).payload["content"]
+    info = await world.fake.slash(A, "7", "info", image_id=image_id)
+    shown = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == info and p.via == "followup"), None)
+    )
+    assert f"#{image_id} · seed 4" in shown.content
+    # The message context menu on any result: Apps ▸ Find similar.
+    menu = await world.fake.context_menu(A, "7", "Find similar", result)
+    similar = await follow_up_result(world, menu)
+    assert "Closest in this server's gallery" in similar.content
+
+
+async def test_remix_opens_the_command_in_a_form_and_dreams_the_edit(world: World) -> None:
+    result = await world.result_for(
+        await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 4 -s 4')
+    )
+    remix = next(c for c in result.custom_ids if c.startswith("dreamhall:remix:"))
+    iid = await world.fake.click(A, "7", result, remix)
+    modal = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert modal.payload["type"] == 9  # a modal, pre-filled with the whole command
+
+    def inputs(component: dict) -> list[dict]:
+        if component.get("type") == 4:
+            return [component]
+        nested = component.get("components") or ([component["component"]] if "component" in component else [])
+        return [i for c in nested for i in inputs(c)]
+
+    (field,) = [i for c in modal.payload["components"] for i in inputs(c)]
+    assert field["value"].startswith("'a red circle on a blue background'") and "-s 4" in field["value"]
+    edited = field["value"].replace("red circle", "green triangle")
+    submitted = await world.fake.submit_modal(A, "7", modal, {field["custom_id"]: edited})
+    remixed = await follow_up_result(world, submitted)
+    assert "a green triangle on a blue background" in remixed.content

@@ -100,17 +100,11 @@ class DreamCog(commands.Cog, name="Dream"):
             request = parse_argv(argv + split(flags), requester=who)
             await self.bot.flow.run(request, reply, interaction.channel, interaction.user)  # type: ignore[arg-type]
 
-    @commands.command(name="queue", help="your queued jobs and this server's")
-    async def queue_command(self, ctx: commands.Context) -> None:
-        async with replying_errors(MessageReply(ctx.message).send):
-            scope = Scope.of(requester_of(ctx.guild, ctx.channel, ctx.author))  # type: ignore[arg-type]
-            await ctx.reply(self._queue_text(await self.bot.engine.queue(scope=scope), ctx), mention_author=False)
-
-    @staticmethod
-    def _queue_text(state, ctx: commands.Context) -> str:
-        guild = str(ctx.guild.id) if ctx.guild else None
-        here = [j for j in state.running + state.queued if j.request.requester.guild == guild]
-        mine = [j for j in here if j.request.requester.user == str(ctx.author.id)]
+    async def _queue_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User) -> str:
+        scope = Scope.of(requester_of(guild, channel, user))  # type: ignore[arg-type]
+        state = await self.bot.engine.queue(scope=scope)
+        here = state.running + state.queued  # the engine sent only this server's (or this DM's) jobs
+        mine = [j for j in here if j.request.requester.user == str(user.id)]
         lines = [
             f"This server: {len([j for j in here if j.status == 'running'])} running, "
             f"{len([j for j in here if j.status == 'queued'])} queued."
@@ -122,22 +116,38 @@ class DreamCog(commands.Cog, name="Dream"):
             lines.append("You have nothing queued.")
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
 
+    async def _cancel_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User,
+                           job_id: str) -> str:  # fmt: skip
+        state = await self.bot.engine.queue(scope=Scope.of(requester_of(guild, channel, user)))  # type: ignore[arg-type]
+        mine = [j for j in state.running + state.queued
+                if j.request.requester.user == str(user.id) and j.id.startswith(job_id)]  # fmt: skip
+        if not mine:
+            return "You have no job to cancel here."
+        target = max(mine, key=lambda j: j.created_at)
+        await self.bot.engine.cancel(target.id)
+        return f"Cancelled `{target.id[:8]}`."
+
+    @commands.command(name="queue", help="your queued jobs and this server's")
+    async def queue_command(self, ctx: commands.Context) -> None:
+        async with replying_errors(MessageReply(ctx.message).send):
+            await ctx.reply(await self._queue_text(ctx.guild, ctx.channel, ctx.author), mention_author=False)
+
+    @app_commands.command(name="queue", description="Your queued dreams and this server's")
+    async def queue_slash(self, interaction: discord.Interaction) -> None:
+        async with replying_errors(lambda text: interaction.response.send_message(text, ephemeral=True)):
+            text = await self._queue_text(interaction.guild, interaction.channel, interaction.user)
+            await interaction.response.send_message(text, ephemeral=True)
+
     @commands.command(name="cancel", help="cancel your latest job (or !cancel <job id>)")
     async def cancel_command(self, ctx: commands.Context, job_id: str = "") -> None:
         async with replying_errors(MessageReply(ctx.message).send):
-            state = await self.bot.engine.queue(scope=Scope.of(requester_of(ctx.guild, ctx.channel, ctx.author)))
-            guild, user = (str(ctx.guild.id) if ctx.guild else None), str(ctx.author.id)
-            mine = [
-                j
-                for j in state.running + state.queued
-                if j.request.requester.guild == guild and j.request.requester.user == user and j.id.startswith(job_id)
-            ]
-            if not mine:
-                await ctx.reply("You have no job to cancel here.", mention_author=False)
-                return
-            target = max(mine, key=lambda j: j.created_at)
-            await self.bot.engine.cancel(target.id)
-            await ctx.reply(f"Cancelled `{target.id[:8]}`.", mention_author=False)
+            await ctx.reply(await self._cancel_text(ctx.guild, ctx.channel, ctx.author, job_id), mention_author=False)
+
+    @app_commands.command(name="cancel", description="Cancel your latest dream (or the one whose id starts so)")
+    async def cancel_slash(self, interaction: discord.Interaction, job_id: str = "") -> None:
+        async with replying_errors(lambda text: interaction.response.send_message(text, ephemeral=True)):
+            text = await self._cancel_text(interaction.guild, interaction.channel, interaction.user, job_id)
+            await interaction.response.send_message(text, ephemeral=True)
 
 
 async def setup(bot: DreamBot) -> None:

@@ -1,4 +1,5 @@
-"""Searching this server's gallery from Discord: `!search`, `/search`, `!similar`, `!info`.
+"""Searching this server's gallery from Discord: `!search`, `!similar`, `!info`, their slash forms, and the
+message context menu "Find similar" (so all of it works without the Message Content intent).
 
 Every query carries the guild (in a DM: that user's DM images), and the engine enforces it inside the search:
 one server never sees another's images.
@@ -32,6 +33,14 @@ class SearchCog(commands.Cog, name="Search"):
 
     def __init__(self, bot: DreamBot) -> None:
         self.bot = bot
+        # Context menus cannot be declared inside a cog: made here, added to the tree while the cog is loaded.
+        self.find_similar = app_commands.ContextMenu(name="Find similar", callback=self.similar_menu)
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.find_similar)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.find_similar.name, type=self.find_similar.type)
 
     async def _answer(
         self, results: SearchResults, title: str, channel: object, scope: Scope
@@ -73,26 +82,65 @@ class SearchCog(commands.Cog, name="Search"):
         scope = _scope(interaction.guild, interaction.channel, interaction.user)
         await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send)
 
-    @commands.command(name="similar", help="attach an image, or reply to one: images like it")
-    async def similar_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
-        scope = _scope(ctx.guild, ctx.channel, ctx.author)
+    async def _similar(self, scope: Scope, channel: object, source: discord.Message | int | None) -> tuple:
+        """Images like a gallery image (an id, or the first of a result message) or a message's attached picture."""
         where = scope.params()  # every search of a DM is of that user's DM images only
         engine = self.bot.engine
+        if isinstance(source, discord.Message) and image_ids_of(source):
+            source = image_ids_of(source)[0]
+        if isinstance(source, int):
+            results = await engine.similar(source, limit=FETCHED, **where)
+        elif isinstance(source, discord.Message) and source.attachments:
+            results = await engine.search_image(await source.attachments[0].read(), limit=FETCHED, **where)
+        else:
+            return "Attach an image, reply to one, or give an image id: !similar 42", None
+        return await self._answer(results, "Closest in this server's gallery:", channel, scope)
+
+    @commands.command(name="similar", help="attach an image, or reply to one: images like it")
+    async def similar_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
         referenced = ctx.message.reference.resolved if ctx.message.reference else None
+        source = (
+            ctx.message
+            if ctx.message.attachments
+            else referenced
+            if isinstance(referenced, discord.Message)
+            else image_id
+        )
         async with replying_errors(MessageReply(ctx.message).send):
-            if ctx.message.attachments:
-                results = await engine.search_image(await ctx.message.attachments[0].read(), limit=FETCHED, **where)
-            elif isinstance(referenced, discord.Message) and image_ids_of(referenced):
-                results = await engine.similar(image_ids_of(referenced)[0], limit=FETCHED, **where)
-            elif isinstance(referenced, discord.Message) and referenced.attachments:
-                results = await engine.search_image(await referenced.attachments[0].read(), limit=FETCHED, **where)
-            elif image_id is not None:
-                results = await engine.similar(image_id, limit=FETCHED, **where)
-            else:
-                await ctx.reply("Attach an image, reply to one, or give an image id: !similar 42", mention_author=False)
-                return
-            content, file = await self._answer(results, "Closest in this server's gallery:", ctx.channel, scope)
+            content, file = await self._similar(_scope(ctx.guild, ctx.channel, ctx.author), ctx.channel, source)
             await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
+
+    @app_commands.command(name="similar", description="Images in this server's gallery like image #id")
+    async def similar_slash(self, interaction: discord.Interaction, image_id: int) -> None:
+        await interaction.response.defer(thinking=True)
+        await self._similar_reply(interaction, image_id)
+
+    async def similar_menu(self, interaction: discord.Interaction, message: discord.Message) -> None:
+        """The message context menu "Find similar": works on any message with one of our results or a picture."""
+        await interaction.response.defer(thinking=True)
+        await self._similar_reply(interaction, message)
+
+    async def _similar_reply(self, interaction: discord.Interaction, source: discord.Message | int) -> None:
+        reply = InteractionReply(interaction)
+        scope = _scope(interaction.guild, interaction.channel, interaction.user)
+        async with replying_errors(reply.send):
+            content, file = await self._similar(scope, interaction.channel, source)
+            await reply.send(content, file=file or discord.utils.MISSING)
+
+    async def _info(self, scope: Scope, ids: list[int]) -> str:
+        lines = []
+        for i in ids:
+            try:
+                image = await self.bot.engine.image(i, scope=scope)
+            except RequestRejected:
+                lines.append(f"#{i}: not in this server's gallery")
+                continue
+            lines.append(
+                f"#{image.id} · seed {image.seed} · {image.steps} steps · {image.sampler} · cfg "
+                f"{image.cfg_scale if image.cfg_scale is not None else '—'} · {image.width}x{image.height} · "
+                f"model {image.model}\n> {render.clip(image.prompt, 300)}"
+            )
+        return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
 
     @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
     async def info_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
@@ -102,21 +150,17 @@ class SearchCog(commands.Cog, name="Search"):
         if not ids:
             await ctx.reply("Reply to one of my results, or give an image id: !info 42", mention_author=False)
             return
-        lines = []
-        for i in ids:
-            try:
-                image = await self.bot.engine.image(i, scope=_scope(ctx.guild, ctx.channel, ctx.author))
-            except RequestRejected:
-                image = None
-            if image is None:
-                lines.append(f"#{i}: not in this server's gallery")
-                continue
-            lines.append(
-                f"#{image.id} · seed {image.seed} · {image.steps} steps · {image.sampler} · cfg "
-                f"{image.cfg_scale:g} · {image.width}x{image.height} · model {image.model}\n"
-                f"> {render.clip(image.prompt, 300)}"
-            )
-        await ctx.reply(render.clip("\n".join(lines), render.MESSAGE_LIMIT), mention_author=False)
+        async with replying_errors(MessageReply(ctx.message).send):
+            text = await self._info(_scope(ctx.guild, ctx.channel, ctx.author), ids)
+            await ctx.reply(text, mention_author=False)
+
+    @app_commands.command(name="info", description="The prompt, seed and parameters of image #id")
+    async def info_slash(self, interaction: discord.Interaction, image_id: int) -> None:
+        await interaction.response.defer(thinking=True)
+        reply = InteractionReply(interaction)
+        async with replying_errors(reply.send):
+            await reply.send(await self._info(_scope(interaction.guild, interaction.channel, interaction.user),
+                                              [image_id]))  # fmt: skip
 
 
 def _scope(guild, channel, user) -> Scope:
