@@ -68,7 +68,7 @@ def build_services(settings: Settings) -> Services:
         inputs=inputs,
         pipelines=pipelines,
         device=device,
-        search=GallerySearch(store=store, embedder=embedder, index=index),
+        search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
         indexer=indexer,
         upkeep=Upkeep(store=store, indexer=indexer),
         worker=worker,

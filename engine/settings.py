@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     clip_model: str | None = Field(default=None, description="open_clip model name; None: built-in toy CLIP")
     clip_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps")
+    search_min_score: float | None = Field(
+        default=None, ge=-1.0, le=1.0,
+        description="CLIP cosine under which a search hit is noise; None: the CLIP model's own "
+        "(0.6 for the built-in toy CLIP, 0.2 for real ones)",
+    )  # fmt: skip
     upscaler: str | None = Field(
         default=None,
         description="diffusers upscaler folder or hub id (SD x4 upscaler, x2 latent upscaler); "

@@ -262,6 +262,7 @@ class WorkerEmbedder(Embedder):
         self.worker = worker
         self.model_id = inner.model_id
         self.dim = inner.dim
+        self.relevance_floor = inner.relevance_floor
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.worker.call(self.inner.embed_images, images)

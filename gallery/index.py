@@ -78,6 +78,10 @@ class VectorIndex(ABC):
         """The k nearest images that pass the filters, best first."""
 
     @abstractmethod
+    def scores(self, vector: np.ndarray, image_ids: list[int]) -> dict[int, float]:
+        """The exact cosine similarity of `vector` to each of these images that has a vector."""
+
+    @abstractmethod
     def clear(self) -> None:
         """Drop every vector (a reindex starts from here)."""
 
@@ -282,6 +286,18 @@ class LanceIndex(VectorIndex):
         ids = result.column("image_id").to_pylist()
         distances = result.column("_distance").to_pylist()
         return [VectorHit(image_id=i, score=1.0 - d) for i, d in zip(ids, distances)]
+
+    def scores(self, vector: np.ndarray, image_ids: list[int]) -> dict[int, float]:
+        self.flush()
+        if not image_ids:
+            return {}
+        id_list = ", ".join(str(int(i)) for i in image_ids)
+        query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+        query = query.distance_type("cosine").where(f"image_id IN ({id_list})", prefilter=True)
+        result = query.bypass_vector_index().limit(len(image_ids)).select(["image_id", "_distance"]).to_arrow()
+        return {
+            i: 1.0 - d for i, d in zip(result.column("image_id").to_pylist(), result.column("_distance").to_pylist())
+        }
 
     def image_ids(self) -> set[int]:
         self.flush()

@@ -1,9 +1,12 @@
 """Lexica-style search: by words, by an image, or by an image already in the gallery.
 
-Text search fuses two rankings with reciprocal-rank fusion: CLIP (the text's
-embedding against image vectors, for concepts) and SQLite FTS5 over prompts
-(for exact words and phrases). Filters, tenant isolation by guild above all,
-are part of both queries; nothing is filtered after ranking. This module only
+One score scale for every search: the CLIP cosine similarity between the query
+(text or picture) and the image, -1..1, plus 1 when the image's prompt
+contains every word of a text query (SQLite FTS5). So images whose prompts say
+what was asked come first, then what CLIP finds alike; CLIP-only hits must
+reach the relevance floor (`min_score`), and a text that matches nothing says
+so instead of returning the nearest noise. A quoted phrase must appear in the
+prompt. Filters, tenant isolation by guild above all, are part of every query. This module only
 ranks and fuses: rows come from the `ImageStore`, vectors from the `VectorIndex`.
 """
 
@@ -21,7 +24,7 @@ from gallery.store import GalleryError, ImageStore
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 200
-RRF_K = 60  # the constant from Cormack et al.; damps the weight of top ranks
+KEYWORD_BONUS = 1.0  # above any cosine: a prompt that says every word of the query outranks CLIP alone
 
 
 class SearchError(GalleryError):
@@ -46,30 +49,27 @@ class BrowsePage(BaseModel):
     limit: int
 
 
-def fts_query(query: str) -> str | None:
-    """An FTS5 expression for free text: a quoted phrase stays a phrase, other words are OR-ed terms."""
-    phrases = re.findall(r'"([^"]+)"', query)
-    rest = re.sub(r'"[^"]*"', " ", query)
-    terms = [f'"{p.replace(chr(34), "")}"' for p in phrases]
-    terms += [f'"{w}"' for w in re.findall(r"\w+", rest)]
-    return " OR ".join(terms) or None
+def phrases_of(query: str) -> list[str]:
+    return [p.strip() for p in re.findall(r'"([^"]+)"', query) if p.strip()]
 
 
-def reciprocal_rank_fusion(*rankings: list[int]) -> list[tuple[int, float]]:
-    scores: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, image_id in enumerate(ranking):
-            scores[image_id] = scores.get(image_id, 0.0) + 1.0 / (RRF_K + rank + 1)
-    return sorted(scores.items(), key=lambda kv: -kv[1])
+def fts_query(query: str, *, only_phrases: bool = False) -> str | None:
+    """An FTS5 expression for free text: every word and every quoted phrase must be in the prompt."""
+    terms = [f'"{p.replace(chr(34), "")}"' for p in phrases_of(query)]
+    if not only_phrases:
+        terms += [f'"{w}"' for w in re.findall(r"\w+", re.sub(r'"[^"]*"', " ", query))]
+    return " AND ".join(terms) or None
 
 
 class GallerySearch:
     """Search over the gallery's images, their prompts and their CLIP vectors."""
 
-    def __init__(self, *, store: ImageStore, embedder: Embedder, index: VectorIndex) -> None:
+    def __init__(self, *, store: ImageStore, embedder: Embedder, index: VectorIndex, min_score: float | None = None):
         self.store = store
         self.embedder = embedder
         self.index = index
+        # CLIP-only hits below this cosine are noise, not matches (calibrated per CLIP model; see Embedder).
+        self.min_score = embedder.relevance_floor if min_score is None else min_score
 
     def by_text(
         self, *, query: str, limit: int = 20, offset: int = 0, filters: SearchFilters | None = None
@@ -82,17 +82,27 @@ class GallerySearch:
         filters = filters or SearchFilters()
         depth = self._depth(limit, offset)
         vector = self.embedder.embed_texts([query])[0]
-        semantic = [h.image_id for h in self.index.search(vector, k=depth, filters=filters.vector_filters())]
-        keyword = self._keyword(query, depth, filters)
-        fused = reciprocal_rank_fusion(semantic, keyword)
-        return self._page(fused, limit, offset, filters)
+        scores = {h.image_id: h.score for h in self.index.search(vector, k=depth, filters=filters.vector_filters())}
+        scores = {i: s for i, s in scores.items() if s >= self.min_score}
+        words = fts_query(query)
+        keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
+        if keyword:  # their own cosine, even below the floor: the prompt says it
+            scores |= self.index.scores(vector, keyword)
+            for image_id in keyword:
+                scores[image_id] = scores.get(image_id, 0.0) + KEYWORD_BONUS
+        phrase = fts_query(query, only_phrases=True)
+        if phrase is not None:  # a quoted phrase is a promise: only prompts that contain it
+            allowed = set(self.store.keyword_ids(phrase, filters=filters, k=max(depth, 10_000)))
+            scores = {i: s for i, s in scores.items() if i in allowed}
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        return self._page(ranked, limit, offset, filters)
 
     def by_image(self, *, image: Image.Image, limit: int = 20, offset: int = 0,
                  filters: SearchFilters | None = None, exclude: int | None = None) -> SearchPage:  # fmt: skip
         filters = filters or SearchFilters()
         vector = self.embedder.embed_images([image])[0]
         hits = self.index.search(vector, k=self._depth(limit, offset) + 1, filters=filters.vector_filters())
-        ranked = [(h.image_id, h.score) for h in hits if h.image_id != exclude]
+        ranked = [(h.image_id, h.score) for h in hits if h.image_id != exclude and h.score >= self.min_score]
         return self._page(ranked, limit, offset, filters)
 
     def similar(self, *, image_id: int, limit: int = 20, offset: int = 0,
@@ -116,10 +126,6 @@ class GallerySearch:
         """The gallery newest first, with the total that matches (what a gallery grid pages through)."""
         images, total = self.store.page(filters=filters or SearchFilters(), limit=limit, offset=offset)
         return BrowsePage(images=images, total=total, offset=offset, limit=limit)
-
-    def _keyword(self, query: str, k: int, filters: SearchFilters) -> list[int]:
-        match = fts_query(query)
-        return [] if match is None else self.store.keyword_ids(match, filters=filters, k=k)
 
     def _page(self, ranked: list[tuple[int, float]], limit: int, offset: int, filters: SearchFilters) -> SearchPage:
         # Re-check every filter in SQLite too: the vector index may lag behind a delete or a favourite.

@@ -45,6 +45,8 @@ class Upkeep:
         first = self.store.find_by_sha(sha)
         if first is not None:
             return ImportResult(id=first, status="duplicate", tool=tool)
+        if tool == "none":
+            fields = {**fields, "mode": "import"}  # no parameters: not a txt2img we could remake or vary
         info = ImageCreate(
             **{"width": image.width, "height": image.height, **fields},
             source=source,

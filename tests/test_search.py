@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,13 +122,15 @@ def test_filters_favourites_and_deleted(tmp_path: Path, embedder: OpenClipEmbedd
     with Session(g.db) as s, s.begin():
         s.execute(update(ImageRow).where(ImageRow.id == fav).values(favourite=True))
         s.execute(update(ImageRow).where(ImageRow.id == gone).values(deleted_at=datetime.now(UTC)))
-    page = g.search.by_text(query="shape", limit=50, filters=SearchFilters(favourites=True))
+    prompt = pairs[0][0].prompt  # a query that matches (words are matches whatever CLIP thinks)
+    page = g.search.by_text(query=prompt, limit=50, filters=SearchFilters(favourites=True))
     assert [h.image.id for h in page.results] == [fav]
     everything = g.search.by_text(query="a shape on a background", limit=50)
     assert gone not in {h.image.id for h in everything.results}
-    assert g.search.by_text(query="shape", limit=50, filters=SearchFilters(source="cli")).results == []
+    assert g.search.by_text(query=prompt, limit=50).results  # found without the filters below
+    assert g.search.by_text(query=prompt, limit=50, filters=SearchFilters(source="cli")).results == []
     later = SearchFilters(created_after=datetime(2999, 1, 1, tzinfo=UTC))
-    assert g.search.by_text(query="shape", limit=50, filters=later).results == []
+    assert g.search.by_text(query=prompt, limit=50, filters=later).results == []
 
 
 def test_bad_queries_are_clear_errors(gallery) -> None:
@@ -194,3 +197,29 @@ def test_a_new_clip_model_gets_its_own_vectors(tmp_path: Path, embedder: OpenCli
     v_old = g.index.table.to_arrow().column("vector").to_pylist()[0]
     v_new = index.table.to_arrow().column("vector").to_pylist()[0]
     assert not np.allclose(v_old, v_new)
+
+
+def test_nonsense_finds_nothing_and_a_quoted_phrase_is_a_promise(tmp_path: Path, embedder: OpenClipEmbedder) -> None:
+    g = Gallery(tmp_path, embedder)
+    g.add(30, seed=3)
+    (special, _), = g.add(1, seed=4)  # fmt: skip
+    with Session(g.db) as s, s.begin():
+        s.execute(update(ImageRow).where(ImageRow.id == special.id).values(prompt="a zebra in the snow at dawn"))
+    assert g.search.by_text(query="xyzzy plugh", limit=10).results == []
+    # Before: five images came back for this phrase, four of them without it.
+    assert [h.image.id for h in g.search.by_text(query='"snow at dawn"', limit=10).results] == [special.id]
+    assert g.search.by_text(query='"dawn at snow"', limit=10).results == []
+
+
+def test_text_and_image_scores_share_one_scale(gallery) -> None:
+    g, _, _ = gallery
+    text = g.search.by_text(query="green triangle", limit=10, filters=SearchFilters(guild="guild-a")).results
+    scores = [h.score for h in text]
+    assert scores == sorted(scores, reverse=True)
+    # Prompts with every word score 1 + their cosine; CLIP-only hits their cosine, above the floor.
+    for hit in text:
+        words = {"green", "triangle"} <= set(re.findall(r"\w+", hit.image.prompt))
+        assert (1.0 <= hit.score <= 2.0) if words else (g.search.min_score <= hit.score <= 1.0)
+    with Image.open(g.store.file_path(text[0].image)) as im:
+        by_image = g.search.by_image(image=im.convert("RGB"), limit=3, filters=SearchFilters(guild="guild-a"))
+    assert 0.99 <= by_image.results[0].score <= 1.0001 and by_image.results[0].image.id == text[0].image.id
