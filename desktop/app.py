@@ -8,7 +8,10 @@ dreamhall-desktop --screenshot out.png [--view gallery]
 from __future__ import annotations
 
 import argparse
+import ctypes.util
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QTimer
@@ -18,6 +21,25 @@ from desktop.window import MainWindow
 from engine.settings import Settings
 
 SCREENSHOT_TIMEOUT_MS = 120_000
+
+# What Qt's xcb platform plugin loads besides Qt itself, by the Debian/Ubuntu package that has it. Without
+# one, Qt says only "Could not load the Qt platform plugin xcb".
+XCB_LIBRARIES = {
+    "xcb-icccm": "libxcb-icccm4",
+    "xcb-keysyms": "libxcb-keysyms1",
+    "xcb-cursor": "libxcb-cursor0",
+    "xcb-image": "libxcb-image0",
+    "xcb-render-util": "libxcb-render-util0",
+    "xkbcommon-x11": "libxkbcommon-x11-0",
+}
+
+
+def missing_xcb_packages(find: Callable[[str], str | None] = ctypes.util.find_library) -> list[str]:
+    """The packages to install before Qt can open a window on X11 (empty when it can, or X11 is not used)."""
+    platform = os.environ.get("QT_QPA_PLATFORM", "xcb" if sys.platform.startswith("linux") else "")
+    if not platform.startswith("xcb") or (os.environ.get("WAYLAND_DISPLAY") and "QT_QPA_PLATFORM" not in os.environ):
+        return []
+    return [package for library, package in XCB_LIBRARIES.items() if find(library) is None]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +79,11 @@ def take_screenshot(window: MainWindow, path: Path, app: QApplication) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    missing = missing_xcb_packages()
+    if missing:
+        print(f"dreamhall-desktop: Qt needs X11 libraries this machine lacks; install them with: "
+              f"sudo apt install {' '.join(missing)}", file=sys.stderr)  # fmt: skip
+        return 2
     settings = Settings(home=args.home) if args.home else Settings()
     app = QApplication.instance() or QApplication(sys.argv[:1])
     app.setApplicationName("Dreamhall")

@@ -90,7 +90,7 @@ class GalleryPanel(QWidget):
 
         self.search = QLineEdit(placeholderText="Search prompts and pictures… (Enter)   or drop / paste an image")
         self.source = QComboBox()
-        self.source.addItems(["all sources", "desktop", "discord", "cli", "api"])
+        self.source.addItems(["all sources", "desktop", "discord", "cli", "api", "import"])
         self.since = QComboBox()
         self.since.addItems(list(SINCE))
         self.model_filter = QLineEdit(placeholderText="model")
@@ -185,17 +185,21 @@ class GalleryPanel(QWidget):
     def search_image(self, data: bytes) -> None:
         """Reverse search: the gallery's images most like this picture."""
         filters = self.filters()
+        self.search.setText("")
+        self.search.setPlaceholderText("images like the dropped picture")
         self.message.emit("Searching for similar images…")
         self.link.call(lambda c: c.search_image(data, limit=200, **filters), self._show_results)
 
     def similar(self) -> None:
         if self.current is not None:
             image_id, filters = self.current.id, self.filters()
+            self.search.setText(f"similar to #{image_id}")  # what the list now is, not the last text searched
             self.link.call(lambda c: c.similar(image_id, limit=200, **filters), self._show_results)
 
     def _show_results(self, results: SearchResults) -> None:
         self.model.set_source(ResultSource(self.link, [r.image for r in results.results]))
-        self.message.emit(f"{len(results.results)} match(es).")
+        found = len(results.results)
+        self.message.emit("No match." if not found else f"{found} match{'es' if found != 1 else ''}.")
 
     # --- drop and paste -------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
@@ -231,19 +235,12 @@ class GalleryPanel(QWidget):
             self.picture.clear()
             return
         self.picture.setPixmap(QPixmap(record.path).scaled(256, 256, Qt.AspectRatioMode.KeepAspectRatio))
-        lineage = f"<br><b>{record.relation}</b> of #{record.parent_id}" if record.parent_id else ""
-        params = ", ".join(f"{k}: {v}" for k, v in sorted(record.params.items()) if v not in (None, "", []))
-        self.details.setHtml(
-            f"<p><b>#{record.id}</b> · seed {record.seed} · {record.width}×{record.height} · {record.mode}"
-            f"{' · ★' if record.favourite else ''}{lineage}</p>"
-            f"<p>{_escape(record.prompt)}</p>"
-            + (f"<p><i>negative:</i> {_escape(record.negative_prompt)}</p>" if record.negative_prompt else "")
-            + f"<p><small>{record.steps} steps · {record.sampler} · cfg {record.cfg_scale} · {record.model}<br>"
-            f"{record.source} · {record.created_at:%Y-%m-%d %H:%M}</small></p>"
-            f"<p><small>{_escape(params)}</small></p>"
-        )
+        self.details.setHtml(details_html(record))
         self.actions["Favourite"].setText("Unfavourite" if record.favourite else "Favourite")
-        if record.mode not in VARIABLE_MODES:
+        if record.source in IMPORTED:
+            self.actions["Variations"].setEnabled(False)
+            self.actions["Variations"].setToolTip("Imported: its seed does not remake it with this engine's model.")
+        elif record.mode not in VARIABLE_MODES:
             self.actions["Variations"].setEnabled(False)
             self.actions["Variations"].setToolTip(f"Variations blend seed noise; this image is {record.mode}.")
 
@@ -277,6 +274,40 @@ class GalleryPanel(QWidget):
         ):
             return
         self.link.call(lambda c: c.delete_image(record.id), lambda _: self.model.refresh())
+
+
+IMPORTED = frozenset({"import", "recovered"})
+
+
+def details_html(record: ImageRecord) -> str:
+    """An image's parameters for a person: labelled rows, plain text (selectable, so copyable)."""
+    p = record.params
+    rows: list[tuple[str, object]] = [
+        ("Seed", record.seed), ("Size", f"{record.width} × {record.height}"), ("Model", record.model),
+        ("Sampler", record.sampler), ("Steps", record.steps), ("CFG", record.cfg_scale),
+    ]  # fmt: skip
+    if p.get("strength") is not None:
+        rows.append(("Strength", p["strength"]))
+    if p.get("with_variations"):
+        rows.append(("Variation of seed", ", ".join(f"{v['seed']} × {v['weight']:g}" for v in p["with_variations"])))
+    if p.get("outpaint"):
+        rows.append(("Outpainted", ", ".join(f"{side} {px} px" for side, px in p["outpaint"].items() if px)))
+    if p.get("upscaler"):
+        rows.append(("Upscaled with", p["upscaler"]))
+    if record.parent_id:
+        rows.append(("Made from", f"#{record.parent_id} ({record.relation})"))
+    made = f"{record.created_at.astimezone():%Y-%m-%d %H:%M} · {record.source}" + (
+        f" · imported from {Path(str(p['imported_from'])).name}" if p.get("imported_from") else ""
+    )
+    rows.append(("Made", made))
+    table = "".join(
+        f"<tr><td style='color:gray;padding-right:8px'>{name}</td><td>{_escape(str(value))}</td></tr>"
+        for name, value in rows
+        if value not in (None, "")
+    )
+    negative = f"<p><i>Negative:</i> {_escape(record.negative_prompt)}</p>" if record.negative_prompt else ""
+    star = " ★" if record.favourite else ""
+    return f"<p><b>#{record.id}</b>{star}</p><p>{_escape(record.prompt)}</p>{negative}<table>{table}</table>"
 
 
 def _escape(text: str) -> str:

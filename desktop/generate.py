@@ -1,21 +1,34 @@
-"""The Generate tab: prompt and parameters in, live progress and results out.
+"""The Generate tab: a compact parameter panel on the left, a large preview and the results on the right.
 
 The prompt box also takes the `!dream` grammar: a command pasted from
-Discord (`"a red circle" -n 4 -S 42`) overrides the fields it names.
+Discord (`"a red circle" -n 4 -S 42`) overrides the fields it names. An init
+image comes from the gallery, a file (Choose…), a drop or a paste.
 """
 
 from __future__ import annotations
 
 import base64
 import getpass
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QRegularExpression, QSettings, QSize, Qt, Signal
-from PySide6.QtGui import QGuiApplication, QKeySequence, QPixmap, QRegularExpressionValidator, QShortcut
+from PySide6.QtCore import QMimeData, QRegularExpression, QSettings, QSize, Qt, Signal
+from PySide6.QtGui import (
+    QDragEnterEvent,
+    QDropEvent,
+    QGuiApplication,
+    QKeySequence,
+    QPixmap,
+    QRegularExpressionValidator,
+    QResizeEvent,
+    QShortcut,
+)
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -31,6 +44,7 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.engine_link import EngineLink
+from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
 from engine.dream_args import DreamArgsError, parse_argv, split
 from engine.schema import (
@@ -45,6 +59,31 @@ from engine.schema import (
 )
 
 THUMB = 128
+PANEL_WIDTH = 380  # the parameter panel; the preview takes the rest
+IMAGE_FILES = "Images (*.png *.jpg *.jpeg *.webp)"
+
+
+class Preview(QLabel):
+    """The large picture: the latest result (or step preview), scaled to fit and keeping its aspect ratio."""
+
+    def __init__(self) -> None:
+        super().__init__(alignment=Qt.AlignmentFlag.AlignCenter)
+        self.setMinimumSize(256, 256)
+        self._pixmap = QPixmap()
+
+    def show_pixmap(self, pixmap: QPixmap) -> None:
+        self._pixmap = pixmap
+        self._fit()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        super().resizeEvent(event)
+        self._fit()
+
+    def _fit(self) -> None:
+        if not self._pixmap.isNull():
+            # Small pictures (the toy model's 64 px) grow without blurring: nearest-neighbour.
+            mode = Qt.TransformationMode.FastTransformation
+            super().setPixmap(self._pixmap.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio, mode))
 
 
 def requester() -> Requester:
@@ -62,8 +101,11 @@ class GeneratePanel(QWidget):
         self.link = link
         self.job_id: str | None = None
         self.init_ref: str | None = None
-        self.init_record: ImageRecord | None = None
+        self.init_record: ImageRecord | None = None  # when the init image is a gallery image
+        self.init_path: str | None = None  # its file on this machine (the mask brush paints over it)
+        self.init_name = ""
         self.mask_ref: str | None = None
+        self.setAcceptDrops(True)
 
         self.prompt = QPlainTextEdit(
             placeholderText='a red circle on a blue background   (or a !dream command: "…" -n 4 -S 42)'
@@ -86,17 +128,22 @@ class GeneratePanel(QWidget):
         self.model = QLineEdit(placeholderText="engine default")
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=0.75, singleStep=0.05)
         self.init_label = QLabel("none")
+        self.init_label.setWordWrap(True)
+        self.choose_init = QPushButton("Choose…")
+        self.choose_init.setToolTip("An init image from a file (or drop one here, or paste with Ctrl+V)")
         self.paint_mask = QPushButton("Paint mask…")
         self.clear_init = QPushButton("Clear")
         self.generate_button = QPushButton("Generate  (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar()
         self.state = QLabel("Ready.")
-        self.preview = QLabel(alignment=Qt.AlignmentFlag.AlignCenter)
-        self.preview.setMinimumHeight(THUMB)
+        self.preview = Preview()
         self.results = QListWidget(viewMode=QListWidget.ViewMode.IconMode, movement=QListWidget.Movement.Static)
         self.results.setIconSize(QSize(THUMB, THUMB))
-        self.results.setMinimumHeight(THUMB + 24)
+        self.results.setFixedHeight(THUMB + 40)
+        self.results.setFlow(QListWidget.Flow.LeftToRight)
+        self.results.setWrapping(False)
+        self.results.currentItemChanged.connect(self._show_result)
 
         seed_row = QHBoxLayout()
         for w in (self.seed, self.random_seed, self.copy_seed):
@@ -105,9 +152,10 @@ class GeneratePanel(QWidget):
         for w in (self.width_box, QLabel("×"), self.height_box):
             size_row.addWidget(w)
         init_row = QHBoxLayout()
-        for w in (self.init_label, self.strength, self.paint_mask, self.clear_init):
+        for w in (self.choose_init, self.paint_mask, self.clear_init):
             init_row.addWidget(w)
         form = QFormLayout()
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         form.addRow("Prompt", self.prompt)
         form.addRow("Negative", self.negative)
         form.addRow("Images", self.count)
@@ -117,17 +165,27 @@ class GeneratePanel(QWidget):
         form.addRow("CFG scale", self.cfg)
         form.addRow("Sampler", self.sampler)
         form.addRow("Model", self.model)
-        form.addRow("Init image / strength", init_row)
+        form.addRow("Init image", self.init_label)
+        form.addRow("", init_row)
+        form.addRow("Strength", self.strength)
         buttons = QHBoxLayout()
         buttons.addWidget(self.generate_button)
         buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.state)
-        layout.addWidget(self.preview)
-        layout.addWidget(self.results, 1)
+        panel = QWidget()
+        panel.setFixedWidth(PANEL_WIDTH)
+        left = QVBoxLayout(panel)
+        left.setContentsMargins(0, 0, 0, 0)
+        left.addLayout(form)
+        left.addLayout(buttons)
+        left.addWidget(self.progress)
+        left.addWidget(self.state)
+        left.addStretch(1)
+        right = QVBoxLayout()
+        right.addWidget(self.preview, 1)
+        right.addWidget(self.results)
+        layout = QHBoxLayout(self)
+        layout.addWidget(panel)
+        layout.addLayout(right, 1)
 
         self.generate_button.clicked.connect(self.generate)
         self.cancel_button.clicked.connect(self.cancel)
@@ -135,6 +193,8 @@ class GeneratePanel(QWidget):
         self.random_seed.toggled.connect(lambda on: self.seed.setEnabled(not on))
         self.seed.setEnabled(False)
         self.clear_init.clicked.connect(self.clear_init_image)
+        self.choose_init.clicked.connect(self.choose_init_file)
+        QShortcut(QKeySequence.StandardKey.Paste, self, activated=self.paste_init)
         self.paint_mask.clicked.connect(self.open_mask_editor)
         for keys in ("Ctrl+Return", "Ctrl+Enter"):
             QShortcut(QKeySequence(keys), self, activated=self.generate)
@@ -211,7 +271,7 @@ class GeneratePanel(QWidget):
             if event.preview:
                 pixmap = QPixmap()
                 pixmap.loadFromData(base64.b64decode(event.preview.split(",", 1)[1]))
-                self.preview.setPixmap(pixmap.scaled(THUMB * 2, THUMB * 2, Qt.AspectRatioMode.KeepAspectRatio))
+                self.preview.show_pixmap(pixmap)
         elif event.type == "image" and event.image is not None:
             self._add_result(event.image)
         elif event.type == "done":
@@ -231,9 +291,14 @@ class GeneratePanel(QWidget):
         pixmap = QPixmap(image.path)
         item = QListWidgetItem(pixmap.scaled(THUMB, THUMB, Qt.AspectRatioMode.KeepAspectRatio), f"seed {image.seed}")
         item.setData(Qt.ItemDataRole.UserRole, image.id)
+        item.setData(Qt.ItemDataRole.UserRole + 1, image.path)
         self.results.addItem(item)
-        self.preview.setPixmap(pixmap.scaled(THUMB * 2, THUMB * 2, Qt.AspectRatioMode.KeepAspectRatio))
+        self.preview.show_pixmap(pixmap)
         self.image_done.emit(image)
+
+    def _show_result(self, item: QListWidgetItem | None) -> None:
+        if item is not None:
+            self.preview.show_pixmap(QPixmap(item.data(Qt.ItemDataRole.UserRole + 1)))
 
     def cancel(self) -> None:
         if self.job_id is not None:
@@ -265,27 +330,76 @@ class GeneratePanel(QWidget):
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None
+        self.init_path, self.init_name = record.path, f"#{record.id}"
         if not self.prompt.toPlainText().strip():
             self.prompt.setPlainText(record.prompt)
         self._update_init_widgets()
 
+    def set_init_file(self, path: Path) -> None:
+        """An init image from this machine: uploaded to the engine, then named by its reference."""
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            self.show_state(f"⚠ cannot read {path.name}: {e.strerror}")
+            return
+
+        def uploaded(upload: Any) -> None:
+            self.init_ref, self.init_record, self.mask_ref = upload.ref, None, None
+            self.init_path, self.init_name = str(path), f"{path.name} ({upload.width}×{upload.height})"
+            self._update_init_widgets()
+
+        self.show_state(f"Sending {path.name}…")
+        self.link.call(lambda c: c.upload(data), uploaded, self._failed)
+
+    def choose_init_file(self) -> None:
+        name, _ = QFileDialog.getOpenFileName(self, "Init image", "", IMAGE_FILES)
+        if name:
+            self.set_init_file(Path(name))
+
+    def use_mime(self, mime: QMimeData) -> bool:
+        """A dropped or pasted file or picture becomes the init image; False if there is none."""
+        for url in mime.urls():
+            if url.isLocalFile():
+                self.set_init_file(Path(url.toLocalFile()))
+                return True
+        if mime.hasImage():
+            # Pasted pixels have no file: keep them in one, for the mask brush to paint over.
+            with tempfile.NamedTemporaryFile(prefix="dreamhall-pasted-", suffix=".png", delete=False) as f:
+                f.write(png_bytes(mime.imageData()))
+            self.set_init_file(Path(f.name))
+            return True
+        return False
+
+    def paste_init(self) -> None:
+        if not self.use_mime(QGuiApplication.clipboard().mimeData()):
+            self.prompt.paste()  # no picture on the clipboard: an ordinary paste into the prompt
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls() or event.mimeData().hasImage():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        if self.use_mime(event.mimeData()):
+            event.acceptProposedAction()
+
     def clear_init_image(self) -> None:
-        self.init_ref = self.init_record = self.mask_ref = None
+        self.init_ref = self.init_record = self.mask_ref = self.init_path = None
+        self.init_name = ""
         self._update_init_widgets()
 
     def _update_init_widgets(self) -> None:
-        if self.init_record is None:
+        if self.init_ref is None:
             self.init_label.setText("none (txt2img)")
         else:
-            kind = "inpaint with mask" if self.mask_ref else "img2img from"
-            self.init_label.setText(f"{kind} #{self.init_record.id}")
+            kind = "inpaint with mask over" if self.mask_ref else "img2img from"
+            self.init_label.setText(f"{kind} {self.init_name}")
         for w in (self.strength, self.paint_mask, self.clear_init):
-            w.setEnabled(self.init_record is not None)
+            w.setEnabled(self.init_ref is not None)
 
     def open_mask_editor(self) -> None:
-        if self.init_record is None:
+        if self.init_path is None:
             return
-        editor = MaskEditor(self.init_record.path, self)
+        editor = MaskEditor(self.init_path, self)
         editor.accepted.connect(lambda: self.use_mask(editor.mask_png()))
         editor.open()
 

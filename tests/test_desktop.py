@@ -202,3 +202,45 @@ def test_signal_emit_keeps_reference_counts() -> None:
     for i in range(2000):
         emitter.fired.emit(i)
     assert abs(sys.getrefcount(True) - before) < 100
+
+
+def test_an_init_image_dropped_on_the_generate_tab(qtbot, window: MainWindow, tmp_path: Path) -> None:
+    from PIL import Image
+
+    picture = tmp_path / "mine.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(picture)
+    panel = window.generate
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(picture))])
+    panel.dropEvent(QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                               Qt.KeyboardModifier.NoModifier))  # fmt: skip
+    qtbot.waitUntil(lambda: (panel.init_ref or "").startswith("upload:"), timeout=WAIT)
+    assert "mine.png" in panel.init_label.text() and panel.paint_mask.isEnabled()
+    (made,) = generate(qtbot, window, "a blue circle on a white background -n 1 -s 10 -f 0.5", 1)
+    record = window.link.client().image(made)
+    assert record.mode == "img2img" and record.params["init_image"] == panel.init_ref
+    panel.clear_init_image()
+
+
+def test_details_are_for_a_person_and_similar_says_what_the_list_is(qtbot, window: MainWindow) -> None:
+    (made,) = generate(qtbot, window, '"a red circle on a blue background" -n 1 -S 8 -s 10', 1)
+    gallery = window.gallery
+    gallery.show_record(window.link.client().image(made))
+    text = gallery.details.toPlainText()
+    for label in ("Seed", "8", "Size", "64 × 64", "Sampler", "Euler a", "Steps", "10", "CFG", "Model", "Made"):
+        assert label in text, label
+    assert "{" not in text and "upload:" not in text  # no raw parameter dump
+    qtbot.mouseClick(gallery.actions["Similar"], Qt.MouseButton.LeftButton)
+    assert gallery.search.text() == f"similar to #{made}"
+
+
+def test_a_bare_linux_desktop_gets_one_line_naming_the_packages(monkeypatch, capsys) -> None:
+    import desktop.app
+
+    monkeypatch.setenv("QT_QPA_PLATFORM", "xcb")
+    found = {"xcb-keysyms": "libxcb-keysyms.so.1"}
+    assert desktop.app.missing_xcb_packages(find=found.get)[:2] == ["libxcb-icccm4", "libxcb-cursor0"]
+    monkeypatch.setattr(desktop.app, "missing_xcb_packages", lambda: ["libxcb-icccm4", "libxcb-keysyms1"])
+    assert desktop.app.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "sudo apt install libxcb-icccm4 libxcb-keysyms1" in err
