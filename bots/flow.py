@@ -75,7 +75,7 @@ class DreamFlow:
         """Edit the status message as the job moves, at most every `progress_every_s`."""
         last = 0.0
         async for event in self.engine.events(job_id):
-            if event.type not in {"queued", "started", "step"} or status is None:
+            if event.type not in {"queued", "started", "loading", "step"} or status is None:
                 continue
             now = time.monotonic()
             if now - last < self.rules.progress_every_s and event.type == "step":
@@ -83,6 +83,8 @@ class DreamFlow:
             last = now
             if event.type == "queued":
                 text = f"Waiting: position {(event.position or 0) + 1} in the queue"
+            elif event.type == "loading":
+                text = f"Loading the model {event.model}…"
             else:
                 text = f"Dreaming… step {event.step or 0}/{event.total or 0}"
             if not await self._edit(status, text):

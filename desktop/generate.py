@@ -264,6 +264,8 @@ class GeneratePanel(QWidget):
     def _event(self, event: Event) -> None:
         if event.type == "queued" and event.position is not None:
             self.show_state("Next up." if event.position == 0 else f"Queued: position {event.position + 1}.")
+        elif event.type == "loading":
+            self.show_state(f"Loading model {event.model}…")
         elif event.type in {"started", "step"} and event.total:
             self.progress.setMaximum(event.total)
             self.progress.setValue(event.step or 0)
@@ -325,8 +327,15 @@ class GeneratePanel(QWidget):
         self.steps.setValue(record.steps or default_of("steps"))
         self.cfg.setValue(record.cfg_scale if record.cfg_scale is not None else default_of("cfg_scale"))
         self.sampler.setCurrentText(SAMPLER_KEYS.get(record.sampler or "", default_of("sampler")))
-        self.model.setText("" if record.model in (None, self.link.health.model if self.link.health else None)
-                           else record.model)  # fmt: skip
+        engine_model = self.link.health.model if self.link.health else None
+        if record.source in {"import", "recovered"} and record.model not in (None, engine_model):
+            # Another tool's model name: this engine does not have it, and a job naming it would fail later.
+            self.model.setText("")
+            self.show_state(
+                f"Parameters copied; model {record.model!r} is another tool's, so the engine's own is used."
+            )
+        else:
+            self.model.setText("" if record.model in (None, engine_model) else record.model)
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None

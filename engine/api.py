@@ -299,6 +299,7 @@ def create_app(services: Services) -> FastAPI:
             model=s.pipelines.default_name(),
             queued=s.queue.count("queued"),
             running=1 if s.worker.current else 0,
+            loading=s.pipelines.loading,
         )
 
     @app.post("/v1/dreams", status_code=202)

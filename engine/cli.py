@@ -133,12 +133,15 @@ class _Progress:
             return
         if event.type == "queued" and event.position:
             tqdm.write(f"queued: {event.position} job(s) ahead")
-        elif event.type in {"started", "step"} and event.total:
-            if self.bar is None or self.bar.total != event.total:
-                self.close()
+        elif event.type == "loading":
+            tqdm.write(f"loading model {event.model} (the first job on a model waits for this)…")
+        elif event.type == "step" and event.total:
+            # The bar starts with the first step, which knows the real count (img2img runs steps x strength),
+            # and moves by deltas, so tqdm's rate is steps per second.
+            if self.bar is None:
                 self.bar = tqdm(total=event.total, unit="step", desc="dreaming", leave=False)
-            self.bar.n = event.step or 0
-            self.bar.refresh()
+            self.bar.total = max(self.bar.total or 0, event.total)
+            self.bar.update(max(0, (event.step or 0) - self.bar.n))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -36,6 +36,9 @@ class Runner(Protocol):
     def progress_of(self, job_id: str) -> Progress | None:
         """The running job's progress, or None if it is not running here."""
 
+    def loading_for(self, job_id: str) -> str | None:
+        """The model this running job waits for while it loads, or None."""
+
 
 IMPORTED = frozenset({"import", "recovered"})
 
@@ -130,7 +133,9 @@ class JobService:
         if job.status == "queued":
             return [Event(type="queued", job=job.id, position=job.position)]
         if job.status == "running":
-            return [Event(type="started", job=job.id, step=job.progress.step, total=job.progress.total)]
+            started = Event(type="started", job=job.id, step=job.progress.step, total=job.progress.total)
+            model = self.runner.loading_for(job.id)
+            return [started] + ([Event(type="loading", job=job.id, model=model)] if model else [])
         if job.status == "done":
             return [Event(type="image", job=job.id, image=i) for i in job.images] + [Event(type="done", job=job.id)]
         return [Event(type=job.status, job=job.id, error=job.error)]

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from engine.client import EngineClient, EngineUnavailable
+from engine.schema import Health
 from engine.settings import Settings
 
 
@@ -37,7 +38,7 @@ def connect(
     """A client for the configured engine; start one in the background if none answers (and say so)."""
     client = EngineClient(settings.socket_path)
     try:
-        client.health()
+        _say_loading(client.health(), say)
         return client
     except EngineUnavailable:
         if not autostart:
@@ -52,7 +53,7 @@ def connect(
             client.close()
             raise EngineUnavailable(f"the engine exited at start (code {proc.returncode}); see {log_file}")
         try:
-            client.health()
+            _say_loading(client.health(), say)
             return client
         except EngineUnavailable:
             time.sleep(0.2)
@@ -73,6 +74,11 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _say_loading(health: Health, say: Callable[[str], None]) -> None:
+    if health.loading:
+        say(f"The engine is loading model {health.loading}; jobs start once it is ready.")
 
 
 class StopFailed(RuntimeError):

@@ -380,21 +380,32 @@ class PipelineCache:
         self._lock = threading.Lock()
         self._ref: str | None = None
         self._model: LoadedModel | None = None
+        self.loading: str | None = None  # the model being loaded now (health reports it)
 
     def default_name(self) -> str:
         return self.default_model or BUILTIN_MODEL_NAME
 
+    @staticmethod
+    def _resolve(ref: str | None, default: str | None) -> str | None:
+        ref = ref or default
+        return None if ref == BUILTIN_MODEL_NAME else ref  # images record the built-in model by this name
+
+    def is_loaded(self, ref: str | None) -> bool:
+        return self._model is not None and self._resolve(ref, self.default_model) == self._ref
+
     def model(self, ref: str | None) -> LoadedModel:
         """Model `ref` (None: the configured default), loading it if needed."""
-        ref = ref or self.default_model
-        if ref == BUILTIN_MODEL_NAME:
-            ref = None  # images record the built-in model by this name; it must load back
+        ref = self._resolve(ref, self.default_model)
         with self._lock:
             if self._model is None or ref != self._ref:
                 self.unload()
                 if ref is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
-                self._ref, self._model = ref, load_model(ref, self.device, safety_check=self.safety_check)
+                self.loading = ref or BUILTIN_MODEL_NAME
+                try:
+                    self._ref, self._model = ref, load_model(ref, self.device, safety_check=self.safety_check)
+                finally:
+                    self.loading = None
                 log.info("loaded model %s on %s", self._model.name, self.device.describe())
             return self._model
 

@@ -349,9 +349,10 @@ class Health(BaseModel):
     model: str
     queued: int
     running: int
+    loading: str | None = Field(default=None, description="a model being loaded now; jobs wait for it")
 
 
-EventType = Literal["queued", "started", "step", "image", "done", "failed", "cancelled"]
+EventType = Literal["queued", "started", "loading", "step", "image", "done", "failed", "cancelled"]
 TERMINAL_EVENTS: frozenset[str] = frozenset({"done", "failed", "cancelled"})  # the last event of every stream
 
 
@@ -366,6 +367,7 @@ class Event(BaseModel):
     preview: str | None = Field(default=None, description="small PNG preview as a data: URL")
     image: ImageInfo | None = None
     error: str | None = None
+    model: str | None = Field(default=None, description="`loading`: the model being loaded (seconds to minutes)")
 
 
 class ErrorBody(BaseModel):

@@ -106,6 +106,9 @@ class Worker:
         """A job was queued."""
         self._wake.set()
 
+    def loading_for(self, job_id: str) -> str | None:
+        return self.pipelines.loading if self.current == job_id else None
+
     def progress_of(self, job_id: str) -> Progress | None:
         if self.current != job_id:
             return None
@@ -197,8 +200,10 @@ class Worker:
     def _generate(self, job: JobRecord) -> list[ImagePublic]:
         """model -> inputs -> plan -> batches -> safety flags -> records -> store."""
         req = job.request
-        # 1. the model, and 2. the input images
-        model = self.pipelines.model(req.model)
+        # 1. the model (say so when it must be loaded: that can take minutes), and 2. the input images
+        if not self.pipelines.is_loaded(req.model):
+            self.events.publish(Event(type="loading", job=job.id, model=req.model or self.pipelines.default_name()))
+        model = self.pipelines.model(req.model)  # pipelines.loading says what, meanwhile
         inputs = self.inputs.load(req)
         # 3. the plan: size, seeds, and which single call makes its images
         work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,

@@ -108,6 +108,10 @@ class ImageStore(ABC):
         """A live image with these bytes, if there is one."""
 
     @abstractmethod
+    def ids_of_running_jobs(self) -> set[int]:
+        """Images already stored by jobs that are still running (their vectors may not be written yet)."""
+
+    @abstractmethod
     def duplicates(self) -> list[int]:
         """Live rows that repeat an earlier row's (job, image index): what a crash could once leave."""
 
@@ -228,6 +232,11 @@ class SqliteImageStore(ImageStore):
             return session.scalars(
                 select(ImageRow.id).where(ImageRow.sha256 == sha256, ImageRow.deleted_at.is_(None))
             ).first()
+
+    def ids_of_running_jobs(self) -> set[int]:
+        sql = "SELECT i.id FROM images AS i JOIN jobs AS j ON j.id = i.job_id WHERE j.status = 'running'"
+        with Session(self.engine) as session:
+            return set(session.execute(text(sql)).scalars())
 
     def duplicates(self) -> list[int]:
         with Session(self.engine) as session:

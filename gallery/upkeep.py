@@ -66,7 +66,8 @@ class Upkeep:
         missing = sorted(i for i, path in live.items() if not _readable(images_dir / path))
         orphans = sorted(files - referenced)
         have = self.indexer.vector_ids()
-        live_ids = set(live) - set(missing)
+        # Images of a job still running are stored, then indexed, then the job is done: not missing yet.
+        live_ids = set(live) - set(missing) - self.store.ids_of_running_jobs()
         report = CheckReport(
             rows=len(live), files=len(files), vectors=len(have), missing_files=missing, orphan_files=orphans,
             temp_files=temp, missing_vectors=len(live_ids - have), orphan_vectors=len(have - live_ids),

@@ -88,3 +88,33 @@ def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
     assert second.returncode == 1 and "already listening" in second.stderr
     # Before: 12-38 s of torch and diffusers imports. Now the socket is asked first; 5 s covers a busy machine.
     assert time.monotonic() - started < 5
+
+
+def test_the_progress_bar_counts_the_steps_that_run() -> None:
+    from engine.cli import _Progress
+    from engine.schema import Event
+
+    progress = _Progress(quiet=False)
+    progress(Event(type="started", job="j", step=0, total=20))  # img2img at 0.75: 15 steps actually run
+    assert progress.bar is None
+    for step in range(1, 16):
+        progress(Event(type="step", job="j", step=step, total=15))
+    bar = progress.bar
+    assert bar is not None and (bar.n, bar.total) == (15, 15)
+    progress.close()
+
+
+def test_a_first_job_on_a_model_says_it_is_loading(engine: EngineProcess, tmp_path: Path) -> None:
+    from tests.tiny_pipeline import build
+
+    other = build(tmp_path / "other")  # a second model: the engine must load it for this job
+    with engine.client() as client:
+        # A job ahead keeps the worker busy, so this one's stream is open before it starts.
+        blocker = client.submit(DreamRequest(prompt="a blue square", steps=30, width=64, height=64))
+        request = DreamRequest(prompt="a red circle", steps=2, width=64, height=64, model=str(other))
+        accepted = client.submit(request)
+        assert accepted.position >= 0 and client.job(blocker.id).status in {"queued", "running"}
+        events = list(client.events(accepted.id))
+    loading = [e for e in events if e.type == "loading"]
+    assert len(loading) == 1 and loading[0].model == str(other) and events[-1].type == "done"
+    assert [e.type for e in events].index("loading") < [e.type for e in events].index("step")

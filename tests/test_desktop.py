@@ -244,3 +244,20 @@ def test_a_bare_linux_desktop_gets_one_line_naming_the_packages(monkeypatch, cap
     assert desktop.app.main([]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "sudo apt install libxcb-icccm4 libxcb-keysyms1" in err
+
+
+def test_reusing_an_imported_image_does_not_name_another_tools_model(qtbot, window: MainWindow) -> None:
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("parameters", "a red fox\nSteps: 20, Sampler: Euler a, CFG scale: 7, Seed: 5, Size: 64x64, "
+                                "Model: v1-5-pruned-emaonly")  # fmt: skip
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, format="PNG", pnginfo=meta)
+    imported = window.link.client().image(window.link.client().import_image(buf.getvalue(), filename="fox.png").id)
+    assert imported.model == "v1-5-pruned-emaonly"
+    window.generate.reuse(imported)
+    assert window.generate.model.text() == "" and "another tool" in window.generate.state.text()
+    assert window.generate.prompt.toPlainText() == "a red fox"

@@ -210,3 +210,26 @@ def test_kill_9_during_an_ingest_then_repair_is_consistent(tmp_path: Path) -> No
         upkeep.import_image(path.read_bytes(), filename=path.name)
     final = upkeep.check()
     assert final.rows == final.files == final.vectors == 400
+
+
+def test_a_running_jobs_unindexed_images_are_not_missing_and_plain_imports_are_no_txt2img(upkeep: Upkeep) -> None:
+    from sqlalchemy import insert, update
+
+    from gallery.files import encode_png
+    from gallery.models import JobRow
+    from gallery.schemas import ImageCreate
+
+    store = upkeep.store
+    with store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(insert(JobRow).values(id="j1", status="running", queue_key="k", priority=0, request={}, seed=1,
+                                           source="cli"))  # fmt: skip
+    info = ImageCreate(job_id="j1", width=8, height=8, seed=1)
+    store.add([(info, encode_png(Image.new("RGB", (8, 8)), info))])  # stored; its vector comes when the job ends
+    assert upkeep.check().missing_vectors == 0
+    with store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(update(JobRow).where(JobRow.id == "j1").values(status="done"))
+    assert upkeep.check().missing_vectors == 1  # a finished job's image without a vector is missing
+    plain = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(plain, format="PNG")
+    imported = store.get(upkeep.import_image(plain.getvalue(), filename="plain.png").id)
+    assert (imported.mode, imported.source) == ("import", "import")
