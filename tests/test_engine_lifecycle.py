@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -57,7 +58,7 @@ def test_cli_starts_an_engine_when_none_answers(tmp_path: Path, tiny_model: Path
     try:
         assert out.returncode == 0, out.stderr
         assert "started one in the background" in out.stdout
-        assert out.stdout.strip().splitlines()[-1].endswith("64x64")
+        assert re.fullmatch(r"#\d+  seed \d+  64x64  \S+\.png", out.stdout.strip().splitlines()[-1])
     finally:
         stop = subprocess.run([*cmd, "engine", "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert "stopped" in stop.stdout

@@ -73,8 +73,9 @@ def test_a_dm_can_neither_use_nor_find_a_guilds_images(client: EngineClient) -> 
     with pytest.raises(RequestRejected, match="not in this server's gallery"):
         client.submit(other)
     # Search from the DM sees only that user's DM images.
-    found = {r.image.id for r in client.search("circle triangle", limit=50, dm_of="m").results}
+    found = {r.image.id for r in client.search("dm triangle", limit=50, dm_of="m").results}
     assert dm_image in found and in_a not in found
+    assert not {r.image.id for r in client.search("red circle", limit=50, dm_of="m").results}
     assert not {r.image.id for r in client.search("circle", limit=50, dm_of="nobody").results}
     with pytest.raises(RequestRejected):
         client.similar(in_a, dm_of="m")
