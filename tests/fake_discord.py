@@ -85,6 +85,7 @@ class FakeDiscord:
         self.attachments: dict[str, bytes] = {}
         self.said: dict[str, dict] = {}  # users' messages, by id
         self.dm_channels: dict[str, str] = {}  # user id -> their DM channel with the bot
+        self.refuse_intents = False  # close IDENTIFY with 4014, as Discord does when Message Content is off
         self.commands: list[dict] = []
         self.ws: web.WebSocketResponse | None = None
         self.seq = 0
@@ -186,6 +187,9 @@ class FakeDiscord:
             data = json.loads(msg.data)
             if data["op"] == 1:
                 await ws.send_json({"op": 11})
+            elif data["op"] == 2 and self.refuse_intents:
+                await ws.close(code=4014, message=b"Disallowed intent(s).")  # as Discord does without the intent
+                return ws
             elif data["op"] == 2:
                 await self.dispatch(
                     "READY",

@@ -381,3 +381,26 @@ async def test_remix_opens_the_command_in_a_form_and_dreams_the_edit(world: Worl
     submitted = await world.fake.submit_modal(A, "7", modal, {field["custom_id"]: edited})
     remixed = await follow_up_result(world, submitted)
     assert "a green triangle on a blue background" in remixed.content
+
+
+async def test_without_the_message_content_intent_the_bot_says_so_in_one_line(tmp_path) -> None:
+    import os
+    import sys
+
+    fake = await FakeDiscord().start()
+    fake.refuse_intents = True
+    port = fake.base.rsplit(":", 1)[1]
+    code = (
+        f"import discord, sys, yarl; discord.http.Route.BASE = '{fake.base}/api/v10';"
+        f"discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL('ws://127.0.0.1:{port}/gateway');"
+        "from bots.bot import main; sys.exit(main())"
+    )
+    env = {**os.environ, "DISCORD_TOKEN": "x", "DREAMHALL_HOME": str(tmp_path)}
+    try:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-c", code, env=env, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.PIPE)  # fmt: skip
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await fake.stop()
+    text = err.decode()
+    assert proc.returncode == 1 and "Message Content intent" in text and "Traceback" not in text, text[-2000:]
