@@ -16,10 +16,8 @@ users, with /v1/health and a queued job's GET timed as the queue grows.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,23 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy
 
-from engine.client import EngineClient, EngineUnavailable
+from engine.launch import connect, stop_engine
 from engine.queue import SqliteJobQueue
 from engine.schema import DreamRequest, Requester
+from engine.settings import Settings
 from gallery.db import open_gallery_db
-
-
-def quadratic_fair_order(queued: list, last_claim: dict) -> dict[str, int]:
-    """The replay the queue used before (kept here to show what it cost)."""
-    last = {k: (-1 if v is None else v) for k, v in last_claim.items()}
-    pending, order, tick = list(queued), {}, max(last.values(), default=0) + 1
-    while pending:
-        best = min(pending, key=lambda q: (-q.priority, last.get(q.queue_key, -1), q.seq))
-        order[best.id] = len(order)
-        last[best.queue_key] = tick
-        tick += 1
-        pending.remove(best)
-    return order
+from tests.test_queue import quadratic_fair_order  # the replay the queue used before: what it cost
 
 
 def timed(fn, samples: int) -> tuple[float, float]:
@@ -112,17 +99,9 @@ def measure(queue: SqliteJobQueue, size: int, *, users: int, samples: int) -> st
 def through_engine(total: int, *, users: int) -> None:
     """Submit `total` jobs to a real engine; time submit, health and a queued job's GET per quarter."""
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "DREAMHALL_HOME": home}
-        log = open(Path(home) / "engine.log", "wb")  # noqa: SIM115 - closed below
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, stdout=log, stderr=log)
-        client = EngineClient(Path(home) / "engine.sock")
+        settings = Settings(home=Path(home))
+        client = connect(settings, say=lambda _: None)  # starts one, as the CLI would
         try:
-            while True:
-                try:
-                    client.health()
-                    break
-                except EngineUnavailable:
-                    time.sleep(0.2)
             print(f"engine on the built-in model, {users} users, {total} submissions of 150-step jobs")
             print(f"{'queued':>11} | {'submit p50/p99':>15} | {'health p50/p99':>15} | {'job GET p50':>11}")
             quarter = total // 4
@@ -147,9 +126,7 @@ def through_engine(total: int, *, users: int) -> None:
                       f"{statistics.median(h):6.2f} / {p99(h):6.2f} | {statistics.median(g):11.2f}")  # fmt: skip
         finally:
             client.close()
-            engine.terminate()
-            engine.wait(60)
-            log.close()
+            stop_engine(settings)
 
 
 if __name__ == "__main__":
