@@ -147,6 +147,8 @@ class Worker:
                 preloaded = True
             job = self.queue.claim() if preloaded else None
             if job is None:
+                # Nothing runs: cancels asked for jobs that never ran here (queued ones) are moot.
+                self._cancel.clear()
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
