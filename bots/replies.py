@@ -11,7 +11,7 @@ import discord
 from bots import render
 from engine.client import EngineUnavailable, RequestRejected
 from engine.dream_args import DreamArgsError
-from engine.schema import Requester
+from engine.schema import Requester, Scope
 
 
 class Reply(Protocol):
@@ -55,6 +55,15 @@ def requester_of(
         guild=str(guild.id) if guild else None,
         channel=str(channel.id) if channel else None,
     )
+
+
+def scope_of(
+    guild: discord.Guild | None, channel: discord.abc.GuildChannel | discord.Thread | None, user: discord.abc.User
+) -> Scope:
+    """What a Discord user may see from here: this server's gallery, or in a DM their own DM images."""
+    scope = Scope.of(requester_of(guild, channel, user))
+    assert scope is not None  # a Discord requester always has one
+    return scope
 
 
 @contextlib.asynccontextmanager

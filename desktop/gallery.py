@@ -37,6 +37,7 @@ from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
 from engine.schema import (
     DEFAULT_VARIATION_AMOUNT,
+    IMPORTED_SOURCES,
     VARIABLE_MODES,
     DreamRequest,
     ImageRecord,
@@ -237,7 +238,7 @@ class GalleryPanel(QWidget):
         self.picture.setPixmap(QPixmap(record.path).scaled(256, 256, Qt.AspectRatioMode.KeepAspectRatio))
         self.details.setHtml(details_html(record))
         self.actions["Favourite"].setText("Unfavourite" if record.favourite else "Favourite")
-        if record.source in IMPORTED:
+        if record.source in IMPORTED_SOURCES:
             self.actions["Variations"].setEnabled(False)
             self.actions["Variations"].setToolTip("Imported: its seed does not remake it with this engine's model.")
         elif record.mode not in VARIABLE_MODES:
@@ -274,9 +275,6 @@ class GalleryPanel(QWidget):
         ):
             return
         self.link.call(lambda c: c.delete_image(record.id), lambda _: self.model.refresh())
-
-
-IMPORTED = frozenset({"import", "recovered"})
 
 
 def details_html(record: ImageRecord) -> str:

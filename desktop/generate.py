@@ -48,6 +48,7 @@ from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
 from engine.dream_args import DreamArgsError, parse_argv, split
 from engine.schema import (
+    IMPORTED_SOURCES,
     SAMPLER_KEYS,
     SAMPLERS,
     DreamRequest,
@@ -328,7 +329,7 @@ class GeneratePanel(QWidget):
         self.cfg.setValue(record.cfg_scale if record.cfg_scale is not None else default_of("cfg_scale"))
         self.sampler.setCurrentText(SAMPLER_KEYS.get(record.sampler or "", default_of("sampler")))
         engine_model = self.link.health.model if self.link.health else None
-        if record.source in {"import", "recovered"} and record.model not in (None, engine_model):
+        if record.source in IMPORTED_SOURCES and record.model not in (None, engine_model):
             # Another tool's model name: this engine does not have it, and a job naming it would fail later.
             self.model.setText("")
             self.show_state(

@@ -160,7 +160,7 @@ ScopeQuery = Annotated[Scope, Query()]
 def scoped_image(s: Services, image_id: ImageId, scope: Scope) -> ImagePublic:
     """An image, if the requester's scope (a guild, or a DM user) may see it; else as if it did not exist."""
     image = s.store.get(image_id)
-    if not scope.allows(guild=image.guild, source=image.source, user=image.user):
+    if not scope.allows(image):
         raise ImageNotFound(f"image {image_id} is not in this server's gallery")
     return image
 

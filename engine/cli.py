@@ -33,7 +33,7 @@ from engine import __version__
 from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, usage
 from engine.launch import StopFailed, connect, stop_engine
-from engine.schema import Event, Requester, Source, looks_like_ref
+from engine.schema import IMPORTED_SOURCES, Event, Requester, Source, looks_like_ref
 from engine.settings import Settings
 
 
@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--guild")
     search.add_argument("--user")
-    search.add_argument("--source", choices=list(get_args(Source)) + ["import", "recovered"])
+    search.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
     search.add_argument("--model", dest="model_filter", help="only images of this model")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--limit", type=int, default=20, help="list: how many (newest first)")
     gallery.add_argument("--guild")
     gallery.add_argument("--user")
-    gallery.add_argument("--source", choices=list(get_args(Source)) + ["import", "recovered"])
+    gallery.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
     gallery.add_argument("--model", dest="model_filter", help="only images of this model")
     gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
     gallery.add_argument("--no-autostart", action="store_true")

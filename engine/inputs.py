@@ -58,7 +58,7 @@ class Inputs:
         except ImageNotFound:
             raise ImageNotFound(f"image {image_id} is not in the gallery (deleted, or never made)") from None
         scope = Scope.of(request.requester)
-        if scope is not None and not scope.allows(guild=image.guild, source=image.source, user=image.user):
+        if scope is not None and not scope.allows(image):
             # Tenant isolation (a DM sees only its user's DM images): the answer for an image that does not exist.
             raise ImageNotFound(f"image {image_id} is not in this server's gallery")
         return image

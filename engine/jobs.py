@@ -15,7 +15,7 @@ from engine.inputs import InputError, Inputs
 from engine.modes import MIN_SIDE
 from engine.queue import JobNotFound, JobQueue, JobRecord
 from engine.records import image_info
-from engine.schema import Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
+from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
 
@@ -40,9 +40,6 @@ class Runner(Protocol):
         """The model this running job waits for while it loads, or None."""
 
 
-IMPORTED = frozenset({"import", "recovered"})
-
-
 def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
     """Fill in at submit time what the parent image decides, so the stored request replays exactly.
 
@@ -53,7 +50,7 @@ def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
     if request.mode == "upscale" and not request.prompt and parent is not None:
         update["prompt"] = parent.prompt
     if request.mode == "variation":
-        if parent is not None and parent.source in IMPORTED:
+        if parent is not None and parent.source in IMPORTED_SOURCES:
             raise InputError(
                 f"image {parent.id} was imported, not made here: its seed does not remake it with this engine's "
                 f"model, so there is nothing to vary; try -I {parent.id} -f 0.3 (img2img) instead"
@@ -102,8 +99,7 @@ class JobService:
     def get(self, job_id: str, scope: Scope | None = None) -> Job:
         """A job; with a scope, only a job asked for from inside it (else JobNotFound, as if there were none)."""
         record = self.queue.get(job_id)
-        r = record.request.requester
-        if scope is not None and not scope.allows(guild=r.guild, source=r.source, user=r.user):
+        if scope is not None and not scope.allows(record.request.requester):
             raise JobNotFound(f"no job {job_id}")
         return self.view(record)
 
@@ -145,8 +141,7 @@ class JobService:
         positions = self.queue.positions()
 
         def inside(record: JobRecord) -> bool:
-            r = record.request.requester
-            return scope is None or scope.allows(guild=r.guild, source=r.source, user=r.user)
+            return scope is None or scope.allows(record.request.requester)
 
         return QueueState(
             running=[self.view(r) for r in self.queue.jobs("running") if inside(r)],

@@ -7,7 +7,7 @@ whether it came from Discord, the desktop app, the CLI or raw HTTP.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
@@ -107,6 +107,18 @@ class Requester(BaseModel):
         return f"{self.source}:{self.guild or '-'}:{self.user or '-'}"
 
 
+class Owned(Protocol):
+    """Who made something: a gallery image, or a job's requester."""
+
+    guild: str | None
+    source: str
+    user: str | None
+
+
+# Gallery images that were not made here: their seeds remake nothing with this engine's model.
+IMPORTED_SOURCES: frozenset[str] = frozenset({"import", "recovered"})
+
+
 class Scope(BaseModel):
     """Whose images a Discord request may see and use: one guild's, or in a DM one user's DM images.
 
@@ -129,12 +141,12 @@ class Scope(BaseModel):
     def given(self) -> bool:
         return self.guild is not None or self.dm_of is not None
 
-    def allows(self, *, guild: str | None, source: str, user: str | None) -> bool:
-        """Whether an image or job with these fields is inside the scope."""
+    def allows(self, owner: Owned) -> bool:
+        """Whether an image (or a job's requester) is inside the scope."""
         if self.guild is not None:
-            return guild == self.guild
+            return owner.guild == self.guild
         if self.dm_of is not None:
-            return guild is None and source == "discord" and user == self.dm_of
+            return owner.guild is None and owner.source == "discord" and owner.user == self.dm_of
         return True
 
     def params(self) -> dict[str, str]:

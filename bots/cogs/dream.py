@@ -9,10 +9,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render
-from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of
+from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
 from engine.client import RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, split
-from engine.schema import SAMPLERS, Scope
+from engine.schema import SAMPLERS
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -101,8 +101,7 @@ class DreamCog(commands.Cog, name="Dream"):
             await self.bot.flow.run(request, reply, interaction.channel, interaction.user)  # type: ignore[arg-type]
 
     async def _queue_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User) -> str:
-        scope = Scope.of(requester_of(guild, channel, user))  # type: ignore[arg-type]
-        state = await self.bot.engine.queue(scope=scope)
+        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))  # type: ignore[arg-type]
         here = state.running + state.queued  # the engine sent only this server's (or this DM's) jobs
         mine = [j for j in here if j.request.requester.user == str(user.id)]
         lines = [
@@ -118,7 +117,7 @@ class DreamCog(commands.Cog, name="Dream"):
 
     async def _cancel_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User,
                            job_id: str) -> str:  # fmt: skip
-        state = await self.bot.engine.queue(scope=Scope.of(requester_of(guild, channel, user)))  # type: ignore[arg-type]
+        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))  # type: ignore[arg-type]
         mine = [j for j in state.running + state.queued
                 if j.request.requester.user == str(user.id) and j.id.startswith(job_id)]  # fmt: skip
         if not mine:

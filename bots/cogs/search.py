@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
-from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of
+from bots.replies import InteractionReply, MessageReply, replying_errors, scope_of
 from bots.views import image_ids_of
 from engine.client import RequestRejected
 from engine.grid import tile
@@ -73,13 +73,13 @@ class SearchCog(commands.Cog, name="Search"):
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
-        await self._text_search(_scope(ctx.guild, ctx.channel, ctx.author), ctx.channel, text,
+        await self._text_search(scope_of(ctx.guild, ctx.channel, ctx.author), ctx.channel, text,
                                 MessageReply(ctx.message).send)  # fmt: skip
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
     async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
-        scope = _scope(interaction.guild, interaction.channel, interaction.user)
+        scope = scope_of(interaction.guild, interaction.channel, interaction.user)
         await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send)
 
     async def _similar(self, scope: Scope, channel: object, source: discord.Message | int | None) -> tuple:
@@ -107,7 +107,7 @@ class SearchCog(commands.Cog, name="Search"):
             else image_id
         )
         async with replying_errors(MessageReply(ctx.message).send):
-            content, file = await self._similar(_scope(ctx.guild, ctx.channel, ctx.author), ctx.channel, source)
+            content, file = await self._similar(scope_of(ctx.guild, ctx.channel, ctx.author), ctx.channel, source)
             await ctx.reply(content, file=file or discord.utils.MISSING, mention_author=False)
 
     @app_commands.command(name="similar", description="Images in this server's gallery like image #id")
@@ -122,7 +122,7 @@ class SearchCog(commands.Cog, name="Search"):
 
     async def _similar_reply(self, interaction: discord.Interaction, source: discord.Message | int) -> None:
         reply = InteractionReply(interaction)
-        scope = _scope(interaction.guild, interaction.channel, interaction.user)
+        scope = scope_of(interaction.guild, interaction.channel, interaction.user)
         async with replying_errors(reply.send):
             content, file = await self._similar(scope, interaction.channel, source)
             await reply.send(content, file=file or discord.utils.MISSING)
@@ -151,7 +151,7 @@ class SearchCog(commands.Cog, name="Search"):
             await ctx.reply("Reply to one of my results, or give an image id: !info 42", mention_author=False)
             return
         async with replying_errors(MessageReply(ctx.message).send):
-            text = await self._info(_scope(ctx.guild, ctx.channel, ctx.author), ids)
+            text = await self._info(scope_of(ctx.guild, ctx.channel, ctx.author), ids)
             await ctx.reply(text, mention_author=False)
 
     @app_commands.command(name="info", description="The prompt, seed and parameters of image #id")
@@ -159,14 +159,8 @@ class SearchCog(commands.Cog, name="Search"):
         await interaction.response.defer(thinking=True)
         reply = InteractionReply(interaction)
         async with replying_errors(reply.send):
-            await reply.send(await self._info(_scope(interaction.guild, interaction.channel, interaction.user),
+            await reply.send(await self._info(scope_of(interaction.guild, interaction.channel, interaction.user),
                                               [image_id]))  # fmt: skip
-
-
-def _scope(guild, channel, user) -> Scope:
-    scope = Scope.of(requester_of(guild, channel, user))
-    assert scope is not None  # a Discord requester always has one
-    return scope
 
 
 async def setup(bot: DreamBot) -> None:

@@ -143,8 +143,7 @@ class SqliteJobQueue(JobQueue):
         return self._set_status(job_id, "failed", error=error) is not None
 
     def cancel(self, job_id: str) -> JobRecord:
-        if self._set_status(job_id, "cancelled") is None:
-            return self.get(job_id)  # already finished (or unknown: JobNotFound)
+        self._set_status(job_id, "cancelled")  # a finished job stays as it is; unknown: JobNotFound
         return self.get(job_id)
 
     def requeue(self, job_id: str) -> bool:
