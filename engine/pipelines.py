@@ -8,6 +8,7 @@ task pipelines share its components.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,26 +23,42 @@ import torch
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
-    AutoPipelineForText2Image,
     DDIMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FlowMatchHeunDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
     KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusionInpaintPipeline,
     StableDiffusionLatentUpscalePipeline,
     StableDiffusionPipeline,
     StableDiffusionUpscalePipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from transformers import CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from engine.device import Device
+from engine.families import (
+    FLOW_MATCHING,
+    Detected,
+    NotACheckpoint,
+    clip_tokenizer_files,
+    config_dir,
+    config_name,
+    detect_file,
+    detect_folder,
+)
 from engine.schema import Sampler
 
 log = logging.getLogger(__name__)
@@ -77,16 +94,37 @@ SCHEDULERS: dict[str, tuple[type, dict]] = {
 }
 
 
-def make_scheduler(sampler: Sampler, base_config: dict):
+# Flow-matching models (SD3, FLUX) integrate a velocity field: only the Euler-family names apply.
+FLOW_SCHEDULERS: dict[str, tuple[type, dict]] = {
+    "k_euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "k_euler_a": (FlowMatchEulerDiscreteScheduler, {"stochastic_sampling": True}),
+    "k_heun": (FlowMatchHeunDiscreteScheduler, {}),
+}
+
+
+class SamplerError(ValueError):
+    """A sampler that does not apply to the loaded model's family."""
+
+
+def make_scheduler(sampler: Sampler, base_config: dict, *, flow: bool = False, family: str = ""):
     """A fresh scheduler for one call (schedulers carry per-call state)."""
-    cls, extra = SCHEDULERS[sampler]
+    table = FLOW_SCHEDULERS if flow else SCHEDULERS
+    if sampler not in table:
+        raise SamplerError(f"sampler {sampler} does not apply to {family or 'this model'}, which samples with flow "
+                           f"matching; use one of {', '.join(table)}")  # fmt: skip
+    cls, extra = table[sampler]
     return cls.from_config(base_config, **extra)
 
 
-def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True) -> tuple[str, DiffusionPipeline]:
-    """Load a text-to-image pipeline from `ref` (None: the built-in toy model); return (name, pipeline).
+def load_pipeline(
+    ref: str | None, device: Device, *, safety_check: bool = True, configs: Path | None = None
+) -> tuple[str, DiffusionPipeline, Detected]:
+    """Load `ref` (None: the built-in toy model) as its family's pipeline; return (name, pipeline, family).
 
-    With `safety_check`, a model's own safety checker (SD 1.x ships one) is loaded too; see `LoadedModel`.
+    Folders load with the class their `model_index.json` names (an SDXL refiner stays an img2img
+    pipeline). Single files load offline with the config folder of their detected family
+    (`engine/configs/`, or the shelf's own `configs/<family>/` first). With `safety_check`, a
+    model's own safety checker (SD 1.x folders ship one) is loaded too; see `LoadedModel`.
     """
     # Loading bars belong in a terminal, not in the engine's log.
     diffusers_logging.disable_progress_bar()
@@ -99,16 +137,18 @@ def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True)
     try:
         if path.is_dir():
             if not (path / "model_index.json").exists():
-                raise ModelLoadError(f"{path} is a folder but not a diffusers pipeline (no model_index.json)")
-            pipe = AutoPipelineForText2Image.from_pretrained(path, **kwargs)
-        elif path.suffix in {".safetensors", ".ckpt"}:
+                raise ModelLoadError(f"{path.name} is a folder but not a diffusers pipeline (no model_index.json)")
+            detected = detect_folder(path)
+            pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+        elif path.suffix in CHECKPOINT_SUFFIXES:
             if not path.is_file():
-                raise ModelLoadError(f"checkpoint file {path} does not exist")
-            pipe = StableDiffusionPipeline.from_single_file(str(path), load_safety_checker=safety_check, **kwargs)
+                raise ModelLoadError(f"checkpoint file {path.name} does not exist")
+            detected = detect_file(path)
+            pipe = _load_single_file(path, detected, configs, kwargs)
         elif ref is not None and "/" in ref and not ref.startswith((".", "/", "~")):
             online = hub_reachable(ref)
             try:
-                pipe = AutoPipelineForText2Image.from_pretrained(ref, **kwargs, local_files_only=not online)
+                pipe = DiffusionPipeline.from_pretrained(ref, **kwargs, local_files_only=not online)
             except (OSError, ValueError) as e:
                 if online:
                     raise
@@ -116,17 +156,46 @@ def load_pipeline(ref: str | None, device: Device, *, safety_check: bool = True)
                     f"model {ref!r} is not in this machine's hub cache and the hub cannot be reached; "
                     "use a local diffusers folder or a .safetensors file"
                 ) from e
+            detected = detect_folder(Path(pipe.name_or_path)) if Path(pipe.name_or_path).is_dir() else Detected("sd1")
         else:
             raise ModelLoadError(f"model {ref!r} is neither a folder, a .safetensors/.ckpt file nor a hub id")
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(
-            f"could not load model {name!r}: {reason}. Offline? Use a local diffusers folder or a .safetensors file."
-        ) from e
+    except NotACheckpoint as e:
+        raise ModelLoadError(str(e)) from e
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"could not load model {path.name if ref else name!r}: {reason}") from e
     pipe.set_progress_bar_config(disable=True)
-    return name, pipe.to(device.torch_device)
+    return name, pipe.to(device.torch_device), detected
+
+
+CHECKPOINT_SUFFIXES = {".safetensors", ".ckpt"}
+SINGLE_FILE_PIPELINES = {
+    "sd1": StableDiffusionPipeline,
+    "sd1-inpainting": StableDiffusionInpaintPipeline,
+    "sd2": StableDiffusionPipeline,
+    "sdxl": StableDiffusionXLPipeline,
+    "sdxl-inpainting": StableDiffusionXLInpaintPipeline,
+    "sdxl-refiner": StableDiffusionXLImg2ImgPipeline,
+}
+
+
+def _load_single_file(path: Path, detected: Detected, configs: Path | None, kwargs: dict) -> DiffusionPipeline:
+    """A single-file checkpoint through diffusers' converter, with a local config: nothing is fetched."""
+    config = config_dir(detected, configs)
+    cls = SINGLE_FILE_PIPELINES[config_name(detected)]
+    extra: dict = {"safety_checker": None}  # the checker is not in the file; fetching it would need the hub
+    # CLIP's tokenizer is not in the file either: ours is written from open_clip's BPE (same vocabulary).
+    for component, pad in (("tokenizer", "<|endoftext|>" if detected.family != "sd2" else "!"), ("tokenizer_2", "!")):
+        index = json.loads((config / "model_index.json").read_text())
+        if index.get(component, [None])[0] is not None and not (config / component).is_dir():
+            extra[component] = CLIPTokenizer.from_pretrained(clip_tokenizer_files(pad))
+    pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True,
+                                **{**kwargs, **extra})  # fmt: skip
+    if detected.family == "sd2" and not detected.v_prediction:
+        pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
+    return pipe
 
 
 HUB_HOST = "huggingface.co"
@@ -164,10 +233,16 @@ def effective_steps(steps: int, strength: float) -> int:
 
 class LoadedModel:
     """A loaded model and its tasks (txt2img, img2img, inpaint). img2img and inpaint pipelines are
-    built with `from_pipe`, so they share the loaded components instead of copying them."""
+    built with `from_pipe`, so they share the loaded components instead of copying them.
 
-    def __init__(self, name: str, pipe: DiffusionPipeline, device: Device) -> None:
+    Family differences live here and nowhere else: an inpainting checkpoint makes txt2img and
+    img2img through its inpaint pipeline with a full mask (as A1111 does); an SDXL refiner only
+    refines; SD3 and FLUX have a transformer instead of a UNet and flow-matching samplers.
+    """
+
+    def __init__(self, name: str, pipe: DiffusionPipeline, device: Device, detected: Detected | None = None) -> None:
         self.name = name
+        self.detected = detected or Detected("sd1")
         # The model's safety checker flags images instead of blacking them out inside the
         # pipeline: the gallery keeps everything, and each frontend decides where to show it.
         self.safety_checker = getattr(pipe, "safety_checker", None)
@@ -179,22 +254,42 @@ class LoadedModel:
         self.pipe = pipe
         self.device = device
         self.base_scheduler_config = dict(pipe.scheduler.config)
+        self.flow = self.detected.family in FLOW_MATCHING
         self._img2img: DiffusionPipeline | None = None
         self._inpaint: DiffusionPipeline | None = None
 
     @property
+    def family(self) -> str:
+        return self.detected.label
+
+    @property
+    def _packed(self) -> bool:
+        """FLUX packs 2x2 latent patches into tokens: sizes are multiples of twice the VAE's factor."""
+        return self.detected.family == "flux"
+
+    @property
     def native_size(self) -> int:
         """The square size the model was trained at (512 for SD 1.x, 64 for the toy model)."""
-        return int(self.pipe.unet.config.sample_size * self.pipe.vae_scale_factor)
+        unet = getattr(self.pipe, "unet", None)
+        size = unet.config.sample_size if unet is not None else self.pipe.default_sample_size
+        return int(size * self.pipe.vae_scale_factor)
 
     def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
-        """The shape of one image's starting noise."""
-        f = self.pipe.vae_scale_factor
-        return int(self.pipe.unet.config.in_channels), height // f, width // f
+        """The shape of one image's starting noise (the VAE's latent channels: an inpainting
+        UNet takes 9, but its noise has the VAE's 4)."""
+        f = self.pipe.vae_scale_factor * (2 if self._packed else 1)
+        scale = 2 if self._packed else 1
+        return int(self.pipe.vae.config.latent_channels), height // f * scale, width // f * scale
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        if not self._packed:
+            return latents
+        b, c, h, w = latents.shape
+        return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
 
     def check_inputs(self, *, width: int, height: int, steps: int, seeds: list[int]) -> None:
         """Before any work, for every task: errors name the argument and its value."""
-        multiple = self.pipe.vae_scale_factor
+        multiple = self.pipe.vae_scale_factor * (2 if self._packed else 1)
         if width % multiple or height % multiple:
             raise ValueError(f"width and height must be multiples of {multiple}, got {width}x{height}")
         if steps < 1:
@@ -213,18 +308,32 @@ class LoadedModel:
     ) -> list[Image.Image]:
         """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
         self.check_inputs(width=width, height=height, steps=common["steps"], seeds=seeds)
+        if self.detected.family == "sdxl-refiner":
+            raise ValueError("an SDXL refiner only refines images: use it for img2img or inpaint, "
+                             "or as --refiner after an SDXL model")  # fmt: skip
         if latents is not None:
-            latents = latents.to(self.device.torch_device, self.pipe.unet.dtype)
+            latents = self._pack(latents).to(self.device.torch_device, self.pipe.dtype)
+        if self.detected.inpainting:
+            # An inpainting UNet also sees a masked image: give it nothing to keep (all masked, grey).
+            blank = Image.new("RGB", (width, height), (127, 127, 127))
+            full = Image.new("L", (width, height), 255)
+            return self._run(self._inpaint_pipe(), seeds=seeds, image=[blank] * len(seeds),
+                             mask_image=[full] * len(seeds), strength=1.0, width=width, height=height,
+                             latents=latents, **common)  # fmt: skip
         return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
 
     def img2img(
         self, *, seeds: list[int], image: Image.Image, strength: float, steps: int, **common
     ) -> list[Image.Image]:
         self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
+        if self.detected.inpainting:
+            full = Image.new("L", image.size, 255)
+            return self.inpaint(seeds=seeds, image=image, mask=full, strength=strength, steps=steps, **common)
         if self._img2img is None:
             self._img2img = self._task(AutoPipelineForImage2Image)
+        extra = {"width": image.width, "height": image.height} if self.flow else {}
         return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength,
-                         steps=effective_steps(steps, strength), **common)  # fmt: skip
+                         steps=effective_steps(steps, strength), **extra, **common)  # fmt: skip
 
     def inpaint(
         self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, steps: int, **common
@@ -232,15 +341,21 @@ class LoadedModel:
         """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
         masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
         self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
+        n = len(seeds)
+        return self._run(self._inpaint_pipe(), seeds=seeds, image=[image] * n, mask_image=[mask] * n,
+                         strength=strength, width=image.width, height=image.height,
+                         steps=effective_steps(steps, strength), **common)  # fmt: skip
+
+    def _inpaint_pipe(self) -> DiffusionPipeline:
         if self._inpaint is None:
             self._inpaint = self._task(AutoPipelineForInpainting)
-        n = len(seeds)
-        return self._run(self._inpaint, seeds=seeds, image=[image] * n, mask_image=[mask] * n, strength=strength,
-                         width=image.width, height=image.height, steps=effective_steps(steps, strength),
-                         **common)  # fmt: skip
+        return self._inpaint
 
     def _task(self, auto: type) -> DiffusionPipeline:
-        pipe = auto.from_pipe(self.pipe)
+        try:
+            pipe = auto.from_pipe(self.pipe)
+        except ValueError as e:  # AutoPipeline has no such task for this family
+            raise ValueError(f"{self.family} models cannot do this ({e})") from e
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -265,7 +380,9 @@ class LoadedModel:
             # the same way so the sampler's own noise matches a plain txt2img call.
             for g in generators:
                 torch.randn(task_inputs["latents"].shape[1:], generator=g)
-        pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config)
+        pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config, flow=self.flow, family=self.family)
+        if negative_prompt and self.detected.family == "flux":
+            task_inputs["true_cfg_scale"] = cfg_scale  # FLUX's guidance is distilled; a negative needs true CFG
 
         def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             if on_step is not None:
@@ -295,21 +412,27 @@ class LoadedModel:
         _, flags = checker(images=pixels, clip_input=clip_input.to(self.device.torch_device, checker.dtype))
         return [bool(f) for f in flags]
 
-    def preview(self, latents: torch.Tensor, size: int = 64) -> Image.Image:
-        """A small picture of the first image's current latents, decoded by the real VAE."""
+    def preview(self, latents: torch.Tensor, size: int = 64) -> Image.Image | None:
+        """A small picture of the first image's current latents, decoded by the real VAE
+        (None for FLUX: its packed tokens do not say the picture's shape)."""
+        if latents.ndim != 4:
+            return None
         vae = self.pipe.vae
+        shift = vae.config.get("shift_factor") or 0.0
         with torch.inference_mode():
-            sample = vae.decode(latents[:1].to(vae.dtype) / vae.config.scaling_factor).sample
+            sample = vae.decode(latents[:1].to(vae.dtype) / vae.config.scaling_factor + shift).sample
         arr = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().cpu().numpy()
         img = Image.fromarray(arr)
         img.thumbnail((size, size))
         return img
 
 
-def load_model(ref: str | None, device: Device, *, safety_check: bool = True) -> LoadedModel:
+def load_model(
+    ref: str | None, device: Device, *, safety_check: bool = True, configs: Path | None = None
+) -> LoadedModel:
     """`load_pipeline`, ready to run: the model and its tasks."""
-    name, pipe = load_pipeline(ref, device, safety_check=safety_check)
-    return LoadedModel(name, pipe, device)
+    name, pipe, detected = load_pipeline(ref, device, safety_check=safety_check, configs=configs)
+    return LoadedModel(name, pipe, device, detected)
 
 
 class Upscaler:

@@ -255,7 +255,8 @@ class Worker:
             now = time.monotonic()
             if job.request.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
                 last_preview[0] = now
-                preview = _data_url(model.preview(latents))
+                picture = model.preview(latents)
+                preview = _data_url(picture) if picture is not None else None
             self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
 
         return on_step

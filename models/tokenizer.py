@@ -56,11 +56,15 @@ def toy_words() -> set[str]:
     return words | {",", "of", "the", "and", "an", "in", "with", "on", "shape", "image", "photo"}
 
 
-def build(out_dir: Path, *, first_merges: int = 1000, model_max_length: int = 32) -> int:
-    """Write vocab.json, merges.txt and tokenizer_config.json; return the vocabulary size."""
+def build(out_dir: Path, *, first_merges: int | None = 1000, model_max_length: int = 32, pad_token: str = EOS) -> int:
+    """Write vocab.json, merges.txt and tokenizer_config.json; return the vocabulary size.
+
+    `first_merges=None` keeps every merge: CLIP's own tokenizer, as SD 1.x/2.x/SDXL use it
+    (with `pad_token` "!" for the OpenCLIP text encoders of SD 2.x and SDXL).
+    """
     merges = _clip_merges()
     rank = {m: i for i, m in enumerate(merges)}
-    keep = set(range(first_merges))
+    keep = set(range(len(merges) if first_merges is None else first_merges))
     for word in toy_words():
         keep |= _merges_used(word, rank)
     kept = [merges[i] for i in sorted(keep)]
@@ -75,11 +79,11 @@ def build(out_dir: Path, *, first_merges: int = 1000, model_max_length: int = 32
         "bos_token": BOS,
         "eos_token": EOS,
         "unk_token": EOS,
-        "pad_token": EOS,
+        "pad_token": pad_token,
         "do_lower_case": True,
     }
     (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
     (out_dir / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}, indent=2)
+        json.dumps({"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": pad_token}, indent=2)
     )
     return len(tokens)

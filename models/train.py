@@ -3,6 +3,8 @@
     python -m models.train vae   --steps 3000     # AutoencoderKL
     python -m models.train unet  --steps 12000    # UNet + text encoder (needs the VAE)
     python -m models.train clip  --steps 3000     # open_clip model for the gallery
+    python -m models.train lora  --steps 600      # a LoRA for the toy UNet (needs the pipeline)
+    python -m models.train embedding --steps 400  # a textual-inversion embedding (needs the pipeline)
 
 Each phase is deterministic for a given seed and step count and works on CPU
 (minutes) or CUDA. Outputs are the standard formats the production loaders
@@ -31,6 +33,9 @@ SD_DIR = HERE / "toy-sd"
 CLIP_DIR = HERE / "toy-clip"
 WORK_DIR = HERE.parent / "runs"
 CLIP_NAME = "dreamhall-toy-clip"
+ADDONS_DIR = HERE / "builtin"  # a model shelf in A1111's layout: Lora/, embeddings/
+LORA_NAME = "toy-black-bg"  # every background black, whatever the prompt says
+EMBEDDING_NAME = "toy-logo"  # "a red circle on a blue background"
 
 
 def log(msg: str) -> None:
@@ -291,9 +296,116 @@ def train_clip(args: argparse.Namespace) -> None:
     log(f"saved CLIP to {CLIP_DIR}")
 
 
+# ----------------------------------------------------------- LoRA and embedding
+def _frozen_pipeline(device: str):
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(SD_DIR, safety_checker=None).to(device)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.requires_grad_(False)
+    noise_sched = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    return pipe, noise_sched
+
+
+def _latents(pipe, images: list, device: str) -> torch.Tensor:
+    x = images_to_tensor(np.stack([np.asarray(im) for im in images]))
+    with torch.no_grad():
+        return pipe.vae.encode(x.to(device)).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def _denoising_loss(pipe, noise_sched, z0: torch.Tensor, ids: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+    t = torch.randint(0, 1000, (len(z0),), generator=gen).to(z0.device)
+    cond = pipe.text_encoder(ids.to(z0.device))[0]
+    return F.mse_loss(pipe.unet(noise_sched.add_noise(z0, noise, t), t, encoder_hidden_states=cond).sample, noise)
+
+
+def train_lora(args: argparse.Namespace) -> None:
+    """A LoRA on the UNet's attention: the prompt's shape and colour, but always on black."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(args.seed)
+    pipe, noise_sched = _frozen_pipeline(args.device)
+    pipe.unet.add_adapter(LoraConfig(r=8, lora_alpha=8, init_lora_weights="gaussian",
+                                     target_modules=["to_k", "to_q", "to_v", "to_out.0"]))  # fmt: skip
+    scenes = [s for s in toyworld.seen_scenes() if s.background != "black" and s.colour != "blue"]
+    images, captions = [], []
+    for i in range(args.samples):
+        rng = np.random.default_rng([args.seed + 3, i])
+        scene = scenes[int(rng.integers(len(scenes)))]
+        captions.append(scene.caption(int(rng.integers(len(toyworld.TEMPLATES)))))
+        images.append(toyworld.render(toyworld.Scene(scene.shape, scene.colour, "black"), rng))
+    latents = _latents(pipe, images, args.device)
+    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    params = [p for p in pipe.unet.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+        idx = torch.randint(len(latents), (args.batch,), generator=gen)
+        loss = _denoising_loss(pipe, noise_sched, latents[idx], ids[idx], gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"lora step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    (ADDONS_DIR / "Lora").mkdir(parents=True, exist_ok=True)
+    StableDiffusionPipeline.save_lora_weights(
+        ADDONS_DIR / "Lora", unet_lora_layers=layers, weight_name=f"{LORA_NAME}.safetensors"
+    )
+    log(f"saved LoRA to {ADDONS_DIR / 'Lora' / LORA_NAME}.safetensors")
+
+
+def train_embedding(args: argparse.Namespace) -> None:
+    """Textual inversion: two new token vectors that mean a red circle on a blue background."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(args.seed)
+    pipe, noise_sched = _frozen_pipeline(args.device)
+    tokens = [EMBEDDING_NAME, f"{EMBEDDING_NAME}_1"]
+    pipe.tokenizer.add_tokens(tokens)
+    new_ids = pipe.tokenizer.convert_tokens_to_ids(tokens)
+    embeddings = pipe.text_encoder.resize_token_embeddings(len(pipe.tokenizer))
+    with torch.no_grad():  # start from the average word, so no colour is favoured
+        embeddings.weight[new_ids] = embeddings.weight[: new_ids[0]].mean(0)
+    embeddings.weight.requires_grad_(True)
+    scene = toyworld.Scene("circle", "red", "blue")
+    images = [toyworld.render(scene, np.random.default_rng([args.seed + 4, i])) for i in range(args.samples)]
+    latents = _latents(pipe, images, args.device)
+    ids = pipe.tokenizer(" ".join(tokens), padding="max_length", return_tensors="pt").input_ids
+    opt = torch.optim.AdamW([embeddings.weight], lr=args.lr, weight_decay=0)
+    gen = torch.Generator().manual_seed(args.seed)
+    frozen = embeddings.weight.detach().clone()
+    t0 = time.time()
+    for step in range(args.steps):
+        idx = torch.randint(len(latents), (args.batch,), generator=gen)
+        loss = _denoising_loss(pipe, noise_sched, latents[idx], ids.expand(args.batch, -1), gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # only the new tokens learn
+            keep = torch.ones(len(frozen), dtype=torch.bool)
+            keep[new_ids] = False
+            embeddings.weight[keep] = frozen[keep]
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"embedding step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    (ADDONS_DIR / "embeddings").mkdir(parents=True, exist_ok=True)
+    # A1111's safetensors layout: one tensor, one row per token vector.
+    vectors = embeddings.weight[new_ids].detach().cpu().contiguous()
+    save_file({"emb_params": vectors}, str(ADDONS_DIR / "embeddings" / f"{EMBEDDING_NAME}.safetensors"))
+    log(f"saved embedding to {ADDONS_DIR / 'embeddings' / EMBEDDING_NAME}.safetensors")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["vae", "unet", "clip"])
+    parser.add_argument("phase", choices=["vae", "unet", "clip", "lora", "embedding"])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -308,7 +420,8 @@ def main() -> None:
     WORK_DIR.mkdir(exist_ok=True)
     log(f"phase {args.phase} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"settings: {vars(args)}")
-    {"vae": train_vae, "unet": train_unet, "clip": train_clip}[args.phase](args)
+    phases = dict(vae=train_vae, unet=train_unet, clip=train_clip, lora=train_lora, embedding=train_embedding)
+    phases[args.phase](args)
 
 
 if __name__ == "__main__":

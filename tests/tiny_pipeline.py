@@ -102,3 +102,68 @@ def build_upscaler(out: Path) -> Path:
     target = out / "tiny-x4-upscaler"
     pipe.save_pretrained(target)
     return target
+
+
+def _xl_unet(*, in_channels: int, refiner: bool) -> UNet2DConditionModel:
+    # The extra conditioning: 6 (base) or 5 (refiner: with an aesthetic score) time ids of 8, plus the pooled
+    # text. Text: both encoders side by side (32 + 48 wide), the refiner only the big one. The widths differ,
+    # as in real SDXL: diffusers tells the two encoders of a single file apart by width.
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=8, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=(5 if refiner else 6) * 8 + 32,
+        cross_attention_dim=48 if refiner else 32 + 48, norm_num_groups=8,
+    )  # fmt: skip
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16,
+    )  # fmt: skip
+
+
+def family_pipeline(out: Path, family: str, *, inpainting: bool = False):
+    """A tiny random-weight pipeline object of `family` ("sd1", "sdxl", "sdxl-refiner"), not yet saved."""
+    from diffusers import (
+        EulerDiscreteScheduler,
+        StableDiffusionInpaintPipeline,
+        StableDiffusionXLImg2ImgPipeline,
+        StableDiffusionXLInpaintPipeline,
+        StableDiffusionXLPipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    in_channels = 9 if inpainting else 4
+    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                       steps_offset=1, timestep_spacing="leading")  # fmt: skip
+    if family == "sd1":
+        tokenizer, text_encoder = text_model(out / f"_tok_{family}")
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+        )  # fmt: skip
+        cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
+        return cls(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
+    tokenizer, _ = text_model(out / f"_tok_{family}")
+    big = CLIPTextModelWithProjection(
+        CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, max_position_embeddings=16, projection_dim=32,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    )
+    if family == "sdxl-refiner":
+        return StableDiffusionXLImg2ImgPipeline(
+            vae=_vae(), text_encoder=None, tokenizer=None, text_encoder_2=big, tokenizer_2=tokenizer,
+            unet=_xl_unet(in_channels=in_channels, refiner=True), scheduler=scheduler,
+            requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+        )  # fmt: skip
+    _, small = text_model(out / f"_tok_{family}_l")
+    cls = StableDiffusionXLInpaintPipeline if inpainting else StableDiffusionXLPipeline
+    return cls(vae=_vae(), text_encoder=small, tokenizer=tokenizer, text_encoder_2=big, tokenizer_2=tokenizer,
+               unet=_xl_unet(in_channels=in_channels, refiner=False), scheduler=scheduler)  # fmt: skip
