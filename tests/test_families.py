@@ -14,7 +14,14 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from engine.device import Device
 from engine.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
 from engine.pipelines import ModelLoadError, load_model
-from tests.ldm_layout import clip_to_ldm, open_clip_to_ldm, save_config_folder, save_single_file, unet_to_ldm, vae_to_ldm
+from tests.ldm_layout import (
+    clip_to_ldm,
+    open_clip_to_ldm,
+    save_config_folder,
+    save_single_file,
+    unet_to_ldm,
+    vae_to_ldm,
+)
 from tests.tiny_pipeline import family_pipeline
 
 FAMILIES = [("sd1", False), ("sd1", True), ("sdxl", False), ("sdxl", True), ("sdxl-refiner", False)]
@@ -120,7 +127,7 @@ def test_one_step_at_least_when_steps_times_strength_is_below_one(single_files):
 
 
 def test_bad_checkpoints_get_one_sentence(tmp_path, single_files):
-    out, files = single_files
+    _, files = single_files
     lora = tmp_path / "add_detail.safetensors"
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 8)}, str(lora))
     with pytest.raises(ModelLoadError, match="is a LoRA, not a checkpoint"):

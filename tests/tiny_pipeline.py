@@ -144,19 +144,20 @@ def family_pipeline(out: Path, family: str, *, inpainting: bool = False):
         tokenizer, text_encoder = text_model(out / f"_tok_{family}")
         unet = UNet2DConditionModel(
             sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32, attention_head_dim=4, norm_num_groups=8,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
+            norm_num_groups=8,
         )  # fmt: skip
         cls = StableDiffusionInpaintPipeline if inpainting else StableDiffusionPipeline
         return cls(vae=_vae(), text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)  # fmt: skip
     tokenizer, _ = text_model(out / f"_tok_{family}")
-    big = CLIPTextModelWithProjection(
-        CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=2, max_position_embeddings=16, projection_dim=32,
-                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    )
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=16, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    big = CLIPTextModelWithProjection(config)
     if family == "sdxl-refiner":
         return StableDiffusionXLImg2ImgPipeline(
             vae=_vae(), text_encoder=None, tokenizer=None, text_encoder_2=big, tokenizer_2=tokenizer,
