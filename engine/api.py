@@ -49,6 +49,7 @@ from engine.schema import (
     ImageUpdate,
     ImportResult,
     Job,
+    ModelList,
     QueueState,
     ReconcileReport,
     Scope,
@@ -58,6 +59,7 @@ from engine.schema import (
     clip_text,
 )
 from engine.settings import Settings
+from engine.shelf import UnknownModel
 from engine.worker import Worker
 from gallery.files import BadImage, decode_image
 from gallery.indexer import Indexer
@@ -204,6 +206,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     SearchError: 422,
     BadImage: 422,
     InputError: 422,
+    UnknownModel: 422,
     TooManyQueued: 429,
 }
 
@@ -301,6 +304,16 @@ def create_app(services: Services) -> FastAPI:
             running=1 if s.worker.current else 0,
             loading=s.pipelines.loading,
         )
+
+    @app.get("/v1/models")
+    def models(s: ServicesDep) -> ModelList:
+        """The model shelf: checkpoints (by the names requests use), LoRAs and embeddings."""
+        return s.pipelines.shelf.listing().model_copy(update={"default": s.pipelines.default_name()})
+
+    @app.post("/v1/models/scan")
+    def scan_models(s: ServicesDep) -> ModelList:
+        """Look at the shelf's folders again (new files appear, removed ones go)."""
+        return s.pipelines.shelf.scan().model_copy(update={"default": s.pipelines.default_name()})
 
     @app.post("/v1/dreams", status_code=202)
     def submit(request: DreamRequest, s: ServicesDep) -> Accepted:

@@ -25,6 +25,7 @@ from engine.jobs import JobService
 from engine.pipelines import PipelineCache
 from engine.queue import SqliteJobQueue
 from engine.settings import Settings
+from engine.shelf import Shelf
 from engine.worker import Worker, WorkerEmbedder
 from gallery.db import open_gallery_db
 from gallery.embeddings import OpenClipEmbedder
@@ -47,7 +48,11 @@ def build_services(settings: Settings) -> Services:
     device = Device(settings.device)
     store = SqliteImageStore(db, settings.images_dir)
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
-    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler)
+    shelf = Shelf(settings.shelf_dir, hash_cache=settings.home / "model-hashes.json")
+    log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s)", settings.shelf_dir,
+             *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding")))  # fmt: skip
+    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
+                              shelf=shelf)  # fmt: skip
     inputs = Inputs(store, settings.uploads_dir)
     worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device,
                     max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip
@@ -62,7 +67,7 @@ def build_services(settings: Settings) -> Services:
     worker.indexer = indexer
     return Services(
         settings=settings,
-        jobs=JobService(queue=queue, store=store, inputs=inputs, runner=worker, max_n=settings.max_n),
+        jobs=JobService(queue=queue, store=store, inputs=inputs, runner=worker, max_n=settings.max_n, shelf=shelf),
         queue=queue,
         store=store,
         inputs=inputs,

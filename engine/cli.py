@@ -33,7 +33,7 @@ from engine import __version__
 from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, usage
 from engine.launch import StopFailed, connect, stop_engine
-from engine.schema import IMPORTED_SOURCES, Event, Requester, Source, looks_like_ref
+from engine.schema import IMPORTED_SOURCES, DreamRequest, Event, Requester, Source, looks_like_ref
 from engine.settings import Settings
 
 
@@ -158,6 +158,35 @@ def _local_file_check(value: str) -> str:
     return "upload:" + "0" * 64
 
 
+def _local_model(request: DreamRequest) -> DreamRequest:
+    """`-m ./file.safetensors` means this file: the engine gets it absolute (shelf names pass as they are)."""
+    if request.model and (path := Path(request.model).expanduser()).exists():
+        return request.model_copy(update={"model": str(path.resolve())})
+    return request
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
+        shelf = engine.models(scan=args.scan)
+    if args.json:
+        print(shelf.model_dump_json())
+        return 0
+    print(f"checkpoints (-m NAME; default {shelf.default}):")
+    for m in shelf.checkpoints:
+        detail = m.problem or f"{m.family}, {m.format}, {_size(m.size)}" + (f", hash {m.hash}" if m.hash else "")
+        print(f"  {m.name}  ({detail})")
+    for title, items, how in (("LoRAs", shelf.loras, "<lora:NAME:1> in the prompt"),
+                              ("embeddings", shelf.embeddings, "NAME in the prompt")):  # fmt: skip
+        print(f"{title} ({how}):" + ("" if items else " none"))
+        for m in items:
+            print(f"  {m.name}  ({_size(m.size)}, hash {m.hash})")
+    return 0
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
     requester = Requester(source="cli", user=os.environ.get("USER"))
     try:
@@ -171,7 +200,7 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
             request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
         except DreamArgsError as e:
             return _fail_args(e)
-        accepted = engine.submit(request)
+        accepted = engine.submit(_local_model(request))
         progress = _Progress(quiet=args.json)
         try:
             job = engine.wait(accepted.id, on_event=progress)
@@ -360,6 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
     zoom.add_argument("--factor", type=float, default=0.75, help="how much smaller each picture sits in the next")
     zoom.add_argument("--out", type=Path, default=Path("zoom.gif"), help="the animation (.gif or .webp)")
     zoom.add_argument("--no-autostart", action="store_true")
+    models = sub.add_parser("models", help="the model shelf: checkpoints, LoRAs and embeddings by name")
+    models.add_argument("--scan", action="store_true", help="look at the shelf's folders again first")
+    models.add_argument("--json", action="store_true")
+    models.add_argument("--no-autostart", action="store_true")
     search = sub.add_parser("search", help="find images by text, by an image file, or like a gallery image")
     search.add_argument("query", nargs="?", help="text: a concept or words from a prompt")
     search.add_argument("--image", type=Path, help="reverse search: PNG/JPEG file")
@@ -401,6 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_engine(args, settings)
         if args.command == "search":
             return cmd_search(args, settings)
+        if args.command == "models":
+            return cmd_models(args, settings)
         if args.command == "gallery":
             if args.action == "import" and args.target is None:
                 return _fail("gallery import needs a folder: dreamhall gallery import DIR")

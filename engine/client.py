@@ -35,6 +35,7 @@ from engine.schema import (
     ImageRecord,
     ImportResult,
     Job,
+    ModelList,
     QueueState,
     ReconcileReport,
     Scope,
@@ -122,6 +123,11 @@ class _Endpoints:
 
     def health(self) -> Answer[Health]:
         return self._do(Call("GET", "/v1/health", _model(Health)))
+
+    def models(self, *, scan: bool = False) -> Answer[ModelList]:
+        if scan:
+            return self._do(Call("POST", "/v1/models/scan", _model(ModelList), {"timeout": None}))
+        return self._do(Call("GET", "/v1/models", _model(ModelList)))
 
     def submit(self, request: DreamRequest) -> Answer[Accepted]:
         body = request.model_dump(mode="json", exclude_defaults=True)

@@ -13,9 +13,11 @@ from typing import Protocol
 from engine import modes
 from engine.inputs import InputError, Inputs
 from engine.modes import MIN_SIDE
+from engine.prompts import PromptError
 from engine.queue import JobNotFound, JobQueue, JobRecord
 from engine.records import image_info
 from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
+from engine.shelf import Shelf
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
 
@@ -67,7 +69,11 @@ def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
 class JobService:
     """Submit, cancel and view jobs over the queue, the gallery and the runner."""
 
-    def __init__(self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: Runner, max_n: int) -> None:
+    def __init__(
+        self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: Runner, max_n: int,
+        shelf: Shelf | None = None,
+    ) -> None:  # fmt: skip
+        self.shelf = shelf
         self.queue = queue
         self.store = store
         self.inputs = inputs
@@ -78,6 +84,12 @@ class JobService:
         """Check the request and its inputs, settle its seeds, queue it (raises InputError, TooManyQueued...)."""
         if request.n > self.max_n:
             raise InputError(f"n: this engine makes at most {self.max_n} images per request (got {request.n})")
+        if self.shelf is not None:
+            self.shelf.check_model(request.model, request.requester.source)
+            try:
+                self.shelf.addons_of(request.prompt, request.negative_prompt)
+            except PromptError as e:
+                raise InputError(f"prompt: {e}") from e
         parent = self.inputs.check(request)
         if request.init_image is not None and request.mode != "variation":
             # A dry run of the plan on the real inputs: sizes out of bounds and masks that repaint

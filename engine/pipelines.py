@@ -14,12 +14,15 @@ import math
 import os
 import socket
 import threading
-from collections.abc import Callable
-from importlib import resources
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+from compel import BaseTextualInversionManager, Compel, ReturnedEmbeddingsType
+from compel.prompt_parser import FlattenedPrompt, Fragment
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
@@ -45,9 +48,11 @@ from diffusers import (
 )
 from diffusers.utils import logging as diffusers_logging
 from PIL import Image
+from safetensors.torch import load_file
 from transformers import CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
+from engine import prompts
 from engine.device import Device
 from engine.families import (
     FLOW_MATCHING,
@@ -60,10 +65,9 @@ from engine.families import (
     detect_folder,
 )
 from engine.schema import Sampler
+from engine.shelf import BUILTIN_MODEL_NAME, CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, builtin_model_dir
 
 log = logging.getLogger(__name__)
-
-BUILTIN_MODEL_NAME = "dreamhall-toy-sd"
 
 
 class ModelLoadError(Exception):
@@ -72,10 +76,6 @@ class ModelLoadError(Exception):
 
 class Cancelled(Exception):
     """Raised from the step callback when a job's cancel flag is set; reported as 'cancelled'."""
-
-
-def builtin_model_dir() -> Path:
-    return Path(str(resources.files("models") / "toy-sd"))
 
 
 # Classic sampler names -> diffusers schedulers, built from the model's own
@@ -170,7 +170,6 @@ def load_pipeline(
     return name, pipe.to(device.torch_device), detected
 
 
-CHECKPOINT_SUFFIXES = {".safetensors", ".ckpt"}
 SINGLE_FILE_PIPELINES = {
     "sd1": StableDiffusionPipeline,
     "sd1-inpainting": StableDiffusionInpaintPipeline,
@@ -231,6 +230,97 @@ def effective_steps(steps: int, strength: float) -> int:
     return steps if int(steps * strength) >= 1 else math.ceil(1 / strength)
 
 
+class _Vectors(BaseTextualInversionManager):
+    """A multi-vector embedding's name stands for all its tokens (`name`, `name_1`, ...), by token id.
+    (compel's diffusers manager decodes and re-encodes the prompt, which CLIP's BPE does not survive.)"""
+
+    def __init__(self, tokenizer, names: list[str]) -> None:
+        self.expand: dict[int, list[int]] = {}
+        for name in names:
+            ids = [tokenizer.convert_tokens_to_ids(name)]
+            while (more := tokenizer.convert_tokens_to_ids(f"{name}_{len(ids)}")) != tokenizer.unk_token_id:
+                ids.append(more)
+            self.expand[ids[0]] = ids
+
+    def expand_textual_inversion_token_ids_if_necessary(self, token_ids: list[int]) -> list[int]:
+        return [t for token in token_ids for t in self.expand.get(token, [token])]
+
+
+class PromptEncoder:
+    """Prompts -> embeddings through compel, with AUTOMATIC1111's syntax (engine/prompts.py).
+
+    Each BREAK segment is encoded on its own (compel chunks a long one by the encoder's window)
+    and the segments are joined along the tokens, as A1111 does. SDXL: both encoders' penultimate
+    layers side by side, the pooled vector from the big one.
+    """
+
+    def __init__(self, pipe: DiffusionPipeline, embeddings: list[str] = ()) -> None:
+        self.pipe = pipe
+        common = dict(truncate_long_prompts=False, device=pipe.device)
+        self.pooled = getattr(pipe, "text_encoder_2", None) is not None
+        self.compels: list[Compel] = []
+        if not self.pooled:
+            self.compels.append(
+                Compel(
+                    tokenizer=pipe.tokenizer,
+                    text_encoder=pipe.text_encoder,
+                    textual_inversion_manager=_Vectors(pipe.tokenizer, embeddings),
+                    **common,
+                )
+            )
+            return
+        kind = ReturnedEmbeddingsType.PENULTIMATE_HIDDEN_STATES_NON_NORMALIZED
+        if pipe.text_encoder is not None:
+            self.compels.append(Compel(tokenizer=pipe.tokenizer, text_encoder=pipe.text_encoder,
+                                       textual_inversion_manager=_Vectors(pipe.tokenizer, embeddings),
+                                       returned_embeddings_type=kind, **common))  # fmt: skip
+        self.compels.append(Compel(tokenizer=pipe.tokenizer_2, text_encoder=pipe.text_encoder_2,
+                                   textual_inversion_manager=_Vectors(pipe.tokenizer_2, embeddings),
+                                   returned_embeddings_type=kind, requires_pooled=True, **common))  # fmt: skip
+
+    @torch.inference_mode()
+    def __call__(self, prompt: str, negative_prompt: str, n: int) -> dict:
+        zero_negative = not negative_prompt and self.pooled and self.pipe.config.get("force_zeros_for_empty_prompt")
+        pos = [self._encode(c, prompt) for c in self.compels]
+        neg = [self._encode(c, negative_prompt) for c in self.compels]
+        length = max(t.shape[1] for t in pos + neg)
+        pos = [self._pad(c, t, length) for c, t in zip(self.compels, pos)]
+        neg = [self._pad(c, t, length) for c, t in zip(self.compels, neg)]
+        embeds, negative = torch.cat(pos, dim=-1), torch.cat(neg, dim=-1)
+        if zero_negative:
+            negative = torch.zeros_like(negative)
+        out = {"prompt_embeds": embeds.repeat(n, 1, 1), "negative_prompt_embeds": negative.repeat(n, 1, 1)}
+        if self.pooled:
+            big = self.compels[-1].conditioning_provider
+            pooled = big.get_pooled_embeddings([prompts.segments(prompt)[0]], device=self.pipe.device)
+            negative_pooled = big.get_pooled_embeddings([prompts.segments(negative_prompt)[0]], device=self.pipe.device)
+            if zero_negative:
+                negative_pooled = torch.zeros_like(negative_pooled)
+            out |= {
+                "pooled_prompt_embeds": pooled.repeat(n, 1),
+                "negative_pooled_prompt_embeds": negative_pooled.repeat(n, 1),
+            }
+        return out
+
+    @staticmethod
+    def _encode(compel: Compel, text: str) -> torch.Tensor:
+        parts = []
+        for segment in prompts.segments(text):
+            flat = FlattenedPrompt([Fragment(t, w) for t, w in prompts.fragments(segment)])
+            (conditioning, _), _ = compel.build_conditioning_tensor_for_prompt_object(flat)
+            parts.append(conditioning if conditioning.ndim == 3 else conditioning.unsqueeze(0))
+        return torch.cat(parts, dim=1)
+
+    @staticmethod
+    def _pad(compel: Compel, t: torch.Tensor, length: int) -> torch.Tensor:
+        if t.shape[1] == length:
+            return t
+        empty = PromptEncoder._encode(compel, "")
+        while t.shape[1] < length:
+            t = torch.cat([t, empty], dim=1)
+        return t[:, :length]
+
+
 class LoadedModel:
     """A loaded model and its tasks (txt2img, img2img, inpaint). img2img and inpaint pipelines are
     built with `from_pipe`, so they share the loaded components instead of copying them.
@@ -253,10 +343,13 @@ class LoadedModel:
             logging.getLogger(type(self.safety_checker).__module__).setLevel(logging.ERROR)
         self.pipe = pipe
         self.device = device
+        self.hash: str | None = None  # A1111's short hash of the checkpoint file, when it is one
         self.base_scheduler_config = dict(pipe.scheduler.config)
         self.flow = self.detected.family in FLOW_MATCHING
         self._img2img: DiffusionPipeline | None = None
         self._inpaint: DiffusionPipeline | None = None
+        self._encoder: PromptEncoder | None = None
+        self._embeddings: list[str] = []  # loaded for the running job
 
     @property
     def family(self) -> str:
@@ -390,8 +483,7 @@ class LoadedModel:
             return tensors
 
         out = pipe(
-            prompt=[prompt] * len(seeds),
-            negative_prompt=[negative_prompt] * len(seeds) if negative_prompt else None,
+            **self._conditioning(prompt, negative_prompt, len(seeds)),
             num_inference_steps=steps,
             guidance_scale=cfg_scale,
             generator=generators,
@@ -400,6 +492,63 @@ class LoadedModel:
             **task_inputs,
         )
         return list(out.images)
+
+    def _conditioning(self, prompt: str, negative_prompt: str, n: int) -> dict:
+        """The pipeline's text inputs for `n` images: compel's embeddings (A1111 weights, past the
+        77-token window, BREAK) for SD 1.x/2.x/SDXL; the plain text for SD3 and FLUX."""
+        prompt, negative_prompt = (prompts.without_embedding_prefix(prompts.parse(p)[0])
+                                   for p in (prompt, negative_prompt))  # fmt: skip
+        if self.flow:
+            return {"prompt": [prompt] * n, "negative_prompt": [negative_prompt] * n if negative_prompt else None}
+        if self._encoder is None:
+            self._encoder = PromptEncoder(self.pipe, self._embeddings)
+        return self._encoder(prompt, negative_prompt, n)
+
+    @contextmanager
+    def addons(self, loras: list[tuple[Item, float]], embeddings: list[Item]) -> Iterator[None]:
+        """LoRAs and embeddings for one job; afterwards the model is exactly as before (the next job
+        is byte-identical to one that never saw them)."""
+        adapters: list[str] = []
+        try:
+            for i, (item, _) in enumerate(loras):
+                name = f"job_lora_{i}"
+                try:
+                    self.pipe.load_lora_weights(str(item.path), adapter_name=name)
+                except (ValueError, RuntimeError, KeyError, OSError) as e:
+                    raise ValueError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                                     f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
+                if not any(name in names for names in self.pipe.get_list_adapters().values()):
+                    raise ValueError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                                     "(none of its layers are in it: made for another family?)")  # fmt: skip
+                adapters.append(name)
+            if adapters:
+                self.pipe.set_adapters(adapters, [weight for _, weight in loras])
+            for item in embeddings:
+                self._load_embedding(item)
+            self._embeddings, self._encoder = [item.name for item in embeddings], None
+            yield
+        finally:
+            if adapters or self.pipe.get_list_adapters():
+                self.pipe.unload_lora_weights()
+            if self._embeddings:
+                self.pipe.unload_textual_inversion()
+            self._embeddings, self._encoder = [], None
+
+    def _load_embedding(self, item: Item) -> None:
+        try:
+            if getattr(self.pipe, "text_encoder_2", None) is None:
+                self.pipe.load_textual_inversion(str(item.path), token=item.name)
+                return
+            state = load_file(str(item.path)) if item.path.suffix == ".safetensors" else {}
+            if "clip_l" not in state or "clip_g" not in state:
+                raise ValueError("it has no clip_l/clip_g vectors")
+            self.pipe.load_textual_inversion(state["clip_l"], token=item.name, text_encoder=self.pipe.text_encoder,
+                                             tokenizer=self.pipe.tokenizer)  # fmt: skip
+            self.pipe.load_textual_inversion(state["clip_g"], token=item.name, text_encoder=self.pipe.text_encoder_2,
+                                             tokenizer=self.pipe.tokenizer_2)  # fmt: skip
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            raise ValueError(f"embedding {item.name!r} does not fit this {self.family} model "
+                             f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
 
     @torch.inference_mode()
     def safety_flags(self, images: list[Image.Image]) -> list[bool]:
@@ -490,15 +639,21 @@ def load_upscaler(ref: str, device: Device) -> Upscaler:
 
 
 class PipelineCache:
-    """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines."""
+    """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines.
+
+    Models are named by their shelf name; a path or hub id (the CLI's) loads too, and is
+    recorded by its file name, never its full path.
+    """
 
     def __init__(
-        self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None
-    ) -> None:
+        self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None,
+        shelf: Shelf | None = None,
+    ) -> None:  # fmt: skip
         self.device = device
         self.default_model = default_model
         self.safety_check = safety_check
         self.upscaler_ref = upscaler
+        self.shelf = shelf or Shelf(None)
         self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
         self._ref: str | None = None
@@ -508,28 +663,44 @@ class PipelineCache:
     def default_name(self) -> str:
         return self.default_model or BUILTIN_MODEL_NAME
 
-    @staticmethod
-    def _resolve(ref: str | None, default: str | None) -> str | None:
-        ref = ref or default
-        return None if ref == BUILTIN_MODEL_NAME else ref  # images record the built-in model by this name
+    def _key(self, ref: str | None) -> str:
+        return ref or self.default_name()
 
     def is_loaded(self, ref: str | None) -> bool:
-        return self._model is not None and self._resolve(ref, self.default_model) == self._ref
+        return self._model is not None and self._key(ref) == self._ref
+
+    def _locate(self, key: str) -> tuple[str | None, str, Item | None]:
+        """(what the loader loads: a path, hub id or None for the built-in model; the recorded name; the shelf item)."""
+        try:
+            item = self.shelf.find("checkpoint", key)
+        except UnknownModel:
+            path = Path(key).expanduser()
+            return key, (path.stem if path.suffix in CHECKPOINT_SUFFIXES else path.name or key), None
+        return (str(item.path) if item.path is not None else None), item.name, item
 
     def model(self, ref: str | None) -> LoadedModel:
         """Model `ref` (None: the configured default), loading it if needed."""
-        ref = self._resolve(ref, self.default_model)
+        key = self._key(ref)
         with self._lock:
-            if self._model is None or ref != self._ref:
+            if self._model is None or key != self._ref:
                 self.unload()
-                if ref is None:
+                load, name, item = self._locate(key)
+                if load is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
-                self.loading = ref or BUILTIN_MODEL_NAME
+                self.loading = name
+                started = time.perf_counter()
                 try:
-                    self._ref, self._model = ref, load_model(ref, self.device, safety_check=self.safety_check)
+                    model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
+                    model.name = name
+                    if item is not None:
+                        model.hash = self.shelf.hash(item)
+                    elif load is not None and Path(load).is_file():
+                        model.hash = self.shelf.file_hash(Path(load))[:10]
                 finally:
                     self.loading = None
-                log.info("loaded model %s on %s", self._model.name, self.device.describe())
+                self._ref, self._model = key, model
+                log.info("loaded model %s (%s) on %s in %.1f s", name, model.family, self.device.describe(),
+                         time.perf_counter() - started)  # fmt: skip
             return self._model
 
     def upscaler(self) -> Upscaler | None:

@@ -354,6 +354,24 @@ class QueueState(BaseModel):
     queued: list[Job]
 
 
+class ModelEntry(BaseModel):
+    """One thing on the model shelf. `hash`: AUTOMATIC1111's short hash (None until first computed)."""
+
+    name: str
+    family: str | None = None
+    format: str
+    size: int
+    hash: str | None = None
+    problem: str | None = Field(default=None, description="why it cannot be used, if it cannot")
+
+
+class ModelList(BaseModel):
+    default: str | None = None
+    checkpoints: list[ModelEntry]
+    loras: list[ModelEntry]
+    embeddings: list[ModelEntry]
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str

@@ -52,6 +52,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=default_home)
     model: str | None = Field(default=None, description="diffusers folder, hub id or .safetensors; None: built-in")
+    models_dir: Path | None = Field(
+        default=None, description="the model shelf, in A1111's layout (Stable-diffusion/, Lora/, embeddings/); "
+        "None: <home>/models"
+    )  # fmt: skip
     clip_model: str | None = Field(default=None, description="open_clip model name; None: built-in toy CLIP")
     clip_pretrained: str | None = Field(default=None, description="open_clip pretrained tag or weights file")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, mps")
@@ -111,6 +115,10 @@ class Settings(BaseSettings):
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
+
+    @property
+    def shelf_dir(self) -> Path:
+        return self.models_dir or self.home / "models"
 
     @property
     def uploads_dir(self) -> Path:

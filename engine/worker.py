@@ -210,22 +210,27 @@ class Worker:
         # 3. the plan: size, seeds, and which single call makes its images
         work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
                           upscaler=self.pipelines.upscaler)  # fmt: skip
-        # 4. batches that fit
+        # 4. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
+        shelf = self.pipelines.shelf
+        loras, embeddings = shelf.addons_of(req.prompt, req.negative_prompt)
         started = time.perf_counter()
-        images = modes.run_batched(
-            len(work.seeds),
-            lambda indices, chunk, chunks: work.run(model, indices, self._step_reporter(job, model, chunk, chunks)),
-            max_batch=self._max_batch(work),
-            is_out_of_memory=self._out_of_memory,
-            on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
-        )
+        with model.addons(loras, embeddings):
+            images = modes.run_batched(
+                len(work.seeds),
+                lambda indices, chunk, chunks: work.run(model, indices, self._step_reporter(job, model, chunk, chunks)),
+                max_batch=self._max_batch(work),
+                is_out_of_memory=self._out_of_memory,
+                on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
+            )
         log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
                  work.height, req.steps, time.perf_counter() - started)  # fmt: skip
         if job.id in self._cancel:
             raise Cancelled()  # asked for during the last step: store nothing
         # 5. safety flags, 6. gallery records, 7. the store
         flags = model.safety_flags(images)
-        records = work.records(req, images, job_id=job.id, model=model.name, parent=inputs.parent, nsfw=flags)
+        made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
+        records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
+                               parent=inputs.parent, nsfw=flags)  # fmt: skip
         return self.store.add([(record, encode_png(img, record)) for record, img in zip(records, images)])
 
     def _max_batch(self, work: modes.Plan) -> int | None:

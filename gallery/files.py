@@ -35,10 +35,20 @@ def a1111_parameters(image: ImageCreate) -> str:
         ("CFG scale", _num(image.cfg_scale)),
         ("Seed", image.seed),
         ("Size", f"{image.width}x{image.height}"),
+        ("Model hash", image.params.get("model_hash")),
         ("Model", image.model),
+        ("Lora hashes", _hashes(image.params.get("loras"))),
+        ("TI hashes", _hashes(image.params.get("embeddings"))),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+def _hashes(addons: list[dict] | None) -> str | None:
+    """A1111's `Lora hashes: "name: hash, name: hash"` (quoted: the list has commas)."""
+    if not addons:
+        return None
+    return '"' + ", ".join(f"{a['name']}: {a['hash']}" for a in addons) + '"'
 
 
 def _num(v: float | None) -> str | None:

@@ -42,7 +42,12 @@ class EngineProcess:
     def env(self) -> dict[str, str]:
         env = {**os.environ, "DREAMHALL_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **self.extra_env}
         if self.model is not None:
-            env["DREAMHALL_MODEL"] = str(self.model)
+            # As a user installs a model: on the shelf (home/models/Stable-diffusion/), used by its name.
+            shelf = self.home / "models" / "Stable-diffusion" / self.model.name
+            if not shelf.exists():
+                shelf.parent.mkdir(parents=True, exist_ok=True)
+                shelf.symlink_to(self.model.resolve(), target_is_directory=self.model.is_dir())
+            env["DREAMHALL_MODEL"] = self.model.stem if self.model.is_file() else self.model.name
         return env
 
     def start(self, timeout: float = 180.0) -> EngineProcess:

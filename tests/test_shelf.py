@@ -1,0 +1,137 @@
+"""The model shelf through a real engine process, and LoRAs, embeddings and long/weighted prompts
+on the trained toy model (their effects judged by the toy world's checker)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from engine.client import RequestRejected
+from engine.device import Device
+from engine.pipelines import load_model
+from engine.prompts import PromptError, fragments, parse
+from engine.schema import DreamRequest, Requester
+from engine.shelf import Shelf
+from models.checker import judge
+from tests.conftest import EngineProcess
+from tests.ldm_layout import save_config_folder, save_single_file
+from tests.tiny_pipeline import family_pipeline
+
+WHITE = "a red circle on a white background"
+
+
+def test_a1111_prompt_syntax():
+    assert parse("a cat <lora:add_detail:0.8> <lora:x>") == ("a cat", parse("<lora:add_detail:0.8><lora:x>")[1])
+    assert [(u.name, u.weight) for u in parse("<lora:add_detail:0.8> <lora:x>")[1]] == [("add_detail", 0.8), ("x", 1)]
+    with pytest.raises(PromptError, match="between -4 and 4"):
+        parse("<lora:x:9>")
+    with pytest.raises(PromptError, match="must be a number"):
+        parse("<lora:x:lots>")
+    pieces = dict(fragments(r"a (red:1.5) [blue] ((big)) \(literal\)"))
+    assert pieces["red"] == 1.5 and round(pieces["blue"], 4) == round(1 / 1.1, 4)
+    assert round(pieces["big"], 4) == round(1.1 * 1.1, 4) and pieces[" (literal)"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return load_model(None, Device("cpu"))
+
+
+def _make(model, prompt: str, seed: int) -> Image.Image:
+    return model.txt2img(prompt=prompt, negative_prompt="", steps=20, cfg_scale=7.5, sampler="k_euler_a",
+                         seeds=[seed], width=64, height=64)[0]  # fmt: skip
+
+
+def test_words_past_the_token_window_and_weights_change_the_image(toy):
+    # The toy encoder's window is 32 tokens: the colour at the end is past it.
+    long = f"{WHITE}, " * 4
+    assert _make(toy, long + "green", 1).tobytes() != _make(toy, long + "purple", 1).tobytes()
+    assert [judge(_make(toy, "a (red:1.6) [green] circle on a white background", s)).colour for s in range(3)] == [
+        "red"] * 3  # fmt: skip
+    assert [judge(_make(toy, "a [red] (green:1.6) circle on a white background", s)).colour for s in range(3)] == [
+        "green"] * 3  # fmt: skip
+
+
+def test_the_toy_lora_and_embedding_do_what_they_were_trained_for_and_leave_no_trace(toy):
+    shelf = Shelf(None)
+    before = _make(toy, WHITE, 5)
+    lora = shelf.find("lora", "toy-black-bg")
+    with toy.addons([(lora, 0.0)], []):
+        assert {judge(_make(toy, WHITE, s)).background for s in range(3)} == {"white"}
+    with toy.addons([(lora, 1.0)], []):
+        assert "white" not in {judge(_make(toy, WHITE, s)).background for s in range(3)}
+    with toy.addons([], [shelf.find("embedding", "toy-logo")]):
+        verdicts = {judge(_make(toy, "toy-logo", s)) for s in range(3)}
+    assert {(v.shape, v.colour, v.background) for v in verdicts} == {("circle", "red", "blue")}
+    assert _make(toy, WHITE, 5).tobytes() == before.tobytes()  # byte-identical: nothing stayed loaded
+
+
+@pytest.fixture(scope="module")
+def shelf_engine(tmp_path_factory):
+    """An engine whose shelf holds tiny SD 1.x and SDXL single files (their tiny architectures in
+    configs/), started with the hub unreachable."""
+    home = tmp_path_factory.mktemp("shelf-home")
+    shelf = home / "models"
+    (shelf / "Stable-diffusion").mkdir(parents=True)
+    for family in ("sd1", "sdxl"):
+        pipe = family_pipeline(tmp_path_factory.mktemp(family), family)
+        save_single_file(pipe, shelf / "Stable-diffusion" / f"tiny-{family}.safetensors")
+        save_config_folder(pipe, shelf / "configs" / family)
+    proc = EngineProcess(home, None, HF_HUB_OFFLINE="1", DREAMHALL_MODEL="tiny-sd1").start()
+    yield proc
+    proc.stop()
+
+
+def test_the_shelf_lists_and_runs_single_files_offline_with_no_paths_in_files(shelf_engine):
+    with shelf_engine.client() as client:
+        shelf = client.models()
+        families = {m.name: m.family for m in shelf.checkpoints}
+        assert families == {"dreamhall-toy-sd": "SD 1.x", "tiny-sd1": "SD 1.x", "tiny-sdxl": "SDXL"}
+        assert [m.name for m in shelf.loras] == ["toy-black-bg"] and [m.name for m in shelf.embeddings] == ["toy-logo"]
+        for name in ("tiny-sd1", "tiny-sdxl"):
+            accepted = client.submit(DreamRequest(prompt="a red circle", steps=2, width=64, height=64, seed=7,
+                                                  model=name))  # fmt: skip
+            job = client.wait(accepted.id)
+            assert job.status == "done", job.error
+            png = Image.open(io.BytesIO(client.image_file(job.images[0].id)))
+            infotext = png.info["parameters"]
+            assert re.search(rf"Model hash: [0-9a-f]{{10}}, Model: {name}\b", infotext), infotext
+            assert str(shelf_engine.home) not in infotext and "/" not in infotext.split("Model:")[1]
+        listed = {m.name: m.hash for m in client.models().checkpoints}
+        assert listed["tiny-sd1"] is not None and len(listed["tiny-sd1"]) == 10
+
+
+def test_requests_name_only_what_the_shelf_has(shelf_engine, tmp_path: Path):
+    discord = Requester(source="discord", user="1", guild="2")
+    with shelf_engine.client() as client:
+        with pytest.raises(RequestRejected, match=r"unknown model '/etc/passwd'; available: dreamhall-toy-sd, tiny"):
+            client.submit(DreamRequest(prompt="x", model="/etc/passwd", requester=discord))
+        with pytest.raises(RequestRejected, match="unknown model 'stabilityai/sdxl'"):
+            client.submit(DreamRequest(prompt="x", model="stabilityai/sdxl", requester=discord))
+        with pytest.raises(RequestRejected, match="unknown LoRA 'add_detail'; available: toy-black-bg"):
+            client.submit(DreamRequest(prompt="a cat <lora:add_detail:0.8>", requester=discord))
+        with pytest.raises(RequestRejected, match="between -4 and 4"):
+            client.submit(DreamRequest(prompt="a cat <lora:toy-black-bg:12>", requester=discord))
+        with pytest.raises(RequestRejected, match="unknown embedding 'nope'"):
+            client.submit(DreamRequest(prompt="a cat embedding:nope", requester=discord))
+
+
+def test_a_lora_for_another_family_fails_its_job_only_and_images_record_their_addons(shelf_engine):
+    with shelf_engine.client() as client:
+        wrong = client.submit(DreamRequest(prompt="a cat <lora:toy-black-bg:1>", model="tiny-sdxl", steps=2,
+                                           width=64, height=64))  # fmt: skip
+        job = client.wait(wrong.id)
+        assert job.status == "failed" and "does not fit this SDXL model" in job.error
+        ok = client.submit(DreamRequest(prompt=f"{WHITE} <lora:toy-black-bg:0.5>", model="dreamhall-toy-sd",
+                                        steps=2, width=64, height=64))  # fmt: skip
+        job = client.wait(ok.id)
+        assert job.status == "done", job.error
+        record = client.image(job.images[0].id)
+        (lora,) = record.params["loras"]
+        assert (lora["name"], lora["weight"], len(lora["hash"])) == ("toy-black-bg", 0.5, 12)
+        infotext = Image.open(io.BytesIO(client.image_file(record.id))).info["parameters"]
+        assert f'Lora hashes: "toy-black-bg: {lora["hash"]}"' in infotext
