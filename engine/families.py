@@ -117,19 +117,34 @@ def detect_file(path: Path) -> Detected:
 
 
 def detect_folder(path: Path) -> Detected:
-    """The family of a diffusers pipeline folder."""
-    index = json.loads((path / "model_index.json").read_text())
+    """The family of a diffusers pipeline folder, from its configs (nothing is loaded)."""
+
+    def config(*parts: str) -> dict:
+        file = path.joinpath(*parts)
+        return json.loads(file.read_text()) if file.exists() else {}
+
+    return detect_configs(config("model_index.json"), config("unet", "config.json"),
+                          config("scheduler", "scheduler_config.json"))  # fmt: skip
+
+
+def detect_pipeline(pipe) -> Detected:
+    """The family of a loaded diffusers pipeline (a folder or a hub id)."""
+    unet = getattr(pipe, "unet", None)
+    index = {"_class_name": type(pipe).__name__, **pipe.config}
+    return detect_configs(index, dict(unet.config) if unet is not None else {}, dict(pipe.scheduler.config))
+
+
+def detect_configs(index: dict, unet: dict, scheduler: dict) -> Detected:
+    """The family from a pipeline's `model_index.json`, its UNet's and its scheduler's configs."""
     cls = index.get("_class_name", "")
     if cls.startswith("Flux"):
         return Detected("flux")
     if cls.startswith("StableDiffusion3"):
         return Detected("sd3")
-    unet = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet").is_dir() else {}
     inpainting = unet.get("in_channels") == 9
     if "XL" in cls:
         return Detected("sdxl-refiner" if index.get("requires_aesthetics_score") else "sdxl", inpainting)
-    sched_dir = path / "scheduler" / "scheduler_config.json"
-    v = sched_dir.exists() and json.loads(sched_dir.read_text()).get("prediction_type") == "v_prediction"
+    v = scheduler.get("prediction_type") == "v_prediction"
     if unet.get("cross_attention_dim") == 1024 or v:
         return Detected("sd2", inpainting, v_prediction=v)
     return Detected("sd1", inpainting)

@@ -62,7 +62,7 @@ from engine.families import (
     config_dir,
     config_name,
     detect_file,
-    detect_folder,
+    detect_pipeline,
 )
 from engine.schema import Sampler
 from engine.shelf import BUILTIN_MODEL_NAME, CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, builtin_model_dir
@@ -138,8 +138,8 @@ def load_pipeline(
         if path.is_dir():
             if not (path / "model_index.json").exists():
                 raise ModelLoadError(f"{path.name} is a folder but not a diffusers pipeline (no model_index.json)")
-            detected = detect_folder(path)
             pipe = DiffusionPipeline.from_pretrained(path, **kwargs)
+            detected = detect_pipeline(pipe)
         elif path.suffix in CHECKPOINT_SUFFIXES:
             if not path.is_file():
                 raise ModelLoadError(f"checkpoint file {path.name} does not exist")
@@ -156,7 +156,7 @@ def load_pipeline(
                     f"model {ref!r} is not in this machine's hub cache and the hub cannot be reached; "
                     "use a local diffusers folder or a .safetensors file"
                 ) from e
-            detected = detect_folder(Path(pipe.name_or_path)) if Path(pipe.name_or_path).is_dir() else Detected("sd1")
+            detected = detect_pipeline(pipe)
         else:
             raise ModelLoadError(f"model {ref!r} is neither a folder, a .safetensors/.ckpt file nor a hub id")
     except ModelLoadError:
@@ -186,8 +186,8 @@ def _load_single_file(path: Path, detected: Detected, configs: Path | None, kwar
     cls = SINGLE_FILE_PIPELINES[config_name(detected)]
     extra: dict = {"safety_checker": None}  # the checker is not in the file; fetching it would need the hub
     # CLIP's tokenizer is not in the file either: ours is written from open_clip's BPE (same vocabulary).
+    index = json.loads((config / "model_index.json").read_text())
     for component, pad in (("tokenizer", "<|endoftext|>" if detected.family != "sd2" else "!"), ("tokenizer_2", "!")):
-        index = json.loads((config / "model_index.json").read_text())
         if index.get(component, [None])[0] is not None and not (config / component).is_dir():
             extra[component] = CLIPTokenizer.from_pretrained(clip_tokenizer_files(pad))
     pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True,
@@ -669,14 +669,14 @@ class PipelineCache:
     def is_loaded(self, ref: str | None) -> bool:
         return self._model is not None and self._key(ref) == self._ref
 
-    def _locate(self, key: str) -> tuple[str | None, str, Item | None]:
-        """(what the loader loads: a path, hub id or None for the built-in model; the recorded name; the shelf item)."""
+    def _locate(self, key: str) -> tuple[str | None, str]:
+        """(what the loader loads: a path, hub id or None for the built-in model; the name images record)."""
         try:
             item = self.shelf.find("checkpoint", key)
         except UnknownModel:
             path = Path(key).expanduser()
-            return key, (path.stem if path.suffix in CHECKPOINT_SUFFIXES else path.name or key), None
-        return (str(item.path) if item.path is not None else None), item.name, item
+            return key, (path.stem if path.suffix in CHECKPOINT_SUFFIXES else path.name or key)
+        return (str(item.path) if item.path is not None else None), item.name
 
     def model(self, ref: str | None) -> LoadedModel:
         """Model `ref` (None: the configured default), loading it if needed."""
@@ -684,7 +684,7 @@ class PipelineCache:
         with self._lock:
             if self._model is None or key != self._ref:
                 self.unload()
-                load, name, item = self._locate(key)
+                load, name = self._locate(key)
                 if load is None:
                     log.info("using the built-in toy models; set `model = ...` in the config for real images")
                 self.loading = name
@@ -692,10 +692,8 @@ class PipelineCache:
                 try:
                     model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
                     model.name = name
-                    if item is not None:
-                        model.hash = self.shelf.hash(item)
-                    elif load is not None and Path(load).is_file():
-                        model.hash = self.shelf.file_hash(Path(load))[:10]
+                    if load is not None and Path(load).is_file():
+                        model.hash = self.shelf.short_hash(Path(load), "checkpoint")
                 finally:
                     self.loading = None
                 self._ref, self._model = key, model

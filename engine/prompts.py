@@ -64,7 +64,7 @@ def without_embedding_prefix(text: str) -> str:
 
 def segments(text: str) -> list[str]:
     """The prompt split at `BREAK`: each segment starts a new 75-token chunk."""
-    return [s for s in _BREAK.split(text)] or [""]
+    return _BREAK.split(text)
 
 
 def fragments(text: str) -> list[tuple[str, float]]:

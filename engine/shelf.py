@@ -57,11 +57,6 @@ class Item:
     family: str | None = None
     problem: str | None = None  # why it cannot load (listed, not hidden)
 
-    @property
-    def trigger(self) -> str:
-        """How a prompt names it."""
-        return f"<lora:{self.name}:1>" if self.kind == "lora" else self.name
-
 
 class Shelf:
     def __init__(self, root: Path | None, *, hash_cache: Path | None = None) -> None:
@@ -78,9 +73,8 @@ class Shelf:
 
     def scan(self) -> ModelList:
         """Look at the folders again (new files appear, removed ones go)."""
-        items = {
-            ("checkpoint", BUILTIN_MODEL_NAME): Item(BUILTIN_MODEL_NAME, "checkpoint", None, "diffusers", 0, "SD 1.x")
-        }
+        builtin = Item(BUILTIN_MODEL_NAME, "checkpoint", None, "diffusers", _folder_size(builtin_model_dir()), "SD 1.x")
+        items = {("checkpoint", BUILTIN_MODEL_NAME): builtin}
         for base in [builtin_addons_dir()] + ([self.root] if self.root is not None else []):
             for item in self._scan_checkpoints(base / "Stable-diffusion"):
                 items[("checkpoint", item.name)] = item
@@ -158,19 +152,17 @@ class Shelf:
             out["embeddings"] = [{"name": i.name, "hash": self.hash(i)} for i in embeddings]
         return out
 
-    def hash(self, item: Item) -> str | None:
-        """A1111's short hash (sha256[:10] for checkpoints, [:12] for add-ons); None for folders."""
+    def hash(self, item: Item, *, compute: bool = True) -> str | None:
+        """A1111's short hash; None for folders (and, without `compute`, for files not hashed yet:
+        a listing must not read gigabytes)."""
         if item.path is None or item.path.is_dir():
             return None
-        full = self.file_hash(item.path)
-        return full[:10] if item.kind == "checkpoint" else full[:12]
+        return self.short_hash(item.path, item.kind, compute=compute)
 
-    def cached_hash(self, item: Item) -> str | None:
-        """The hash if known already (listing must not read gigabytes)."""
-        if item.path is None or item.path.is_dir():
-            return None
-        full = self._hashes.get(_version_key(item.path))
-        return None if full is None else (full[:10] if item.kind == "checkpoint" else full[:12])
+    def short_hash(self, path: Path, kind: str, *, compute: bool = True) -> str | None:
+        """A1111's short forms of the file's SHA-256: 10 hex digits for checkpoints, 12 for add-ons."""
+        full = self.file_hash(path) if compute else self._hashes.get(_version_key(path))
+        return None if full is None else full[: 10 if kind == "checkpoint" else 12]
 
     def file_hash(self, path: Path) -> str:
         key = _version_key(path)
@@ -185,7 +177,7 @@ class Shelf:
 
     def listing(self) -> ModelList:
         def entry(item: Item) -> ModelEntry:
-            known = self.hash(item) if item.kind != "checkpoint" else self.cached_hash(item)
+            known = self.hash(item, compute=item.kind != "checkpoint")
             return ModelEntry(name=item.name, family=item.family, format=item.format, size=item.size, hash=known,
                               problem=item.problem)  # fmt: skip
 
