@@ -303,6 +303,7 @@ def create_app(services: Services) -> FastAPI:
             queued=s.queue.count("queued"),
             running=1 if s.worker.current else 0,
             loading=s.pipelines.loading,
+            loaded=s.pipelines.loaded(),
         )
 
     @app.get("/v1/models")

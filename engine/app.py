@@ -42,17 +42,22 @@ class EngineAlreadyRunning(RuntimeError):
     pass
 
 
+def _gb(value: float | None) -> int | None:
+    return None if value is None else int(value * 1e9)
+
+
 def build_services(settings: Settings) -> Services:
     """Open the gallery and start the worker thread; every model loads on that thread."""
     db = open_gallery_db(settings.db_path)
     device = Device(settings.device)
     store = SqliteImageStore(db, settings.images_dir)
-    queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user)
+    queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user,
+                           model_affinity=settings.model_affinity)  # fmt: skip
     shelf = Shelf(settings.shelf_dir, hash_cache=settings.home / "model-hashes.json")
     log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s)", settings.shelf_dir,
              *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding")))  # fmt: skip
     pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
-                              shelf=shelf)  # fmt: skip
+                              shelf=shelf, budget_bytes=_gb(settings.model_cache_gb))  # fmt: skip
     inputs = Inputs(store, settings.uploads_dir)
     worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device,
                     max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip

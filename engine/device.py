@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 
 import torch
 
@@ -48,6 +49,16 @@ class Device:
         a CPU, four on a GPU; the OOM fallback still halves what the estimate lets through.
         """
         return 4 * 1024 * 1024 if self.type in {"cuda", "mps"} else 1024 * 1024
+
+    def model_budget(self) -> int:
+        """Bytes of model weights worth keeping loaded at once when `model_cache_gb` is not set.
+
+        Half the GPU's memory (the rest is for activations: an SDXL batch needs several GB), or a
+        quarter of the RAM on a CPU or a Mac (their weights live in system memory).
+        """
+        if self.type == "cuda":
+            return torch.cuda.get_device_properties(self.torch_device).total_memory // 2
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ task pipelines share its components.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,10 +66,16 @@ from engine.families import (
     detect_file,
     detect_pipeline,
 )
+from engine.queue.base import Affinity
 from engine.schema import Sampler
 from engine.shelf import BUILTIN_MODEL_NAME, CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, builtin_model_dir
 
 log = logging.getLogger(__name__)
+# diffusers 0.42 warns on every single-file load that "modules ... should be kept in float32: []"
+# (an empty list is not None); there is nothing to keep, so the engine's log does not repeat it.
+logging.getLogger("diffusers.models.modeling_utils").addFilter(
+    lambda record: "should be kept in float32: []" not in record.getMessage()
+)
 
 
 class ModelLoadError(Exception):
@@ -355,6 +363,12 @@ class LoadedModel:
     def family(self) -> str:
         return self.detected.label
 
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """Bytes its weights hold on the device (what the model cache budgets)."""
+        modules = [c for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)]
+        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
     @property
     def _packed(self) -> bool:
         """FLUX packs 2x2 latent patches into tokens: sizes are multiples of twice the VAE's factor."""
@@ -639,26 +653,28 @@ def load_upscaler(ref: str, device: Device) -> Upscaler:
 
 
 class PipelineCache:
-    """Keeps one loaded model (VRAM is the scarce thing) and hands out its task pipelines.
+    """Keeps the models in use within a memory budget (LRU) and hands out their task pipelines.
 
     Models are named by their shelf name; a path or hub id (the CLI's) loads too, and is
-    recorded by its file name, never its full path.
+    recorded by its file name, never its full path. The model being used is never evicted,
+    so one model over the budget still loads (alone).
     """
 
     def __init__(
         self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None,
-        shelf: Shelf | None = None,
+        shelf: Shelf | None = None, budget_bytes: int | None = None,
     ) -> None:  # fmt: skip
         self.device = device
         self.default_model = default_model
         self.safety_check = safety_check
         self.upscaler_ref = upscaler
         self.shelf = shelf or Shelf(None)
+        self.budget_bytes = device.model_budget() if budget_bytes is None else budget_bytes
         self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
-        self._ref: str | None = None
-        self._model: LoadedModel | None = None
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
         self.loading: str | None = None  # the model being loaded now (health reports it)
+        self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
 
     def default_name(self) -> str:
         return self.default_model or BUILTIN_MODEL_NAME
@@ -667,7 +683,15 @@ class PipelineCache:
         return ref or self.default_name()
 
     def is_loaded(self, ref: str | None) -> bool:
-        return self._model is not None and self._key(ref) == self._ref
+        return self._key(ref) in self._models
+
+    def affinity(self) -> Affinity:
+        """What the queue needs to spare this worker a reload."""
+        return Affinity(loaded=frozenset(self._models), default_model=self.default_name())
+
+    def loaded(self) -> list[str]:
+        """Names of the models in memory, most recently used first."""
+        return [m.name for m in reversed(self._models.values())]
 
     def _locate(self, key: str) -> tuple[str | None, str]:
         """(what the loader loads: a path, hub id or None for the built-in model; the name images record)."""
@@ -682,24 +706,46 @@ class PipelineCache:
         """Model `ref` (None: the configured default), loading it if needed."""
         key = self._key(ref)
         with self._lock:
-            if self._model is None or key != self._ref:
-                self.unload()
-                load, name = self._locate(key)
-                if load is None:
-                    log.info("using the built-in toy models; set `model = ...` in the config for real images")
-                self.loading = name
-                started = time.perf_counter()
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            load, name = self._locate(key)
+            if load is None:
+                log.info("using the built-in toy models; set `model = ...` in the config for real images")
+            self.loading = name
+            started = time.perf_counter()
+            try:
                 try:
                     model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
-                    model.name = name
-                    if load is not None and Path(load).is_file():
-                        model.hash = self.shelf.short_hash(Path(load), "checkpoint")
-                finally:
-                    self.loading = None
-                self._ref, self._model = key, model
-                log.info("loaded model %s (%s) on %s in %.1f s", name, model.family, self.device.describe(),
-                         time.perf_counter() - started)  # fmt: skip
-            return self._model
+                except Exception as e:
+                    if not self.device.is_out_of_memory(e) or not self._models:
+                        raise
+                    log.warning("out of memory loading %s; unloading the other models and trying again", name)
+                    self.unload()
+                    model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
+                model.name = name
+                if load is not None and Path(load).is_file():
+                    model.hash = self.shelf.short_hash(Path(load), "checkpoint")
+            finally:
+                self.loading = None
+            self.loads += 1
+            self._models[key] = model
+            self._evict()
+            log.info("loaded model %s (%s, %.2f GB) on %s in %.1f s; in memory: %s", name, model.family,
+                     model.nbytes / 1e9, self.device.describe(), time.perf_counter() - started,
+                     ", ".join(self.loaded()))  # fmt: skip
+            return model
+
+    def _evict(self) -> None:
+        """Drop least recently used models until the rest fit the budget (the newest always stays)."""
+        evicted = False
+        while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > self.budget_bytes:
+            _, old = self._models.popitem(last=False)
+            log.info("unloading model %s (%.2f GB) to stay within the %.1f GB model cache", old.name,
+                     old.nbytes / 1e9, self.budget_bytes / 1e9)  # fmt: skip
+            evicted = True
+        if evicted:
+            self.device.free_memory()
 
     def upscaler(self) -> Upscaler | None:
         """The configured upscaler pipeline (loaded on first use), or None."""
@@ -712,7 +758,6 @@ class PipelineCache:
             return self._upscaler
 
     def unload(self) -> None:
-        if self._model is not None:
-            self._model = None
-            self._ref = None
+        if self._models:
+            self._models.clear()
             self.device.free_memory()

@@ -380,6 +380,7 @@ class Health(BaseModel):
     queued: int
     running: int
     loading: str | None = Field(default=None, description="a model being loaded now; jobs wait for it")
+    loaded: list[str] = Field(default_factory=list, description="models in memory, most recently used first")
 
 
 EventType = Literal["queued", "started", "loading", "step", "image", "done", "failed", "cancelled"]

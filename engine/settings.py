@@ -78,6 +78,16 @@ class Settings(BaseSettings):
         description="most pixels (images x width x height) one pipeline call may make; a request over it runs "
         "in several batches. None: the device's own budget (engine/device.py)",
     )  # fmt: skip
+    model_cache_gb: float | None = Field(
+        default=None, gt=0,
+        description="model weights kept loaded at once (LRU; the model in use always stays). None: half the "
+        "GPU's memory, or a quarter of the RAM on a CPU",
+    )  # fmt: skip
+    model_affinity: int = Field(
+        default=2, ge=0,
+        description="how many times the fair next job may be passed over by a job on an already loaded model, "
+        "to spare a reload; 0: strict round-robin",
+    )  # fmt: skip
     max_queued_per_user: int = Field(default=20, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tcp_host: str = "127.0.0.1"

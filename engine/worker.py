@@ -145,7 +145,7 @@ class Worker:
             if self._serving.is_set() and not preloaded:
                 self._preload()
                 preloaded = True
-            job = self.queue.claim() if preloaded else None
+            job = self.queue.claim(self.pipelines.affinity()) if preloaded else None
             if job is None:
                 # Nothing runs: cancels asked for jobs that never ran here (queued ones) are moot.
                 self._cancel.clear()

@@ -13,7 +13,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from engine.device import Device
 from engine.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
-from engine.pipelines import ModelLoadError, load_model
+from engine.pipelines import ModelLoadError, PipelineCache, load_model
+from engine.shelf import Shelf
 from tests.ldm_layout import (
     clip_to_ldm,
     open_clip_to_ldm,
@@ -172,3 +173,32 @@ def test_flow_matching_single_files_say_what_to_use(tmp_path):
         from engine.families import config_name
 
         config_name(detect_file(flux))
+
+
+def test_the_model_cache_keeps_what_fits_and_evicts_the_least_recently_used(single_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out, files = single_files
+    root = tmp_path / "shelf"
+    (root / "Stable-diffusion").mkdir(parents=True)
+    for name in ("sd1", "sdxl", "sdxl-refiner"):
+        (root / "Stable-diffusion" / f"{name}.safetensors").symlink_to(files[name][1])
+    (root / "configs").symlink_to(out / "configs")
+    shelf = Shelf(root)
+    sizes = {name: PipelineCache(Device("cpu"), None, shelf=shelf).model(name).nbytes for name in ("sd1", "sdxl")}
+
+    roomy = PipelineCache(Device("cpu"), None, shelf=shelf, budget_bytes=sum(sizes.values()))
+    for name in ["sd1", "sdxl"] * 3:
+        roomy.model(name)
+    assert roomy.loads == 2 and roomy.loaded() == ["sdxl", "sd1"]
+    roomy.model("sd1")  # now sdxl is the least recently used...
+    roomy.model("sdxl-refiner")  # ...so it makes room for the third model
+    assert roomy.loaded() == ["sdxl-refiner", "sd1"] and roomy.loads == 3
+
+    tight = PipelineCache(Device("cpu"), None, shelf=shelf, budget_bytes=max(sizes.values()))
+    for name in ["sd1", "sdxl"] * 3:
+        tight.model(name)
+    assert tight.loads == 6 and tight.loaded() == ["sdxl"]
+
+    too_small = PipelineCache(Device("cpu"), None, shelf=shelf, budget_bytes=1)
+    assert too_small.model("sdxl").nbytes == sizes["sdxl"]  # a model over the budget still loads, alone
+    assert too_small.loaded() == ["sdxl"]

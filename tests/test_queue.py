@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 
 from engine.events import EventSink
-from engine.queue import FAIR_DEQUEUE_SQL, JobNotFound, SqliteJobQueue, TooManyQueued
+from engine.queue import FAIR_DEQUEUE_SQL, Affinity, JobNotFound, SqliteJobQueue, TooManyQueued
 from engine.queue.sqlite import fair_order
 from engine.schema import DreamRequest, Event, Requester
 from gallery.db import open_gallery_db
@@ -235,3 +235,58 @@ def test_submit_claim_health_and_position_stay_flat_as_the_queue_grows(tmp_path:
     for op in small:
         # 10x the jobs: linear work may cost up to ~10x; leave room for a busy machine, far below 100x.
         assert large[op] < max(30 * small[op], 5.0), (op, small[op], large[op])
+
+
+def drain_with_one_model_slot(queue: SqliteJobQueue) -> tuple[list[str], int, int]:
+    """Serve the queue like a worker that keeps one model loaded: (users in order, reloads, most places
+    a job ran after its round-robin turn)."""
+    loaded: str | None = None
+    served, reloads, waited = [], 0, {}
+    queued = {j.id: i for i, j in enumerate(queue.jobs("queued"))}
+    while (job := queue.claim(Affinity(frozenset({loaded} if loaded else ()), "toy"))) is not None:
+        if job.request.model != loaded:
+            loaded, reloads = job.request.model, reloads + 1
+        served.append(job.request.requester.user or "")
+        waited[job.id] = len(served) - 1
+        queue.complete(job.id)
+    # Jobs are submitted in turns (A, B, A, B, ...), so a job's submit index is its round-robin turn.
+    return served, reloads, max(waited[j] - i for j, i in queued.items())
+
+
+def two_users_on_two_models(queue: SqliteJobQueue) -> None:
+    for i in range(6):  # they take turns submitting, as two people in a channel do
+        queue.put(req("A").model_copy(update={"model": "model-a"}), seed=i)
+        queue.put(req("B").model_copy(update={"model": "model-b"}), seed=i)
+
+
+def test_strict_round_robin_reloads_for_every_job(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(open_gallery_db(tmp_path / "gallery.db"), model_affinity=0)
+    two_users_on_two_models(queue)
+    served, reloads, _ = drain_with_one_model_slot(queue)
+    assert served == ["A", "B"] * 6 and reloads == 12
+
+
+def test_model_affinity_spares_reloads_and_bounds_the_wait(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(open_gallery_db(tmp_path / "gallery.db"), model_affinity=2)
+    two_users_on_two_models(queue)
+    served, reloads, most_passed = drain_with_one_model_slot(queue)
+    # A runs, B's first job is passed over twice by A's (model-a is loaded), then B gets three in a row.
+    assert served == ["A", "A", "A", "B", "B", "B"] * 2
+    assert reloads == 4
+    assert most_passed <= 2  # no job ran more than two places after its round-robin turn
+
+
+def test_model_affinity_never_jumps_a_higher_priority(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(open_gallery_db(tmp_path / "gallery.db"), model_affinity=5)
+    queue.put(req("A").model_copy(update={"model": "model-a"}), seed=0)
+    urgent = queue.put(req("B", priority=1).model_copy(update={"model": "model-b"}), seed=0)[0]
+    job = queue.claim(Affinity(frozenset({"model-a"}), "toy"))
+    assert job is not None and job.id == urgent.id
+
+
+def test_a_request_without_model_means_the_default(tmp_path: Path) -> None:
+    queue = SqliteJobQueue(open_gallery_db(tmp_path / "gallery.db"), model_affinity=1)
+    queue.put(req("A").model_copy(update={"model": "model-a"}), seed=0)
+    default = queue.put(req("B"), seed=0)[0]
+    job = queue.claim(Affinity(frozenset({"toy"}), "toy"))
+    assert job is not None and job.id == default.id

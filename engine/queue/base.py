@@ -17,6 +17,7 @@ positions of the jobs someone is watching.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 from pydantic import BaseModel
 
@@ -44,6 +45,17 @@ class TooManyQueued(QueueError):
     pass
 
 
+@dataclass(frozen=True)
+class Affinity:
+    """The models the claiming worker has in memory: a job on one of them costs no reload."""
+
+    loaded: frozenset[str]
+    default_model: str  # what a request without `model` uses
+
+    def has(self, model: str | None) -> bool:
+        return (model or self.default_model) in self.loaded
+
+
 class JobRecord(BaseModel):
     """A job as the queue stores it."""
 
@@ -69,8 +81,11 @@ class JobQueue(ABC):
         """Persist a new job; return it and its queue position (raises TooManyQueued)."""
 
     @abstractmethod
-    def claim(self) -> JobRecord | None:
-        """queued -> running for the next job in fair order; None when the queue is empty."""
+    def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
+        """queued -> running for the next job in fair order; None when the queue is empty.
+
+        With `affinity`, a job on a loaded model may go before the fair next job, which is passed
+        over this way a bounded number of times (the queue's `model_affinity`)."""
 
     @abstractmethod
     def complete(self, job_id: str) -> bool:

@@ -9,12 +9,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, bindparam, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from engine.events import EventSink, NullSink
-from engine.queue.base import TERMINAL, JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
+from engine.queue.base import TERMINAL, Affinity, JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
 from engine.schema import DreamRequest, Event, JobStatus
 from gallery.models import JobRow
 
@@ -23,16 +23,21 @@ from gallery.models import JobRow
 # starve anyone who arrives later. Priority overrides fairness; ties go to the
 # oldest job. The correlated MAX is answered from ix_jobs_queue_key_claim_seq
 # (a test checks the plan), so dequeue stays cheap with a long history.
-FAIR_DEQUEUE_SQL = text(
-    """
-    SELECT j.id FROM jobs AS j
-    WHERE j.status = 'queued'
+_FAIR_ORDER = """
     ORDER BY j.priority DESC,
              (SELECT MAX(c.claim_seq) FROM jobs AS c WHERE c.queue_key = j.queue_key) ASC,
              j.seq ASC
     LIMIT 1
-    """
+"""
+FAIR_DEQUEUE_SQL = text(
+    "SELECT j.id, j.priority, json_extract(j.request, '$.model') AS model FROM jobs AS j "
+    "WHERE j.status = 'queued'" + _FAIR_ORDER
 )
+# The first job, in the same order, whose model the worker has loaded (no higher priority skipped).
+FAIR_DEQUEUE_LOADED_SQL = text(
+    "SELECT j.id FROM jobs AS j WHERE j.status = 'queued' AND j.priority >= :priority "
+    "AND coalesce(json_extract(j.request, '$.model'), :default_model) IN :loaded" + _FAIR_ORDER
+).bindparams(bindparam("loaded", expanding=True))
 
 # Each user's queued jobs per priority level: what positions are computed from,
 # one row per (user, priority) rather than one per job.
@@ -72,9 +77,14 @@ def _record(row: JobRow) -> JobRecord:
 class SqliteJobQueue(JobQueue):
     """JobQueue on SQLite. One process (the engine) owns it."""
 
-    def __init__(self, engine: Engine, *, max_queued_per_user: int = 20, events: EventSink | None = None) -> None:
+    def __init__(
+        self, engine: Engine, *, max_queued_per_user: int = 20, model_affinity: int = 2, events: EventSink | None = None
+    ) -> None:
         self.engine = engine
         self.max_queued_per_user = max_queued_per_user
+        # How many times the fair next job may be passed over by a job on an already loaded model.
+        self.model_affinity = model_affinity
+        self._passed_over: dict[str, int] = {}
         self.events = events or NullSink()
         # Select-then-claim and count-then-insert must not interleave between
         # the HTTP threads and the worker thread.
@@ -120,11 +130,14 @@ class SqliteJobQueue(JobQueue):
         self._announce_positions()
         return record, position
 
-    def claim(self) -> JobRecord | None:
+    def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
         with self._lock, Session(self.engine) as s, s.begin():
-            job_id = s.execute(FAIR_DEQUEUE_SQL).scalar()
-            if job_id is None:
+            head = s.execute(FAIR_DEQUEUE_SQL).one_or_none()
+            if head is None:
                 return None
+            job_id = head.id
+            if affinity is not None and not affinity.has(head.model):
+                job_id = self._spare_a_reload(s, head, affinity)
             next_seq = (s.scalar(select(func.max(JobRow.claim_seq))) or 0) + 1
             row = s.scalars(select(JobRow).where(JobRow.id == job_id)).one()
             row.status = "running"
@@ -135,6 +148,22 @@ class SqliteJobQueue(JobQueue):
         self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
         self._announce_positions()
         return record
+
+    def _spare_a_reload(self, s: Session, head, affinity: Affinity) -> str:
+        """The fair next job needs a model that is not loaded: run a loaded model's job first,
+        unless `head` was passed over `model_affinity` times already."""
+        if self._passed_over.get(head.id, 0) >= self.model_affinity or not affinity.loaded:
+            self._passed_over.pop(head.id, None)
+            return head.id
+        other = s.execute(
+            FAIR_DEQUEUE_LOADED_SQL,
+            {"priority": head.priority, "default_model": affinity.default_model, "loaded": sorted(affinity.loaded)},
+        ).scalar()
+        if other is None:
+            self._passed_over.pop(head.id, None)
+            return head.id
+        self._passed_over[head.id] = self._passed_over.get(head.id, 0) + 1
+        return other
 
     def complete(self, job_id: str) -> bool:
         return self._set_status(job_id, "done") is not None
@@ -156,6 +185,7 @@ class SqliteJobQueue(JobQueue):
         values: dict = {"status": status, "error": error}
         if status in TERMINAL:
             values["finished_at"] = datetime.now(UTC)
+            self._passed_over.pop(job_id, None)
         with self._lock, Session(self.engine) as s, s.begin():
             before = s.scalar(select(JobRow.status).where(JobRow.id == job_id))
             if before is None:
