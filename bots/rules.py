@@ -17,6 +17,9 @@ def check(request: DreamRequest, rules: BotSettings, *, channel_id: int, nsfw: b
     """Why `request` may not run here (one sentence for the user), or None."""
     if rules.allowed_channels and channel_id not in rules.allowed_channels:
         return "I only dream in this server's dream channels."
+    allowed = allowed_models(rules, request.requester.guild)
+    if request.model is not None and allowed and request.model not in allowed:
+        return f"-m/--model: this server allows {', '.join(allowed)} (got {request.model})."
     if request.n > rules.max_n:
         return f"-n/--iterations: at most {rules.max_n} images per request in this server (got {request.n})."
     if request.steps > rules.max_steps:
@@ -30,6 +33,13 @@ def check(request: DreamRequest, rules: BotSettings, *, channel_id: int, nsfw: b
             if re.search(rf"\b{re.escape(word.lower())}\b", text):
                 return "That prompt uses a word this server allows only in NSFW channels."
     return None
+
+
+def allowed_models(rules: BotSettings, guild: str | None) -> list[str]:
+    """The checkpoints this server may use (empty: any the engine has); DMs follow the bot-wide rule."""
+    if guild is not None and guild.isdigit() and int(guild) in rules.guild_models:
+        return rules.guild_models[int(guild)]
+    return rules.allowed_models
 
 
 def nsfw_allowed(channel: object) -> bool:

@@ -55,6 +55,7 @@ from engine.schema import (
     Event,
     ImageInfo,
     ImageRecord,
+    ModelList,
     Requester,
     default_of,
 )
@@ -100,6 +101,7 @@ class GeneratePanel(QWidget):
     def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.link = link
+        link.ready.connect(lambda _: self.refresh_models())
         self.job_id: str | None = None
         self.init_ref: str | None = None
         self.init_record: ImageRecord | None = None  # when the init image is a gallery image
@@ -126,7 +128,10 @@ class GeneratePanel(QWidget):
         self.sampler = QComboBox()
         self.sampler.addItems(list(SAMPLERS))
         self.sampler.setCurrentText(default_of("sampler"))
-        self.model = QLineEdit(placeholderText="engine default")
+        # The engine's shelf fills it once the engine answers; a typed path works too (a local user's own file).
+        self.model = QComboBox(editable=True, insertPolicy=QComboBox.InsertPolicy.NoInsert)
+        self.model.lineEdit().setPlaceholderText("engine default")
+        self.model.setToolTip("a model on the engine's shelf (dreamhall models), or a checkpoint file or folder")
         self.strength = QDoubleSpinBox(minimum=0.0, maximum=1.0, value=0.75, singleStep=0.05)
         self.init_label = QLabel("none")
         self.init_label.setWordWrap(True)
@@ -201,6 +206,23 @@ class GeneratePanel(QWidget):
             QShortcut(QKeySequence(keys), self, activated=self.generate)
         self._update_init_widgets()
 
+    def refresh_models(self) -> None:
+        """List the engine's checkpoints in the model box (keeping what is typed or chosen)."""
+
+        def fill(listing: ModelList) -> None:
+            current = self.model.currentText()
+            self.model.clear()
+            self.model.addItem("")  # the engine's default
+            for entry in listing.checkpoints:
+                if entry.problem is None:
+                    self.model.addItem(entry.name)
+                    tip = entry.family or entry.format
+                    self.model.setItemData(self.model.count() - 1, tip, Qt.ItemDataRole.ToolTipRole)
+            self.model.lineEdit().setPlaceholderText(f"engine default ({listing.default})")
+            self.model.setCurrentText(current)
+
+        self.link.call(lambda c: c.models(), fill, lambda message: self.show_state(f"No model list: {message}"))
+
     # --- building the request -----------------------------------------------------------
     def argv(self) -> list[str]:
         """The form as `!dream` flags, then the prompt box (whose own flags win)."""
@@ -214,8 +236,8 @@ class GeneratePanel(QWidget):
             argv += ["-H", str(self.height_box.value())]
         if self.negative.text().strip():
             argv.append(f"--negative={self.negative.text().strip()}")
-        if self.model.text().strip():
-            argv += ["-m", self.model.text().strip()]
+        if self.model.currentText().strip():
+            argv += ["-m", self.model.currentText().strip()]
         if self.init_ref is not None:
             argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
             if self.mask_ref is not None:
@@ -331,12 +353,12 @@ class GeneratePanel(QWidget):
         engine_model = self.link.health.model if self.link.health else None
         if record.source in IMPORTED_SOURCES and record.model not in (None, engine_model):
             # Another tool's model name: this engine does not have it, and a job naming it would fail later.
-            self.model.setText("")
+            self.model.setCurrentText("")
             self.show_state(
                 f"Parameters copied; model {record.model!r} is another tool's, so the engine's own is used."
             )
         else:
-            self.model.setText("" if record.model in (None, engine_model) else record.model)
+            self.model.setCurrentText("" if record.model in (None, engine_model) else record.model)
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None
@@ -426,7 +448,7 @@ class GeneratePanel(QWidget):
     def save_state(self, settings: QSettings) -> None:
         for key, value in (("prompt", self.prompt.toPlainText()), ("negative", self.negative.text()),
                            ("count", self.count.value()), ("steps", self.steps.value()), ("cfg", self.cfg.value()),
-                           ("sampler", self.sampler.currentText()), ("model", self.model.text()),
+                           ("sampler", self.sampler.currentText()), ("model", self.model.currentText()),
                            ("width", self.width_box.value()), ("height", self.height_box.value())):  # fmt: skip
             settings.setValue(f"generate/{key}", value)
 
@@ -438,6 +460,6 @@ class GeneratePanel(QWidget):
         self.cfg.setValue(float(settings.value("generate/cfg", default_of("cfg_scale"))))
         sampler = str(settings.value("generate/sampler", default_of("sampler")))
         self.sampler.setCurrentText(sampler if sampler in SAMPLERS else default_of("sampler"))
-        self.model.setText(str(settings.value("generate/model", "")))
+        self.model.setCurrentText(str(settings.value("generate/model", "")))
         self.width_box.setValue(int(settings.value("generate/width", 0)))
         self.height_box.setValue(int(settings.value("generate/height", 0)))

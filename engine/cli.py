@@ -96,6 +96,8 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
                 return 1
         print(f"engine {h.version} on {settings.socket_path}: device {h.device}, model {h.model}, "
               f"{h.queued} queued, {h.running} running")  # fmt: skip
+        if h.loaded or h.loading:
+            print("in memory: " + (", ".join(h.loaded) or "-") + (f" (loading {h.loading})" if h.loading else ""))
         return 0
     if _answers(settings):  # asked before the heavy imports below: an answer in well under a second
         return _fail(f"an engine is already listening on {settings.socket_path}", 1)

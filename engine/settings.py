@@ -25,6 +25,12 @@ class BotSettings(BaseModel):
     dev_guild: int | None = Field(default=None, description="sync slash commands to this guild only (instant)")
     allowed_channels: list[int] = Field(default_factory=list, description="empty: every channel")
     banned_words: list[str] = Field(default_factory=list, description="refused outside NSFW channels")
+    allowed_models: list[str] = Field(
+        default_factory=list, description="checkpoints users may pick with -m (empty: every one on the engine's shelf)"
+    )
+    guild_models: dict[int, list[str]] = Field(
+        default_factory=dict, description="per server: guild id -> its allowed checkpoints (overrides allowed_models)"
+    )
     max_n: int = Field(default=4, ge=1, le=16)
     max_steps: int = Field(default=50, ge=1, le=150)
     max_size: int = Field(default=1024, ge=64, le=2048)

@@ -424,6 +424,13 @@ class FakeDiscord:
         opts = [{"name": k, "type": types[type(v)], "value": v} for k, v in options.items()]
         return await self.interact(guild_id, uid, 2, {"id": command["id"], "name": name, "type": 1, "options": opts})
 
+    async def autocomplete(self, guild_id: str, uid: str, name: str, focused: str, **options: Any) -> str:
+        """A user types in option `focused` of command `name` (its text is in `options`); type 4."""
+        command = next(c for c in self.commands if c["name"] == name)
+        opts = [{"name": k, "type": 3, "value": v, **({"focused": True} if k == focused else {})}
+                for k, v in options.items()]  # fmt: skip
+        return await self.interact(guild_id, uid, 4, {"id": command["id"], "name": name, "type": 1, "options": opts})
+
     async def click(self, guild_id: str, uid: str, message: Posted, custom_id: str, *, admin: bool = False) -> str:
         return await self.interact(
             guild_id, uid, 3, {"custom_id": custom_id, "component_type": 2}, message=message, admin=admin

@@ -10,7 +10,7 @@ from PIL import Image
 
 from bots import render, rules
 from engine.dream_args import parse
-from engine.schema import ImageInfo, Job
+from engine.schema import ImageInfo, Job, Requester
 from engine.settings import BotSettings
 
 
@@ -26,6 +26,18 @@ def test_guild_limits_channels_and_banned_words() -> None:
     assert "NSFW channels" in rules.check(gory, r, channel_id=10, nsfw=False)
     assert rules.check(gory, r, channel_id=10, nsfw=True) is None
     assert rules.check(parse("a gorey-free word: gorgeous"), r, channel_id=10, nsfw=False) is None
+
+
+def test_servers_may_be_limited_to_some_models() -> None:
+    r = BotSettings(allowed_models=["toy", "anime"], guild_models={42: ["photo"]})
+    here, there = Requester(source="discord", user="1", guild="7"), Requester(source="discord", user="1", guild="42")
+    assert rules.check(parse("x -m anime", requester=here), r, channel_id=1, nsfw=False) is None
+    assert rules.check(parse("x", requester=here), r, channel_id=1, nsfw=False) is None  # the engine's default
+    refused = rules.check(parse("x -m photo", requester=here), r, channel_id=1, nsfw=False)
+    assert refused == "-m/--model: this server allows toy, anime (got photo)."
+    assert rules.check(parse("x -m photo", requester=there), r, channel_id=1, nsfw=False) is None
+    assert "allows photo" in rules.check(parse("x -m toy", requester=there), r, channel_id=1, nsfw=False)
+    assert rules.allowed_models(BotSettings(), "7") == []  # no rule: whatever the engine has
 
 
 def test_cooldown() -> None:

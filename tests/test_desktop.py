@@ -259,5 +259,18 @@ def test_reusing_an_imported_image_does_not_name_another_tools_model(qtbot, wind
     imported = window.link.client().image(window.link.client().import_image(buf.getvalue(), filename="fox.png").id)
     assert imported.model == "v1-5-pruned-emaonly"
     window.generate.reuse(imported)
-    assert window.generate.model.text() == "" and "another tool" in window.generate.state.text()
+    assert window.generate.model.currentText() == "" and "another tool" in window.generate.state.text()
     assert window.generate.prompt.toPlainText() == "a red fox"
+
+
+def test_the_model_box_lists_the_engines_shelf_and_its_choice_is_sent(qtbot, window: MainWindow) -> None:
+    box = window.generate.model
+    qtbot.waitUntil(lambda: box.findText("dreamhall-toy-sd") >= 0, timeout=WAIT)
+    assert box.lineEdit().placeholderText() == "engine default (dreamhall-toy-sd)"
+    window.generate.prompt.setPlainText("a red circle")
+    assert window.generate.request().model is None  # nothing chosen: the engine's default
+    box.setCurrentIndex(box.findText("dreamhall-toy-sd"))
+    assert window.generate.request().model == "dreamhall-toy-sd"
+    box.setCurrentText("no-such-model")  # typed: the engine answers with what it has
+    qtbot.mouseClick(window.generate.generate_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: "unknown model 'no-such-model'" in window.generate.state.text(), timeout=WAIT)

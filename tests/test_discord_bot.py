@@ -404,3 +404,24 @@ async def test_without_the_message_content_intent_the_bot_says_so_in_one_line(tm
         await fake.stop()
     text = err.decode()
     assert proc.returncode == 1 and "Message Content intent" in text and "Traceback" not in text, text[-2000:]
+
+
+async def test_models_autocomplete_and_server_model_rules(world: World) -> None:
+    listing = (await world.text_reply(await world.fake.say(A, "5", "!models"))).content
+    assert "`dreamhall-toy-sd` — SD 1.x" in listing and "(default: dreamhall-toy-sd)" in listing
+    assert "`toy-black-bg`" in listing and "`toy-logo`" in listing  # the built-in LoRA and embedding
+    iid = await world.fake.autocomplete(A, "5", "dream", "model", prompt="a red circle", model="TOY")
+    answer = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert answer.payload["type"] == 8 and answer.payload["choices"] == [
+        {"name": "dreamhall-toy-sd", "value": "dreamhall-toy-sd"}]  # fmt: skip
+    unknown = await world.text_reply(await world.fake.say(A, "5", "!dream a red circle -m no-such-model"))
+    assert "unknown model 'no-such-model'; available: dreamhall-toy-sd" in unknown.content
+    assert "/" not in unknown.content.split("available:")[0]  # a Discord user learns no paths
+
+    await world.stop_bot()
+    await world.start_bot(guild_models={int(A): ["some-other-model"]})
+    refused = await world.text_reply(await world.fake.say(A, "5", "!dream a red circle -m dreamhall-toy-sd"))
+    assert refused.content == "⚠️ -m/--model: this server allows some-other-model (got dreamhall-toy-sd)."
+    iid = await world.fake.autocomplete(A, "5", "dream", "model", prompt="a red circle", model="")
+    answer = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert answer.payload["choices"] == []  # the engine has none of this server's models

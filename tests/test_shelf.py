@@ -101,6 +101,8 @@ def test_the_shelf_lists_and_runs_single_files_offline_with_no_paths_in_files(sh
             infotext = png.info["parameters"]
             assert re.search(rf"Model hash: [0-9a-f]{{10}}, Model: {name}\b", infotext), infotext
             assert str(shelf_engine.home) not in infotext and "/" not in infotext.split("Model:")[1]
+        # Both stay in memory (the CPU's cache budget is a quarter of the RAM): no reload to go back.
+        assert client.health().loaded[:2] == ["tiny-sdxl", "tiny-sd1"]
         listed = {m.name: m.hash for m in client.models().checkpoints}
         assert listed["tiny-sd1"] is not None and len(listed["tiny-sd1"]) == 10
 

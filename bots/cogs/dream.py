@@ -8,9 +8,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bots import render
+from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
-from engine.client import RequestRejected
+from engine.client import EngineError, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, split
 from engine.schema import SAMPLERS
 
@@ -58,6 +58,7 @@ class DreamCog(commands.Cog, name="Dream"):
         steps="-s",
         cfg="guidance (-C)",
         sampler="-A",
+        model="-m (see /models)",
         negative="what to avoid (-N)",
         individual="separate images instead of a grid (-i)",
         flags="any other !dream flags, e.g. --ar 16:9",
@@ -74,6 +75,7 @@ class DreamCog(commands.Cog, name="Dream"):
         steps: int | None = None,
         cfg: float | None = None,
         sampler: str | None = None,
+        model: str | None = None,
         negative: str | None = None,
         individual: bool = False,
         flags: str = "",
@@ -88,6 +90,7 @@ class DreamCog(commands.Cog, name="Dream"):
             ("-s", steps),
             ("-C", cfg),
             ("-A", sampler),
+            ("-m", model),
             ("-N", negative),
         ):
             if value is not None:
@@ -99,6 +102,44 @@ class DreamCog(commands.Cog, name="Dream"):
         async with replying_errors(reply.send):
             request = parse_argv(argv + split(flags), requester=who)
             await self.bot.flow.run(request, reply, interaction.channel, interaction.user)  # type: ignore[arg-type]
+
+    @dream_slash.autocomplete("model")
+    async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        try:
+            names = await self._model_names(interaction.guild)
+        except EngineError:
+            return []  # no suggestions; the dream itself will say what is wrong
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
+
+    async def _model_names(self, guild: discord.Guild | None) -> list[str]:
+        """The engine's usable checkpoints that this server allows."""
+        listing = await self.bot.engine.models()
+        allowed = rules.allowed_models(self.bot.settings.bot, str(guild.id) if guild else None)
+        return [m.name for m in listing.checkpoints if m.problem is None and (not allowed or m.name in allowed)]
+
+    async def _models_text(self, guild: discord.Guild | None) -> str:
+        listing = await self.bot.engine.models()
+        names = await self._model_names(guild)
+        lines = [f"**Models** — pick one with `-m NAME` (default: {listing.default})"]
+        families = {m.name: m.family for m in listing.checkpoints}
+        lines += [f"• `{n}`" + (f" — {families[n]}" if families.get(n) else "") for n in names]
+        if listing.loras:
+            lines.append("**LoRAs** — add `<lora:NAME:0.8>` to a prompt")
+            lines += [f"• `{m.name}`" + (f" — {m.family}" if m.family else "") for m in listing.loras]
+        if listing.embeddings:
+            lines.append("**Embeddings** — write `embedding:NAME` in a prompt")
+            lines += [f"• `{m.name}`" + (f" — {m.family}" if m.family else "") for m in listing.embeddings]
+        return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
+
+    @commands.command(name="models", help="the models, LoRAs and embeddings you can use here")
+    async def models_command(self, ctx: commands.Context) -> None:
+        async with replying_errors(MessageReply(ctx.message).send):
+            await ctx.reply(await self._models_text(ctx.guild), mention_author=False)
+
+    @app_commands.command(name="models", description="The models, LoRAs and embeddings you can use here")
+    async def models_slash(self, interaction: discord.Interaction) -> None:
+        async with replying_errors(lambda text: interaction.response.send_message(text, ephemeral=True)):
+            await interaction.response.send_message(await self._models_text(interaction.guild), ephemeral=True)
 
     async def _queue_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User) -> str:
         state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))  # type: ignore[arg-type]
