@@ -13,7 +13,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 
 from engine.device import Device
 from engine.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
-from engine.pipelines import ModelLoadError, PipelineCache, load_model
+from engine.pipelines import ModelLoadError, PipelineCache, SamplerError, load_model
 from engine.shelf import Shelf
 from tests.ldm_layout import (
     clip_to_ldm,
@@ -202,3 +202,17 @@ def test_the_model_cache_keeps_what_fits_and_evicts_the_least_recently_used(sing
     too_small = PipelineCache(Device("cpu"), None, shelf=shelf, budget_bytes=1)
     assert too_small.model("sdxl").nbytes == sizes["sdxl"]  # a model over the budget still loads, alone
     assert too_small.loaded() == ["sdxl"]
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_noise_drawn_for_variations_is_the_pipelines_own(family, tmp_path, monkeypatch):
+    # Variations blend noise the engine draws itself; for FLUX it must be packed exactly as the pipeline packs.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    family_pipeline(tmp_path, family).save_pretrained(tmp_path / family)
+    model = load_model(str(tmp_path / family), Device("cpu"))
+    common = dict(prompt="a red circle", negative_prompt="", steps=2, cfg_scale=4.0, sampler="k_euler", seeds=[7])
+    noise = torch.randn((1, *model.latent_shape(64, 64)), generator=torch.Generator("cpu").manual_seed(7))
+    own = model.txt2img(width=64, height=64, **common)[0]
+    assert model.txt2img(width=64, height=64, latents=noise, **common)[0].tobytes() == own.tobytes()
+    with pytest.raises(SamplerError, match="k_euler, k_euler_a, k_heun"):
+        model.txt2img(width=64, height=64, **{**common, "sampler": "k_dpmpp_2m"})

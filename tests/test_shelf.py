@@ -7,6 +7,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -14,7 +15,7 @@ from engine.client import RequestRejected
 from engine.device import Device
 from engine.pipelines import load_model
 from engine.prompts import PromptError, fragments, parse
-from engine.schema import DreamRequest, Requester
+from engine.schema import DreamRequest, Requester, upscale_of, variation_of
 from engine.shelf import Shelf
 from models.checker import judge
 from tests.conftest import EngineProcess
@@ -73,7 +74,7 @@ def test_the_toy_lora_and_embedding_do_what_they_were_trained_for_and_leave_no_t
 @pytest.fixture(scope="module")
 def shelf_engine(tmp_path_factory):
     """An engine whose shelf holds tiny SD 1.x and SDXL single files (their tiny architectures in
-    configs/), started with the hub unreachable."""
+    configs/) and tiny SD3 and FLUX diffusers folders, started with the hub unreachable."""
     home = tmp_path_factory.mktemp("shelf-home")
     shelf = home / "models"
     (shelf / "Stable-diffusion").mkdir(parents=True)
@@ -81,6 +82,10 @@ def shelf_engine(tmp_path_factory):
         pipe = family_pipeline(tmp_path_factory.mktemp(family), family)
         save_single_file(pipe, shelf / "Stable-diffusion" / f"tiny-{family}.safetensors")
         save_config_folder(pipe, shelf / "configs" / family)
+    for family in ("sd3", "flux"):
+        family_pipeline(tmp_path_factory.mktemp(family), family).save_pretrained(
+            shelf / "Stable-diffusion" / f"tiny-{family}"
+        )
     proc = EngineProcess(home, None, HF_HUB_OFFLINE="1", DREAMHALL_MODEL="tiny-sd1").start()
     yield proc
     proc.stop()
@@ -90,7 +95,8 @@ def test_the_shelf_lists_and_runs_single_files_offline_with_no_paths_in_files(sh
     with shelf_engine.client() as client:
         shelf = client.models()
         families = {m.name: m.family for m in shelf.checkpoints}
-        assert families == {"dreamhall-toy-sd": "SD 1.x", "tiny-sd1": "SD 1.x", "tiny-sdxl": "SDXL"}
+        assert families == {"dreamhall-toy-sd": "SD 1.x", "tiny-flux": "FLUX", "tiny-sd1": "SD 1.x",
+                            "tiny-sd3": "SD3", "tiny-sdxl": "SDXL"}  # fmt: skip
         assert [m.name for m in shelf.loras] == ["toy-black-bg"] and [m.name for m in shelf.embeddings] == ["toy-logo"]
         for name in ("tiny-sd1", "tiny-sdxl"):
             accepted = client.submit(DreamRequest(prompt="a red circle", steps=2, width=64, height=64, seed=7,
@@ -105,6 +111,40 @@ def test_the_shelf_lists_and_runs_single_files_offline_with_no_paths_in_files(sh
         assert client.health().loaded[:2] == ["tiny-sdxl", "tiny-sd1"]
         listed = {m.name: m.hash for m in client.models().checkpoints}
         assert listed["tiny-sd1"] is not None and len(listed["tiny-sd1"]) == 10
+
+
+@pytest.mark.parametrize("name", ["tiny-sd1", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_every_family_runs_every_mode_through_the_engine(shelf_engine, name):
+    who = Requester(source="cli", user="me")
+
+    def run(request: DreamRequest) -> list:
+        job = client.wait(client.submit(request).id)
+        assert job.status == "done", job.error
+        return [client.image(i.id) for i in job.images]
+
+    def pixels(record) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(client.image_file(record.id))), dtype=np.int16)
+
+    with shelf_engine.client() as client:
+        txt = DreamRequest(prompt="a red circle", negative_prompt="blue", model=name, n=2, seed=5, steps=2,
+                           width=64, height=64, sampler="k_euler", requester=who)  # fmt: skip
+        first, second = run(txt)
+        # Image i of a request is seed + i, alone too (FLUX's packed latents included); a batch of two may
+        # round a float differently from a batch of one (SDXL: one level in a few pixels), nothing more.
+        (alone,) = run(txt.model_copy(update={"n": 1, "seed": 6}))
+        assert np.abs(pixels(alone) - pixels(second)).max() <= 2 and (first.model, first.width) == (name, 64)
+        (img2img,) = run(txt.model_copy(update={"n": 1, "mode": "img2img", "init_image": f"gallery:{first.id}",
+                                                "strength": 0.6}))  # fmt: skip
+        buf = io.BytesIO()
+        mask = Image.new("L", (64, 64), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        mask.save(buf, format="PNG")
+        (inpaint,) = run(txt.model_copy(update={"n": 1, "mode": "inpaint", "init_image": f"gallery:{first.id}",
+                                                "init_mask": client.upload(buf.getvalue()).ref}))  # fmt: skip
+        variations = run(variation_of(first, amount=0.3, n=2, requester=who))
+        (upscaled,) = run(upscale_of(first, factor=2, requester=who))
+    assert (img2img.relation, inpaint.relation, upscaled.relation) == ("img2img", "inpaint", "upscale")
+    assert [v.seed for v in variations] == [first.seed] * 2 and (upscaled.width, upscaled.height) == (128, 128)
 
 
 def test_requests_name_only_what_the_shelf_has(shelf_engine, tmp_path: Path):

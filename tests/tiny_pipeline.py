@@ -118,15 +118,89 @@ def _xl_unet(*, in_channels: int, refiner: bool) -> UNet2DConditionModel:
     )  # fmt: skip
 
 
-def _vae() -> AutoencoderKL:
+def _vae(latent_channels: int = 4, **flow: float) -> AutoencoderKL:
+    """`flow`: SD3's and FLUX's VAEs (16 latent channels) also shift their latents (shift_factor, scaling_factor)."""
     return AutoencoderKL(
         block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=16,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=latent_channels, norm_num_groups=8, sample_size=16,
+        **flow,
     )  # fmt: skip
 
 
+TOY_WORDS = ["a", "red", "green", "blue", "yellow", "purple", "white", "circle", "square", "triangle", "star", "on",
+             "background"]  # fmt: skip
+
+
+def t5_tokenizer(words: list[str] = TOY_WORDS):
+    """A T5 tokenizer (SentencePiece unigram: whole words, else letters) built in memory, as the hub's
+    tiny-random-t5 cannot be fetched here."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    letters = sorted(set("".join(words)) | set("abcdefghijklmnopqrstuvwxyz"))
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -3.0)]
+    vocab += [("\u2581" + w, -1.0) for w in words] + [(c, -5.0) for c in letters]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])  # fmt: skip
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>", extra_ids=0)
+
+
+def _t5(tokenizer, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=64, num_layers=1,
+                                   num_heads=2, relative_attention_num_buckets=8, pad_token_id=0,
+                                   eos_token_id=1, decoder_start_token_id=0))  # fmt: skip
+
+
+def flow_pipeline(out: Path, family: str):
+    """A tiny random-weight SD3 or FLUX pipeline (transformer, flow matching, a T5 encoder)."""
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxPipeline,
+        FluxTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(0)
+    tokenizer, clip_l = text_model(out / f"_tok_{family}")
+    t5_tok = t5_tokenizer()
+    if family == "flux":
+        # Latents of 16 channels are packed 2x2 into tokens of 64; rotary axes add up to the head width.
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                             attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                             pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])  # fmt: skip
+        return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0),
+                            vae=_vae(16, shift_factor=0.1159, scaling_factor=0.3611), text_encoder=clip_l,
+                            tokenizer=tokenizer, text_encoder_2=_t5(t5_tok, 32), tokenizer_2=t5_tok,
+                            transformer=transformer)  # fmt: skip
+    # SD3: CLIP-L and CLIP-G side by side (32 + 32 wide, their pooled outputs too), padded to T5's width (64).
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=16, projection_dim=32, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    encoders = [CLIPTextModelWithProjection(config) for _ in range(2)]
+    transformer = SD3Transformer2DModel(sample_size=8, patch_size=1, in_channels=16, num_layers=1,
+                                        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+                                        joint_attention_dim=64, pooled_projection_dim=64, out_channels=16)  # fmt: skip
+    return StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                                    vae=_vae(16, shift_factor=0.0609, scaling_factor=1.5035),
+                                    text_encoder=encoders[0], tokenizer=tokenizer, text_encoder_2=encoders[1],
+                                    tokenizer_2=tokenizer, text_encoder_3=_t5(t5_tok, 64), tokenizer_3=t5_tok,
+                                    transformer=transformer)  # fmt: skip
+
+
 def family_pipeline(out: Path, family: str, *, inpainting: bool = False):
-    """A tiny random-weight pipeline object of `family` ("sd1", "sdxl", "sdxl-refiner"), not yet saved."""
+    """A tiny random-weight pipeline object of `family` ("sd1", "sdxl", "sdxl-refiner", "sd3", "flux"),
+    not yet saved."""
+    if family in ("sd3", "flux"):
+        return flow_pipeline(out, family)
     from diffusers import (
         EulerDiscreteScheduler,
         StableDiffusionInpaintPipeline,
