@@ -162,9 +162,12 @@ def _local_file_check(value: str) -> str:
 
 def _local_model(request: DreamRequest) -> DreamRequest:
     """`-m ./file.safetensors` means this file: the engine gets it absolute (shelf names pass as they are)."""
-    if request.model and (path := Path(request.model).expanduser()).exists():
-        return request.model_copy(update={"model": str(path.resolve())})
-    return request
+    changes = {}
+    for field in ("model", "refiner"):
+        value = getattr(request, field)
+        if value and (path := Path(value).expanduser()).exists():
+            changes[field] = str(path.resolve())
+    return request.model_copy(update=changes)
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:

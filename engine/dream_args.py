@@ -36,6 +36,8 @@ FLAGS: dict[str, str] = {
     "sampler": "-A/--sampler",
     "negative_prompt": "-N/--negative",
     "model": "-m/--model",
+    "refiner": "--refiner",
+    "refiner_switch": "--refiner_switch",
     "init_image": "-I/--init_img",
     "strength": "-f/--strength",
     "init_mask": "-M/--init_mask",
@@ -160,6 +162,13 @@ def _build_parser() -> _Parser:
     p.add_argument("-N", "--negative", dest="negative", action="append", metavar="TEXT", help="what to avoid")
     p.add_argument("--no", dest="negative", action="append", metavar="TEXT", help="the same as -N")
     p.add_argument("-m", "--model", help="a model the engine has (default: the engine's)")
+    p.add_argument("--refiner", metavar="MODEL", help="a second model that finishes each image (an SDXL refiner)")
+    p.add_argument(
+        "--refiner_switch",
+        type=float,
+        metavar="SHARE",
+        help=f"the share of the steps made before the refiner takes over (default {d['refiner_switch'].default})",
+    )
     p.add_argument(
         "-I",
         "--init_img",
@@ -323,7 +332,8 @@ def format_request(request: DreamRequest) -> str:
     parts: list[str] = []
     simple = [
         ("n", "-n"), ("seed", "-S"), ("width", "-W"), ("height", "-H"), ("cfg_scale", "-C"), ("steps", "-s"),
-        ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("init_image", "--init_img"),
+        ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("refiner", "--refiner"),
+        ("refiner_switch", "--refiner_switch"), ("init_image", "--init_img"),
         ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"),
         ("variation_seed", "--variation_seed"), ("upscale", "-U"),
     ]  # fmt: skip

@@ -17,7 +17,7 @@ from engine.prompts import PromptError
 from engine.queue import JobNotFound, JobQueue, JobRecord
 from engine.records import image_info
 from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
-from engine.shelf import Shelf
+from engine.shelf import Shelf, UnknownModel
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
 
@@ -86,6 +86,11 @@ class JobService:
             raise InputError(f"n: this engine makes at most {self.max_n} images per request (got {request.n})")
         if self.shelf is not None:
             self.shelf.check_model(request.model, request.requester.source)
+            if request.refiner is not None:
+                try:
+                    self.shelf.check_model(request.refiner, request.requester.source)
+                except UnknownModel as e:
+                    raise UnknownModel(f"--refiner: {e}") from None
             try:
                 self.shelf.addons_of(request.prompt, request.negative_prompt)
             except PromptError as e:

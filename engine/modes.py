@@ -255,6 +255,17 @@ def plan(
     return InpaintPlan(sampling, width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
 
 
+def refine(
+    refiner: LoadedModel, images: list[Image.Image], work: Plan, switch: float,
+    on_step_for: Callable[[int], StepCallback],
+) -> list[Image.Image]:  # fmt: skip
+    """A1111's refiner: a second model finishes each image, as img2img over the last (1 - switch) of the
+    steps, with the image's own seed."""
+    s = work.sampling
+    return [refiner.img2img(image=img, strength=1 - switch, **s.call_args([work.seeds[i]], on_step_for(i)))[0]
+            for i, img in enumerate(images)]  # fmt: skip
+
+
 def _check_min_side(what: str, width: int, height: int) -> None:
     if min(width, height) < MIN_SIDE:
         raise InputError(

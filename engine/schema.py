@@ -210,6 +210,12 @@ class DreamRequest(BaseModel):
     cfg_scale: float = Field(default=7.5, ge=0.0, le=30.0)
     sampler: Sampler = "k_euler_a"
     model: str | None = Field(default=None, max_length=1000)
+    refiner: str | None = Field(
+        default=None, max_length=1000, description="a second model that finishes each image (an SDXL refiner)"
+    )
+    refiner_switch: float = Field(
+        default=0.8, gt=0.0, lt=1.0, description="the share of the steps the first model makes (A1111's switch at)"
+    )
     mode: Mode = "txt2img"
     init_image: ImageRef | None = None
     init_mask: ImageRef | None = None
@@ -260,6 +266,9 @@ class DreamRequest(BaseModel):
         if self.mode not in {"variation", "txt2img"} and (self.variation_amount is not None or self.with_variations):
             raise ValueError(f"variations (-v/-V) and {self.mode} do not mix: make the variation first, then "
                              f"{self.mode} the image you like")  # fmt: skip
+        if self.refiner is not None and self.mode not in {"variation", "txt2img"}:
+            raise ValueError(f"a refiner finishes new images (txt2img and variations), not {self.mode}; "
+                             "for an existing image, use the refiner as the model (-m) of an img2img")  # fmt: skip
         if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
             raise ValueError("mode variation needs variation_amount or with_variations")
         if self.aspect_ratio is not None and self.width is not None and self.height is not None:

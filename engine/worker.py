@@ -222,13 +222,20 @@ class Worker:
                 is_out_of_memory=self._out_of_memory,
                 on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
             )
+        made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
+        if req.refiner is not None:  # 4b. a second model finishes each image
+            if not self.pipelines.is_loaded(req.refiner):
+                self.events.publish(Event(type="loading", job=job.id, model=req.refiner))
+            refiner = self.pipelines.model(req.refiner)
+            images = modes.refine(refiner, images, work, req.refiner_switch,
+                                  lambda i: self._step_reporter(job, refiner, i, len(images)))  # fmt: skip
+            made_with["refiner"] = refiner.name  # its shelf name, never a path
         log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
                  work.height, req.steps, time.perf_counter() - started)  # fmt: skip
         if job.id in self._cancel:
             raise Cancelled()  # asked for during the last step: store nothing
         # 5. safety flags, 6. gallery records, 7. the store
         flags = model.safety_flags(images)
-        made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
         records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
                                parent=inputs.parent, nsfw=flags)  # fmt: skip
         return self.store.add([(record, encode_png(img, record)) for record, img in zip(records, images)])

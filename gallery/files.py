@@ -39,6 +39,8 @@ def a1111_parameters(image: ImageCreate) -> str:
         ("Model", image.model),
         ("Lora hashes", _hashes(image.params.get("loras"))),
         ("TI hashes", _hashes(image.params.get("embeddings"))),
+        ("Refiner", image.params.get("refiner")),
+        ("Refiner switch at", image.params.get("refiner_switch") if image.params.get("refiner") else None),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)

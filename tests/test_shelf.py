@@ -13,6 +13,8 @@ from PIL import Image
 
 from engine.client import RequestRejected
 from engine.device import Device
+from engine.dream_args import DreamArgsError
+from engine.dream_args import parse as parse_dream
 from engine.pipelines import load_model
 from engine.prompts import PromptError, fragments, parse
 from engine.schema import DreamRequest, Requester, upscale_of, variation_of
@@ -78,7 +80,7 @@ def shelf_engine(tmp_path_factory):
     home = tmp_path_factory.mktemp("shelf-home")
     shelf = home / "models"
     (shelf / "Stable-diffusion").mkdir(parents=True)
-    for family in ("sd1", "sdxl"):
+    for family in ("sd1", "sdxl", "sdxl-refiner"):
         pipe = family_pipeline(tmp_path_factory.mktemp(family), family)
         save_single_file(pipe, shelf / "Stable-diffusion" / f"tiny-{family}.safetensors")
         save_config_folder(pipe, shelf / "configs" / family)
@@ -96,7 +98,7 @@ def test_the_shelf_lists_and_runs_single_files_offline_with_no_paths_in_files(sh
         shelf = client.models()
         families = {m.name: m.family for m in shelf.checkpoints}
         assert families == {"dreamhall-toy-sd": "SD 1.x", "tiny-flux": "FLUX", "tiny-sd1": "SD 1.x",
-                            "tiny-sd3": "SD3", "tiny-sdxl": "SDXL"}  # fmt: skip
+                            "tiny-sd3": "SD3", "tiny-sdxl": "SDXL", "tiny-sdxl-refiner": "SDXL refiner"}  # fmt: skip
         assert [m.name for m in shelf.loras] == ["toy-black-bg"] and [m.name for m in shelf.embeddings] == ["toy-logo"]
         for name in ("tiny-sd1", "tiny-sdxl"):
             accepted = client.submit(DreamRequest(prompt="a red circle", steps=2, width=64, height=64, seed=7,
@@ -145,6 +147,26 @@ def test_every_family_runs_every_mode_through_the_engine(shelf_engine, name):
         (upscaled,) = run(upscale_of(first, factor=2, requester=who))
     assert (img2img.relation, inpaint.relation, upscaled.relation) == ("img2img", "inpaint", "upscale")
     assert [v.seed for v in variations] == [first.seed] * 2 and (upscaled.width, upscaled.height) == (128, 128)
+
+
+def test_a_refiner_finishes_each_image_and_is_recorded(shelf_engine):
+    with shelf_engine.client() as client:
+        base = dict(prompt="a red circle", model="tiny-sdxl", n=2, seed=9, steps=10, width=64, height=64)
+        plain = client.wait(client.submit(DreamRequest(**base)).id)
+        refined = client.wait(client.submit(DreamRequest(**base, refiner="tiny-sdxl-refiner")).id)
+        assert refined.status == "done", refined.error
+        for before, after in zip(plain.images, refined.images):
+            record = client.image(after.id)
+            assert (record.model, record.params["refiner"], record.params["refiner_switch"]) == (
+                "tiny-sdxl", "tiny-sdxl-refiner", 0.8)  # fmt: skip
+            assert client.image_file(after.id) != client.image_file(before.id)
+        infotext = Image.open(io.BytesIO(client.image_file(refined.images[0].id))).info["parameters"]
+        assert "Refiner: tiny-sdxl-refiner, Refiner switch at: 0.8" in infotext
+        with pytest.raises(RequestRejected, match="--refiner: unknown model 'nope'"):
+            client.submit(DreamRequest(**base, refiner="nope", requester=Requester(source="discord")))
+    with pytest.raises(DreamArgsError, match=r"a refiner finishes new images .* not img2img"):
+        parse_dream("a red circle --refiner tiny-sdxl-refiner -I 3")
+    assert parse_dream("a red circle --refiner r --refiner_switch 0.6").refiner_switch == 0.6
 
 
 def test_requests_name_only_what_the_shelf_has(shelf_engine, tmp_path: Path):
