@@ -130,12 +130,13 @@ class FilterQuery(BaseModel):
     favourites: bool = False
     min_width: int | None = Field(default=None, ge=1, le=MAX_SIDE)
     min_height: int | None = Field(default=None, ge=1, le=MAX_SIDE)
+    lora: str | None = Field(default=None, max_length=200, description="only images made with this LoRA")
 
     def filters(self) -> SearchFilters:
         return SearchFilters(guild=self.guild, user=self.user, source=self.source, model=self.model,
                              created_after=self.after, created_before=self.before, dm_of=self.dm_of,
                              favourites=self.favourites, min_width=self.min_width,
-                             min_height=self.min_height)  # fmt: skip
+                             min_height=self.min_height, lora=self.lora)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):

@@ -245,7 +245,8 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if (args.query is None) == (args.image is None and args.similar is None):
         return _fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
-    filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter}
+    filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
+                   "lora": args.lora}  # fmt: skip
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
         if args.image is not None:
@@ -307,7 +308,8 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 def _look(engine: EngineClient, args: argparse.Namespace) -> int:
     """gallery list / show ID / open ID|last."""
     if args.action == "list":
-        filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter}
+        filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
+                   "lora": args.lora}  # fmt: skip
         page = engine.images(limit=args.limit, **filters)
         for image in page.images:
             when = image.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
@@ -407,6 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--user")
     search.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
     search.add_argument("--model", dest="model_filter", help="only images of this model")
+    search.add_argument("--lora", help="only images made with this LoRA")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
     gallery = sub.add_parser("gallery", help="list, show and open images; import, reindex, check and repair")
@@ -417,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--user")
     gallery.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
     gallery.add_argument("--model", dest="model_filter", help="only images of this model")
+    gallery.add_argument("--lora", help="list: only images made with this LoRA")
     gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
     gallery.add_argument("--no-autostart", action="store_true")
     return parser

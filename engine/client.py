@@ -154,7 +154,8 @@ class _Endpoints:
         return self._do(Call("GET", f"/v1/images/{image_id}", _model(ImageRecord), _scoped(scope)))
 
     def images(self, *, limit: int = 100, offset: int = 0, **filters: object) -> Answer[ImagePage]:
-        """The gallery newest first; filters as for search (guild, user, source, model, after, before, favourites)."""
+        """The gallery newest first; filters as for search (guild, user, source, model, lora, after, before,
+        favourites)."""
         params = _search_params(limit, offset, filters)
         return self._do(Call("GET", "/v1/images", _model(ImagePage), {"params": params}))
 
@@ -171,7 +172,8 @@ class _Endpoints:
         return self._do(Call("POST", "/v1/uploads", _model(Upload), options))
 
     def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> Answer[SearchResults]:
-        """Text search (CLIP + prompt keywords); filters: guild, user, source, model, after, before, favourites."""
+        """Text search (CLIP + prompt keywords); filters: guild, user, source, model, lora, after, before,
+        favourites."""
         params = _search_params(limit, offset, filters) | {"q": query}
         return self._do(Call("GET", "/v1/search", _model(SearchResults), {"params": params}))
 

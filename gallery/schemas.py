@@ -75,6 +75,7 @@ class SearchFilters(VectorFilters):
     favourites: bool = False
     min_width: int | None = Field(default=None, ge=1)
     min_height: int | None = Field(default=None, ge=1)
+    lora: str | None = Field(default=None, description="only images made with this LoRA (by name)")
 
     def vector_filters(self) -> VectorFilters:
         return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))

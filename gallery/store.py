@@ -272,4 +272,8 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.min_height is not None:
         conds.append(f"{alias}.height >= :f_min_h")
         params["f_min_h"] = filters.min_height
+    if filters.lora is not None:
+        conds.append(f"EXISTS (SELECT 1 FROM json_each({alias}.params, '$.loras') AS l "
+                     "WHERE json_extract(l.value, '$.name') = :f_lora)")  # fmt: skip
+        params["f_lora"] = filters.lora
     return " AND ".join(conds), params

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from engine.client import RequestRejected
@@ -71,6 +72,28 @@ def test_the_toy_lora_and_embedding_do_what_they_were_trained_for_and_leave_no_t
         verdicts = {judge(_make(toy, "toy-logo", s)) for s in range(3)}
     assert {(v.shape, v.colour, v.background) for v in verdicts} == {("circle", "red", "blue")}
     assert _make(toy, WHITE, 5).tobytes() == before.tobytes()  # byte-identical: nothing stayed loaded
+
+
+def test_a_kohya_lora_file_works_as_its_diffusers_twin(toy, tmp_path):
+    # sd-scripts names modules with underscores and stores an alpha per module (scale = alpha / rank).
+    from safetensors.torch import load_file, save_file
+
+    ours = load_file(str(Shelf(None).find("lora", "toy-black-bg").path))
+    kohya = {}
+    for key, value in ours.items():
+        module, kind = key.removeprefix("unet.").rsplit(".lora.", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        kohya[f"{name}.lora_{kind}"] = value
+        if kind == "down.weight":
+            kohya[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    (tmp_path / "Lora").mkdir()
+    save_file(kohya, str(tmp_path / "Lora" / "toy-kohya.safetensors"))
+    shelf = Shelf(tmp_path)
+    with toy.addons([(shelf.find("lora", "toy-black-bg"), 1.0)], []):
+        diffusers_made = np.asarray(_make(toy, WHITE, 2), dtype=np.int16)
+    with toy.addons([(shelf.find("lora", "toy-kohya"), 1.0)], []):
+        kohya_made = np.asarray(_make(toy, WHITE, 2), dtype=np.int16)
+    assert np.abs(diffusers_made - kohya_made).max() <= 2
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +222,7 @@ def test_a_lora_for_another_family_fails_its_job_only_and_images_record_their_ad
         assert (lora["name"], lora["weight"], len(lora["hash"])) == ("toy-black-bg", 0.5, 12)
         infotext = Image.open(io.BytesIO(client.image_file(record.id))).info["parameters"]
         assert f'Lora hashes: "toy-black-bg: {lora["hash"]}"' in infotext
+        # The gallery finds images by the LoRA they were made with, in listings and in search.
+        assert [i.id for i in client.images(lora="toy-black-bg").images] == [record.id]
+        assert client.images(lora="another-lora").images == []
+        assert [r.image.id for r in client.search("red circle", lora="toy-black-bg").results] == [record.id]
