@@ -10,6 +10,8 @@ and sockets are `engine.app`'s.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hmac
 import re
 from collections.abc import AsyncIterator
@@ -26,7 +28,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import __version__
+from engine import __version__, a1111
 from engine.device import Device
 from engine.dream_args import explain_errors
 from engine.events import EventHub
@@ -226,7 +228,9 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 
 def _domain_error_handler(status: int):
-    async def handle(_: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        if request.url.path.startswith(a1111.PREFIX):
+            return a1111.error_body(str(exc), status, type(exc).__name__)
         return error_response(status, str(exc))
 
     return handle
@@ -252,8 +256,10 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
+        if request.url.path.startswith(a1111.PREFIX):
+            return a1111.error_body(explain_errors(errors), 422, "RequestValidationError")
         if errors and errors[0].get("type") == "json_invalid":
             ctx = errors[0].get("ctx", {})
             return error_response(422, f"malformed JSON in the request body: {ctx.get('error', 'cannot parse')}")
@@ -266,8 +272,10 @@ def create_app(services: Services) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if request.url.path.startswith(a1111.PREFIX):
+            return a1111.error_body(message, exc.status_code)
         if exc.status_code == 413:
             message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
         if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like bad JSON
@@ -277,6 +285,12 @@ def create_app(services: Services) -> FastAPI:
     for error_type, status in DOMAIN_ERRORS.items():
         app.add_exception_handler(error_type, _domain_error_handler(status))
 
+    @app.exception_handler(a1111.A1111Error)
+    async def _a1111(_: Request, exc: a1111.A1111Error) -> JSONResponse:
+        return a1111.error_body(str(exc), exc.status)
+
+    app.include_router(a1111.build_router())
+
     generate_openapi = app.openapi
 
     def openapi() -> dict:
@@ -285,11 +299,12 @@ def create_app(services: Services) -> FastAPI:
         if app.openapi_schema is None:
             spec = generate_openapi()
             error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
-            for operations in spec["paths"].values():
+            a1111_error = {"application/json": {"schema": {"$ref": "#/components/schemas/A1111ErrorBody"}}}
+            for path, operations in spec["paths"].items():
                 for operation in operations.values():
                     for status, response in operation.get("responses", {}).items():
                         if status[0] in "45":
-                            response["content"] = error
+                            response["content"] = a1111_error if path.startswith(a1111.PREFIX) else error
             app.openapi_schema = spec
         return app.openapi_schema
 
@@ -441,7 +456,8 @@ class DeclaredBodyLimit:
 
 
 class TokenGuard:
-    """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`."""
+    """ASGI middleware for the TCP listener: every request needs `Authorization: Bearer <token>`, or HTTP
+    Basic with the token as the password (A1111's `--api-auth user:pass`; the user name names the client)."""
 
     def __init__(self, app: asgi.ASGIApp, token: str) -> None:
         self.app = app
@@ -450,7 +466,16 @@ class TokenGuard:
     async def __call__(self, scope: asgi.Scope, receive: asgi.Receive, send: asgi.Send) -> None:
         if scope["type"] == "http":
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, b"Bearer " + self.token):
+            if not (hmac.compare_digest(given, b"Bearer " + self.token) or self._basic_ok(given)):
                 await error_response(401, "missing or wrong token")(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    def _basic_ok(self, given: bytes) -> bool:
+        if given[:6].lower() != b"basic ":
+            return False
+        try:
+            _, _, password = base64.b64decode(given[6:], validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(password, self.token)

@@ -39,7 +39,7 @@ Sampler = Literal[
     "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "ddim", "plms", "dpm++_2m", "dpm++_2m_karras"
 ]
 Mode = Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"]
-Source = Literal["cli", "discord", "desktop", "api"]
+Source = Literal["cli", "discord", "desktop", "api", "a1111"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Size = Annotated[int, Field(ge=64, le=2048)]

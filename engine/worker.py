@@ -71,6 +71,7 @@ class Worker:
         self.max_batch_pixels = max_batch_pixels
         self.current: str | None = None
         self.progress: tuple[int, int] = (0, 0)
+        self._preview: tuple[str, str] | None = None  # (job, its latest preview as a data: URL)
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._cancel: set[str] = set()
@@ -114,6 +115,11 @@ class Worker:
             return None
         step, total = self.progress
         return Progress(step=step, total=total)
+
+    def preview_of(self, job_id: str) -> str | None:
+        """The running job's latest step preview (a data: URL), if it asked for previews."""
+        latest = self._preview
+        return latest[1] if latest is not None and latest[0] == job_id else None
 
     def cancel(self, job_id: str) -> None:
         """Ask the running job to stop at its next step."""
@@ -269,6 +275,8 @@ class Worker:
                 last_preview[0] = now
                 picture = model.preview(latents)
                 preview = _data_url(picture) if picture is not None else None
+                if preview is not None:
+                    self._preview = (job.id, preview)
             self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
 
         return on_step

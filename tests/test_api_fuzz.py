@@ -40,7 +40,11 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
 
 def test_no_server_errors_and_answers_match_the_schema(fuzzed: str) -> None:
     api = schemathesis.openapi.from_url(f"{fuzzed}/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    # A1111's generation routes answer only once the images exist (minutes for a large one on a CPU);
+    # tests/test_a1111.py drives them with a real client and checks their bad inputs.
+    blocking = {f"POST /sdapi/v1/{name}" for name in ("txt2img", "img2img", "extra-single-image")}
     operations = [result.ok() for result in api.get_all_operations()]
+    operations = [op for op in operations if f"{op.method.upper()} {op.path}" not in blocking]
     assert len(operations) >= 18
     for operation in operations:
 
