@@ -140,3 +140,25 @@ def test_progress_while_running_then_interrupt(engine: EngineProcess, api) -> No
     with engine.client() as client:
         cancelled = [j for j in client.queue().running if j.request.requester.user == "alice"]
     assert cancelled == []
+
+
+def test_bad_images_and_sizes_are_a1111_errors_and_leave_nothing_behind(engine: EngineProcess) -> None:
+    url, auth = f"http://127.0.0.1:{engine.port}/sdapi/v1", ("carol", TOKEN)  # type: ignore[attr-defined]
+    with engine.client() as client:
+        before = client.images().total
+    not_png = base64.b64encode(b"this is not a picture").decode()
+    for path, body in [
+        ("img2img", {"prompt": "x", "init_images": [not_png], "width": 64, "height": 64}),
+        ("img2img", {"prompt": "x", "init_images": ["%%% not base64 %%%"]}),
+        ("txt2img", {"prompt": "x", "width": 100_000, "height": 64}),
+        ("extra-single-image", {"image": not_png}),
+        ("png-info", {"image": not_png}),
+    ]:
+        answer = httpx.post(f"{url}/{path}", auth=auth, json=body)
+        assert answer.status_code == 422, (path, answer.text)
+        assert set(answer.json()) == {"error", "detail", "body", "errors"} and answer.json()["detail"], path
+    with engine.client() as client:
+        assert client.images().total == before and client.queue().queued == []
+        # what the A1111 clients made is in the gallery, and search finds it
+        found = client.search("red circle", source="a1111")
+    assert found.results and {r.image.source for r in found.results} == {"a1111"}
