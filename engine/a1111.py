@@ -117,6 +117,17 @@ def sampler_key(name: str | None, scheduler: str | None) -> str:
     raise A1111Error(f"sampler {name!r} is not available here; use one of: {', '.join(SAMPLER_KEYS)}")
 
 
+def basic_auth(header: bytes) -> tuple[bytes, bytes] | None:
+    """(user, password) of an `Authorization: Basic ...` header, or None."""
+    if header[:6].lower() != b"basic ":
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return None
+    return user, password
+
+
 def decode_b64_image(value: str, what: str) -> bytes:
     """Base64 or a data: URL, as A1111 accepts them."""
     data = value.split(",", 1)[1] if value.startswith("data:") else value
@@ -141,13 +152,8 @@ class A1111:
     @staticmethod
     def client(request: Request) -> str:
         """Who is asking: the Basic auth user name, else one shared A1111 client."""
-        auth = request.headers.get("authorization", "")
-        if auth.lower().startswith("basic "):
-            try:
-                return base64.b64decode(auth[6:]).decode().split(":", 1)[0] or SOURCE
-            except (binascii.Error, UnicodeDecodeError):
-                return SOURCE
-        return SOURCE
+        credentials = basic_auth(request.headers.get("authorization", "").encode())
+        return credentials[0].decode(errors="replace") or SOURCE if credentials else SOURCE
 
     def to_request(self, s: Services, body: _Body, client: str, **mode: Any) -> DreamRequest:
         model = body.override_settings.get("sd_model_checkpoint") or self.models.get(client)

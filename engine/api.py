@@ -10,8 +10,6 @@ and sockets are `engine.app`'s.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import hmac
 import re
 from collections.abc import AsyncIterator
@@ -227,11 +225,16 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
+def error_for(request: Request, status: int, message: str, kind: str = "HTTPException") -> JSONResponse:
+    """The error shape of the route asked: A1111's on /sdapi/v1, ours everywhere else."""
+    if request.url.path.startswith(a1111.PREFIX):
+        return a1111.error_body(message, status, kind)
+    return error_response(status, message)
+
+
 def _domain_error_handler(status: int):
     async def handle(request: Request, exc: Exception) -> JSONResponse:
-        if request.url.path.startswith(a1111.PREFIX):
-            return a1111.error_body(str(exc), status, type(exc).__name__)
-        return error_response(status, str(exc))
+        return error_for(request, status, str(exc), type(exc).__name__)
 
     return handle
 
@@ -274,13 +277,11 @@ def create_app(services: Services) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-        if request.url.path.startswith(a1111.PREFIX):
-            return a1111.error_body(message, exc.status_code)
         if exc.status_code == 413:
             message = f"request body too large (limit {services.settings.max_body_bytes} bytes)"
         if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8): bad input, like bad JSON
-            return error_response(422, "the request body is not JSON in UTF-8")
-        return error_response(exc.status_code, message)
+            return error_for(request, 422, "the request body is not JSON in UTF-8")
+        return error_for(request, exc.status_code, message)
 
     for error_type, status in DOMAIN_ERRORS.items():
         app.add_exception_handler(error_type, _domain_error_handler(status))
@@ -472,10 +473,5 @@ class TokenGuard:
         await self.app(scope, receive, send)
 
     def _basic_ok(self, given: bytes) -> bool:
-        if given[:6].lower() != b"basic ":
-            return False
-        try:
-            _, _, password = base64.b64decode(given[6:], validate=True).partition(b":")
-        except (binascii.Error, ValueError):
-            return False
-        return hmac.compare_digest(password, self.token)
+        credentials = a1111.basic_auth(given)
+        return credentials is not None and hmac.compare_digest(credentials[1], self.token)

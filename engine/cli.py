@@ -242,11 +242,16 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
     return 0
 
 
+def _filters(args: argparse.Namespace) -> dict:
+    """The gallery filters `search` and `gallery list` share."""
+    return {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
+            "lora": args.lora}  # fmt: skip
+
+
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     if (args.query is None) == (args.image is None and args.similar is None):
         return _fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
-    filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
-                   "lora": args.lora}  # fmt: skip
+    filters = _filters(args)
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
         if args.image is not None:
@@ -308,8 +313,7 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
 def _look(engine: EngineClient, args: argparse.Namespace) -> int:
     """gallery list / show ID / open ID|last."""
     if args.action == "list":
-        filters = {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
-                   "lora": args.lora}  # fmt: skip
+        filters = _filters(args)
         page = engine.images(limit=args.limit, **filters)
         for image in page.images:
             when = image.created_at.astimezone().strftime("%Y-%m-%d %H:%M")

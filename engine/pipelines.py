@@ -714,15 +714,17 @@ class PipelineCache:
                 log.info("using the built-in toy models; set `model = ...` in the config for real images")
             self.loading = name
             started = time.perf_counter()
+            attempt = functools.partial(load_model, load, self.device, safety_check=self.safety_check,
+                                        configs=self.shelf.configs)  # fmt: skip
             try:
                 try:
-                    model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
+                    model = attempt()
                 except Exception as e:
                     if not self.device.is_out_of_memory(e) or not self._models:
                         raise
                     log.warning("out of memory loading %s; unloading the other models and trying again", name)
                     self.unload()
-                    model = load_model(load, self.device, safety_check=self.safety_check, configs=self.shelf.configs)
+                    model = attempt()
                 model.name = name
                 if load is not None and Path(load).is_file():
                     model.hash = self.shelf.short_hash(Path(load), "checkpoint")

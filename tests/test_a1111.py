@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,16 +17,10 @@ import webuiapi
 from PIL import Image
 
 from models.checker import judge
-from tests.conftest import ROOT, EngineProcess
+from tests.conftest import ROOT, EngineProcess, free_port
 
 TOKEN = "s3cret-token"
 RED = "a red circle on a blue background"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

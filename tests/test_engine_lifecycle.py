@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from engine.device import Device
 from engine.inputs import Resolved
 from engine.pipelines import PipelineCache
 from engine.schema import DreamRequest, Requester
-from tests.conftest import ROOT, EngineProcess
+from tests.conftest import ROOT, EngineProcess, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +62,6 @@ def test_cli_starts_an_engine_when_none_answers(tmp_path: Path, tiny_model: Path
         stop = subprocess.run([*cmd, "engine", "stop"], env=env, capture_output=True, text=True, timeout=60)
     assert "stopped" in stop.stdout
     assert not (home / "engine.sock").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tcp_is_opt_in_and_needs_the_token(tmp_path: Path, tiny_model: Path) -> None:

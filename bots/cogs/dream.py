@@ -12,7 +12,7 @@ from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
 from engine.client import EngineError, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, split
-from engine.schema import SAMPLERS
+from engine.schema import SAMPLERS, ModelList
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -111,24 +111,27 @@ class DreamCog(commands.Cog, name="Dream"):
             return []  # no suggestions; the dream itself will say what is wrong
         return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
-    async def _model_names(self, guild: discord.Guild | None) -> list[str]:
+    async def _model_names(self, guild: discord.Guild | None, listing: ModelList | None = None) -> list[str]:
         """The engine's usable checkpoints that this server allows."""
-        listing = await self.bot.engine.models()
+        listing = listing or await self.bot.engine.models()
         allowed = rules.allowed_models(self.bot.settings.bot, str(guild.id) if guild else None)
         return [m.name for m in listing.checkpoints if m.problem is None and (not allowed or m.name in allowed)]
 
     async def _models_text(self, guild: discord.Guild | None) -> str:
         listing = await self.bot.engine.models()
-        names = await self._model_names(guild)
-        lines = [f"**Models** — pick one with `-m NAME` (default: {listing.default})"]
         families = {m.name: m.family for m in listing.checkpoints}
-        lines += [f"• `{n}`" + (f" — {families[n]}" if families.get(n) else "") for n in names]
+
+        def entries(names_and_families: list[tuple[str, str | None]]) -> list[str]:
+            return [f"• `{name}`" + (f" — {family}" if family else "") for name, family in names_and_families]
+
+        lines = [f"**Models** — pick one with `-m NAME` (default: {listing.default})"]
+        lines += entries([(n, families.get(n)) for n in await self._model_names(guild, listing)])
         if listing.loras:
             lines.append("**LoRAs** — add `<lora:NAME:0.8>` to a prompt")
-            lines += [f"• `{m.name}`" + (f" — {m.family}" if m.family else "") for m in listing.loras]
+            lines += entries([(m.name, m.family) for m in listing.loras])
         if listing.embeddings:
             lines.append("**Embeddings** — write `embedding:NAME` in a prompt")
-            lines += [f"• `{m.name}`" + (f" — {m.family}" if m.family else "") for m in listing.embeddings]
+            lines += entries([(m.name, m.family) for m in listing.embeddings])
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
 
     @commands.command(name="models", help="the models, LoRAs and embeddings you can use here")
