@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.dream_args import explain
-from engine.schema import SAMPLER_KEYS, SAMPLERS, TERMINAL_EVENTS, DreamRequest, Job, Requester
+from engine.schema import SAMPLER_KEYS, SAMPLERS, TERMINAL_EVENTS, DreamRequest, Job, ModelEntry, Requester
 from gallery.files import BadImage
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class Img2ImgBody(_Body):
     denoising_strength: float = 0.75
     mask: str | None = None
     inpainting_mask_invert: int = 0
-    resize_mode: int = 0
+    resize_mode: int = Field(default=0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
 
 
 class ExtraBody(BaseModel):
@@ -102,19 +102,25 @@ class ImageBody(BaseModel):
     image: str
 
 
+SCHEDULERS = ("automatic", "normal", "karras")  # "normal" is SillyTavern's default; both mean the sampler's own
+
+
 def sampler_key(name: str | None, scheduler: str | None) -> str:
     """Our sampler for A1111's name ("Euler a", "DPM++ 2M" + scheduler "Karras", or our own key)."""
     if name is None:
         return "k_euler_a"
-    if name in SAMPLERS:
-        return name
-    candidates = [name]
-    if scheduler and scheduler.lower() not in {"automatic", ""}:
-        candidates.insert(0, f"{name} {scheduler.title()}")
-    for candidate in candidates:
-        if candidate in SAMPLER_KEYS:
-            return SAMPLER_KEYS[candidate]
-    raise A1111Error(f"sampler {name!r} is not available here; use one of: {', '.join(SAMPLER_KEYS)}")
+    key = name if name in SAMPLERS else SAMPLER_KEYS.get(name)
+    if key is None:
+        raise A1111Error(f"sampler {name!r} is not available here; use one of: {', '.join(SAMPLER_KEYS)}")
+    scheduler = (scheduler or "automatic").lower()
+    if scheduler not in SCHEDULERS:
+        raise A1111Error(f"scheduler {scheduler!r} is not available here; use one of: {', '.join(SCHEDULERS)}")
+    if scheduler == "karras" and not key.endswith("_karras"):
+        if f"{key}_karras" not in SAMPLERS:
+            with_karras = ", ".join(SAMPLERS[k] for k in SAMPLERS if f"{k}_karras" in SAMPLERS)
+            raise A1111Error(f"scheduler 'karras' goes with sampler {with_karras} here (got {name!r})")
+        key += "_karras"
+    return key
 
 
 def basic_auth(header: bytes) -> tuple[bytes, bytes] | None:
@@ -199,12 +205,13 @@ class A1111:
         files = [s.store.file_path(r).read_bytes() for r in records]
         infotexts = [Image.open(io.BytesIO(f)).info.get("parameters", "") for f in files]
         seeds = [r.seed for r in records]
+        subseeds = [i.variation_seed if i.variation_seed is not None else body.subseed for i in job.images]
         first = records[0] if records else None
         info = {
             "prompt": body.prompt, "all_prompts": [body.prompt] * len(files),
             "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(files),
             "seed": seeds[0] if seeds else body.seed, "all_seeds": seeds,
-            "subseed": body.subseed, "all_subseeds": [body.subseed] * len(files),
+            "subseed": subseeds[0] if subseeds else body.subseed, "all_subseeds": subseeds,
             "subseed_strength": body.subseed_strength, "width": first.width if first else body.width,
             "height": first.height if first else body.height, "sampler_name": SAMPLERS[job.request.sampler],
             "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size,
@@ -240,12 +247,13 @@ def build_router(state: A1111 | None = None) -> APIRouter:
         s = services(request)
         if not body.init_images:
             raise A1111Error("init_images: give at least one image (base64 or a data: URL)")
-        init = await asyncio.to_thread(upload, s, decode_b64_image(body.init_images[0], "init_images[0]"))
-        mode: dict[str, Any] = {"mode": "img2img", "init_image": init, "strength": body.denoising_strength}
+        size = (body.width, body.height) if body.width and body.height else None
+        init = decode_b64_image(body.init_images[0], "init_images[0]")
+        ref = await asyncio.to_thread(upload, s, resized(init, size, body.resize_mode))
+        mode: dict[str, Any] = {"mode": "img2img", "init_image": ref, "strength": body.denoising_strength}
         if body.mask is not None:
             mask = decode_b64_image(body.mask, "mask")
-            if body.inpainting_mask_invert:
-                mask = invert(mask)
+            mask = resized(mask, size, body.resize_mode, invert=body.inpainting_mask_invert)
             mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask))
         job = await state.run(s, state.to_request(s, body, state.client(request), **mode))
         return state.answer(s, body, job)
@@ -293,8 +301,11 @@ def build_router(state: A1111 | None = None) -> APIRouter:
     @router.get("/options")
     def get_options(request: Request) -> dict:
         s = services(request)
-        model = state.models.get(state.client(request)) or s.pipelines.default_name()
-        return {"sd_model_checkpoint": model, "samples_format": "png", "sd_checkpoint_hash": None}
+        name = state.models.get(state.client(request)) or s.pipelines.default_name()
+        model = next((m for m in s.pipelines.shelf.listing().checkpoints if m.name == name), None)
+        # The title, as sd-models lists it: clients compare the two (Open WebUI) and post it back.
+        return {"sd_model_checkpoint": title(model) if model else name, "samples_format": "png",
+                "sd_checkpoint_hash": model.hash if model else None}  # fmt: skip
 
     @router.post("/options")
     def set_options(options: dict[str, Any], request: Request) -> None:
@@ -307,7 +318,7 @@ def build_router(state: A1111 | None = None) -> APIRouter:
     @router.get("/sd-models")
     def sd_models(request: Request) -> list[dict]:
         listing = services(request).pipelines.shelf.listing()
-        return [{"title": f"{m.name} [{m.hash}]" if m.hash else m.name, "model_name": m.name, "hash": m.hash,
+        return [{"title": title(m), "model_name": m.name, "hash": m.hash,
                  "sha256": None, "filename": m.name, "config": None}
                 for m in listing.checkpoints if m.problem is None]  # fmt: skip
 
@@ -317,8 +328,8 @@ def build_router(state: A1111 | None = None) -> APIRouter:
 
     @router.get("/schedulers")
     def schedulers() -> list[dict]:
-        return [{"name": name, "label": name.title(), "aliases": None, "default_rho": rho, "need_inner_model": False}
-                for name, rho in (("automatic", -1), ("karras", 7.0))]  # fmt: skip
+        return [{"name": name, "label": name.title(), "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
+                 "need_inner_model": False} for name in SCHEDULERS]  # fmt: skip
 
     @router.get("/upscalers")
     def upscalers() -> list[dict]:
@@ -378,6 +389,11 @@ def build_router(state: A1111 | None = None) -> APIRouter:
     return router
 
 
+def title(model: ModelEntry) -> str:
+    """A1111's checkpoint title: "name [hash]"."""
+    return f"{model.name} [{model.hash}]" if model.hash else model.name
+
+
 def upload(s: Services, data: bytes) -> str:
     try:
         return s.inputs.save_upload(data).ref
@@ -385,8 +401,39 @@ def upload(s: Services, data: bytes) -> str:
         raise A1111Error(f"not an image this engine can read: {e}") from None
 
 
-def invert(png: bytes) -> bytes:
-    image = ImageOps.invert(Image.open(io.BytesIO(png)).convert("L"))
+def resized(data: bytes, size: tuple[int, int] | None, resize_mode: int, invert: int = 0) -> bytes:
+    """An input image brought to the requested size as A1111's `resize_mode` says (0 and 3, just resize,
+    is what the engine does itself): 1 crops to the aspect ratio, 2 fits inside and fills the bars with
+    the edges stretched. `invert` flips a mask (`inpainting_mask_invert`)."""
+    if (size is None or resize_mode in (0, 3)) and not invert:
+        return data
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except OSError as e:
+        raise A1111Error(f"not an image this engine can read: {e}") from None
+    if invert:
+        image = ImageOps.invert(image.convert("L"))
+    if size is not None and resize_mode == 1:
+        image = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    elif size is not None and resize_mode == 2:
+        image = fill(image, size)
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def fill(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` fitted inside `size`, centred; the bars are its first and last rows (or columns) stretched."""
+    fitted = ImageOps.contain(image, size, Image.Resampling.LANCZOS)
+    (w, h), (fw, fh) = size, fitted.size
+    canvas = fitted.resize(size)
+    x, y = (w - fw) // 2, (h - fh) // 2
+    if y:
+        canvas.paste(fitted.crop((0, 0, fw, 1)).resize((w, y)), (0, 0))
+        canvas.paste(fitted.crop((0, fh - 1, fw, fh)).resize((w, h - y - fh)), (0, y + fh))
+    if x:
+        canvas.paste(fitted.crop((0, 0, 1, fh)).resize((x, h)), (0, 0))
+        canvas.paste(fitted.crop((fw - 1, 0, fw, fh)).resize((w - x - fw, h)), (x + fw, 0))
+    canvas.paste(fitted, (x, y))
+    return canvas

@@ -227,9 +227,13 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 def error_for(request: Request, status: int, message: str, kind: str = "HTTPException") -> JSONResponse:
     """The error shape of the route asked: A1111's on /sdapi/v1, ours everywhere else."""
-    if request.url.path.startswith(a1111.PREFIX):
+    if is_a1111(request):
         return a1111.error_body(message, status, kind)
     return error_response(status, message)
+
+
+def is_a1111(request: Request) -> bool:
+    return request.url.path.startswith(request.app.state.a1111_prefix)
 
 
 def _domain_error_handler(status: int):
@@ -257,11 +261,12 @@ def create_app(services: Services) -> FastAPI:
         responses=ERROR_RESPONSES,
     )
     app.state.services = services
+    app.state.a1111_prefix = services.settings.a1111_prefix + a1111.PREFIX
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        if request.url.path.startswith(a1111.PREFIX):
+        if is_a1111(request):
             return a1111.error_body(explain_errors(errors), 422, "RequestValidationError")
         if errors and errors[0].get("type") == "json_invalid":
             ctx = errors[0].get("ctx", {})
@@ -290,7 +295,7 @@ def create_app(services: Services) -> FastAPI:
     async def _a1111(_: Request, exc: a1111.A1111Error) -> JSONResponse:
         return a1111.error_body(str(exc), exc.status)
 
-    app.include_router(a1111.build_router())
+    app.include_router(a1111.build_router(), prefix=services.settings.a1111_prefix)
 
     generate_openapi = app.openapi
 
@@ -305,7 +310,7 @@ def create_app(services: Services) -> FastAPI:
                 for operation in operations.values():
                     for status, response in operation.get("responses", {}).items():
                         if status[0] in "45":
-                            response["content"] = a1111_error if path.startswith(a1111.PREFIX) else error
+                            response["content"] = a1111_error if path.startswith(app.state.a1111_prefix) else error
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     tcp_host: str = "127.0.0.1"
     tcp_port: int | None = Field(default=None, description="opt-in TCP listener; needs `token`")
     token: SecretStr | None = None
+    a1111_prefix: str = Field(
+        default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="path before /sdapi/v1 on the TCP listener, e.g. /a1111 (empty: at the root, which "
+        "SillyTavern needs: it replaces the URL's path)",
+    )  # fmt: skip
     discord_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "discord_token"), description="never logged"
     )

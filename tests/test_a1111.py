@@ -91,7 +91,7 @@ def test_options_models_and_lists(engine: EngineProcess, api) -> None:
     assert [lo["name"] for lo in api.get_loras()] == ["toy-black-bg"]
     assert "toy-logo" in api.get_embeddings()["loaded"]
     api.set_options({"sd_model_checkpoint": models[0]["title"]})
-    assert api.get_options()["sd_model_checkpoint"] == "dreamhall-toy-sd"
+    assert api.get_options()["sd_model_checkpoint"] == models[0]["title"]
     wrong = httpx.post(f"http://127.0.0.1:{engine.port}/sdapi/v1/options", auth=("alice", TOKEN),  # type: ignore[attr-defined]
                        json={"sd_model_checkpoint": "no-such-model"})  # fmt: skip
     assert wrong.status_code == 422
@@ -155,3 +155,109 @@ def test_bad_images_and_sizes_are_a1111_errors_and_leave_nothing_behind(engine: 
         # what the A1111 clients made is in the gallery, and search finds it
         found = client.search("red circle", source="a1111")
     assert found.results and {r.image.source for r in found.results} == {"a1111"}
+
+
+def basic(user_and_token: str) -> dict[str, str]:
+    """The header both Open WebUI and SillyTavern build from their "user:password" setting."""
+    return {"authorization": "Basic " + base64.b64encode(user_and_token.encode()).decode()}
+
+
+def test_open_webui_sequence_under_a_path_prefix(tmp_path) -> None:
+    """What Open WebUI (backend/open_webui/routers/images.py) sends, in its order, with its base URL
+    pointing at a prefix, so the native API and /sdapi/v1 share the port."""
+    port = free_port()
+    proc = EngineProcess(tmp_path / "home", None, DREAMHALL_TCP_PORT=str(port), DREAMHALL_TOKEN=TOKEN,
+                         DREAMHALL_A1111_PREFIX="/a1111").start()  # fmt: skip
+    try:
+        base, auth = f"http://127.0.0.1:{port}/a1111", basic(f"webui:{TOKEN}")
+        with httpx.Client(headers=auth, timeout=120) as http:
+            assert http.get(f"{base}/sdapi/v1/options").status_code == 200  # "verify URL"
+            assert http.get(f"http://127.0.0.1:{port}/sdapi/v1/options").status_code == 404  # only under the prefix
+            assert http.get(
+                f"http://127.0.0.1:{port}/v1/health", headers={"authorization": f"Bearer {TOKEN}"}
+            ).is_success
+            models = [
+                {"id": m["title"], "name": m["model_name"]} for m in http.get(f"{base}/sdapi/v1/sd-models").json()
+            ]
+            assert [m["name"] for m in models] == ["dreamhall-toy-sd"]
+            # set_image_model: read the options, change the checkpoint, post the whole dict back
+            options = http.get(f"{base}/sdapi/v1/options").json()
+            options["sd_model_checkpoint"] = models[0]["id"]
+            http.post(f"{base}/sdapi/v1/options", json=options).raise_for_status()
+            assert http.get(f"{base}/sdapi/v1/options").json()["sd_model_checkpoint"] == models[0]["id"]
+            data = {"prompt": RED, "batch_size": 2, "width": 64, "height": 64, "steps": 6, "negative_prompt": "text"}
+            res = http.post(f"{base}/sdapi/v1/txt2img", json=data).json()
+            assert len(res["images"]) == 2 and json.loads(res["info"])["negative_prompt"] == "text"
+            assert {Image.open(io.BytesIO(base64.b64decode(i))).size for i in res["images"]} == {(64, 64)}
+            # errors under the prefix are A1111's; no auth header (Open WebUI sends '' when unset) is refused
+            bad = http.post(f"{base}/sdapi/v1/txt2img", json={"prompt": "x", "sampler_name": "Nope"})
+            assert bad.status_code == 422 and set(bad.json()) == {"error", "detail", "body", "errors"}
+            assert httpx.get(f"{base}/sdapi/v1/options", headers={"authorization": ""}).status_code == 401
+        with proc.client() as client:
+            assert {i.user for i in client.images(source="a1111").images} == {"webui"}
+    finally:
+        proc.stop()
+
+
+def test_sillytavern_sequence(engine: EngineProcess) -> None:
+    """What SillyTavern's server (src/endpoints/stable-diffusion.js) sends for its Stable Diffusion
+    extension with source "AUTOMATIC1111": it replaces the URL's path, so the routes sit at the root."""
+    url, auth = f"http://127.0.0.1:{engine.port}", f"dave:{TOKEN}"  # type: ignore[attr-defined]
+    with httpx.Client(base_url=url, headers=basic(auth), timeout=120) as http:
+        assert http.get("/sdapi/v1/options").is_success  # ping
+        upscalers = [x["name"] for x in http.get("/sdapi/v1/upscalers").json()]
+        latent = [x["name"] for x in http.get("/sdapi/v1/latent-upscale-modes").json()]
+        assert upscalers and isinstance(latent, list)
+        vaes = [r for r in (http.get("/sdapi/v1/sd-vae"), http.get("/sdapi/v1/sd-modules")) if r.is_success]
+        assert vaes and isinstance(vaes[0].json(), list)
+        samplers = [x["name"] for x in http.get("/sdapi/v1/samplers").json()]
+        schedulers = [x["name"] for x in http.get("/sdapi/v1/schedulers").json()]
+        assert "DDIM" in samplers and "normal" in schedulers  # the extension's defaults
+        titles = [x["title"] for x in http.get("/sdapi/v1/sd-models").json()]
+        current = http.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+        assert current in titles
+        # set-model: post only the checkpoint, then poll progress until idle
+        http.post("/sdapi/v1/options", json={"sd_model_checkpoint": titles[0]}).raise_for_status()
+        progress = http.get("/sdapi/v1/progress").json()
+        assert {"progress", "state"} <= set(progress) and "job_count" in progress["state"]
+        # generate: options first (Forge check), then txt2img with the extension's body, url and auth included
+        assert "forge_preset" not in http.get("/sdapi/v1/options").json()
+        body = {
+            "url": url, "auth": auth, "prompt": RED, "negative_prompt": "lowres", "sampler_name": "DDIM",
+            "scheduler": "normal", "steps": 6, "cfg_scale": 7, "width": 64, "height": 64, "restore_faces": False,
+            "enable_hr": False, "hr_upscaler": "Latent", "hr_scale": 2.0, "denoising_strength": 0.7,
+            "hr_second_pass_steps": 0, "seed": 77,
+            "override_settings": {"CLIP_stop_at_last_layers": 1, "sd_model_checkpoint": titles[0]},
+            "override_settings_restore_afterwards": True, "clip_skip": 1, "save_images": True,
+            "send_images": True, "do_not_save_grid": False, "do_not_save_samples": False,
+        }  # fmt: skip
+        data = http.post("/sdapi/v1/txt2img", json=body).json()
+        image = Image.open(io.BytesIO(base64.b64decode(data["images"][0])))
+        assert image.format == "PNG" and "Sampler: DDIM" in image.info["parameters"]
+        assert json.loads(data["info"])["all_seeds"] == [77]
+        again = http.post("/sdapi/v1/txt2img", json=body).json()
+        assert again["images"] == data["images"]  # same seed and settings: the same picture
+        # a scheduler we do not have is a sentence naming the ones we do
+        wrong = http.post("/sdapi/v1/txt2img", json=body | {"scheduler": "exponential"})
+        assert wrong.status_code == 422 and "automatic, normal, karras" in wrong.json()["detail"]
+
+
+def test_resize_modes_and_subseeds(api) -> None:
+    """img2img's resize_mode as A1111 has it, and each variation's own subseed in `info`."""
+    wide = Image.new("RGB", (128, 64), (30, 60, 200))
+    wide.paste((200, 30, 30), (0, 0, 32, 64))  # a red band on the left quarter
+    for mode in (0, 1, 2):
+        out = api.img2img(images=[wide], prompt="x", denoising_strength=0.0001, seed=3, steps=2, width=64,
+                          height=64, resize_mode=mode)  # fmt: skip
+        assert out.images[0].size == (64, 64), mode
+        left = out.images[0].convert("RGB").getpixel((2, 32))
+        top = out.images[0].convert("RGB").getpixel((48, 2))
+        if mode == 0:  # squeezed: the band is a quarter of the width
+            assert left[0] > left[2]
+        if mode == 1:  # cropped to the centre: the band is gone
+            assert left[2] > left[0]
+        if mode == 2:  # fitted inside, bars filled from the edge rows: still blue at the top right
+            assert left[0] > left[2] and top[2] > top[0]
+    varied = api.txt2img(prompt=RED, seed=9, subseed=100, subseed_strength=0.3, batch_size=2, steps=4, width=64,
+                         height=64)  # fmt: skip
+    assert varied.info["all_seeds"] == [9, 9] and varied.info["all_subseeds"] == [100, 101]
