@@ -301,8 +301,8 @@ def build_router(state: A1111 | None = None) -> APIRouter:
     @router.get("/options")
     def get_options(request: Request) -> dict:
         s = services(request)
-        name = state.models.get(state.client(request)) or s.pipelines.default_name()
-        model = next((m for m in s.pipelines.shelf.listing().checkpoints if m.name == name), None)
+        name = state.models.get(state.client(request)) or s.default_model()
+        model = next((m for m in s.shelf.listing().checkpoints if m.name == name), None)
         # The title, as sd-models lists it: clients compare the two (Open WebUI) and post it back.
         return {"sd_model_checkpoint": title(model) if model else name, "samples_format": "png",
                 "sd_checkpoint_hash": model.hash if model else None}  # fmt: skip
@@ -312,12 +312,12 @@ def build_router(state: A1111 | None = None) -> APIRouter:
         s = services(request)
         if "sd_model_checkpoint" in options:
             name = checkpoint_name(str(options["sd_model_checkpoint"]))
-            s.pipelines.shelf.check_model(name, SOURCE)
+            s.shelf.check_model(name, SOURCE)
             state.models[state.client(request)] = name
 
     @router.get("/sd-models")
     def sd_models(request: Request) -> list[dict]:
-        listing = services(request).pipelines.shelf.listing()
+        listing = services(request).shelf.listing()
         return [{"title": title(m), "model_name": m.name, "hash": m.hash,
                  "sha256": None, "filename": m.name, "config": None}
                 for m in listing.checkpoints if m.problem is None]  # fmt: skip
@@ -337,12 +337,12 @@ def build_router(state: A1111 | None = None) -> APIRouter:
 
     @router.get("/loras")
     def loras(request: Request) -> list[dict]:
-        listing = services(request).pipelines.shelf.listing()
+        listing = services(request).shelf.listing()
         return [{"name": m.name, "alias": m.name, "path": m.name, "metadata": {}} for m in listing.loras]
 
     @router.get("/embeddings")
     def embeddings(request: Request) -> dict:
-        listing = services(request).pipelines.shelf.listing()
+        listing = services(request).shelf.listing()
         loaded = {m.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
                            "vectors": None} for m in listing.embeddings}  # fmt: skip
         return {"loaded": loaded, "skipped": {}}

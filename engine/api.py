@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,13 +28,11 @@ from starlette import types as asgi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import __version__, a1111
-from engine.device import Device
 from engine.dream_args import explain_errors
 from engine.events import EventHub
 from engine.grid import tile
 from engine.inputs import InputError, Inputs
 from engine.jobs import JobService
-from engine.pipelines import PipelineCache
 from engine.queue import JobNotFound, JobQueue, TooManyQueued
 from engine.records import image_record
 from engine.schema import (
@@ -59,32 +58,95 @@ from engine.schema import (
     clip_text,
 )
 from engine.settings import Settings
-from engine.shelf import UnknownModel
-from engine.worker import Worker
+from engine.shelf import BUILTIN_MODEL_NAME, Shelf, UnknownModel
 from gallery.files import BadImage, decode_image
-from gallery.indexer import Indexer
 from gallery.schemas import ImagePublic, SearchFilters
-from gallery.search import MAX_LIMIT, GallerySearch, SearchError, SearchPage
+from gallery.search import MAX_LIMIT, SearchError, SearchPage
 from gallery.store import ImageNotFound, ImageStore
-from gallery.upkeep import Upkeep
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:  # the backend's modules import torch: the API answers before they are loaded
+    from engine.device import Device
+    from engine.pipelines import PipelineCache
+    from engine.worker import Worker
+    from gallery.indexer import Indexer
+    from gallery.search import GallerySearch
+    from gallery.upkeep import Upkeep
+
+
+class EngineStarting(RuntimeError):
+    """Asked for what the backend does (search, models, progress) while it is still loading."""
+
+
+@dataclass
+class Backend:
+    """The heavy half of the engine, built on a thread once the socket answers: torch, the worker,
+    CLIP and the vector index."""
+
+    device: Device
+    pipelines: PipelineCache
+    worker: Worker
+    search: GallerySearch
+    indexer: Indexer
+    upkeep: Upkeep
 
 
 @dataclass
 class Services:
-    """What the API needs, built once at start-up (engine.app) and passed in explicitly."""
+    """What the API needs, passed in explicitly (engine.app builds it). The light half (gallery rows,
+    queue, jobs, shelf) is there from the first request; `backend` arrives when `load` has built it."""
 
     settings: Settings
     jobs: JobService
     queue: JobQueue
     store: ImageStore
     inputs: Inputs
-    pipelines: PipelineCache
-    device: Device
-    search: GallerySearch
-    indexer: Indexer
-    upkeep: Upkeep
-    worker: Worker
+    shelf: Shelf
+    load: Callable[[], Backend] | None = None
+    backend: Backend | None = None
     hub: EventHub | None = None
+    failed: str | None = None
+
+    def ready(self) -> Backend:
+        if self.backend is None:
+            raise EngineStarting(self.failed or "the engine is starting (loading torch, the model and the search "
+                                 "index); try again in a few seconds")  # fmt: skip
+        return self.backend
+
+    def attach(self, backend: Backend) -> None:
+        """The backend is built: jobs queued meanwhile start now."""
+        assert self.hub is not None
+        self.backend = backend
+        self.jobs.runner = backend.worker
+        backend.worker.serve(self.hub)
+
+    def default_model(self) -> str:
+        return self.settings.model or BUILTIN_MODEL_NAME
+
+    @property
+    def device(self) -> Device:
+        return self.ready().device
+
+    @property
+    def pipelines(self) -> PipelineCache:
+        return self.ready().pipelines
+
+    @property
+    def worker(self) -> Worker:
+        return self.ready().worker
+
+    @property
+    def search(self) -> GallerySearch:
+        return self.ready().search
+
+    @property
+    def indexer(self) -> Indexer:
+        return self.ready().indexer
+
+    @property
+    def upkeep(self) -> Upkeep:
+        return self.ready().upkeep
 
 
 def _services(request: Request) -> Services:
@@ -209,6 +271,7 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     InputError: 422,
     UnknownModel: 422,
     TooManyQueued: 429,
+    EngineStarting: 503,
 }
 
 
@@ -221,6 +284,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
         413: "request body too large",
         422: "bad input: the sentence names the field",
         429: "too many queued jobs for this user",
+        503: "the engine is still starting (search, models and progress answer once it has loaded)",
     }.items()
 }
 
@@ -243,15 +307,30 @@ def _domain_error_handler(status: int):
     return handle
 
 
+async def _load_backend(services: Services) -> None:
+    assert services.load is not None
+    try:
+        backend = await asyncio.to_thread(services.load)
+    except Exception as e:
+        log.exception("the engine could not load its backend")
+        services.failed = f"the engine could not start: {e}"
+        raise
+    services.attach(backend)
+
+
 def create_app(services: Services) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.hub = EventHub(asyncio.get_running_loop())
         services.queue.events = services.hub
-        services.worker.serve(services.hub)
+        loading = asyncio.create_task(_load_backend(services)) if services.load else None
         yield
-        await asyncio.to_thread(services.worker.stop)
-        services.indexer.flush()
+        if loading is not None:
+            with suppress(Exception):
+                await loading  # asked to stop while starting: finish starting, then stop cleanly
+        if services.backend is not None:
+            await asyncio.to_thread(services.backend.worker.stop)
+            services.backend.indexer.flush()
 
     app = FastAPI(
         title="Dreamhall engine",
@@ -318,6 +397,9 @@ def create_app(services: Services) -> FastAPI:
 
     @app.get("/v1/health")
     def health(s: ServicesDep) -> Health:
+        if s.backend is None:
+            return Health(status="starting", version=__version__, device="starting", model=s.default_model(),
+                          queued=s.queue.count("queued"), running=0, loading=s.default_model())  # fmt: skip
         return Health(
             version=__version__,
             device=s.device.describe(),
@@ -331,12 +413,12 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/v1/models")
     def models(s: ServicesDep) -> ModelList:
         """The model shelf: checkpoints (by the names requests use), LoRAs and embeddings."""
-        return s.pipelines.shelf.listing().model_copy(update={"default": s.pipelines.default_name()})
+        return s.shelf.listing().model_copy(update={"default": s.default_model()})
 
     @app.post("/v1/models/scan")
     def scan_models(s: ServicesDep) -> ModelList:
         """Look at the shelf's folders again (new files appear, removed ones go)."""
-        return s.pipelines.shelf.scan().model_copy(update={"default": s.pipelines.default_name()})
+        return s.shelf.scan().model_copy(update={"default": s.default_model()})
 
     @app.post("/v1/dreams", status_code=202)
     def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
@@ -386,9 +468,9 @@ def create_app(services: Services) -> FastAPI:
     @app.get("/v1/images")
     def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
         """The gallery newest first (what a gallery grid pages through); same filters as search."""
-        page = s.search.browse(limit=query.limit, offset=query.offset, filters=query.filters())
-        return ImagePage(images=[image_record(i, s.store) for i in page.images], total=page.total,
-                         offset=page.offset, limit=page.limit)  # fmt: skip
+        images, total = s.store.page(filters=query.filters(), limit=query.limit, offset=query.offset)
+        return ImagePage(images=[image_record(i, s.store) for i in images], total=total, offset=query.offset,
+                         limit=query.limit)  # fmt: skip
 
     @app.get("/v1/images/{image_id}")
     def get_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> ImageRecord:

@@ -1,6 +1,9 @@
-"""The engine's composition root: build the services, start the worker, bind the sockets, serve.
+"""The engine's composition root: bind the socket, build the services, serve.
 
 dreamhall engine        (engine.cli) -> serve(settings)
+
+The socket answers first (within a second: `/v1/health` says "starting", jobs queue); torch, the
+worker, CLIP and the vector index load on a thread behind it (`build_backend`).
 """
 
 from __future__ import annotations
@@ -18,22 +21,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from engine import __version__
-from engine.api import DeclaredBodyLimit, Services, TokenGuard, create_app
-from engine.device import Device
+from engine.api import Backend, DeclaredBodyLimit, Services, TokenGuard, create_app
 from engine.inputs import Inputs
-from engine.jobs import JobService
-from engine.pipelines import PipelineCache
+from engine.jobs import JobService, Starting
 from engine.queue import SqliteJobQueue
 from engine.settings import Settings
 from engine.shelf import Shelf
-from engine.worker import Worker, WorkerEmbedder
 from gallery.db import open_gallery_db
-from gallery.embeddings import OpenClipEmbedder
-from gallery.index import LanceIndex
-from gallery.indexer import Indexer
-from gallery.search import GallerySearch
 from gallery.store import SqliteImageStore
-from gallery.upkeep import Upkeep
 
 log = logging.getLogger(__name__)
 
@@ -42,46 +37,79 @@ class EngineAlreadyRunning(RuntimeError):
     pass
 
 
+class EngineFailed(RuntimeError):
+    """The backend could not be built (the log has the traceback)."""
+
+
 def _gb(value: float | None) -> int | None:
     return None if value is None else int(value * 1e9)
 
 
-def build_services(settings: Settings) -> Services:
-    """Open the gallery and start the worker thread; every model loads on that thread."""
+def build_front(settings: Settings) -> Services:
+    """The light half, up in well under a second: the gallery's rows and files, the queue, the job
+    service and the shelf. Jobs submitted now are queued and run once the backend is up."""
     db = open_gallery_db(settings.db_path)
-    device = Device(settings.device)
     store = SqliteImageStore(db, settings.images_dir)
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user,
                            model_affinity=settings.model_affinity)  # fmt: skip
     shelf = Shelf(settings.shelf_dir, hash_cache=settings.home / "model-hashes.json")
     log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s)", settings.shelf_dir,
              *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding")))  # fmt: skip
-    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
-                              shelf=shelf, budget_bytes=_gb(settings.model_cache_gb))  # fmt: skip
     inputs = Inputs(store, settings.uploads_dir)
-    worker = Worker(queue=queue, store=store, inputs=inputs, pipelines=pipelines, device=device,
+    jobs = JobService(queue=queue, store=store, inputs=inputs, runner=Starting(), max_n=settings.max_n,
+                      max_side=settings.max_side, shelf=shelf)  # fmt: skip
+    services = Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf)
+    services.load = lambda: _build_or_stop(services)
+    return services
+
+
+def _build_or_stop(front: Services) -> Backend:
+    try:
+        return build_backend(front)
+    except Exception:
+        os.kill(os.getpid(), signal.SIGTERM)  # nothing to serve without a backend: stop (serve() says why)
+        raise
+
+
+def build_backend(front: Services) -> Backend:
+    """The heavy half, on a thread while the API already answers: torch, the worker thread (every
+    model loads there), CLIP and the vector index."""
+    from engine.device import Device
+    from engine.pipelines import PipelineCache
+    from engine.worker import Worker, WorkerEmbedder
+    from gallery.embeddings import OpenClipEmbedder
+    from gallery.index import LanceIndex
+    from gallery.indexer import Indexer
+    from gallery.search import GallerySearch
+    from gallery.upkeep import Upkeep
+
+    settings, store = front.settings, front.store
+    device = Device(settings.device)
+    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
+                              shelf=front.shelf, budget_bytes=_gb(settings.model_cache_gb))  # fmt: skip
+    worker = Worker(queue=front.queue, store=store, inputs=front.inputs, pipelines=pipelines, device=device,
                     max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip
     worker.start()
-    clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
-                       device=str(device.torch_device))  # fmt: skip
-    embedder = WorkerEmbedder(clip, worker)
-    index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
+    try:
+        clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
+                           device=str(device.torch_device))  # fmt: skip
+        embedder = WorkerEmbedder(clip, worker)
+        index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
+    except BaseException:
+        worker.stop()
+        raise
     if rebuilt:
         log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
-    indexer = Indexer(engine=db, store=store, embedder=embedder, index=index)
+    indexer = Indexer(engine=store.engine, store=store, embedder=embedder, index=index)
     worker.indexer = indexer
-    return Services(
-        settings=settings,
-        jobs=JobService(queue=queue, store=store, inputs=inputs, runner=worker, max_n=settings.max_n, shelf=shelf),
-        queue=queue,
-        store=store,
-        inputs=inputs,
-        pipelines=pipelines,
+    log.info("engine ready: device %s", device.describe())
+    return Backend(
         device=device,
+        pipelines=pipelines,
+        worker=worker,
         search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
         indexer=indexer,
         upkeep=Upkeep(store=store, indexer=indexer),
-        worker=worker,
     )
 
 
@@ -124,20 +152,17 @@ def serve(settings: Settings) -> None:
     private_home(settings.home)
     sock = bind_unix_socket(settings.socket_path)
     try:
-        services = build_services(settings)
+        services = build_front(settings)
         resumed = services.queue.requeue_interrupted()
         if resumed:
             log.info("resuming %d job(s) left running by the last engine", resumed)
-        log.info(
-            "engine %s on %s, device %s, %d job(s) queued",
-            __version__,
-            settings.socket_path,
-            services.device.describe(),
-            services.queue.count("queued"),
-        )
+        log.info("engine %s on %s, %d job(s) queued; loading torch, the model and the search index",
+                 __version__, settings.socket_path, services.queue.count("queued"))  # fmt: skip
         app = create_app(services)
         settings.pid_file.write_text(str(os.getpid()))
         asyncio.run(_serve(app, services, sock))
+        if services.failed:
+            raise EngineFailed(services.failed)
     finally:
         sock.close()
         settings.socket_path.unlink(missing_ok=True)

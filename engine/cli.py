@@ -94,6 +94,10 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
             except EngineUnavailable:
                 print(f"no engine running ({settings.socket_path})")
                 return 1
+        if h.status == "starting":
+            print(f"engine {h.version} on {settings.socket_path}: starting (loading torch, model {h.model} and the "
+                  f"search index), {h.queued} queued")  # fmt: skip
+            return 0
         print(f"engine {h.version} on {settings.socket_path}: device {h.device}, model {h.model}, "
               f"{h.queued} queued, {h.running} running")  # fmt: skip
         if h.loaded or h.loading:
@@ -105,11 +109,11 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from engine.app import EngineAlreadyRunning, serve  # heavy: torch and diffusers
+    from engine.app import EngineAlreadyRunning, EngineFailed, serve
 
     try:
         serve(settings)
-    except EngineAlreadyRunning as e:
+    except (EngineAlreadyRunning, EngineFailed) as e:
         return _fail(str(e), 1)
     return 0
 

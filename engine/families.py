@@ -19,7 +19,6 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "flux")
@@ -60,6 +59,8 @@ def read_keys(path: Path) -> dict[str, tuple[int, ...]]:
         except (SafetensorError, OSError, ValueError) as e:
             raise NotACheckpoint(f"{path.name} is not a readable .safetensors file (truncated or corrupt?): {e}") from e
     if path.suffix in {".ckpt", ".pt", ".pth", ".bin"}:
+        import torch  # only for pickles: listing a shelf of .safetensors stays light
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as e:

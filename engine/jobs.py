@@ -42,6 +42,22 @@ class Runner(Protocol):
         """The model this running job waits for while it loads, or None."""
 
 
+class Starting:
+    """The runner while the engine starts: jobs queue, and run once the worker is up."""
+
+    def wake(self) -> None:
+        pass
+
+    def cancel(self, job_id: str) -> None:
+        pass  # nothing runs yet; a queued job's cancel is the queue's
+
+    def progress_of(self, job_id: str) -> Progress | None:
+        return None
+
+    def loading_for(self, job_id: str) -> str | None:
+        return None
+
+
 def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
     """Fill in at submit time what the parent image decides, so the stored request replays exactly.
 
@@ -71,7 +87,7 @@ class JobService:
 
     def __init__(
         self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: Runner, max_n: int,
-        shelf: Shelf | None = None,
+        shelf: Shelf | None = None, max_side: int = 2048,
     ) -> None:  # fmt: skip
         self.shelf = shelf
         self.queue = queue
@@ -79,11 +95,15 @@ class JobService:
         self.inputs = inputs
         self.runner = runner
         self.max_n = max_n
+        self.max_side = max_side
 
     def submit(self, request: DreamRequest) -> Accepted:
         """Check the request and its inputs, settle its seeds, queue it (raises InputError, TooManyQueued...)."""
         if request.n > self.max_n:
             raise InputError(f"n: this engine makes at most {self.max_n} images per request (got {request.n})")
+        for flag, side in (("-W/--width", request.width), ("-H/--height", request.height)):
+            if side is not None and side > self.max_side:
+                raise InputError(f"{flag}: this engine makes at most {self.max_side} px per side (got {side})")
         if self.shelf is not None:
             self.shelf.check_model(request.model, request.requester.source)
             if request.refiner is not None:

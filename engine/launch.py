@@ -35,30 +35,43 @@ def spawn_engine(settings: Settings) -> subprocess.Popen:
 def connect(
     settings: Settings, *, autostart: bool = True, timeout: float = 120.0, say: Callable[[str], None] = print
 ) -> EngineClient:
-    """A client for the configured engine; start one in the background if none answers (and say so)."""
+    """A client for the configured engine, once it is ready; start one in the background if none
+    answers, and say what is happening while it starts."""
     client = EngineClient(settings.socket_path)
+    proc: subprocess.Popen | None = None
+    log_file = settings.log_dir / "engine.log"
     try:
-        _say_loading(client.health(), say)
-        return client
+        health: Health | None = client.health()
     except EngineUnavailable:
         if not autostart:
             client.close()
             raise
-    log_file = settings.log_dir / "engine.log"
-    proc = spawn_engine(settings)
-    say(f"No engine was running; started one in the background (pid {proc.pid}, log {log_file}).")
+        proc = spawn_engine(settings)
+        say(f"No engine was running; started one in the background (pid {proc.pid}, log {log_file}).")
+        health = None
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
+    said_starting = False
+    while True:
+        if health is not None and health.status == "ok":
+            _say_loading(health, say)
+            return client
+        if health is not None and not said_starting:
+            say(f"The engine is starting: loading torch, model {health.loading} and the search index.")
+            said_starting = True
+        if proc is not None and proc.poll() is not None:
             client.close()
             raise EngineUnavailable(f"the engine exited at start (code {proc.returncode}); see {log_file}")
+        if time.monotonic() > deadline:
+            client.close()
+            raise EngineUnavailable(f"the engine was not ready within {timeout:.0f}s; see {log_file}")
+        time.sleep(0.2)
         try:
-            _say_loading(client.health(), say)
-            return client
+            health = client.health()
         except EngineUnavailable:
-            time.sleep(0.2)
-    client.close()
-    raise EngineUnavailable(f"the engine did not answer within {timeout:.0f}s; see {log_file}")
+            if proc is None:  # it answered, then went away: it failed while starting
+                client.close()
+                raise
+            health = None
 
 
 def _alive(pid: int) -> bool:

@@ -21,16 +21,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
 from engine.inputs import InputError, Resolved
-from engine.pipelines import LoadedModel, StepCallback, Upscaler
 from engine.schema import DEFAULT_STRENGTH, MAX_SEED, SAMPLERS, DreamRequest, Sampler, image_seed, resolve_size
 from gallery.schemas import ImageCreate, ImagePublic
+
+if TYPE_CHECKING:  # torch loads with the worker, not with the API that checks requests
+    import torch
+
+    from engine.pipelines import LoadedModel, StepCallback, Upscaler
 
 MAX_SIDE = 2048
 MIN_SIDE = 64  # the smallest picture a request may ask for, and so the smallest any mode makes
@@ -121,6 +124,8 @@ class Txt2ImgPlan(Plan):
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         latents = None
         if self.variations is not None:
+            import torch
+
             shape = model.latent_shape(self.width, self.height)
             latents = torch.stack([variation_noise(self.seeds[i], self.variations[i], shape) for i in indices])
         seeds = [self.seeds[i] for i in indices]
@@ -353,6 +358,8 @@ def paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image)
 
 def variation_noise(seed: int, terms: list[tuple[int, float]], shape: tuple[int, ...]) -> torch.Tensor:
     """The starting noise of `seed`, blended in turn with each term's noise (A1111 and InvokeAI's -V)."""
+    import torch
+
     noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
     for var_seed, weight in terms:
         other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(var_seed % (MAX_SEED + 1)))

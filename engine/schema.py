@@ -382,7 +382,9 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "starting"] = Field(
+        default="ok", description="starting: torch and the model are still loading; jobs queue meanwhile"
+    )
     version: str
     device: str
     model: str

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
         default=True, description="run a model's own safety checker (when it has one) and flag images"
     )
     max_n: int = Field(default=16, ge=1, le=16)
+    max_side: int = Field(default=2048, ge=64, le=2048, description="largest width or height a request may ask for")
     batch_pixels: int | None = Field(
         default=None, ge=64 * 64,
         description="most pixels (images x width x height) one pipeline call may make; a request over it runs "

@@ -13,14 +13,17 @@ ranks and fuses: rows come from the `ImageStore`, vectors from the `VectorIndex`
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import BaseModel
 
-from gallery.embeddings import Embedder
-from gallery.index import VectorIndex
 from gallery.schemas import ImagePublic, SearchFilters
 from gallery.store import GalleryError, ImageStore
+
+if TYPE_CHECKING:  # torch and LanceDB load with the engine's backend, not with whoever imports this
+    from gallery.embeddings import Embedder
+    from gallery.index import VectorIndex
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 200
@@ -38,13 +41,6 @@ class SearchHit(BaseModel):
 
 class SearchPage(BaseModel):
     results: list[SearchHit]
-    offset: int
-    limit: int
-
-
-class BrowsePage(BaseModel):
-    images: list[ImagePublic]
-    total: int
     offset: int
     limit: int
 
@@ -121,11 +117,6 @@ class GallerySearch:
         if offset < 0:
             raise SearchError(f"offset must not be negative (got {offset})")
         return max(50, 2 * (limit + offset))
-
-    def browse(self, *, limit: int = 100, offset: int = 0, filters: SearchFilters | None = None) -> BrowsePage:
-        """The gallery newest first, with the total that matches (what a gallery grid pages through)."""
-        images, total = self.store.page(filters=filters or SearchFilters(), limit=limit, offset=offset)
-        return BrowsePage(images=images, total=total, offset=offset, limit=limit)
 
     def _page(self, ranked: list[tuple[int, float]], limit: int, offset: int, filters: SearchFilters) -> SearchPage:
         # Re-check every filter in SQLite too: the vector index may lag behind a delete or a favourite.

@@ -58,7 +58,8 @@ class EngineProcess:
             env["DREAMHALL_MODEL"] = self.model.stem if self.model.is_file() else self.model.name
         return env
 
-    def start(self, timeout: float = 180.0) -> EngineProcess:
+    def start(self, timeout: float = 180.0, ready: bool = True) -> EngineProcess:
+        """Start, and return once the socket answers (`ready`: once the backend has loaded too)."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = open(self.home / "engine-test.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -70,14 +71,16 @@ class EngineProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.read_log()}")
                 try:
-                    client.health()
-                    return self
+                    if client.health().status == "ok" or not ready:
+                        return self
                 except EngineUnavailable:
-                    time.sleep(0.2)
+                    pass
+                time.sleep(0.2)
         raise TimeoutError(f"engine did not start:\n{self.read_log()}")
 
-    def read_log(self) -> str:
-        return (self.home / "engine-test.log").read_text(errors="replace")[-5000:]
+    def read_log(self, tail: int | None = 5000) -> str:
+        text = (self.home / "engine-test.log").read_text(errors="replace")
+        return text[-tail:] if tail else text
 
     def client(self) -> EngineClient:
         return EngineClient(self.socket)

@@ -23,8 +23,9 @@ TOKEN = "fuzz-token"
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[str]:
     port = free_port()
-    # Small jobs only, and room in the queue: the fuzzer submits hundreds of valid requests.
-    limits = {"DREAMHALL_MAX_N": "2", "DREAMHALL_MAX_QUEUED_PER_USER": "100000"}
+    # Small jobs only, and room in the queue: the fuzzer submits hundreds of valid requests. A 2048 px
+    # job on a CPU takes minutes a step, and a search waits for the step to end to embed its text.
+    limits = {"DREAMHALL_MAX_N": "2", "DREAMHALL_MAX_SIDE": "256", "DREAMHALL_MAX_QUEUED_PER_USER": "100000"}
     proc = EngineProcess(tmp_path_factory.mktemp("home"), tiny_model, DREAMHALL_TCP_PORT=str(port),
                          DREAMHALL_TOKEN=TOKEN, **limits).start()  # fmt: skip
     yield f"http://127.0.0.1:{port}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from engine import modes
-from engine.client import EngineClient
+from engine.client import EngineClient, RequestRejected
 from engine.device import Device
 from engine.inputs import Resolved
 from engine.pipelines import PipelineCache
@@ -44,7 +45,7 @@ def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tin
             job = client.wait(accepted.id)
             assert job.status == "done", job.error
             assert job.seed == accepted.seed and len(job.images) == job.request.n
-    assert "resuming 1 job(s)" in engine.read_log()
+    assert "resuming 1 job(s)" in engine.read_log(tail=None)
     assert engine.stop() == 0
 
 
@@ -140,3 +141,40 @@ def test_frontend_modules_import_no_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path: Path) -> None:
+    # The API's modules import no torch: the socket is up in about a second, the backend loads behind it.
+    heavy = "('torch', 'diffusers', 'lancedb', 'open_clip')"
+    code = f"import sys, engine.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+    engine = EngineProcess(tmp_path / "home", None, DREAMHALL_MAX_SIDE="512").start(ready=False)
+    try:
+        with engine.client() as client:
+            health = client.health()
+            assert health.status == "starting" and health.loading == "dreamhall-toy-sd"
+            accepted = client.submit(DreamRequest(prompt="a red circle on a blue background", seed=7, steps=4,
+                                                  width=64, height=64))  # fmt: skip
+            assert accepted.status == "queued"
+            with pytest.raises(RequestRejected, match=r"-W/--width: this engine makes at most 512 px per side"):
+                client.submit(DreamRequest(prompt="too wide", width=1024, height=64))
+            with pytest.raises(RequestRejected) as starting:
+                client.search("red circle")
+            assert starting.value.status == 503 and "starting" in str(starting.value)
+            assert client.images().total == 0  # the gallery's rows answer at once
+            job = client.wait(accepted.id)
+            assert job.status == "done" and len(job.images) == 1
+            assert client.health().status == "ok"
+    finally:
+        assert engine.stop() == 0
+
+
+def test_an_engine_whose_backend_cannot_load_exits_with_a_sentence(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run = subprocess.run([sys.executable, "-m", "engine", "engine"], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env={**os.environ, "DREAMHALL_HOME": str(home),
+                                           "DREAMHALL_CLIP_MODEL": "no-such-clip"})  # fmt: skip
+    assert run.returncode == 1
+    assert "dreamhall: the engine could not start:" in run.stderr and "no-such-clip" in run.stderr
+    assert not (home / "engine.sock").exists() and not (home / "engine.pid").exists()

@@ -123,6 +123,6 @@ def test_fresh_engine_draws_and_finds_red_circles(tmp_path: Path) -> None:
         assert len(set(ids) & {i["id"] for i in images}) >= 3
     finally:
         engine.stop()
-    log = engine.read_log()
+    log = engine.read_log(tail=None)
     assert log.count("using the built-in toy models") == 1
     assert log.count("using the built-in toy CLIP") == 1
