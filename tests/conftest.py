@@ -59,7 +59,8 @@ class EngineProcess:
         return env
 
     def start(self, timeout: float = 180.0, ready: bool = True) -> EngineProcess:
-        """Start, and return once the socket answers (`ready`: once the backend has loaded too)."""
+        """Start, and return once the socket answers (`ready`: once the backend and the default model have
+        loaded too, so a test's first command finds the engine warm)."""
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = open(self.home / "engine-test.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
@@ -71,7 +72,8 @@ class EngineProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"engine exited with {self.proc.returncode}:\n{self.read_log()}")
                 try:
-                    if client.health().status == "ok" or not ready:
+                    health = client.health()
+                    if not ready or (health.status == "ok" and health.loading is None):
                         return self
                 except EngineUnavailable:
                     pass
