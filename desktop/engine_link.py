@@ -103,10 +103,9 @@ class EngineLink(QObject):
         self.status.emit("Connecting to the engine…")
 
         def find(_: EngineClient) -> Health:
-            said: list[str] = []
-            client = connect(self.settings, autostart=autostart, say=said.append)
-            if said:
-                self.status.emit(said[0])  # signals may be emitted from any thread
+            # What connect says (started one, still starting, loading a model) shows as it happens;
+            # signals may be emitted from any thread.
+            client = connect(self.settings, autostart=autostart, say=self.status.emit)
             try:
                 return client.health()
             finally:
