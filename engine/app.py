@@ -74,6 +74,9 @@ def _build_or_stop(front: Services) -> Backend:
 def build_backend(front: Services) -> Backend:
     """The heavy half, on a thread while the API already answers: torch, the worker thread (every
     model loads there), CLIP and the vector index."""
+    # Before torch loads: inductor reads it once. Compiled kernels outlive the process, so a
+    # `compile` warm-up is paid once per machine (and per image size), not per start.
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(front.settings.home / "inductor"))
     from engine.device import Device
     from engine.pipelines import PipelineCache
     from engine.worker import Worker, WorkerEmbedder
@@ -86,7 +89,8 @@ def build_backend(front: Services) -> Backend:
     settings, store = front.settings, front.store
     device = Device(settings.device)
     pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
-                              shelf=front.shelf, budget_bytes=_gb(settings.model_cache_gb))  # fmt: skip
+                              shelf=front.shelf, budget_bytes=_gb(settings.model_cache_gb),
+                              compile=settings.compile)  # fmt: skip
     worker = Worker(queue=front.queue, store=store, inputs=front.inputs, pipelines=pipelines, device=device,
                     max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip
     worker.start()

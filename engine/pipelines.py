@@ -363,6 +363,14 @@ class LoadedModel:
     def family(self) -> str:
         return self.detected.label
 
+    def compile(self) -> None:
+        """torch.compile the denoiser (UNet or transformer) in place: it compiles on its first call (and again
+        for a new image size), from inductor's on-disk cache when this machine compiled it before."""
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        denoiser.compile()
+        log.info("%s: %s compiles on first use (inductor cache %s)", self.name, type(denoiser).__name__,
+                 os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"))  # fmt: skip
+
     @functools.cached_property
     def nbytes(self) -> int:
         """Bytes its weights hold on the device (what the model cache budgets)."""
@@ -662,7 +670,7 @@ class PipelineCache:
 
     def __init__(
         self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None,
-        shelf: Shelf | None = None, budget_bytes: int | None = None,
+        shelf: Shelf | None = None, budget_bytes: int | None = None, compile: str = "off",
     ) -> None:  # fmt: skip
         self.device = device
         self.default_model = default_model
@@ -670,6 +678,7 @@ class PipelineCache:
         self.upscaler_ref = upscaler
         self.shelf = shelf or Shelf(None)
         self.budget_bytes = device.model_budget() if budget_bytes is None else budget_bytes
+        self.compile = compile == "on" or (compile == "auto" and device.type == "cuda")
         self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
@@ -726,6 +735,8 @@ class PipelineCache:
                     self.unload()
                     model = attempt()
                 model.name = name
+                if self.compile:
+                    model.compile()
                 if load is not None and Path(load).is_file():
                     model.hash = self.shelf.short_hash(Path(load), "checkpoint")
             finally:

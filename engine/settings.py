@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
         default=True, description="run a model's own safety checker (when it has one) and flag images"
     )
     max_n: int = Field(default=16, ge=1, le=16)
+    compile: Literal["off", "on", "auto"] = Field(
+        default="off",
+        description="torch.compile each model's UNet/transformer on its first use (inductor's cache is kept "
+        "under home/inductor, so the warm-up is paid once per machine); auto: on a CUDA device only",
+    )
     max_side: int = Field(default=2048, ge=64, le=2048, description="largest width or height a request may ask for")
     batch_pixels: int | None = Field(
         default=None, ge=64 * 64,
