@@ -58,7 +58,7 @@ from engine.schema import (
     clip_text,
 )
 from engine.settings import Settings
-from engine.shelf import BUILTIN_MODEL_NAME, Shelf, UnknownModel
+from engine.shelf import Shelf, UnknownModel, default_model_name
 from gallery.files import BadImage, decode_image
 from gallery.schemas import ImagePublic, SearchFilters
 from gallery.search import MAX_LIMIT, SearchError, SearchPage
@@ -122,7 +122,7 @@ class Services:
         backend.worker.serve(self.hub)
 
     def default_model(self) -> str:
-        return self.settings.model or BUILTIN_MODEL_NAME
+        return default_model_name(self.settings.model)
 
     @property
     def device(self) -> Device:
@@ -403,7 +403,7 @@ def create_app(services: Services) -> FastAPI:
         return Health(
             version=__version__,
             device=s.device.describe(),
-            model=s.pipelines.default_name(),
+            model=s.default_model(),
             queued=s.queue.count("queued"),
             running=1 if s.worker.current else 0,
             loading=s.pipelines.loading,

@@ -68,7 +68,7 @@ from engine.families import (
 )
 from engine.queue.base import Affinity
 from engine.schema import Sampler
-from engine.shelf import BUILTIN_MODEL_NAME, CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, builtin_model_dir
+from engine.shelf import CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, builtin_model_dir, default_model_name
 
 log = logging.getLogger(__name__)
 # diffusers 0.42 warns on every single-file load that "modules ... should be kept in float32: []"
@@ -137,7 +137,7 @@ def load_pipeline(
     # Loading bars belong in a terminal, not in the engine's log.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    name = ref or BUILTIN_MODEL_NAME
+    name = default_model_name(ref)
     path = builtin_model_dir() if ref is None else Path(ref).expanduser()
     kwargs: dict = {"dtype": device.dtype}
     if not safety_check:
@@ -686,7 +686,7 @@ class PipelineCache:
         self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
 
     def default_name(self) -> str:
-        return self.default_model or BUILTIN_MODEL_NAME
+        return default_model_name(self.default_model)
 
     def _key(self, ref: str | None) -> str:
         return ref or self.default_name()

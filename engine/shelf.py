@@ -35,6 +35,11 @@ ADDON_SUFFIXES = {"lora": (".safetensors",), "embedding": (".safetensors", ".pt"
 PATH_SOURCES = {"cli", "desktop", "api"}
 
 
+def default_model_name(configured: str | None) -> str:
+    """The name jobs without `-m` use: the configured `model`, else the built-in one."""
+    return configured or BUILTIN_MODEL_NAME
+
+
 class UnknownModel(ValueError):
     """A model, LoRA or embedding name that is not on the shelf; the message lists what is."""
 

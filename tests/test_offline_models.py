@@ -16,7 +16,8 @@ from PIL import Image
 from transformers import CLIPTokenizer
 
 from engine.device import Device
-from engine.pipelines import BUILTIN_MODEL_NAME, LoadedModel, builtin_model_dir, load_model
+from engine.pipelines import LoadedModel, builtin_model_dir, load_model
+from engine.shelf import BUILTIN_MODEL_NAME
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir
 from models import evaluate, toyworld
 from models.checker import judge
