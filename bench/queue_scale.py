@@ -2,6 +2,14 @@
 
     python bench/queue_scale.py [--sizes 100 1000 2000] [--users 200] [--samples 50]
     python bench/queue_scale.py --engine 1000
+    python bench/queue_scale.py --simulate 10000 --users 1000 --workers 50
+
+`--simulate N`: a pool of `--workers` simulated workers (threads; no models) claiming and
+finishing jobs from the real queue kept at N queued jobs from `--users` users, while a
+submitter keeps it topped up and a real EventHub on its own event loop has `--watched`
+queued jobs followed (their positions are announced on every transition). Prints claim,
+submit and complete latency p50/p99 and the cost of one position announcement, for
+N/4, N/2 and N queued (what grows with the queue, and how).
 
 A real SqliteJobQueue on a real database file (no models). For each size the
 queue is filled round-robin from `--users` users, then each operation is timed
@@ -16,10 +24,13 @@ users, with /v1/health and a queued job's GET timed as the queue grows.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import platform
+import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy
 
+from engine.events import EventHub
 from engine.launch import connect, stop_engine
 from engine.queue import SqliteJobQueue
 from engine.schema import DreamRequest, Requester
@@ -51,7 +63,21 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--engine", type=int, metavar="N", help="N submissions through a real engine instead")
+    ap.add_argument("--simulate", type=int, metavar="N", help="simulated workers on a queue kept at N jobs")
+    ap.add_argument("--workers", type=int, default=50)
+    ap.add_argument("--watched", type=int, default=100, help="queued jobs with an event stream open")
+    ap.add_argument("--seconds", type=float, default=15.0, help="how long the workers run at each size")
     args = ap.parse_args()
+    if args.simulate:
+        print(f"python {platform.python_version()}, sqlalchemy {sqlalchemy.__version__}, sqlite file in /tmp; "
+              f"{args.users} users, {args.workers} simulated workers (jobs of 0.5-1.5 s), {args.watched} watched "
+              f"jobs, {args.seconds:g} s per size")  # fmt: skip
+        print(f"{'queued':>7} | {'claims':>6} | {'claim p50/p99':>14} | {'submit p50/p99':>15} | "
+              f"{'complete p50/p99':>16} | {'announce p50/p99':>16} | {'events/s':>8}")  # fmt: skip
+        for size in (args.simulate // 4, args.simulate // 2, args.simulate):
+            print(simulate(size, users=args.users, workers=args.workers, watched=args.watched,
+                           seconds=args.seconds))  # fmt: skip
+        return
     if args.engine:
         through_engine(args.engine, users=args.users)
         return
@@ -94,6 +120,82 @@ def measure(queue: SqliteJobQueue, size: int, *, users: int, samples: int) -> st
     old = timed(replay, 1)
     return (f"{size:>7} | {sub[0]:6.2f} / {sub[1]:6.2f} | {cl[0]:5.2f} / {cl[1]:6.2f} | {health[0]:10.2f} | "
             f"{get[0]:11.2f} | {every[0]:13.2f} | {old[0]:10.1f}")  # fmt: skip
+
+
+class TimedQueue(SqliteJobQueue):
+    """The real queue, with the cost of each position announcement recorded."""
+
+    announce_ms: list[float]
+
+    def _announce_positions(self) -> None:
+        t = time.perf_counter()
+        super()._announce_positions()
+        self.announce_ms.append((time.perf_counter() - t) * 1000)
+
+
+def simulate(size: int, *, users: int, workers: int, watched: int, seconds: float) -> str:
+    """`workers` threads claim and finish jobs (0.5-1.5 s each) while a submitter keeps `size` queued."""
+    with tempfile.TemporaryDirectory() as tmp:
+        queue = TimedQueue(open_gallery_db(Path(tmp) / "gallery.db"), max_queued_per_user=10**6)
+        queue.announce_ms = []
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, daemon=True).start()
+        hub = EventHub(loop)
+        request = [DreamRequest(prompt="x", requester=Requester(user=f"u{u}")) for u in range(users)]
+        ids = [queue.put(request[i % users], seed=i)[0].id for i in range(size)]
+        # Streams open on jobs spread through the queue, as a community's clients would be.
+        for job_id in ids[:: max(1, size // watched)][:watched]:
+            loop.call_soon_threadsafe(hub.subscribe, job_id)
+        queue.events = hub
+        queue.announce_ms.clear()
+        claims: list[float] = []
+        submits: list[float] = []
+        completes: list[float] = []
+        stop = threading.Event()
+        rng = random.Random(0)
+
+        def worker() -> None:
+            while not stop.is_set():
+                t = time.perf_counter()
+                job = queue.claim()
+                claims.append((time.perf_counter() - t) * 1000)
+                if job is None:
+                    time.sleep(0.01)
+                    continue
+                stop.wait(rng.uniform(0.5, 1.5))  # the job's run
+                t = time.perf_counter()
+                queue.complete(job.id)
+                completes.append((time.perf_counter() - t) * 1000)
+
+        def submitter() -> None:
+            turn = 0
+            while not stop.is_set():
+                if queue.count("queued") >= size:
+                    time.sleep(0.005)
+                    continue
+                turn += 1
+                t = time.perf_counter()
+                queue.put(request[turn % users], seed=turn)
+                submits.append((time.perf_counter() - t) * 1000)
+
+        threads = [threading.Thread(target=worker) for _ in range(workers)] + [threading.Thread(target=submitter)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        time.sleep(seconds)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        elapsed = time.perf_counter() - started
+        loop.call_soon_threadsafe(loop.stop)
+        events = len(queue.announce_ms)
+
+        def p(values: list[float]) -> str:
+            values = sorted(values) or [0.0]
+            return f"{statistics.median(values):5.2f} / {values[min(len(values) - 1, int(len(values) * 0.99))]:6.2f}"
+
+        return (f"{size:>7} | {len(claims):>6} | {p(claims):>14} | {p(submits):>15} | {p(completes):>16} | "
+                f"{p(queue.announce_ms):>16} | {events / elapsed:8.0f}")  # fmt: skip
 
 
 def through_engine(total: int, *, users: int) -> None:

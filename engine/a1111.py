@@ -361,9 +361,13 @@ def build_router(state: A1111 | None = None) -> APIRouter:
     @router.get("/progress")
     def progress(request: Request) -> dict:
         s = services(request)
-        worker, running = s.worker, s.worker.current
-        step, total = worker.progress if running else (0, 0)
-        preview = worker.preview_of(running) if running else None
+        jobs = s.workers.running()
+        client = state.client(request)
+        mine = {r.id for r in s.queue.jobs("running") if r.request.requester.user == client}
+        running = next((j for j in jobs if j in mine), jobs[0] if jobs else None)  # this client's, else any
+        progress = s.workers.progress_of(running) if running else None
+        step, total = (progress.step, progress.total) if progress else (0, 0)
+        preview = s.workers.preview_of(running) if running else None
         fraction = step / total if total else 0.0
         started = s.jobs.get(running).started_at if running else None
         elapsed = (datetime.now(UTC) - started).total_seconds() if started else 0.0
@@ -371,7 +375,7 @@ def build_router(state: A1111 | None = None) -> APIRouter:
         return {
             "progress": fraction, "eta_relative": eta, "textinfo": None,
             "state": {"skipped": False, "interrupted": False, "job": running or "", "job_count":
-                      s.queue.count("queued") + (1 if running else 0), "job_timestamp": "", "job_no": 0,
+                      s.queue.count("queued") + len(jobs), "job_timestamp": "", "job_no": 0,
                       "sampling_step": step, "sampling_steps": total},
             "current_image": preview.split(",", 1)[1] if preview else None,
         }  # fmt: skip

@@ -32,7 +32,7 @@ from engine.dream_args import explain_errors
 from engine.events import EventHub
 from engine.grid import tile
 from engine.inputs import InputError, Inputs
-from engine.jobs import JobService
+from engine.jobs import JobService, Runner
 from engine.queue import JobNotFound, JobQueue, TooManyQueued
 from engine.records import image_record
 from engine.schema import (
@@ -67,9 +67,6 @@ from gallery.store import ImageNotFound, ImageStore
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # the backend's modules import torch: the API answers before they are loaded
-    from engine.device import Device
-    from engine.pipelines import PipelineCache
-    from engine.worker import Worker
     from gallery.indexer import Indexer
     from gallery.search import GallerySearch
     from gallery.upkeep import Upkeep
@@ -81,12 +78,11 @@ class EngineStarting(RuntimeError):
 
 @dataclass
 class Backend:
-    """The heavy half of the engine, built on a thread once the socket answers: torch, the worker,
+    """The heavy half of the engine, built on a thread once the socket answers: torch, the workers,
     CLIP and the vector index."""
 
-    device: Device
-    pipelines: PipelineCache
-    worker: Worker
+    device: str  # the device in words: one GPU, or the Ray pool
+    workers: Runner  # the local worker thread, or Ray workers
     search: GallerySearch
     indexer: Indexer
     upkeep: Upkeep
@@ -118,23 +114,15 @@ class Services:
         """The backend is built: jobs queued meanwhile start now."""
         assert self.hub is not None
         self.backend = backend
-        self.jobs.runner = backend.worker
-        backend.worker.serve(self.hub)
+        self.jobs.runner = backend.workers
+        backend.workers.serve(self.hub)
 
     def default_model(self) -> str:
         return default_model_name(self.settings.model)
 
     @property
-    def device(self) -> Device:
-        return self.ready().device
-
-    @property
-    def pipelines(self) -> PipelineCache:
-        return self.ready().pipelines
-
-    @property
-    def worker(self) -> Worker:
-        return self.ready().worker
+    def workers(self) -> Runner:
+        return self.ready().workers
 
     @property
     def search(self) -> GallerySearch:
@@ -329,7 +317,7 @@ def create_app(services: Services) -> FastAPI:
             with suppress(Exception):
                 await loading  # asked to stop while starting: finish starting, then stop cleanly
         if services.backend is not None:
-            await asyncio.to_thread(services.backend.worker.stop)
+            await asyncio.to_thread(services.backend.workers.stop)
             services.backend.indexer.flush()
 
     app = FastAPI(
@@ -400,14 +388,17 @@ def create_app(services: Services) -> FastAPI:
         if s.backend is None:
             return Health(status="starting", version=__version__, device="starting", model=s.default_model(),
                           queued=s.queue.count("queued"), running=0, loading=s.default_model())  # fmt: skip
+        workers = s.workers.workers()
+        loaded = list(dict.fromkeys(name for w in workers for name in w.loaded))
         return Health(
             version=__version__,
-            device=s.device.describe(),
+            device=s.ready().device,
             model=s.default_model(),
             queued=s.queue.count("queued"),
-            running=1 if s.worker.current else 0,
-            loading=s.pipelines.loading,
-            loaded=s.pipelines.loaded(),
+            running=len(s.workers.running()),
+            loading=next((w.loading for w in workers if w.loading), None),
+            loaded=loaded,
+            workers=workers,
         )
 
     @app.get("/v1/models")

@@ -72,49 +72,72 @@ def _build_or_stop(front: Services) -> Backend:
 
 
 def build_backend(front: Services) -> Backend:
-    """The heavy half, on a thread while the API already answers: torch, the worker thread (every
-    model loads there), CLIP and the vector index."""
+    """The heavy half, on a thread while the API already answers: the workers (torch and the models:
+    this process's worker thread, or Ray actors), CLIP and the vector index."""
     # Before torch loads: inductor reads it once. Compiled kernels outlive the process, so a
     # `compile` warm-up is paid once per machine (and per image size), not per start.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(front.settings.home / "inductor"))
-    from engine.device import Device
-    from engine.pipelines import PipelineCache
-    from engine.worker import Worker, WorkerEmbedder
-    from gallery.embeddings import OpenClipEmbedder
+    settings, store = front.settings, front.store
+    # The workers first: Ray forks its processes, which LanceDB's runtime (imported below) warns against.
+    workers, embedder, device = _ray_workers(front) if settings.backend == "ray" else _local_worker(front)
     from gallery.index import LanceIndex
     from gallery.indexer import Indexer
     from gallery.search import GallerySearch
     from gallery.upkeep import Upkeep
 
-    settings, store = front.settings, front.store
+    try:
+        index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
+    except BaseException:
+        workers.stop()
+        raise
+    if rebuilt:
+        log.warning("the vector index was damaged and starts empty; the workers re-embed the gallery")
+    indexer = Indexer(engine=store.engine, store=store, embedder=embedder, index=index)
+    workers.front.indexer = indexer
+    log.info("engine ready: device %s", device)
+    return Backend(
+        device=device,
+        workers=workers,
+        search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
+        indexer=indexer,
+        upkeep=Upkeep(store=store, indexer=indexer),
+    )
+
+
+def _local_worker(front: Services):
+    """One worker thread on this machine's device; CLIP runs on that thread too."""
+    from engine.device import Device
+    from engine.pipelines import PipelineCache
+    from engine.worker import Worker, WorkerEmbedder
+    from gallery.embeddings import OpenClipEmbedder
+
+    settings = front.settings
     device = Device(settings.device)
     pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
                               shelf=front.shelf, budget_bytes=_gb(settings.model_cache_gb),
                               compile=settings.compile)  # fmt: skip
-    worker = Worker(queue=front.queue, store=store, inputs=front.inputs, pipelines=pipelines, device=device,
+    worker = Worker(queue=front.queue, store=front.store, inputs=front.inputs, pipelines=pipelines, device=device,
                     max_batch_pixels=settings.batch_pixels or device.batch_pixels())  # fmt: skip
     worker.start()
     try:
         clip = worker.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
                            device=str(device.torch_device))  # fmt: skip
-        embedder = WorkerEmbedder(clip, worker)
-        index, rebuilt = LanceIndex.open_or_rebuild(settings.index_dir, model_id=embedder.model_id, dim=embedder.dim)
     except BaseException:
         worker.stop()
         raise
-    if rebuilt:
-        log.warning("the vector index was damaged and starts empty; the worker re-embeds the gallery")
-    indexer = Indexer(engine=store.engine, store=store, embedder=embedder, index=index)
-    worker.indexer = indexer
-    log.info("engine ready: device %s", device.describe())
-    return Backend(
-        device=device,
-        pipelines=pipelines,
-        worker=worker,
-        search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
-        indexer=indexer,
-        upkeep=Upkeep(store=store, indexer=indexer),
-    )
+    worker.maker.embedder = clip  # new images are embedded as they are made, on the worker thread
+    return worker, WorkerEmbedder(clip, worker), device.describe()
+
+
+def _ray_workers(front: Services):
+    """`workers` Ray actors, each with its device, models and CLIP; the front loads no model."""
+    from engine.ray_workers import RayWorkers
+    from engine.worker import Front
+
+    workers = RayWorkers(front.settings, Front(queue=front.queue, store=front.store, inputs=front.inputs,
+                                               events=front.queue.events))  # fmt: skip
+    workers.start()
+    return workers, workers.embedder(), workers.describe()
 
 
 def bind_unix_socket(path: Path) -> socket.socket:

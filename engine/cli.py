@@ -102,6 +102,11 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
               f"{h.queued} queued, {h.running} running")  # fmt: skip
         if h.loaded or h.loading:
             print("in memory: " + (", ".join(h.loaded) or "-") + (f" (loading {h.loading})" if h.loading else ""))
+        if len(h.workers) > 1 or any(w.id != "local" for w in h.workers):
+            for w in h.workers:
+                doing = f"job {w.job}" if w.job else "idle" if w.alive else "restarting"
+                loading = f", loading {w.loading}" if w.loading else ""
+                print(f"  worker {w.id} on {w.node}, {w.device}: {doing}{loading}; holds {', '.join(w.loaded) or '-'}")
         return 0
     if _answers(settings):  # asked before the heavy imports below: an answer in well under a second
         return _fail(f"an engine is already listening on {settings.socket_path}", 1)

@@ -11,12 +11,13 @@ import secrets
 from typing import Protocol
 
 from engine import modes
+from engine.events import EventSink
 from engine.inputs import InputError, Inputs
 from engine.modes import MIN_SIDE
 from engine.prompts import PromptError
 from engine.queue import JobNotFound, JobQueue, JobRecord
 from engine.records import image_info
-from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope
+from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Job, Progress, QueueState, Scope, WorkerInfo
 from engine.shelf import Shelf, UnknownModel
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
@@ -27,7 +28,13 @@ def draw_seed() -> int:
 
 
 class Runner(Protocol):
-    """What the job service needs from whoever runs jobs (the local worker thread, or a pool)."""
+    """What the engine needs from whoever runs jobs: the local worker thread, or a pool of Ray workers."""
+
+    def serve(self, events: EventSink) -> None:
+        """Start claiming jobs, reporting to `events`."""
+
+    def stop(self) -> None:
+        """Stop; a job interrupted mid-way goes back to the queue."""
 
     def wake(self) -> None:
         """A job was queued."""
@@ -41,9 +48,24 @@ class Runner(Protocol):
     def loading_for(self, job_id: str) -> str | None:
         """The model this running job waits for while it loads, or None."""
 
+    def preview_of(self, job_id: str) -> str | None:
+        """The running job's latest step preview (a data: URL), or None."""
+
+    def running(self) -> list[str]:
+        """The jobs running now, one per busy worker."""
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every worker: where it runs, what it runs and holds."""
+
 
 class Starting:
-    """The runner while the engine starts: jobs queue, and run once the worker is up."""
+    """The runner while the engine starts: jobs queue, and run once the workers are up."""
+
+    def serve(self, events: EventSink) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
 
     def wake(self) -> None:
         pass
@@ -56,6 +78,15 @@ class Starting:
 
     def loading_for(self, job_id: str) -> str | None:
         return None
+
+    def preview_of(self, job_id: str) -> str | None:
+        return None
+
+    def running(self) -> list[str]:
+        return []
+
+    def workers(self) -> list[WorkerInfo]:
+        return []
 
 
 def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
@@ -186,6 +217,7 @@ class JobService:
                 (self.view(r, positions[r.id]) for r in self.queue.jobs("queued") if r.id in positions and inside(r)),
                 key=lambda j: j.position or 0,
             ),
+            workers=self.runner.workers(),
         )
 
     def images_of(self, job_id: str) -> list[ImagePublic]:

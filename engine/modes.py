@@ -82,12 +82,12 @@ class Plan:
 
     def records(
         self, req: DreamRequest, images: Sequence[Image.Image], *, job_id: str, model: str,
-        parent: ImagePublic | None, nsfw: Sequence[bool], made_with: dict | None = None,
+        parent: ImagePublic | None, nsfw: Sequence[bool], made_with: dict | None = None, worker: str | None = None,
     ) -> list[ImageCreate]:  # fmt: skip
         """The gallery rows of this plan's images. `made_with`: the model's hash, LoRAs, embeddings
-        (the model is recorded by its shelf name: never a path)."""
+        (the model is recorded by its shelf name: never a path); `worker`: who made them."""
         r = req.requester
-        made_with = {"model": model, **(made_with or {})}
+        made_with = {"model": model, **(made_with or {})} | ({"worker": worker} if worker else {})
         return [
             ImageCreate(
                 job_id=job_id,
@@ -109,6 +109,7 @@ class Plan:
                 parent_id=parent.id if parent is not None else None,
                 relation=None if req.mode == "txt2img" else req.mode,
                 nsfw=nsfw[i],
+                worker=worker,
                 params={**self.image_params(req, i), **made_with},
             )
             for i, img in enumerate(images)

@@ -230,6 +230,12 @@ class DreamRequest(BaseModel):
     preview: bool = False
     requester: Requester = Requester()
 
+    @classmethod
+    def from_params(cls, params: dict) -> DreamRequest:
+        """The request that remakes an image alone, from its stored params (what it records beside the
+        request, such as the model's hash, its add-ons' hashes and the worker, is left out)."""
+        return cls.model_validate({k: v for k, v in params.items() if k in cls.model_fields})
+
     @field_validator("prompt")
     @classmethod
     def _prompt_visible(cls, v: str) -> str:
@@ -325,6 +331,7 @@ class ImageInfo(BaseModel):
     path: str
     sha256: str
     nsfw: bool = False
+    worker: str | None = Field(default=None, description="the engine worker that made it")
     variation_seed: int | None = Field(default=None, description="a variation's own noise seed (its last -V term)")
 
 
@@ -358,9 +365,23 @@ class Accepted(BaseModel):
     seed: int
 
 
+class WorkerInfo(BaseModel):
+    """One worker that runs jobs: the engine's own thread, or a Ray actor on some node."""
+
+    id: str = Field(description="recorded in every image it makes (params `worker`)")
+    node: str = Field(description="the machine it runs on")
+    pid: int = Field(description="its process on that machine")
+    device: str
+    job: str | None = Field(default=None, description="the job it runs now")
+    loading: str | None = Field(default=None, description="a model it is loading now")
+    loaded: list[str] = Field(default_factory=list, description="models in its memory")
+    alive: bool = Field(default=True, description="false while Ray restarts it")
+
+
 class QueueState(BaseModel):
     running: list[Job]
     queued: list[Job]
+    workers: list[WorkerInfo] = Field(default_factory=list)
 
 
 class ModelEntry(BaseModel):
@@ -392,6 +413,7 @@ class Health(BaseModel):
     running: int
     loading: str | None = Field(default=None, description="a model being loaded now; jobs wait for it")
     loaded: list[str] = Field(default_factory=list, description="models in memory, most recently used first")
+    workers: list[WorkerInfo] = Field(default_factory=list, description="who runs jobs (one, or a Ray pool)")
 
 
 EventType = Literal["queued", "started", "loading", "step", "image", "done", "failed", "cancelled"]

@@ -102,6 +102,22 @@ class Settings(BaseSettings):
         "to spare a reload; 0: strict round-robin",
     )  # fmt: skip
     max_queued_per_user: int = Field(default=20, ge=1)
+    backend: Literal["local", "ray"] = Field(
+        default="local", description="local: one worker thread on this machine's device; ray: `workers` GPU "
+        "workers as Ray actors (README 'More GPUs')",
+    )  # fmt: skip
+    workers: int = Field(default=1, ge=1, le=1024, description="with backend=ray: how many workers (one GPU each)")
+    ray_address: str | None = Field(
+        default=None, description="with backend=ray: the cluster to join (ray://host:10001, or auto); None: start "
+        "a local Ray instance",
+    )  # fmt: skip
+    worker_threads: int | None = Field(
+        default=None, ge=1,
+        description="with backend=ray on CPUs: torch threads (and Ray CPUs) per worker; None: the CPUs / workers",
+    )  # fmt: skip
+    job_retries: int = Field(
+        default=2, ge=0, le=10, description="with backend=ray: how often a job whose worker died runs again elsewhere"
+    )
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tcp_host: str = "127.0.0.1"
     tcp_port: int | None = Field(default=None, description="opt-in TCP listener; needs `token`")

@@ -1,53 +1,180 @@
-"""The worker: one thread that owns the device and runs jobs one at a time.
+"""Workers as the engine front sees them, and the local one: a thread that owns the device.
 
-Loop: claim -> run -> store -> finish -> housekeeping. It never touches the
-event loop directly: everything it reports goes through an `EventSink`,
-which the server implements with `loop.call_soon_threadsafe`. Flags that
-the HTTP side sets (cancel, stop) are read between steps.
+Loop: claim -> Front.run (inputs -> Maker.make -> store -> index -> announce -> done).
+`Front` is the front's half of every job, whoever makes its images (this thread,
+or a Ray actor: engine.ray_workers). Nothing here touches the event loop directly:
+everything reported goes through an `EventSink`, which the server implements with
+`loop.call_soon_threadsafe`. Flags that the HTTP side sets (cancel, stop) are read
+between steps.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
 import logging
+import os
 import queue as queue_module
+import socket
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
-from engine import modes
 from engine.device import Device
 from engine.events import EventSink, NullSink
-from engine.inputs import InputError, Inputs
-from engine.pipelines import Cancelled, LoadedModel, ModelLoadError, PipelineCache, StepCallback
-from engine.queue import JobQueue, JobRecord
+from engine.inputs import InputError, Inputs, Resolved
+from engine.maker import Interrupted, Made, Maker
+from engine.pipelines import Cancelled, ModelLoadError, PipelineCache
+from engine.queue import Affinity, JobQueue, JobRecord
 from engine.records import image_info
-from engine.schema import Event, Progress
+from engine.schema import Event, Progress, WorkerInfo
 from gallery.embeddings import Embedder
-from gallery.files import encode_png
-from gallery.indexer import Indexer
 from gallery.schemas import ImagePublic
 from gallery.store import ImageNotFound, ImageStore
+
+if TYPE_CHECKING:  # LanceDB: not before Ray forks its processes (engine.ray_workers)
+    from gallery.indexer import Indexer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PREVIEW_INTERVAL_S = 0.5
+
+class WorkerLost(Exception):
+    """The worker running a job died (process killed, node lost): the job may run elsewhere."""
 
 
-class _Interrupted(Exception):
-    """The engine is shutting down mid-job: the job goes back to the queue."""
+class JobFailed(Exception):
+    """A job failed in another process; its message is already one sentence for the user."""
 
 
-class Worker:
-    """Runs queued jobs on the device, one pipeline call at a time."""
+class Seat:
+    """One worker as the front sees it: the job it runs, how far it is, what it loads and holds."""
+
+    def __init__(self, worker_id: str, node: str, device: str, pid: int) -> None:
+        self.id, self.node, self.device, self.pid = worker_id, node, device, pid
+        self.job: str | None = None
+        self.progress: tuple[int, int] = (0, 0)
+        self.preview: str | None = None  # the running job's latest preview, as a data: URL
+        self.loading: str | None = None
+        self.loaded: list[str] = []
+        self.affinity: Affinity | None = None  # what the queue may match to spare it a reload
+        self.alive = True
+
+    def start(self, job: JobRecord) -> None:
+        self.job, self.progress, self.preview, self.loading = job.id, (0, job.request.steps), None, None
+
+    def saw(self, event: Event) -> None:
+        if event.type == "loading":
+            self.loading = event.model
+        elif event.type == "step":
+            self.loading = None
+            self.progress = (event.step or 0, event.total or 0)
+            if event.preview is not None:
+                self.preview = event.preview
+
+    def end(self) -> None:
+        self.job, self.progress, self.preview, self.loading = None, (0, 0), None, None
+
+    def info(self) -> WorkerInfo:
+        return WorkerInfo(id=self.id, node=self.node, pid=self.pid, device=self.device, job=self.job,
+                          loading=self.loading, loaded=list(self.loaded), alive=self.alive)  # fmt: skip
+
+
+class Seats:
+    """The Runner's read side over a set of seats (what health, /v1/queue and A1111's progress ask)."""
+
+    seats: list[Seat]
+
+    def _seat_of(self, job_id: str) -> Seat | None:
+        return next((seat for seat in self.seats if seat.job == job_id), None)
+
+    def progress_of(self, job_id: str) -> Progress | None:
+        seat = self._seat_of(job_id)
+        return None if seat is None else Progress(step=seat.progress[0], total=seat.progress[1])
+
+    def loading_for(self, job_id: str) -> str | None:
+        seat = self._seat_of(job_id)
+        return None if seat is None else seat.loading
+
+    def preview_of(self, job_id: str) -> str | None:
+        """The running job's latest step preview (a data: URL), if it asked for previews."""
+        seat = self._seat_of(job_id)
+        return None if seat is None else seat.preview
+
+    def running(self) -> list[str]:
+        return [seat.job for seat in self.seats if seat.job is not None]
+
+    def workers(self) -> list[WorkerInfo]:
+        return [seat.info() for seat in self.seats]
+
+
+MakeFn = Callable[[JobRecord, Resolved, Callable[[Event], None]], Made]
+
+
+@dataclass
+class Front:
+    """The front's half of every job, whoever makes its images: the gallery, the index and the events."""
+
+    queue: JobQueue
+    store: ImageStore
+    inputs: Inputs
+    events: EventSink
+    indexer: Indexer | None = None
+
+    def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
+        """One claimed job: inputs -> make (here, or on a worker elsewhere) -> store -> index -> announce -> done.
+
+        Raises WorkerLost (the job is still running; the caller decides where it goes)."""
+        seat.start(job)
+
+        def report(event: Event) -> None:
+            seat.saw(event)
+            self.events.publish(event)
+
+        try:
+            made = make(job, self.inputs.load(job.request), report)
+            seat.loaded, seat.affinity = made.loaded, made.affinity
+            if self.queue.get(job.id).status != "running":
+                raise Cancelled()  # cancelled as it finished: store nothing
+            images = self.store.add(made.items)
+            self._index(images, made.vectors)
+            for image in images:
+                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
+            self.queue.complete(job.id)
+        except Cancelled:
+            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
+        except Interrupted:
+            self.queue.requeue(job.id)
+            log.info("job %s interrupted by shutdown; it will run again", job.id)
+        except WorkerLost:
+            raise
+        except Exception as e:  # one bad job must never take the engine down
+            message = readable_error(e)
+            log.exception("job %s failed: %s", job.id, message)
+            self.queue.fail(job.id, message)
+        finally:
+            seat.end()
+
+    def _index(self, images: list[ImagePublic], vectors: list[list[float]] | None) -> None:
+        # Housekeeping after a job: a failure here costs search freshness, never the job;
+        # the reconciler embeds whatever is missing on the next start.
+        if self.indexer is None:
+            return
+        try:
+            if vectors is None:
+                self.indexer.index_images(images)
+            else:
+                self.indexer.add_vectors(images, vectors)
+        except Exception:
+            log.exception("could not index %d new image(s)", len(images))
+
+
+class Worker(Seats):
+    """The local backend: one thread that owns the device and runs jobs one at a time."""
 
     def __init__(
         self,
@@ -60,24 +187,34 @@ class Worker:
         events: EventSink | None = None,
         indexer: Indexer | None = None,
         max_batch_pixels: int | None = None,
+        worker_id: str = "local",
     ) -> None:
         self.queue = queue
-        self.indexer = indexer
-        self.store = store
-        self.inputs = inputs
         self.pipelines = pipelines
-        self.events = events or NullSink()
         self.device = device
-        self.max_batch_pixels = max_batch_pixels
-        self.current: str | None = None
-        self.progress: tuple[int, int] = (0, 0)
-        self._preview: tuple[str, str] | None = None  # (job, its latest preview as a data: URL)
+        self.front = Front(queue=queue, store=store, inputs=inputs, events=events or NullSink(), indexer=indexer)
+        self.maker = Maker(
+            pipelines=pipelines,
+            device=device,
+            worker_id=worker_id,
+            max_batch_pixels=max_batch_pixels,
+            between_steps=self._run_tasks,
+        )  # a search's embedding waits one step at most
+        self.seat = Seat(worker_id, node=socket.gethostname(), device=device.describe(), pid=os.getpid())
+        self.seats = [self.seat]
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._cancel: set[str] = set()
         self._serving = threading.Event()
         self._tasks: queue_module.SimpleQueue[tuple[Callable[[], Any], Future]] = queue_module.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name="dreamhall-worker", daemon=True)
+
+    @property
+    def indexer(self) -> Indexer | None:
+        return self.front.indexer
+
+    @indexer.setter
+    def indexer(self, indexer: Indexer | None) -> None:
+        self.front.indexer = indexer
 
     # --- called from other threads ----------------------------------------------------
     def start(self) -> None:
@@ -85,7 +222,7 @@ class Worker:
         self._thread.start()
 
     def serve(self, events: EventSink) -> None:
-        self.events = events
+        self.front.events = events
         self._serving.set()
         self._wake.set()
 
@@ -107,27 +244,18 @@ class Worker:
         """A job was queued."""
         self._wake.set()
 
-    def loading_for(self, job_id: str) -> str | None:
-        return self.pipelines.loading if self.current == job_id else None
-
-    def progress_of(self, job_id: str) -> Progress | None:
-        if self.current != job_id:
-            return None
-        step, total = self.progress
-        return Progress(step=step, total=total)
-
-    def preview_of(self, job_id: str) -> str | None:
-        """The running job's latest step preview (a data: URL), if it asked for previews."""
-        latest = self._preview
-        return latest[1] if latest is not None and latest[0] == job_id else None
-
     def cancel(self, job_id: str) -> None:
         """Ask the running job to stop at its next step."""
-        self._cancel.add(job_id)
+        self.maker.cancel(job_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        info = self.seat.info()
+        return [info.model_copy(update={"loading": self.pipelines.loading, "loaded": self.pipelines.loaded()})]
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current step; an interrupted job goes back to the queue."""
         self._stopping.set()
+        self.maker.stop()
         self._wake.set()
         self._thread.join(timeout)
 
@@ -153,12 +281,13 @@ class Worker:
                 preloaded = True
             job = self.queue.claim(self.pipelines.affinity()) if preloaded else None
             if job is None:
-                # Nothing runs: cancels asked for jobs that never ran here (queued ones) are moot.
-                self._cancel.clear()
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue
-            self._run(job)
+            try:
+                self.front.run(job, self.seat, self.maker.make)
+            finally:
+                self.maker.forget(job.id)
         self._run_tasks()
 
     def _preload(self) -> None:
@@ -167,119 +296,11 @@ class Worker:
             self.pipelines.model(None)
         except Exception as e:  # reported again, per job, when the model is used
             log.error("could not preload the default model: %s", readable_error(e))
-        if self.indexer is not None:
+        if self.front.indexer is not None:
             try:
-                self.indexer.reconcile()
+                self.front.indexer.reconcile()
             except Exception:  # search degrades, generation goes on
                 log.exception("could not reconcile the search index")
-
-    def _index(self, images: list[ImagePublic]) -> None:
-        # Housekeeping after a job: a failure here costs search freshness, never the job;
-        # the reconciler embeds whatever is missing on the next start.
-        if self.indexer is None:
-            return
-        try:
-            self.indexer.index_images(images)
-        except Exception:
-            log.exception("could not index %d new image(s)", len(images))
-
-    def _run(self, job: JobRecord) -> None:
-        """One job from claim to its end; the queue announces each transition."""
-        self.current, self.progress = job.id, (0, job.request.steps)
-        try:
-            images = self._generate(job)
-            self._index(images)
-            for image in images:
-                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
-            self.queue.complete(job.id)
-        except Cancelled:
-            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
-        except _Interrupted:
-            self.queue.requeue(job.id)
-            log.info("job %s interrupted by shutdown; it will resume on the next start", job.id)
-        except Exception as e:  # one bad job must never take the engine down
-            message = readable_error(e)
-            log.exception("job %s failed: %s", job.id, message)
-            self.queue.fail(job.id, message)
-        finally:
-            self._cancel.discard(job.id)
-            self.current, self.progress = None, (0, 0)
-
-    def _generate(self, job: JobRecord) -> list[ImagePublic]:
-        """model -> inputs -> plan -> batches -> safety flags -> records -> store."""
-        req = job.request
-        # 1. the model (say so when it must be loaded: that can take minutes), and 2. the input images
-        if not self.pipelines.is_loaded(req.model):
-            self.events.publish(Event(type="loading", job=job.id, model=req.model or self.pipelines.default_name()))
-        model = self.pipelines.model(req.model)  # pipelines.loading says what, meanwhile
-        inputs = self.inputs.load(req)
-        # 3. the plan: size, seeds, and which single call makes its images
-        work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
-                          upscaler=self.pipelines.upscaler)  # fmt: skip
-        # 4. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
-        shelf = self.pipelines.shelf
-        loras, embeddings = shelf.addons_of(req.prompt, req.negative_prompt)
-        started = time.perf_counter()
-        with model.addons(loras, embeddings):
-            images = modes.run_batched(
-                len(work.seeds),
-                lambda indices, chunk, chunks: work.run(model, indices, self._step_reporter(job, model, chunk, chunks)),
-                max_batch=self._max_batch(work),
-                is_out_of_memory=self._out_of_memory,
-                on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
-            )
-        made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
-        if req.refiner is not None:  # 4b. a second model finishes each image
-            if not self.pipelines.is_loaded(req.refiner):
-                self.events.publish(Event(type="loading", job=job.id, model=req.refiner))
-            refiner = self.pipelines.model(req.refiner)
-            images = modes.refine(refiner, images, work, req.refiner_switch,
-                                  lambda i: self._step_reporter(job, refiner, i, len(images)))  # fmt: skip
-            made_with["refiner"] = refiner.name  # its shelf name, never a path
-        log.info("job %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, req.mode, req.n, work.width,
-                 work.height, req.steps, time.perf_counter() - started)  # fmt: skip
-        if job.id in self._cancel:
-            raise Cancelled()  # asked for during the last step: store nothing
-        # 5. safety flags, 6. gallery records, 7. the store
-        flags = model.safety_flags(images)
-        records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
-                               parent=inputs.parent, nsfw=flags)  # fmt: skip
-        return self.store.add([(record, encode_png(img, record)) for record, img in zip(records, images)])
-
-    def _max_batch(self, work: modes.Plan) -> int | None:
-        """How many images of this size fit one batch under the pixel budget (None: no budget)."""
-        if self.max_batch_pixels is None:
-            return None
-        return max(1, self.max_batch_pixels // (work.width * work.height))
-
-    def _out_of_memory(self, e: BaseException) -> bool:
-        if not Device.is_out_of_memory(e):
-            return False
-        self.device.free_memory()
-        return True
-
-    def _step_reporter(self, job: JobRecord, model: LoadedModel, chunk_no: int, chunks: int) -> StepCallback:
-        last_preview = [0.0]
-
-        def on_step(step: int, total: int, latents) -> None:
-            self._run_tasks()  # a search's embedding waits one step at most
-            if job.id in self._cancel:
-                raise Cancelled()
-            if self._stopping.is_set():
-                raise _Interrupted()
-            done, all_steps = chunk_no * total + step, chunks * total
-            self.progress = (done, all_steps)
-            preview = None
-            now = time.monotonic()
-            if job.request.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
-                last_preview[0] = now
-                picture = model.preview(latents)
-                preview = _data_url(picture) if picture is not None else None
-                if preview is not None:
-                    self._preview = (job.id, preview)
-            self.events.publish(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
-
-        return on_step
 
 
 class WorkerEmbedder(Embedder):
@@ -299,15 +320,9 @@ class WorkerEmbedder(Embedder):
         return self.worker.call(self.inner.embed_texts, texts)
 
 
-def _data_url(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def readable_error(e: BaseException) -> str:
     """One line for the user; the traceback stays in the engine's log."""
-    if isinstance(e, (ModelLoadError, InputError, ImageNotFound)):
+    if isinstance(e, (ModelLoadError, InputError, ImageNotFound, JobFailed)):
         return str(e)
     if Device.is_out_of_memory(e):
         return "out of memory even for a single image; try a smaller size or fewer steps"

@@ -68,6 +68,16 @@ class Indexer:
                 continue
             vectors = self.embedder.embed_images(pictures)
             rows += [_row(image, vector.tolist()) for image, vector in zip(batch, vectors)]
+        self._write(rows)
+        return unreadable
+
+    def add_vectors(self, images: list[ImagePublic], vectors: list[list[float]]) -> None:
+        """Index new images whose vectors were made where the images were (a worker's device, same CLIP model)."""
+        if any(len(v) != self.embedder.dim for v in vectors):
+            raise ValueError(f"vectors of the wrong size for {self.index.model_id} (expected {self.embedder.dim})")
+        self._write([_row(image, list(vector)) for image, vector in zip(images, vectors)])
+
+    def _write(self, rows: list[IndexRow]) -> None:
         with self._lock:
             present = self.index.present([r.image_id for r in rows])
             rows = [r for r in rows if r.image_id not in present]
@@ -79,7 +89,6 @@ class Indexer:
                     .values([{"image_id": r.image_id, "clip_model": self.index.model_id} for r in rows])
                     .on_conflict_do_nothing()
                 )
-        return unreadable
 
     def forget(self, image_ids: list[int]) -> None:
         """Drop these images' vectors (they were deleted)."""

@@ -71,6 +71,7 @@ class ImageRow(Base):
     relation: Mapped[str | None] = mapped_column(String(16))
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    worker: Mapped[str | None] = mapped_column(String(200))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -99,7 +99,7 @@ def test_no_seed_draws_one_and_reports_it(client: EngineClient) -> None:
 def test_an_image_reproduces_from_its_own_parameters(client: EngineClient) -> None:
     first = run(client, dream(n=3, seed=500)).images[1]
     params = client.image(first.id).params
-    again = run(client, DreamRequest.model_validate(params))
+    again = run(client, DreamRequest.from_params(params))
     assert again.images[0].seed == first.seed == 501
     assert np.abs(pixels(again.images[0].path) - pixels(first.path)).max() <= 1
 

@@ -1,0 +1,167 @@
+"""The engine with `backend = "ray"`: a real local Ray instance, two CPU workers (one torch thread each), the
+built-in model, a real engine process on a real socket. Kept few: Ray's start-up costs seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.client import EngineClient
+from engine.schema import DreamRequest, Health, Requester
+from tests.conftest import ROOT, EngineProcess
+
+pytestmark = pytest.mark.slow
+
+LONG = {"steps": 150, "width": 128, "height": 128, "n": 4}  # seconds of steps: time to cancel or kill mid-job
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    proc = EngineProcess(
+        tmp_path_factory.mktemp("home"),
+        None,  # the built-in model
+        DREAMHALL_BACKEND="ray",
+        DREAMHALL_WORKERS="2",
+        DREAMHALL_WORKER_THREADS="1",
+        DREAMHALL_JOB_RETRIES="1",
+        DREAMHALL_MAX_QUEUED_PER_USER="8",
+    ).start(timeout=300)
+    yield proc
+    assert proc.stop() == 0
+
+
+@pytest.fixture
+def client(engine: EngineProcess) -> Iterator[EngineClient]:
+    with engine.client() as c:
+        yield c
+
+
+def dream(user: str, **kw) -> DreamRequest:
+    return DreamRequest(**{"prompt": "a red circle", "steps": 6, "width": 64, "height": 64, **kw},
+                        requester=Requester(source="api", user=user))  # fmt: skip
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+def wait_until(what: Callable[[], object], timeout: float = 120.0, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(every)
+    raise TimeoutError("condition not reached")
+
+
+def worker_running(client: EngineClient, job_id: str, min_step: int = 1):
+    """The worker that runs `job_id`, once it has made `min_step` steps."""
+
+    def found():
+        job = client.job(job_id)
+        if job.status == "running" and job.progress.step >= min_step:
+            return next((w for w in client.health().workers if w.job == job_id), None)
+        return None
+
+    return wait_until(found)
+
+
+def all_back(client: EngineClient) -> Health:
+    return wait_until(lambda: (h := client.health()).workers and all(w.alive for w in h.workers) and h)
+
+
+def test_health_and_status_show_the_workers(engine: EngineProcess, client: EngineClient) -> None:
+    health = client.health()
+    assert health.device.startswith("ray: 2 worker(s)")
+    assert sorted(w.id for w in health.workers) == ["ray-0", "ray-1"]
+    assert all(w.alive and w.loaded == ["dreamhall-toy-sd"] and w.pid != engine.proc.pid for w in health.workers)
+    assert [w.id for w in client.queue().workers] == [w.id for w in health.workers]
+    status = subprocess.run([sys.executable, "-m", "engine", "engine", "status"], env=engine.env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "device ray: 2 worker(s)" in status.stdout and "worker ray-1 on" in status.stdout, status.stdout
+
+
+def test_seeds_give_the_same_image_on_either_worker(client: EngineClient) -> None:
+    # Two workers idle: two requests sent together run one on each.
+    jobs = [client.submit(dream(user, seed=100, steps=40)).id for user in ("ann", "bob")]
+    ann, bob = (client.wait(j) for j in jobs)
+    made_by = [client.image(j.images[0].id).worker for j in (ann, bob)]
+    assert sorted(made_by) == ["ray-0", "ray-1"]
+    assert (pixels(ann.images[0].path) == pixels(bob.images[0].path)).all()
+    # Image i of a request is seed + i alone, whichever worker makes it.
+    pair = client.wait(client.submit(dream("cy", seed=99, n=2, steps=40)).id)
+    assert (pixels(pair.images[1].path) == pixels(ann.images[0].path)).all()
+    record = client.image(pair.images[0].id)
+    assert record.params["worker"] == record.worker
+
+
+def test_two_users_share_both_workers_fairly(client: EngineClient) -> None:
+    busy = [client.submit(dream("zed", seed=i, steps=120)).id for i in range(2)]  # both workers busy...
+    wait_until(lambda: all(client.job(j).status == "running" for j in busy))
+    a = [client.submit(dream("ann", seed=200 + i)).id for i in range(4)]  # ...while a burst of four queues
+    b = [client.submit(dream("bob", seed=200 + i)).id for i in range(2)]  # and then two from someone else
+    jobs = [client.wait(j) for j in a + b]
+    assert all(j.status == "done" for j in jobs), [j.error for j in jobs]
+    by_start = sorted(jobs, key=lambda j: j.started_at)
+    assert [j.request.requester.user for j in by_start] == ["ann", "bob", "ann", "bob", "ann", "ann"]
+    assert {client.image(j.images[0].id).worker for j in jobs} == {"ray-0", "ray-1"}, "both workers ran them"
+
+
+def test_cancel_reaches_the_worker_running_the_job(client: EngineClient) -> None:
+    job = client.submit(dream("dee", seed=7, **LONG)).id
+    worker = worker_running(client, job)
+    assert client.cancel(job).status == "cancelled"
+    # The worker stops at its next step and takes the next job; nothing of the cancelled job is stored.
+    wait_until(lambda: all(w.job != job for w in client.health().workers))
+    assert client.job(job).images == [] and client.images(user="dee").total == 0
+    after = client.wait(client.submit(dream("dee", seed=8)).id)
+    assert after.status == "done" and worker.id in {w.id for w in client.health().workers}
+
+
+def test_a_killed_worker_s_job_runs_again_once_and_the_worker_comes_back(client: EngineClient) -> None:
+    job = client.submit(dream("eve", seed=11, **LONG)).id
+    victim = worker_running(client, job)
+    os.kill(victim.pid, signal.SIGKILL)
+    done = client.wait(job)
+    assert done.status == "done", done.error
+    images = client.images(user="eve").images
+    assert len(images) == LONG["n"] and sorted(i.index for i in images) == [0, 1, 2, 3], "stored once"
+    back = all_back(client)
+    assert next(w for w in back.workers if w.id == victim.id).pid != victim.pid, "Ray restarted the worker"
+    # Same pixels as an undisturbed run of the same request.
+    again = client.wait(client.submit(dream("eve2", seed=11, **LONG)).id)
+    assert all((pixels(x.path) == pixels(y.path)).all() for x, y in zip(done.images, again.images))
+
+
+def test_a_job_that_kills_its_workers_fails_after_the_retries(client: EngineClient) -> None:
+    job = client.submit(dream("fay", seed=12, **LONG)).id
+    first = worker_running(client, job)
+    os.kill(first.pid, signal.SIGKILL)
+    second = wait_until(lambda: (w := worker_running(client, job)).pid != first.pid and w)
+    os.kill(second.pid, signal.SIGKILL)
+    failed = client.wait(job)
+    assert failed.status == "failed" and "died 2 times" in (failed.error or ""), failed.error
+    assert client.images(user="fay").total == 0
+    all_back(client)
+    assert client.wait(client.submit(dream("fay", seed=13)).id).status == "done", "the engine serves on"
+
+
+def test_the_cli_works_unchanged_against_ray_workers(engine: EngineProcess, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "engine", "dream", "a blue square", "-n", "2", "-S", "5", "-s", "6",
+                          "-W", "64", "-H", "64"], env=engine.env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "seed 5" in out.stdout and "seed 6" in out.stdout
+    found = subprocess.run([sys.executable, "-m", "engine", "search", "blue square"], env=engine.env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert found.returncode == 0 and "a blue square" in found.stdout, found.stdout + found.stderr
