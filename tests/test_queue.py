@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,6 +133,7 @@ class Recorder(EventSink):
 
 
 def test_transitions_announce_themselves(queue: SqliteJobQueue) -> None:
+    queue.announce_every_s = 0  # positions at once, in the caller's thread
     queue.events = sink = Recorder(queue)
     a, _ = queue.put(req("A"), seed=0)
     b, _ = queue.put(req("B"), seed=0)
@@ -141,6 +143,27 @@ def test_transitions_announce_themselves(queue: SqliteJobQueue) -> None:
     assert queue.complete(a.id)
     assert sink.types(a.id)[-1] == "done"
     assert queue.cancel(b.id).status == "cancelled" and sink.types(b.id)[-1] == "cancelled"
+
+
+def test_positions_are_announced_coalesced_off_the_transition(queue: SqliteJobQueue) -> None:
+    """By default a transition only asks for an announcement; a thread of the queue's sends the positions
+    of that moment, at most every `announce_every_s`, so a burst of transitions costs one computation."""
+    queue.announce_every_s = 0.05
+    queue.events = sink = Recorder(queue)
+    jobs = [queue.put(req(user), seed=0)[0] for user in "ABCDE"]
+    for _ in range(3):
+        queue.complete(queue.claim().id)  # type: ignore[union-attr]
+    last = jobs[-1].id
+
+    def settled() -> bool:
+        return [e.position for e in sink.events if e.job == last][-1:] == [1]
+
+    deadline = time.monotonic() + 30
+    while not settled() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert settled(), [(e.job, e.position) for e in sink.events if e.type == "queued"]
+    announced = [e for e in sink.events if e.job == last and e.type == "queued"]
+    assert len(announced) < 1 + 5 + 3 * 2, "coalesced: fewer announcements than transitions"
 
 
 def test_a_terminal_state_is_never_left(queue: SqliteJobQueue) -> None:
@@ -198,6 +221,24 @@ def test_linear_fair_order_matches_the_quadratic_replay(jobs: list, claims: dict
     claims = {k: v for k, v in claims.items() if v is None or not (v in seen or seen.add(v))}
     rows = [SimpleNamespace(id=f"j{i}", queue_key=u, priority=p, seq=i) for i, (u, p) in enumerate(jobs)]
     assert fair_order(rows, claims) == quadratic_fair_order(rows, claims)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("ABCDE"), st.sampled_from([0, 0, 0, 2]), st.booleans()), max_size=40))
+def test_positions_from_memory_predict_the_claims(tmp_path_factory, steps: list) -> None:
+    """Submits (some followed by a claim) in any order: what put() answered for the last job, each job's own
+    position and all positions agree, and the queue is then served in exactly that order."""
+    queue = SqliteJobQueue(open_gallery_db(tmp_path_factory.mktemp("q") / "gallery.db"), max_queued_per_user=100)
+    for user, priority, claim in steps:
+        job, position = queue.put(req(user, priority), seed=0)
+        assert position == queue.positions()[job.id]
+        if claim:
+            queue.claim()
+    positions = queue.positions()
+    assert {i: queue.position(i) for i in positions} == positions
+    assert queue.positions_of(positions) == positions
+    order = [job.id for job in iter(queue.claim, None)]
+    assert order == sorted(positions, key=positions.__getitem__)
 
 
 def test_submit_claim_health_and_position_stay_flat_as_the_queue_grows(tmp_path: Path) -> None:

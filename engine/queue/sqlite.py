@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+import logging
 import threading
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, bindparam, func, select, text, update
+from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -18,11 +22,13 @@ from engine.queue.base import TERMINAL, Affinity, JobNotFound, JobQueue, JobReco
 from engine.schema import DreamRequest, Event, JobStatus
 from gallery.models import JobRow
 
+log = logging.getLogger(__name__)
+
 # Round-robin across users: serve the user whose most recent claim is oldest
 # (never-served users, NULL, sort first), so one user's burst of jobs cannot
 # starve anyone who arrives later. Priority overrides fairness; ties go to the
-# oldest job. The correlated MAX is answered from ix_jobs_queue_key_claim_seq
-# (a test checks the plan), so dequeue stays cheap with a long history.
+# oldest job. This is the order's definition; the queue serves it from memory
+# (FairIndex), and the tests hold the two to the same answers.
 _FAIR_ORDER = """
     ORDER BY j.priority DESC,
              (SELECT MAX(c.claim_seq) FROM jobs AS c WHERE c.queue_key = j.queue_key) ASC,
@@ -33,19 +39,9 @@ FAIR_DEQUEUE_SQL = text(
     "SELECT j.id, j.priority, json_extract(j.request, '$.model') AS model FROM jobs AS j "
     "WHERE j.status = 'queued'" + _FAIR_ORDER
 )
-# The first job, in the same order, whose model the worker has loaded (no higher priority skipped).
-FAIR_DEQUEUE_LOADED_SQL = text(
-    "SELECT j.id FROM jobs AS j WHERE j.status = 'queued' AND j.priority >= :priority "
-    "AND coalesce(json_extract(j.request, '$.model'), :default_model) IN :loaded" + _FAIR_ORDER
-).bindparams(bindparam("loaded", expanding=True))
 
-# Each user's queued jobs per priority level: what positions are computed from,
-# one row per (user, priority) rather than one per job.
-QUEUED_GROUPS_SQL = text(
-    """
-    SELECT queue_key, priority, count(*) AS count, min(seq) AS first_seq
-    FROM jobs WHERE status = 'queued' GROUP BY queue_key, priority
-    """
+QUEUED_SQL = text(
+    "SELECT id, queue_key, priority, seq, json_extract(request, '$.model') AS model FROM jobs WHERE status = 'queued'"
 )
 
 # Where a transition may start from; the guarded setter refuses anything else,
@@ -57,6 +53,91 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued", "running"}),
     "queued": frozenset({"running"}),
 }
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One queued job as the fair order sees it."""
+
+    id: str
+    queue_key: str
+    priority: int
+    seq: int
+    model: str | None
+
+
+class FairIndex:
+    """The queued jobs in memory, served in FAIR_DEQUEUE_SQL's order.
+
+    The engine is the queue's one process, so it keeps the queued jobs here as well as in SQLite
+    (the truth, loaded again on start): the next fair job costs O(users at the top priority), and
+    a job's position O(users), instead of SQL over every queued row.
+    """
+
+    def __init__(self, queued: Iterable[Queued], last_claims: dict[str, int]) -> None:
+        self.jobs: dict[str, Queued] = {}
+        self.by_user: dict[tuple[int, str], list[Queued]] = {}  # (priority, user) -> their jobs, oldest first
+        self.levels: dict[int, set[str]] = defaultdict(set)  # priority -> users with jobs there
+        self.per_user: dict[str, int] = defaultdict(int)  # user -> queued jobs, every priority
+        self.last = dict(last_claims)  # user -> their latest claim_seq
+        self.claim_seq = max(self.last.values(), default=0)
+        for job in queued:
+            self.add(job)
+
+    def add(self, job: Queued) -> None:
+        jobs = self.by_user.setdefault((job.priority, job.queue_key), [])
+        bisect.insort(jobs, job, key=lambda j: j.seq)
+        self.levels[job.priority].add(job.queue_key)
+        self.per_user[job.queue_key] += 1
+        self.jobs[job.id] = job
+
+    def remove(self, job_id: str) -> Queued | None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return None
+        key = (job.priority, job.queue_key)
+        self.by_user[key].remove(job)
+        if not self.by_user[key]:
+            del self.by_user[key]
+            self.levels[job.priority].discard(job.queue_key)
+            if not self.levels[job.priority]:
+                del self.levels[job.priority]
+        self.per_user[job.queue_key] -= 1
+        if not self.per_user[job.queue_key]:
+            del self.per_user[job.queue_key]
+        return job
+
+    def head(self) -> Queued | None:
+        """The job FAIR_DEQUEUE_SQL would return."""
+        if not self.levels:
+            return None
+        top = max(self.levels)
+        user = min(self.levels[top], key=lambda u: (self.last.get(u, -1), self.by_user[(top, u)][0].seq))
+        return self.by_user[(top, user)][0]
+
+    def first_loaded(self, head: Queued, affinity: Affinity) -> Queued | None:
+        """In the same order, the first job at head's priority whose model the worker holds."""
+        best: tuple[int, int] | None = None
+        found: Queued | None = None
+        for user in self.levels[head.priority]:
+            job = next((j for j in self.by_user[(head.priority, user)] if affinity.has(j.model)), None)
+            if job is not None and (best is None or (self.last.get(user, -1), job.seq) < best):
+                best, found = (self.last.get(user, -1), job.seq), job
+        return found
+
+    def claimed(self, job: Queued) -> int:
+        """`job` leaves the queue: its user's turn moves to the back. Returns its claim_seq."""
+        self.remove(job.id)
+        self.claim_seq += 1
+        self.last[job.queue_key] = self.claim_seq
+        return self.claim_seq
+
+    def groups(self) -> list[Group]:
+        return [Group(user, priority, len(jobs), jobs[0].seq) for (priority, user), jobs in self.by_user.items()]
+
+    def turn(self, job: Queued) -> int:
+        """How many of the same user's queued jobs at the same level come before `job`."""
+        return self.by_user[(job.priority, job.queue_key)].index(job)
 
 
 def _record(row: JobRow) -> JobRecord:
@@ -78,90 +159,100 @@ class SqliteJobQueue(JobQueue):
     """JobQueue on SQLite. One process (the engine) owns it."""
 
     def __init__(
-        self, engine: Engine, *, max_queued_per_user: int = 20, model_affinity: int = 2, events: EventSink | None = None
-    ) -> None:
+        self, engine: Engine, *, max_queued_per_user: int = 20, model_affinity: int = 2,
+        events: EventSink | None = None, announce_every_s: float = 1.0,
+    ) -> None:  # fmt: skip
         self.engine = engine
         self.max_queued_per_user = max_queued_per_user
         # How many times the fair next job may be passed over by a job on an already loaded model.
         self.model_affinity = model_affinity
         self._passed_over: dict[str, int] = {}
         self.events = events or NullSink()
+        # Positions are announced at most this often (coalesced, on a thread of their own), so a
+        # transition never waits for them; 0: at once, in the caller's thread.
+        self.announce_every_s = announce_every_s
+        self._announce_wanted = threading.Event()
+        self._announcer: threading.Thread | None = None
         # Select-then-claim and count-then-insert must not interleave between
-        # the HTTP threads and the worker thread.
+        # the HTTP threads and the worker threads; the index changes under it too.
         self._lock = threading.Lock()
+        self._index = self._load()
+
+    def _load(self) -> FairIndex:
+        with Session(self.engine) as s:
+            queued = [Queued(r.id, r.queue_key, r.priority, r.seq, r.model) for r in s.execute(QUEUED_SQL)]
+            last = s.execute(select(JobRow.queue_key, func.max(JobRow.claim_seq)).group_by(JobRow.queue_key)).all()
+        return FairIndex(queued, {key: seq for key, seq in last if seq is not None})
 
     # --- transitions ----------------------------------------------------------------------
     def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
         key = request.requester.queue_key
         with self._lock:
+            queued = self._index.per_user.get(key, 0)
+            if queued >= self.max_queued_per_user:
+                raise TooManyQueued(
+                    f"too many queued jobs: you already have {queued} waiting "
+                    f"(limit {self.max_queued_per_user}); wait for some to finish or cancel one"
+                )
+            r = request.requester
+            row = JobRow(
+                id=uuid.uuid4().hex,
+                status="queued",
+                queue_key=key,
+                priority=request.priority,
+                request=request.model_dump(mode="json"),
+                seed=seed,
+                source=r.source,
+                user=r.user,
+                guild=r.guild,
+                channel=r.channel,
+                created_at=datetime.now(UTC),
+            )
             try:
                 with Session(self.engine) as s, s.begin():
-                    queued = s.scalar(
-                        select(func.count())
-                        .select_from(JobRow)
-                        .where(JobRow.queue_key == key, JobRow.status == "queued")
-                    )
-                    if queued >= self.max_queued_per_user:
-                        raise TooManyQueued(
-                            f"too many queued jobs: you already have {queued} waiting "
-                            f"(limit {self.max_queued_per_user}); wait for some to finish or cancel one"
-                        )
-                    r = request.requester
-                    row = JobRow(
-                        id=uuid.uuid4().hex,
-                        status="queued",
-                        queue_key=key,
-                        priority=request.priority,
-                        request=request.model_dump(mode="json"),
-                        seed=seed,
-                        source=r.source,
-                        user=r.user,
-                        guild=r.guild,
-                        channel=r.channel,
-                        created_at=datetime.now(UTC),
-                    )
                     s.add(row)
                     s.flush()
                     record = _record(row)
+                    job = Queued(row.id, key, row.priority, row.seq, request.model)
             except SQLAlchemyError as e:
                 raise QueueError(f"could not queue the job: {e}") from e
-            position = self.position(record.id)
-        assert position is not None
+            self._index.add(job)
+            position = self._position_at_top(job)
+        if position is None:
+            position = self.positions_of([job.id])[job.id]
         self._announce_positions()
         return record, position
 
     def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
-        with self._lock, Session(self.engine) as s, s.begin():
-            head = s.execute(FAIR_DEQUEUE_SQL).one_or_none()
+        with self._lock:
+            head = self._index.head()
             if head is None:
                 return None
-            job_id = head.id
+            job = head
             if affinity is not None and not affinity.has(head.model):
-                job_id = self._spare_a_reload(s, head, affinity)
-            next_seq = (s.scalar(select(func.max(JobRow.claim_seq))) or 0) + 1
-            row = s.scalars(select(JobRow).where(JobRow.id == job_id)).one()
-            row.status = "running"
-            row.claim_seq = next_seq
-            row.started_at = datetime.now(UTC)
-            s.flush()
-            record = _record(row)
+                job = self._spare_a_reload(head, affinity)
+            claim_seq = self._index.claimed(job)
+            with Session(self.engine) as s, s.begin():
+                row = s.scalars(select(JobRow).where(JobRow.id == job.id)).one()
+                row.status = "running"
+                row.claim_seq = claim_seq
+                row.started_at = datetime.now(UTC)
+                s.flush()
+                record = _record(row)
         self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
         self._announce_positions()
         return record
 
-    def _spare_a_reload(self, s: Session, head, affinity: Affinity) -> str:
+    def _spare_a_reload(self, head: Queued, affinity: Affinity) -> Queued:
         """The fair next job needs a model that is not loaded: run a loaded model's job first,
         unless `head` was passed over `model_affinity` times already."""
         if self._passed_over.get(head.id, 0) >= self.model_affinity or not affinity.loaded:
             self._passed_over.pop(head.id, None)
-            return head.id
-        other = s.execute(
-            FAIR_DEQUEUE_LOADED_SQL,
-            {"priority": head.priority, "default_model": affinity.default_model, "loaded": sorted(affinity.loaded)},
-        ).scalar()
+            return head
+        other = self._index.first_loaded(head, affinity)
         if other is None:
             self._passed_over.pop(head.id, None)
-            return head.id
+            return head
         self._passed_over[head.id] = self._passed_over.get(head.id, 0) + 1
         return other
 
@@ -187,12 +278,21 @@ class SqliteJobQueue(JobQueue):
             values["finished_at"] = datetime.now(UTC)
             self._passed_over.pop(job_id, None)
         with self._lock, Session(self.engine) as s, s.begin():
-            before = s.scalar(select(JobRow.status).where(JobRow.id == job_id))
-            if before is None:
+            row = s.execute(
+                select(JobRow.status, JobRow.queue_key, JobRow.priority, JobRow.seq, JobRow.request).where(
+                    JobRow.id == job_id
+                )
+            ).one_or_none()
+            if row is None:
                 raise JobNotFound(f"no job {job_id}")
+            before = row.status
             if before not in ALLOWED_FROM[status]:
                 return None
             s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            if before == "queued":
+                self._index.remove(job_id)
+            if status == "queued":
+                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.request.get("model")))
         if status in TERMINAL:
             self.events.publish(Event(type=status, job=job_id, error=error))  # type: ignore[arg-type]
         if before == "queued" or status == "queued":
@@ -201,10 +301,28 @@ class SqliteJobQueue(JobQueue):
 
     def _announce_positions(self) -> None:
         """Tell the watched queued jobs where they stand now (only theirs are computed)."""
-        watched = self.events.watched()
-        if not watched:
+        if not self.events.watched():
             return
-        for job_id, position in self.positions_of(watched).items():
+        if self.announce_every_s <= 0:
+            self._announce_now()
+            return
+        self._announce_wanted.set()
+        if self._announcer is None:
+            self._announcer = threading.Thread(target=self._announce_loop, name="dreamhall-positions", daemon=True)
+            self._announcer.start()
+
+    def _announce_loop(self) -> None:
+        while True:
+            self._announce_wanted.wait()
+            self._announce_wanted.clear()
+            try:
+                self._announce_now()
+            except Exception:  # positions are a courtesy; the jobs go on
+                log.exception("could not announce queue positions")
+            time.sleep(self.announce_every_s)
+
+    def _announce_now(self) -> None:
+        for job_id, position in self.positions_of(self.events.watched()).items():
             self.events.publish(Event(type="queued", job=job_id, position=position))
 
     # --- reading --------------------------------------------------------------------------
@@ -225,13 +343,9 @@ class SqliteJobQueue(JobQueue):
             return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status)) or 0
 
     def positions(self) -> dict[str, int]:
-        with Session(self.engine) as s:
-            queued = s.execute(
-                select(JobRow.id, JobRow.queue_key, JobRow.priority, JobRow.seq)
-                .where(JobRow.status == "queued")
-                .order_by(JobRow.seq)
-            ).all()
-            last = self._last_claims(s, {q.queue_key for q in queued})
+        with self._lock:
+            queued = sorted(self._index.jobs.values(), key=lambda j: j.seq)
+            last: dict[str, int | None] = {j.queue_key: self._index.last.get(j.queue_key) for j in queued}
         return fair_order(queued, last)
 
     def position(self, job_id: str) -> int | None:
@@ -239,50 +353,43 @@ class SqliteJobQueue(JobQueue):
 
     def positions_of(self, job_ids: Iterable[str]) -> dict[str, int]:
         """Positions of a few queued jobs, from per-user counts: O(users), not O(queued jobs)."""
-        with Session(self.engine) as s:
-            wanted = s.execute(
-                select(JobRow.id, JobRow.queue_key, JobRow.priority, JobRow.seq).where(
-                    JobRow.id.in_(list(job_ids)), JobRow.status == "queued"
-                )
-            ).all()
+        with self._lock:  # a snapshot under the lock; the arithmetic outside it
+            wanted = [(job, self._index.turn(job)) for i in job_ids if (job := self._index.jobs.get(i)) is not None]
             if not wanted:
                 return {}
-            groups = [Group(*row) for row in s.execute(QUEUED_GROUPS_SQL)]
-            last = self._last_claims(s, {g.key for g in groups})
-            # A job's turn among its own user's jobs at its level.
-            turn = {w.id: s.scalar(_turn_sql(w.queue_key, w.priority, w.seq)) for w in wanted}
+            groups = self._index.groups()
+            last: dict[str, int | None] = {g.key: self._index.last.get(g.key) for g in groups}
         found: dict[str, int] = {}
         for priority, offset, ranked in fair_levels(groups, last):
-            for w in wanted:
-                if w.priority == priority:
-                    found[w.id] = offset + round_robin_position(ranked, w.queue_key, turn[w.id] or 0)
+            turns = {job.id: (job.queue_key, turn) for job, turn in wanted if job.priority == priority}
+            if turns:
+                found |= {job_id: offset + at for job_id, at in positions_in_level(ranked, turns).items()}
         return found
 
-    @staticmethod
-    def _last_claims(s: Session, keys: set[str]) -> dict[str, int | None]:
-        if not keys:
-            return {}
-        return dict(
-            s.execute(  # type: ignore[arg-type]
-                select(JobRow.queue_key, func.max(JobRow.claim_seq))
-                .where(JobRow.queue_key.in_(keys))
-                .group_by(JobRow.queue_key)
-            ).all()
-        )
+    def _position_at_top(self, job: Queued) -> int | None:
+        """A job's position in one pass over its level's users, if that level is the highest (no sort:
+        the common case of a new job, under the lock)."""
+        index = self._index
+        if job.priority != max(index.levels):
+            return None
+        turn = index.turn(job)
+        mine = (index.last.get(job.queue_key, -1), index.by_user[(job.priority, job.queue_key)][0].seq)
+        ahead = turn  # the user's own earlier jobs
+        for user in index.levels[job.priority]:
+            if user == job.queue_key:
+                continue
+            jobs = index.by_user[(job.priority, user)]
+            ahead += min(len(jobs), turn)  # their jobs in earlier rounds
+            if len(jobs) > turn and (index.last.get(user, -1), jobs[0].seq) < mine:
+                ahead += 1  # and theirs in this round, when their turn comes first
+        return ahead
 
     def requeue_interrupted(self) -> int:
         with Session(self.engine) as s, s.begin():
             result = s.execute(update(JobRow).where(JobRow.status == "running").values(status="queued"))
-            return result.rowcount or 0
-
-
-def _turn_sql(key: str, priority: int, seq: int):
-    """How many of the same user's queued jobs at the same level come before job `seq`."""
-    return (
-        select(func.count())
-        .select_from(JobRow)
-        .where(JobRow.status == "queued", JobRow.queue_key == key, JobRow.priority == priority, JobRow.seq < seq)
-    )
+        with self._lock:
+            self._index = self._load()
+        return result.rowcount or 0
 
 
 @dataclass(frozen=True)
@@ -316,16 +423,22 @@ def fair_levels(groups: list[Group], last_claim: dict[str, int | None]) -> Itera
             tick += 1
 
 
-def round_robin_position(ranked: list[Group], key: str, turn: int) -> int:
-    """Position within a level of user `key`'s job number `turn` (0-based): all earlier rounds,
-    then the users ahead of it in this round."""
-    ahead = sum(min(g.count, turn) for g in ranked)
-    for g in ranked:
-        if g.key == key:
-            return ahead
-        if g.count > turn:
-            ahead += 1
-    raise KeyError(key)
+def positions_in_level(ranked: list[Group], turns: dict[str, tuple[str, int]]) -> dict[str, int]:
+    """Positions within a level (users in turn order) of jobs given as id -> (user, turn), where `turn` is
+    how many of the user's jobs at this level come first: all earlier rounds, then the users ahead in
+    this round. O(users x distinct turns), however many jobs are asked for."""
+    counts = sorted(g.count for g in ranked)
+    prefix = [0, *itertools.accumulate(counts)]
+    where = {g.key: i for i, g in enumerate(ranked)}
+    found: dict[str, int] = {}
+    for turn in {t for _, t in turns.values()}:
+        below = bisect.bisect_right(counts, turn)  # users with at most `turn` jobs give all of them
+        earlier_rounds = prefix[below] + turn * (len(counts) - below)
+        ahead_in_round = [0, *itertools.accumulate(g.count > turn for g in ranked)]
+        for job_id, (user, t) in turns.items():
+            if t == turn:
+                found[job_id] = earlier_rounds + ahead_in_round[where[user]]
+    return found
 
 
 def fair_order(queued: list, last_claim: dict[str, int | None]) -> dict[str, int]:
