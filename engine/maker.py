@@ -116,7 +116,10 @@ class Maker:
                                parent=inputs.parent, nsfw=flags, worker=self.worker_id)  # fmt: skip
         vectors = None
         if self.embedder is not None:
-            vectors = [v.tolist() for v in self.embedder.embed_images([img.convert("RGB") for img in images])]
+            try:
+                vectors = [v.tolist() for v in self.embedder.embed_images([img.convert("RGB") for img in images])]
+            except Exception:  # search freshness, never the job: the front's indexer embeds them later
+                log.exception("job %s: could not embed its images here", job.id)
         items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
         return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity())
 
