@@ -144,7 +144,6 @@ class RayWorkers(Seats):
         self.seats: list[Seat] = []
         self.actors: list[Any] = []
         self._deaths: dict[str, int] = {}  # job id -> how many workers died running it
-        self._running: dict[str, Any] = {}  # job id -> the actor running it (cancel goes there)
         self._wake = threading.Condition()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -236,9 +235,9 @@ class RayWorkers(Seats):
             self._wake.notify_all()
 
     def cancel(self, job_id: str) -> None:
-        actor = self._running.get(job_id)
-        if actor is not None:
-            actor.cancel.remote(job_id)
+        for seat, actor in zip(self.seats, self.actors):
+            if seat.job == job_id:
+                actor.cancel.remote(job_id)
 
     # --- the dispatchers --------------------------------------------------------------------
     def _dispatch(self, i: int) -> None:
@@ -253,13 +252,10 @@ class RayWorkers(Seats):
                 if not seat.alive:
                     self._revive(seat, actor)
                 continue
-            self._running[job.id] = actor
             try:
                 self.front.run(job, seat, lambda job, inputs, report: self._make(actor, job, inputs, report))
             except WorkerLost as e:
                 self._lost(job, seat, e)
-            finally:
-                self._running.pop(job.id, None)
 
     def _make(self, actor: Any, job: JobRecord, inputs: Resolved, report: Callable[[Event], None]) -> Made:
         import ray
@@ -318,11 +314,9 @@ class RayWorkers(Seats):
         except Exception:  # search degrades, generation goes on
             log.exception("could not reconcile the search index")
 
-    def alive_actors(self) -> list[Any]:
-        return [actor for seat, actor in zip(self.seats, self.actors) if seat.alive] or self.actors
-
     def next_actor(self) -> Any:
-        actors = self.alive_actors()
+        """The workers in turns, skipping those Ray is restarting (all of them, if none is up)."""
+        actors = [actor for seat, actor in zip(self.seats, self.actors) if seat.alive] or self.actors
         return actors[next(self._turn) % len(actors)]
 
 
