@@ -245,8 +245,9 @@ class Worker(Seats):
         self._wake.set()
 
     def cancel(self, job_id: str) -> None:
-        """Ask the running job to stop at its next step."""
-        self.maker.cancel(job_id)
+        """Ask the running job to stop at its next step (a queued job's cancel is the queue's alone)."""
+        if self.seat.job == job_id:
+            self.maker.cancel(job_id)
 
     def workers(self) -> list[WorkerInfo]:
         info = self.seat.info()

@@ -40,6 +40,8 @@ FAIR_DEQUEUE_SQL = text(
     "WHERE j.status = 'queued'" + _FAIR_ORDER
 )
 
+# A job's model without parsing its whole request (every transition reads it).
+MODEL_OF_REQUEST = func.json_extract(JobRow.request, "$.model").label("model")
 QUEUED_SQL = text(
     "SELECT id, queue_key, priority, seq, json_extract(request, '$.model') AS model FROM jobs WHERE status = 'queued'"
 )
@@ -279,7 +281,7 @@ class SqliteJobQueue(JobQueue):
             self._passed_over.pop(job_id, None)
         with self._lock, Session(self.engine) as s, s.begin():
             row = s.execute(
-                select(JobRow.status, JobRow.queue_key, JobRow.priority, JobRow.seq, JobRow.request).where(
+                select(JobRow.status, JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST).where(
                     JobRow.id == job_id
                 )
             ).one_or_none()
@@ -292,7 +294,7 @@ class SqliteJobQueue(JobQueue):
             if before == "queued":
                 self._index.remove(job_id)
             if status == "queued":
-                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.request.get("model")))
+                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model))
         if status in TERMINAL:
             self.events.publish(Event(type=status, job=job_id, error=error))  # type: ignore[arg-type]
         if before == "queued" or status == "queued":
