@@ -11,13 +11,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import discord
 import numpy as np
 import pytest
 from PIL import Image
+from PySide6.QtCore import Qt
 
 from engine.client import EngineClient
 from engine.schema import DreamRequest, Health, Requester
 from tests.conftest import ROOT, EngineProcess
+from tests.fake_discord import FakeDiscord
+from tests.test_desktop import WAIT, generate, open_window
+from tests.test_discord_bot import World, follow_up_result, png_sizes
 
 pytestmark = pytest.mark.slow
 
@@ -165,3 +170,41 @@ def test_the_cli_works_unchanged_against_ray_workers(engine: EngineProcess, tmp_
     found = subprocess.run([sys.executable, "-m", "engine", "search", "blue square"], env=engine.env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert found.returncode == 0 and "a blue square" in found.stdout, found.stdout + found.stderr
+
+
+async def test_the_bot_works_unchanged_against_ray_workers(engine: EngineProcess) -> None:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    fake = await FakeDiscord().start()
+    fake.patch_client()
+    world = World(fake, engine)
+    await world.start_bot()
+    try:
+        mid = await fake.say("111", "7", '!dream "a green triangle" -n 4 -S 31 -s 6')
+        result = await world.result_for(mid)
+        assert png_sizes(result) == [(128, 128)] and "31, 32, 33, 34" in result.content
+        ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:variation:")]
+        v1 = await follow_up_result(world, await fake.click("111", "7", result, f"dreamhall:variation:{ids[0]}"))
+        assert f"variations of #{ids[0]}" in v1.content and png_sizes(v1) == [(128, 128)]
+        made_by = {(await world.client.image(i)).worker for i in ids}
+        assert made_by <= {"ray-0", "ray-1"} and made_by
+    finally:
+        await world.stop_bot()
+        await fake.stop()
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+def test_the_desktop_works_unchanged_against_ray_workers(qtbot, engine: EngineProcess, tmp_path: Path) -> None:
+    window = open_window(qtbot, engine.home, tmp_path)
+    try:
+        qtbot.waitUntil(lambda: window.link.health is not None, timeout=WAIT)
+        ids = generate(qtbot, window, '"a yellow star" -n 2 -S 41 -s 6', 2)
+        images = [window.link.client().image(i) for i in ids]
+        assert [i.seed for i in images] == [41, 42] and {i.worker for i in images} <= {"ray-0", "ray-1"}
+        gallery = window.gallery
+        window.show_view("gallery")
+        gallery.search.setText("yellow star")
+        qtbot.keyClick(gallery.search, Qt.Key.Key_Return)
+        qtbot.waitUntil(lambda: gallery.model.total > 0 and "yellow star" in gallery.model.record(0).prompt,
+                        timeout=WAIT)  # fmt: skip
+    finally:
+        window.close()
