@@ -174,7 +174,8 @@ def simulate(size: int, *, users: int, workers: int, watched: int, seconds: floa
                 if job is None:
                     time.sleep(0.01)
                     continue
-                stop.wait(rng.uniform(0.5, 1.5))  # the job's run
+                if stop.wait(rng.uniform(0.5, 1.5)):  # the job's run, cut short when the simulation ends:
+                    break  # those 50 completions at once are not the steady state
                 timed_call(lambda job=job: queue.complete(job.id), completes)
 
         def submitter() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy import Engine, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,21 @@ ALLOWED_FROM: dict[str, frozenset[str]] = {
     "cancelled": frozenset({"queued", "running"}),
     "queued": frozenset({"running"}),
 }
+
+# The transitions' statements, built once: building one costs more than running it.
+_INSERT = insert(JobRow).returning(JobRow.seq)
+_CLAIM = (
+    update(JobRow).where(JobRow.id == bindparam("job"))
+    .values(status="running", claim_seq=bindparam("claim"), started_at=bindparam("at"))
+    .returning(*JobRow.__table__.c)
+)  # fmt: skip
+_MOVE = {
+    status: update(JobRow).where(JobRow.id == bindparam("job"), JobRow.status.in_(sorted(sources)))
+    .values(status=status, error=bindparam("error"), finished_at=bindparam("at"))
+    .returning(JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST)
+    for status, sources in ALLOWED_FROM.items()
+}  # fmt: skip
+_STATUS_OF = select(JobRow.status).where(JobRow.id == bindparam("job"))
 
 
 @dataclass(frozen=True)
@@ -188,7 +203,12 @@ class SqliteJobQueue(JobQueue):
 
     # --- transitions ----------------------------------------------------------------------
     def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
-        key = request.requester.queue_key
+        key, r = request.requester.queue_key, request.requester
+        record = JobRecord(id=uuid.uuid4().hex, status="queued", request=request, seed=seed, queue_key=key,
+                           priority=request.priority, created_at=datetime.now(UTC))  # fmt: skip
+        values = {"id": record.id, "status": "queued", "queue_key": key, "priority": record.priority,
+                  "request": request.model_dump(mode="json"), "seed": seed, "source": r.source, "user": r.user,
+                  "guild": r.guild, "channel": r.channel, "created_at": record.created_at}  # fmt: skip
         with self._lock:
             queued = self._index.per_user.get(key, 0)
             if queued >= self.max_queued_per_user:
@@ -196,28 +216,12 @@ class SqliteJobQueue(JobQueue):
                     f"too many queued jobs: you already have {queued} waiting "
                     f"(limit {self.max_queued_per_user}); wait for some to finish or cancel one"
                 )
-            r = request.requester
-            row = JobRow(
-                id=uuid.uuid4().hex,
-                status="queued",
-                queue_key=key,
-                priority=request.priority,
-                request=request.model_dump(mode="json"),
-                seed=seed,
-                source=r.source,
-                user=r.user,
-                guild=r.guild,
-                channel=r.channel,
-                created_at=datetime.now(UTC),
-            )
             try:
-                with Session(self.engine) as s, s.begin():
-                    s.add(row)
-                    s.flush()
-                    record = _record(row)
-                    job = Queued(row.id, key, row.priority, row.seq, request.model)
+                with self.engine.begin() as conn:
+                    seq = conn.execute(_INSERT, values).scalar_one()
             except SQLAlchemyError as e:
                 raise QueueError(f"could not queue the job: {e}") from e
+            job = Queued(record.id, key, record.priority, seq, request.model)
             self._index.add(job)
             position = self._position_at_top(job)
         if position is None:
@@ -234,13 +238,9 @@ class SqliteJobQueue(JobQueue):
             if affinity is not None and not affinity.has(head.model):
                 job = self._spare_a_reload(head, affinity)
             claim_seq = self._index.claimed(job)
-            with Session(self.engine) as s, s.begin():
-                row = s.scalars(select(JobRow).where(JobRow.id == job.id)).one()
-                row.status = "running"
-                row.claim_seq = claim_seq
-                row.started_at = datetime.now(UTC)
-                s.flush()
-                record = _record(row)
+            with self.engine.begin() as conn:
+                row = conn.execute(_CLAIM, {"job": job.id, "claim": claim_seq, "at": datetime.now(UTC)}).one()
+        record = _record(row)
         self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
         self._announce_positions()
         return record
@@ -275,24 +275,18 @@ class SqliteJobQueue(JobQueue):
         """The one setter: move `job_id` to `status` if ALLOWED_FROM permits, then announce it.
 
         Returns the state it left, or None when nothing changed (raises JobNotFound for an unknown id)."""
-        values: dict = {"status": status, "error": error}
+        values = {"job": job_id, "error": error, "at": datetime.now(UTC) if status in TERMINAL else None}
         if status in TERMINAL:
-            values["finished_at"] = datetime.now(UTC)
             self._passed_over.pop(job_id, None)
-        with self._lock, Session(self.engine) as s, s.begin():
-            row = s.execute(
-                select(JobRow.status, JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST).where(
-                    JobRow.id == job_id
-                )
-            ).one_or_none()
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(_MOVE[status], values).one_or_none()
             if row is None:
-                raise JobNotFound(f"no job {job_id}")
-            before = row.status
-            if before not in ALLOWED_FROM[status]:
+                if conn.scalar(_STATUS_OF, {"job": job_id}) is None:
+                    raise JobNotFound(f"no job {job_id}")
                 return None
-            s.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
-            if before == "queued":
-                self._index.remove(job_id)
+            # The index holds exactly the queued jobs (kept in step under this lock), and a job may
+            # only leave "queued" or "running": the index says which of the two it left.
+            before = "queued" if self._index.remove(job_id) is not None else "running"
             if status == "queued":
                 self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model))
         if status in TERMINAL:
@@ -341,6 +335,9 @@ class SqliteJobQueue(JobQueue):
             return [_record(r) for r in rows]
 
     def count(self, status: JobStatus) -> int:
+        if status == "queued":  # asked by every health check: the index knows without SQL
+            with self._lock:
+                return len(self._index.jobs)
         with Session(self.engine) as s:
             return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status)) or 0
 
