@@ -6,6 +6,11 @@ Same model, prompt, seed, steps and n, interleaved in pairs:
              queue, worker, PNG + SQLite writes, event stream) — the figure the issue asks for
   client     the same round trip through EngineClient from this process (no interpreter start-up)
 
+Then where the engine's own time goes per job (median ms over the measured jobs, from the
+engine log's per-job "stages" line): its wait in the queue until a worker picked it up, input
+images, model lookup, the steps, safety flags, PNG encode, CLIP embed, events (transfer), gallery
+files + SQLite (store), the vector index write, and marking it done.
+
     python bench/engine_overhead.py [--model DIR] [--n 4] [--steps 20] [--pairs 7]
 """
 
@@ -67,8 +72,10 @@ def main() -> None:
     env = {**os.environ, "DREAMHALL_HOME": str(home)}
     if args.model:
         env["DREAMHALL_MODEL"] = args.model
-    engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    log = home / "bench-engine.log"
+    with log.open("w") as log_file:
+        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
     cli = [sys.executable, "-m", "engine", "dream", *[c.strip('"') for c in command[:1]], *command[1:], "--json"]
     try:
         with EngineClient(home / "engine.sock") as client:
@@ -105,6 +112,12 @@ def main() -> None:
     print(f"dreamhall dream CLI  median {c * 1000:8.1f} ms   ratio {ratio_cli:.3f}")
     print(f"EngineClient         median {k * 1000:8.1f} ms   ratio {ratio_client:.3f}")
     print(f"median ratio (dreamhall dream / bare): {ratio_cli:.3f}")
+    # The measured jobs' stages (the warm-up's two jobs left out).
+    jobs = [dict((k, float(v)) for k, v in (kv.split("=") for kv in line.split("stages (ms): ")[1].split()))
+            for line in log.read_text().splitlines() if "stages (ms): " in line][2:]  # fmt: skip
+    if jobs:
+        print(f"engine time per job, median of {len(jobs)} jobs (ms):")
+        print("  " + "  ".join(f"{k} {statistics.median(j.get(k, 0.0) for j in jobs):.1f}" for k in jobs[0]))
 
 
 if __name__ == "__main__":

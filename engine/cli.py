@@ -24,17 +24,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from pydantic import ValidationError
-from tqdm import tqdm
 
 from engine import __version__
 from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
 from engine.dream_args import DreamArgsError, parse_argv, usage
 from engine.launch import StopFailed, connect, stop_engine
-from engine.schema import IMPORTED_SOURCES, DreamRequest, Event, Requester, Source, looks_like_ref
+from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Requester, Source, looks_like_ref
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -142,6 +144,8 @@ class _Progress:
     def __call__(self, event: Event) -> None:
         if self.quiet:
             return
+        from tqdm import tqdm  # here, not at the top: `--json` and every other command never show a bar
+
         if event.type == "queued" and event.position:
             tqdm.write(f"queued: {event.position} job(s) ahead")
         elif event.type == "loading":
@@ -209,12 +213,24 @@ def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) ->
     except DreamArgsError as e:
         return _fail_args(e)
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
-    with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
-        try:
-            request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)
-        except DreamArgsError as e:
-            return _fail_args(e)
-        accepted = engine.submit(_local_model(request))
+
+    def submit(engine: EngineClient) -> tuple[DreamRequest, Accepted]:
+        request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)  # uploads -I files
+        return request, engine.submit(_local_model(request))
+
+    engine = EngineClient(settings.socket_path)
+    try:
+        with engine_errors():
+            try:
+                request, accepted = submit(engine)  # no health round trip first: a running engine answers this
+            except EngineUnavailable:
+                engine.close()
+                engine = connect(settings, autostart=not args.no_autostart, say=say)
+                request, accepted = submit(engine)
+    except DreamArgsError as e:
+        engine.close()
+        return _fail_args(e)
+    with engine_errors(), engine:
         progress = _Progress(quiet=args.json)
         try:
             job = engine.wait(accepted.id, on_event=progress)
@@ -377,6 +393,8 @@ def _import(engine, folder: Path) -> int:
         return _fail(f"{folder} is not a folder")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     counts = {"added": 0, "duplicate": 0, "failed": 0}
+    from tqdm import tqdm
+
     for path in tqdm(files, unit="image", desc="importing"):
         try:
             counts[engine.import_image(path.read_bytes(), filename=str(path)).status] += 1
@@ -470,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
+    from tqdm import tqdm
+
     from engine.zoom import save_animation, zoom_in_animation, zoom_out_frames
 
     if not 2 <= args.frames <= 100:

@@ -11,6 +11,7 @@ Flags follow the 2022 dreambot and InvokeAI's dream.py, plus Midjourney's
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 from collections.abc import Callable, Sequence
 
@@ -111,9 +112,14 @@ def _sides(value: str) -> dict[str, int]:
     return sides
 
 
+@functools.cache
+def _request_schema() -> dict:
+    return DreamRequest.model_json_schema()  # ~12 ms a call: once per process, not once per flag
+
+
 def _range(field: str) -> tuple[float, float] | None:
     """The (min, max) a numeric request field allows, read from the schema itself."""
-    prop = DreamRequest.model_json_schema()["properties"].get(field, {})
+    prop = _request_schema()["properties"].get(field, {})
     for option in [prop, *prop.get("anyOf", [])]:
         if "minimum" in option and "maximum" in option:
             return option["minimum"], option["maximum"]

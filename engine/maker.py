@@ -35,6 +35,20 @@ class Interrupted(Exception):
     """The worker is stopping mid-job: the job goes back to the queue."""
 
 
+class Stopwatch:
+    """Where one job's time goes, stage by stage (seconds): logged once per job, read by
+    bench/engine_overhead.py."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.spent[stage] = self.spent.get(stage, 0.0) + now - self._last
+        self._last = now
+
+
 @dataclass
 class Made:
     """What one job made: its images as PNG bytes with their gallery records, and their CLIP vectors."""
@@ -43,6 +57,7 @@ class Made:
     vectors: list[list[float]] | None = None  # None: no embedder here, the front embeds them
     loaded: list[str] = field(default_factory=list)  # the models this worker holds now, by name
     affinity: Affinity | None = None  # the same, as the queue matches requests against them
+    stages: dict[str, float] = field(default_factory=dict)  # where the time went here (Stopwatch.spent)
 
 
 class Maker:
@@ -75,10 +90,12 @@ class Maker:
     def make(self, job: JobRecord, inputs: Resolved, report: Callable[[Event], None]) -> Made:
         """Raises Cancelled, Interrupted, or whatever failed (ModelLoadError, out of memory...)."""
         req = job.request
+        watch = Stopwatch()
         # 1. the model (say so when it must be loaded: that can take minutes)
         if not self.pipelines.is_loaded(req.model):
             report(Event(type="loading", job=job.id, model=req.model or self.pipelines.default_name()))
         model = self.pipelines.model(req.model)
+        watch.lap("model")
         # 2. the plan: size, seeds, and which single call makes its images
         work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
                           upscaler=self.pipelines.upscaler)  # fmt: skip
@@ -106,22 +123,27 @@ class Maker:
             images = modes.refine(refiner, images, work, req.refiner_switch,
                                   lambda i: self._on_step(job, refiner, i, len(images), report))  # fmt: skip
             made_with["refiner"] = refiner.name  # its shelf name, never a path
+        watch.lap("steps")
         log.info("job %s on %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, self.worker_id, req.mode, req.n,
                  work.width, work.height, req.steps, time.perf_counter() - started)  # fmt: skip
         if job.id in self._cancel:
             raise Cancelled()  # asked for during the last step: store nothing
         # 4. safety flags, 5. records and PNG bytes, 6. CLIP vectors
         flags = model.safety_flags(images)
+        watch.lap("safety")
         records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
                                parent=inputs.parent, nsfw=flags, worker=self.worker_id)  # fmt: skip
+        items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
+        watch.lap("png")
         vectors = None
         if self.embedder is not None:
             try:
                 vectors = [v.tolist() for v in self.embedder.embed_images([img.convert("RGB") for img in images])]
             except Exception:  # search freshness, never the job: the front's indexer embeds them later
                 log.exception("job %s: could not embed its images here", job.id)
-        items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
-        return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity())
+        watch.lap("clip")
+        return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
+                    stages=watch.spent)  # fmt: skip
 
     def _max_batch(self, work: modes.Plan) -> int | None:
         """How many images of this size fit one batch under the pixel budget (None: no budget)."""

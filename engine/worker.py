@@ -27,7 +27,7 @@ from PIL import Image
 from engine.device import Device
 from engine.events import EventSink, NullSink
 from engine.inputs import InputError, Inputs, Resolved
-from engine.maker import Interrupted, Made, Maker
+from engine.maker import Interrupted, Made, Maker, Stopwatch
 from engine.pipelines import Cancelled, ModelLoadError, PipelineCache
 from engine.queue import Affinity, JobQueue, JobRecord
 from engine.records import image_info
@@ -130,21 +130,29 @@ class Front:
 
         Raises WorkerLost (the job is still running; the caller decides where it goes)."""
         seat.start(job)
+        watch = Stopwatch()
 
         def report(event: Event) -> None:
             seat.saw(event)
             self.events.publish(event)
 
         try:
-            made = make(job, self.inputs.load(job.request), report)
+            inputs = self.inputs.load(job.request)
+            watch.lap("inputs")
+            made = make(job, inputs, report)
+            watch.lap("make")
             seat.loaded, seat.affinity = made.loaded, made.affinity
             if self.queue.get(job.id).status != "running":
                 raise Cancelled()  # cancelled as it finished: store nothing
             images = self.store.add(made.items)
+            watch.lap("store")
             self._index(images, made.vectors)
+            watch.lap("index")
             for image in images:
                 self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
             self.queue.complete(job.id)
+            watch.lap("done")
+            _log_stages(job, watch, made.stages)
         except Cancelled:
             self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
         except Interrupted:
@@ -171,6 +179,17 @@ class Front:
                 self.indexer.add_vectors(images, vectors)
         except Exception:
             log.exception("could not index %d new image(s)", len(images))
+
+
+def _log_stages(job: JobRecord, front: Stopwatch, maker: dict[str, float]) -> None:
+    """One line per job, in ms: its wait in the queue, the maker's stages, and the front's (`make` split into
+    the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back)."""
+    waited = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+    stages = dict(front.spent)
+    make = stages.pop("make", 0.0)
+    stages = {"queued": waited, "inputs": stages.pop("inputs", 0.0), **maker,
+              "transfer": max(0.0, make - sum(maker.values())), **stages}  # fmt: skip
+    log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
 
 
 class Worker(Seats):
