@@ -1,8 +1,14 @@
 """The vector index: CLIP vectors in LanceDB with the columns search filters on.
 
 Derived data: SQLite is the truth, and the index can always be rebuilt from
-it (`dreamhall gallery reindex`). One table per CLIP model, named after the
-model id, so vectors of two models never mix; a new model means a new table.
+it (`dreamhall gallery reindex`). Tables are named after the CLIP model id, so
+vectors of two models never mix; a new model means new tables.
+
+One table per guild (a *shard*; images of no guild, the DMs, the CLI's and the
+desktop's, share one more): a guild's search reads its own table and nothing
+else, which is both its isolation and its speed (a filter over one table of
+every guild read and decoded every vector before keeping a tenth of them).
+A search with no guild reads every shard and merges their best.
 
 LanceDB writes a new version (and data file) on every add, so single-image
 adds go to a small write-behind buffer, flushed every `flush_rows` rows and
@@ -10,9 +16,14 @@ before any read (a search always sees every image added before it); the
 table is compacted (`optimize`) every `optimize_every` flushes. A crash loses
 at most the buffer, which the reconciler re-embeds from SQLite on start.
 
-Past `ann_threshold` rows an IVF_PQ index is built; queries then probe
-`nprobes` partitions and re-rank `refine_factor`× the candidates with exact
-distances, which keeps recall high.
+A shard is searched one of two ways. While it is small (under `ann_threshold`
+rows, no index) its unit vectors are also kept in memory (up to `cache_bytes`
+for all such shards together, kept in step by every write) and a guild's query
+is an exact product over them: no disk, recall 1. Past `ann_threshold` rows it
+gets an IVF_HNSW_SQ index (a graph in each of about rows/6000 partitions over
+8-bit vectors); queries probe `nprobes` partitions with `ef` candidates each.
+Queries with other filters (user, source, model, dates, DMs) go to LanceDB,
+filter first. Figures: bench/search.py and the README.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from pathlib import Path
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from gallery.schemas import VectorFilters
@@ -127,8 +139,55 @@ def where_clause(filters: VectorFilters | None) -> str | None:
     return " AND ".join(parts) or None
 
 
+def _unit_rows(vectors: pa.Array, dim: int) -> np.ndarray:
+    v = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+class _Shard:
+    """One guild's table (or the table of images with no guild), and while it is small, its vectors in
+    memory: an exact search over them beats any query to disk (and than numpy over every guild's rows)."""
+
+    def __init__(self, table: lancedb.table.Table) -> None:
+        self.table = table
+        self.has_ann = any("vector" in idx.columns for idx in table.list_indices())
+        self.writes = 0
+        self.ids: np.ndarray | None = None  # the in-memory copy: ids and unit vectors, or None
+        self.vectors: np.ndarray | None = None
+
+    def cache(self, dim: int) -> int:
+        """Read the shard into memory; returns its bytes."""
+        rows = self.table.search().limit(None).select(["image_id", "vector"]).to_arrow()
+        self.ids = rows.column("image_id").to_numpy()
+        self.vectors = _unit_rows(rows.column("vector").combine_chunks(), dim)
+        return self.vectors.nbytes
+
+    def cached_add(self, rows: pa.Table, dim: int) -> None:
+        if self.ids is not None and self.vectors is not None:
+            self.ids = np.concatenate([self.ids, rows.column("image_id").to_numpy()])
+            self.vectors = np.concatenate([self.vectors, _unit_rows(rows.column("vector").combine_chunks(), dim)])
+
+    def cached_delete(self, image_ids: list[int]) -> None:
+        if self.ids is not None and self.vectors is not None:
+            keep = ~np.isin(self.ids, image_ids)
+            self.ids, self.vectors = self.ids[keep], self.vectors[keep]
+
+    def drop_cache(self) -> int:
+        freed = 0 if self.vectors is None else self.vectors.nbytes
+        self.ids = self.vectors = None
+        return freed
+
+
+def _exact(ids: np.ndarray, vectors: np.ndarray, vector: np.ndarray, k: int) -> list[VectorHit]:
+    """The k best by cosine similarity, exactly (`vectors` are unit rows)."""
+    scores = vectors @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
+    top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
+    top = top[np.argsort(-scores[top])]
+    return [VectorHit(image_id=int(ids[i]), score=float(scores[i])) for i in top]
+
+
 class LanceIndex(VectorIndex):
-    """VectorIndex on a LanceDB directory."""
+    """VectorIndex on a LanceDB directory: a table per guild (see the module's docstring)."""
 
     def __init__(
         self,
@@ -139,8 +198,9 @@ class LanceIndex(VectorIndex):
         optimize_every: int = 50,
         flush_rows: int = 256,
         ann_threshold: int = 20_000,
-        nprobes: int = 100,
-        refine_factor: int = 50,
+        nprobes: int = 12,
+        ef: int = 128,
+        cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.directory = directory
         self.model_id = model_id
@@ -151,9 +211,11 @@ class LanceIndex(VectorIndex):
         self._lock = threading.RLock()
         self.ann_threshold = ann_threshold
         self.nprobes = nprobes
-        self.refine_factor = refine_factor
+        self.ef = ef
+        self.cache_bytes = cache_bytes  # for the small shards' vectors in memory, all together
+        self._cached = 0
         self.table_name = "images_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-        self._writes = 0
+        self._shards: dict[str, _Shard] = {}  # by table name
         self.schema = pa.schema(
             [
                 pa.field("image_id", pa.int64()),
@@ -168,17 +230,50 @@ class LanceIndex(VectorIndex):
         )
         self._open()
 
+    def shard_name(self, guild: str | None) -> str:
+        key = "none" if guild is None else hashlib.sha256(guild.encode()).hexdigest()[:16]
+        return f"{self.table_name}__{key}"
+
     def _open(self) -> None:
         try:
             self.db = lancedb.connect(self.directory)
-            if self.table_name in self.db.list_tables().tables:
-                self.table = self.db.open_table(self.table_name)
-                self.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
-            else:
-                self.table = self.db.create_table(self.table_name, schema=self.schema)
-            self._has_ann = self._read_has_ann()
+            names = self.db.list_tables().tables
+            for name in names:
+                if name.startswith(self.table_name + "__"):
+                    shard = _Shard(self.db.open_table(name))
+                    shard.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
+                    self._shards[name] = shard
+            if self.table_name in names:
+                self._split_single_table()
+            self._shard(None)  # always there: a new index is a directory with a table in it
         except Exception as e:  # lance raises many kinds on a damaged directory
             raise IndexError_(f"cannot open the vector index at {self.directory}: {e}") from e
+
+    def _split_single_table(self) -> None:
+        """An index from before the shards: its vectors move into their guilds' tables, once."""
+        old = self.db.open_table(self.table_name)
+        log.info("splitting the vector index (%d vectors) into one table per guild", old.count_rows())
+        for batch in old.search().limit(None).to_batches(batch_size=50_000):
+            self.add_arrow(pa.Table.from_batches([batch]).select(self.schema.names).cast(self.schema))
+        self.db.drop_table(self.table_name)
+
+    def _shard(self, guild: str | None) -> _Shard:
+        name = self.shard_name(guild)
+        with self._lock:
+            if name not in self._shards:
+                self._shards[name] = _Shard(self.db.create_table(name, schema=self.schema, exist_ok=True))
+            return self._shards[name]
+
+    def _in_scope(self, filters: VectorFilters | None) -> list[_Shard]:
+        """The shards a query may read: a guild's own, the no-guild one for DMs, else all."""
+        with self._lock:
+            if filters is not None and filters.guild is not None:
+                shard = self._shards.get(self.shard_name(filters.guild))
+                return [shard] if shard is not None else []
+            if filters is not None and filters.dm_of is not None:
+                shard = self._shards.get(self.shard_name(None))
+                return [shard] if shard is not None else []
+            return list(self._shards.values())
 
     @classmethod
     def open_or_rebuild(cls, directory: Path, **kwargs) -> tuple[LanceIndex, bool]:
@@ -221,99 +316,149 @@ class LanceIndex(VectorIndex):
             try:
                 # Callers add images that have no vector yet (new images, or what reconcile found
                 # missing), so a plain append is enough; an upsert costs a scan per write.
-                self.table.add(self._arrow(rows))
+                self.add_arrow(self._arrow(rows))
             except Exception as e:  # lance's errors carry no common base class
                 raise IndexError_(f"could not add {len(rows)} vector(s): {e}") from e
-            self._after_write()
+
+    def add_arrow(self, table: pa.Table) -> None:
+        """Append rows (in the index's schema) to their guilds' tables."""
+        guilds = table.column("guild")
+        for guild in pc.unique(guilds).to_pylist():
+            mask = pc.is_null(guilds) if guild is None else pc.equal(guilds, guild)
+            shard, rows = self._shard(guild), table.filter(mask)
+            shard.table.add(rows)
+            with self._lock:
+                shard.cached_add(rows, self.dim)
+                self._cached += 0 if shard.vectors is None else rows.num_rows * self.dim * 4
+            self._after_write(shard)
 
     def clear(self) -> None:
         with self._lock:
             self._pending = []
-        self.db.drop_table(self.table_name)
-        self.table = self.db.create_table(self.table_name, schema=self.schema)
-        self._has_ann = False
-
-    def add_arrow(self, table: pa.Table) -> None:
-        """Bulk load (benchmarks, reindex): append without the upsert check."""
-        self.table.add(table)
-        self._after_write()
+            for name in list(self._shards):
+                self.db.drop_table(name)
+            self._shards.clear()
+            self._cached = 0
 
     def delete(self, image_ids: list[int]) -> None:
         self.flush()
         if image_ids:
-            self.table.delete(f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})")
-            self._after_write()
+            where = f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})"
+            for shard in self._in_scope(None):
+                shard.table.delete(where)
+                with self._lock:
+                    shard.cached_delete(image_ids)
+                self._after_write(shard)
 
-    def _after_write(self) -> None:
-        self._writes += 1
-        if self._writes % self.optimize_every == 0:
-            self.optimize()
+    def _after_write(self, shard: _Shard) -> None:
+        shard.writes += 1
+        if shard.writes % self.optimize_every == 0:
+            self._optimize(shard)
 
     def optimize(self) -> None:
-        """Compact small files, drop old versions, and build or update the ANN index."""
-        rows = self.table.count_rows()
-        if rows >= self.ann_threshold and not self._has_ann:
-            self.build_ann_index()
+        """Compact small files, drop old versions, and build or update the ANN indexes."""
+        for shard in self._in_scope(None):
+            self._optimize(shard)
+
+    def _optimize(self, shard: _Shard) -> None:
+        if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
+            self._build(shard)
         # Keep a minute of old versions: a search thread may still be reading one.
-        self.table.optimize(cleanup_older_than=timedelta(minutes=1))
+        shard.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
     def has_ann_index(self) -> bool:
-        return self._has_ann
-
-    def _read_has_ann(self) -> bool:
-        # Asked once per open (and kept in step by build/clear), not on every query.
-        return any("vector" in idx.columns for idx in self.table.list_indices())
+        return any(shard.has_ann for shard in self._in_scope(None))
 
     def build_ann_index(self) -> None:
-        rows = self.table.count_rows()
-        partitions = max(1, int(np.sqrt(rows)))
-        self.table.create_index(metric="cosine", index_type="IVF_PQ", num_partitions=partitions,
-                                num_sub_vectors=max(1, self.dim // 8), vector_column_name="vector")  # fmt: skip
-        self._has_ann = True
-        for column in ("guild",):
-            self.table.create_scalar_index(column, replace=True)
+        """An ANN index on every shard past `ann_threshold` that has none yet (a bulk load, benchmarks)."""
+        for shard in self._in_scope(None):
+            if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
+                self._build(shard)
+
+    def _build(self, shard: _Shard) -> None:
+        rows = shard.table.count_rows()
+        shard.table.create_index(metric="cosine", index_type="IVF_HNSW_SQ", vector_column_name="vector",
+                                 num_partitions=max(1, rows // 6000), replace=True)  # fmt: skip
+        shard.has_ann = True
+        with self._lock:
+            self._cached -= shard.drop_cache()  # big now: its index serves it
+
+    def _in_memory(self, shard: _Shard) -> tuple[np.ndarray, np.ndarray] | None:
+        """The shard's ids and vectors when it is searched in memory: small (no ANN index yet) and
+        within the budget (read on its first search, kept in step by every write)."""
+        with self._lock:
+            if shard.has_ann:
+                return None
+            if shard.vectors is None:
+                rows = shard.table.count_rows()
+                if self._cached + rows * self.dim * 4 > self.cache_bytes:
+                    return None
+                self._cached += shard.cache(self.dim)
+            assert shard.ids is not None and shard.vectors is not None
+            return shard.ids, shard.vectors
 
     def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
         self.flush()
-        query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-        query = query.distance_type("cosine").limit(k).select(["image_id", "_distance"])
-        where = where_clause(filters)
-        if where:
-            query = query.where(where, prefilter=True)
-        if self._has_ann:
-            query = query.nprobes(self.nprobes).refine_factor(self.refine_factor)
-        result = query.to_arrow()
-        ids = result.column("image_id").to_pylist()
-        distances = result.column("_distance").to_pylist()
-        return [VectorHit(image_id=i, score=1.0 - d) for i, d in zip(ids, distances)]
+        where = where_clause(filters.model_copy(update={"guild": None}) if filters is not None else None)
+        hits: list[VectorHit] = []
+        for shard in self._in_scope(filters):
+            if not where and (cached := self._in_memory(shard)) is not None:
+                hits += _exact(*cached, np.asarray(vector, dtype=np.float32), k)
+                continue
+            query = shard.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            query = query.distance_type("cosine").limit(k).select(["image_id", "_distance"])
+            if where:
+                query = query.where(where, prefilter=True)
+            if shard.has_ann:
+                query = query.nprobes(self.nprobes).ef(self.ef)
+            result = query.to_arrow()
+            ids = result.column("image_id").to_pylist()
+            distances = result.column("_distance").to_pylist()
+            hits += [VectorHit(image_id=i, score=1.0 - d) for i, d in zip(ids, distances)]
+        return sorted(hits, key=lambda h: -h.score)[:k]
 
     def scores(self, vector: np.ndarray, image_ids: list[int]) -> dict[int, float]:
         self.flush()
         if not image_ids:
             return {}
         id_list = ", ".join(str(int(i)) for i in image_ids)
-        query = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-        query = query.distance_type("cosine").where(f"image_id IN ({id_list})", prefilter=True)
-        result = query.bypass_vector_index().limit(len(image_ids)).select(["image_id", "_distance"]).to_arrow()
-        return {
-            i: 1.0 - d for i, d in zip(result.column("image_id").to_pylist(), result.column("_distance").to_pylist())
-        }
+        found: dict[int, float] = {}
+        for shard in self._in_scope(None):
+            query = shard.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+            query = query.distance_type("cosine").where(f"image_id IN ({id_list})", prefilter=True)
+            result = query.bypass_vector_index().limit(len(image_ids)).select(["image_id", "_distance"]).to_arrow()
+            ids, distances = result.column("image_id").to_pylist(), result.column("_distance").to_pylist()
+            found |= {i: 1.0 - d for i, d in zip(ids, distances)}
+        return found
+
+    def to_arrow(self) -> pa.Table:
+        """Every row of every shard."""
+        self.flush()
+        tables = [shard.table.to_arrow() for shard in self._in_scope(None)]
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
     def image_ids(self) -> set[int]:
         self.flush()
-        return set(self.table.to_arrow().column("image_id").to_pylist()) if self.count() else set()
+        found: set[int] = set()
+        for shard in self._in_scope(None):
+            ids = shard.table.search().limit(None).select(["image_id"]).to_arrow().column("image_id")
+            found |= set(ids.to_pylist())
+        return found
 
     def count(self) -> int:
         self.flush()
-        return self.table.count_rows()
+        return sum(shard.table.count_rows() for shard in self._in_scope(None))
 
     def present(self, image_ids: list[int]) -> set[int]:
         self.flush()
         if not image_ids:
             return set()
         id_list = ", ".join(str(int(i)) for i in image_ids)
-        found = self.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
-        return set(found.column("image_id").to_pylist())
+        found: set[int] = set()
+        for shard in self._in_scope(None):
+            result = shard.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
+            found |= set(result.column("image_id").to_pylist())
+        return found
 
     def versions(self) -> int:
-        return len(self.table.list_versions())
+        return sum(len(shard.table.list_versions()) for shard in self._in_scope(None))

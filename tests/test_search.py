@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from gallery.db import open_gallery_db
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir
 from gallery.files import BadImage, decode_image, encode_png
-from gallery.index import LanceIndex
+from gallery.index import IndexRow, LanceIndex
 from gallery.indexer import Indexer
 from gallery.models import ImageRow
-from gallery.schemas import ImageCreate, SearchFilters
+from gallery.schemas import ImageCreate, SearchFilters, VectorFilters
 from gallery.search import GallerySearch, SearchError
 from gallery.store import SqliteImageStore
 from models import toyworld
@@ -194,8 +194,8 @@ def test_a_new_clip_model_gets_its_own_vectors(tmp_path: Path, embedder: OpenCli
     assert index.count() == 0  # never the old model's vectors
     Indexer(engine=g.db, store=g.store, embedder=other, index=index).reconcile()
     assert index.count() == 6 and g.index.count() == 6
-    v_old = g.index.table.to_arrow().column("vector").to_pylist()[0]
-    v_new = index.table.to_arrow().column("vector").to_pylist()[0]
+    v_old = g.index.to_arrow().sort_by("image_id").column("vector").to_pylist()[0]
+    v_new = index.to_arrow().sort_by("image_id").column("vector").to_pylist()[0]
     assert not np.allclose(v_old, v_new)
 
 
@@ -223,3 +223,75 @@ def test_text_and_image_scores_share_one_scale(gallery) -> None:
     with Image.open(g.store.file_path(text[0].image)) as im:
         by_image = g.search.by_image(image=im.convert("RGB"), limit=3, filters=SearchFilters(guild="guild-a"))
     assert 0.99 <= by_image.results[0].score <= 1.0001 and by_image.results[0].image.id == text[0].image.id
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
+    v = rng.standard_normal((n, dim)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def index_rows(vectors: np.ndarray, guilds: list[str | None], first_id: int = 0) -> list[IndexRow]:
+    now = datetime.now(UTC)
+    return [IndexRow(image_id=first_id + i, vector=v.tolist(), guild=g, user=f"u{i % 3}", source="discord",
+                     created_at=now) for i, (v, g) in enumerate(zip(vectors, guilds))]  # fmt: skip
+
+
+def test_each_guild_has_a_table_of_its_own_and_a_search_reads_only_its_scope(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    vectors = unit_rows(rng, 90)
+    guilds = ["a", "b", None] * 30
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
+    index.add(index_rows(vectors, guilds))
+    assert index.count() == 90
+    tables = set(index.db.list_tables().tables)
+    assert {index.shard_name("a"), index.shard_name("b"), index.shard_name(None)} == tables
+    query = vectors[4]  # guild b's image 4
+    for guild in ("a", "b"):
+        hits = index.search(query, k=10, filters=VectorFilters(guild=guild))
+        assert len(hits) == 10 and all(guilds[h.image_id] == guild for h in hits)
+        exact = sorted((i for i, g in enumerate(guilds) if g == guild), key=lambda i: -float(vectors[i] @ query))
+        assert [h.image_id for h in hits] == exact[:10]
+    assert index.search(query, k=5, filters=VectorFilters(guild="nobody")) == []
+    dm = index.search(query, k=30, filters=VectorFilters(dm_of="u2"))
+    assert dm and all(guilds[h.image_id] is None and h.image_id % 3 == 2 for h in dm)
+    # No guild: every table, merged best first.
+    everywhere = index.search(query, k=10)
+    assert [h.image_id for h in everywhere] == sorted(range(90), key=lambda i: -float(vectors[i] @ query))[:10]
+    index.delete([4, 5, 6])
+    assert index.count() == 87 and not index.present([4, 5, 6]) and index.present([7]) == {7}
+    # Small shards are searched from memory: kept in step with deletes and adds.
+    assert 4 not in {h.image_id for h in index.search(query, k=10, filters=VectorFilters(guild="b"))}
+    index.add(index_rows(query[None, :], ["a"], first_id=1000))
+    assert index.search(query, k=1, filters=VectorFilters(guild="a"))[0].image_id == 1000
+
+
+def test_an_index_of_one_table_is_split_by_guild_once(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = unit_rows(rng, 40)
+    guilds = ["a", None, "b", "a"] * 10
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
+    # The layout before shards: every vector in one table named after the CLIP model.
+    index.db.create_table(index.table_name, index._arrow(index_rows(vectors, guilds)))
+    split = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
+    assert index.table_name not in split.db.list_tables().tables
+    assert split.count() == 40 and split.image_ids() == set(range(40))
+    hits = split.search(vectors[0], k=3, filters=VectorFilters(guild="a"))
+    assert hits[0].image_id == 0 and all(guilds[h.image_id] == "a" for h in hits)
+    assert LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64).count() == 40, "reopened: still 40"
+
+
+def test_a_shard_past_the_threshold_gets_an_ann_index_and_still_finds_its_nearest(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    vectors = unit_rows(rng, 600)
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64, ann_threshold=500, flush_rows=100,
+                       optimize_every=3)  # fmt: skip
+    index.add(index_rows(vectors[:300], ["big"] * 300) + index_rows(vectors[300:], [None] * 300, first_id=300))
+    index.flush()
+    index.optimize()
+    assert not index.has_ann_index()
+    index.add(index_rows(unit_rows(rng, 300), ["big"] * 300, first_id=600))
+    index.optimize()
+    shards = {name: shard.has_ann for name, shard in index._shards.items()}
+    assert shards == {index.shard_name("big"): True, index.shard_name(None): False}
+    hits = index.search(vectors[7], k=5, filters=VectorFilters(guild="big"))
+    assert hits[0].image_id == 7 and hits[0].score == pytest.approx(1.0, abs=0.02)
