@@ -244,6 +244,9 @@ class LanceIndex(VectorIndex):
                     shard.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
                     self._shards[name] = shard
             if self.table_name in names:
+                for name in list(self._shards):  # a split cut short (the old table is dropped last): again
+                    self.db.drop_table(name)
+                self._shards.clear()
                 self._split_single_table()
             self._shard(None)  # always there: a new index is a directory with a table in it
         except Exception as e:  # lance raises many kinds on a damaged directory

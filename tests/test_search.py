@@ -272,6 +272,7 @@ def test_an_index_of_one_table_is_split_by_guild_once(tmp_path: Path) -> None:
     index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
     # The layout before shards: every vector in one table named after the CLIP model.
     index.db.create_table(index.table_name, index._arrow(index_rows(vectors, guilds)))
+    index._shard("a").table.add(index._arrow(index_rows(vectors[:2], ["a", "a"])))  # a split cut short
     split = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
     assert index.table_name not in split.db.list_tables().tables
     assert split.count() == 40 and split.image_ids() == set(range(40))
