@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from collections.abc import AsyncIterator, Iterator
 
@@ -68,8 +69,9 @@ class World:
         return await self.fake.wait_for(lambda: next(iter(self.replies_to(message_id)), None), timeout)
 
 
-@pytest.fixture
-async def world(engine: EngineProcess) -> AsyncIterator[World]:
+@contextlib.asynccontextmanager
+async def bot_world(engine: EngineProcess) -> AsyncIterator[World]:
+    """The Discord stand-in and a running bot on `engine`; discord.py's endpoints are put back after."""
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
     fake = await FakeDiscord().start()
     fake.patch_client()
@@ -81,6 +83,12 @@ async def world(engine: EngineProcess) -> AsyncIterator[World]:
         await w.stop_bot()
         await fake.stop()
         discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@pytest.fixture
+async def world(engine: EngineProcess) -> AsyncIterator[World]:
+    async with bot_world(engine) as w:
+        yield w
 
 
 def png_sizes(posted: Posted) -> list[tuple[int, int]]:

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import discord
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,9 +19,8 @@ from PySide6.QtCore import Qt
 from engine.client import EngineClient
 from engine.schema import DreamRequest, Health, Requester
 from tests.conftest import ROOT, EngineProcess
-from tests.fake_discord import FakeDiscord
 from tests.test_desktop import WAIT, generate, open_window
-from tests.test_discord_bot import World, follow_up_result, png_sizes
+from tests.test_discord_bot import bot_world, follow_up_result, png_sizes
 
 pytestmark = pytest.mark.slow
 
@@ -173,24 +171,16 @@ def test_the_cli_works_unchanged_against_ray_workers(engine: EngineProcess, tmp_
 
 
 async def test_the_bot_works_unchanged_against_ray_workers(engine: EngineProcess) -> None:
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    fake = await FakeDiscord().start()
-    fake.patch_client()
-    world = World(fake, engine)
-    await world.start_bot()
-    try:
-        mid = await fake.say("111", "7", '!dream "a green triangle" -n 4 -S 31 -s 6')
+    async with bot_world(engine) as world:
+        mid = await world.fake.say("111", "7", '!dream "a green triangle" -n 4 -S 31 -s 6')
         result = await world.result_for(mid)
         assert png_sizes(result) == [(128, 128)] and "31, 32, 33, 34" in result.content
         ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:variation:")]
-        v1 = await follow_up_result(world, await fake.click("111", "7", result, f"dreamhall:variation:{ids[0]}"))
+        click = await world.fake.click("111", "7", result, f"dreamhall:variation:{ids[0]}")
+        v1 = await follow_up_result(world, click)
         assert f"variations of #{ids[0]}" in v1.content and png_sizes(v1) == [(128, 128)]
         made_by = {(await world.client.image(i)).worker for i in ids}
         assert made_by <= {"ray-0", "ray-1"} and made_by
-    finally:
-        await world.stop_bot()
-        await fake.stop()
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 def test_the_desktop_works_unchanged_against_ray_workers(qtbot, engine: EngineProcess, tmp_path: Path) -> None:
