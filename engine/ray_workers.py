@@ -102,7 +102,7 @@ class MakerActor:
             with self._torch_lock:
                 self.pipelines.model(None)
         except Exception as e:
-            logging.getLogger(__name__).error("%s could not preload the default model: %s", self.worker_id, e)
+            log.error("%s could not preload the default model: %s", self.worker_id, e)
         return self.info()
 
     def make(self, job: JobRecord, inputs: Resolved) -> Iterator[tuple[str, Any]]:
@@ -120,7 +120,7 @@ class MakerActor:
             except Interrupted:
                 out.put(("interrupted", None))
             except Exception as e:
-                logging.getLogger(__name__).exception("job %s failed on %s", job.id, self.worker_id)
+                log.exception("job %s failed on %s", job.id, self.worker_id)
                 out.put(("failed", readable_error(e)))
             finally:
                 self.maker.forget(job.id)
