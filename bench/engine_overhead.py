@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=3220803958)
     ap.add_argument("--size", type=int, default=None, help="width and height (default: the model's)")
-    ap.add_argument("--pairs", type=int, default=7)
+    ap.add_argument("--pairs", type=int, default=11)
     args = ap.parse_args()
 
     device = Device("auto")
@@ -70,13 +70,19 @@ def main() -> None:
 
     home = Path(tempfile.mkdtemp(prefix="dh-bench-"))
     env = {**os.environ, "DREAMHALL_HOME": str(home)}
+    # As on a user's machine, Python keeps its bytecode cache: a shell with PYTHONDONTWRITEBYTECODE
+    # would have every process recompile our modules (~20 ms for `dreamhall dream`, more for the engine).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if args.model:
         env["DREAMHALL_MODEL"] = args.model
     log = home / "bench-engine.log"
     with log.open("w") as log_file:
         engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
-    cli = [sys.executable, "-m", "engine", "dream", *[c.strip('"') for c in command[:1]], *command[1:], "--json"]
+    # The installed command, as users run it (`python -m engine` where it is not installed).
+    script = Path(sys.executable).with_name("dreamhall")
+    dreamhall = [str(script)] if script.exists() else [sys.executable, "-m", "engine"]
+    cli = [*dreamhall, "dream", *[c.strip('"') for c in command[:1]], *command[1:], "--json"]
     try:
         with EngineClient(home / "engine.sock") as client:
             while True:
@@ -105,13 +111,21 @@ def main() -> None:
         engine.terminate()
         engine.wait(30)
 
-    b, c, k = (statistics.median(col) for col in zip(*rows))
-    ratio_cli = statistics.median(r[1] / r[0] for r in rows)
-    ratio_client = statistics.median(r[2] / r[0] for r in rows)
+    b = statistics.median(r[0] for r in rows)
+
+    def spread(values: list[float]) -> str:
+        q = statistics.quantiles(values, n=4)
+        return f"{statistics.median(values):.3f} (quartiles {q[0]:.3f}–{q[2]:.3f})"
+
+    # Per pair, so the machine's drift between pairs cancels; the ms over bare is the engine's and the
+    # command's own cost, which does not scale with the model.
     print(f"bare pipeline call   median {b * 1000:8.1f} ms")
-    print(f"dreamhall dream CLI  median {c * 1000:8.1f} ms   ratio {ratio_cli:.3f}")
-    print(f"EngineClient         median {k * 1000:8.1f} ms   ratio {ratio_client:.3f}")
-    print(f"median ratio (dreamhall dream / bare): {ratio_cli:.3f}")
+    for name, col in (("dreamhall dream CLI", 1), ("EngineClient", 2)):
+        ratios = [r[col] / r[0] for r in rows]
+        extra = statistics.median((r[col] - r[0]) * 1000 for r in rows)
+        print(f"{name:<20} median {statistics.median(r[col] for r in rows) * 1000:8.1f} ms   "
+              f"ratio {spread(ratios)}, +{extra:.0f} ms")  # fmt: skip
+    print(f"median ratio (dreamhall dream / bare): {statistics.median(r[1] / r[0] for r in rows):.3f}")
     # The measured jobs' stages (the warm-up's two jobs left out).
     jobs = [dict((k, float(v)) for k, v in (kv.split("=") for kv in line.split("stages (ms): ")[1].split()))
             for line in log.read_text().splitlines() if "stages (ms): " in line][2:]  # fmt: skip

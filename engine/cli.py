@@ -11,32 +11,33 @@
 
 The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
 as in Discord and the desktop prompt box.
+
+Every `dreamhall dream` is a new process, so this module imports only the standard
+library at the top: `dream` against a running engine speaks engine.wire and never loads
+pydantic or httpx; the other commands import the client and the settings model when run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
-from pydantic import ValidationError
-
-from engine import __version__
-from engine.client import EngineClient, EngineError, EngineUnavailable, RequestRejected
-from engine.dream_args import DreamArgsError, parse_argv, usage
-from engine.launch import StopFailed, connect, stop_engine
-from engine.schema import IMPORTED_SOURCES, Accepted, DreamRequest, Event, Requester, Source, looks_like_ref
-from engine.settings import Settings
+from engine import __version__, paths
+from engine.dream_args import DreamArgsError, local_image, looks_like_ref, parse_fields, usage
+from engine.errors import EngineError, EngineUnavailable, RequestRejected
+from engine.wire import Wire
 
 if TYPE_CHECKING:
     from tqdm import tqdm
+
+    from engine.client import EngineClient
+    from engine.settings import Settings
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -83,6 +84,9 @@ def engine_errors() -> Iterator[None]:
 
 
 def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.client import EngineClient
+    from engine.launch import StopFailed, stop_engine
+
     if args.action == "stop":
         try:
             print(stop_engine(settings))
@@ -112,6 +116,8 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if _answers(settings):  # asked before the heavy imports below: an answer in well under a second
         return _fail(f"an engine is already listening on {settings.socket_path}", 1)
+    import logging
+
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -126,12 +132,11 @@ def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _answers(settings: Settings) -> bool:
-    with EngineClient(settings.socket_path, timeout=5) as client:
-        try:
-            client.health()
-            return True
-        except (EngineUnavailable, RequestRejected):
-            return False
+    try:
+        Wire(settings.socket_path, timeout=5).call("GET", "/v1/health")
+        return True
+    except EngineError:
+        return False
 
 
 class _Progress:
@@ -141,22 +146,24 @@ class _Progress:
         self.quiet = quiet
         self.bar: tqdm | None = None
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: dict[str, Any]) -> None:
+        """`event`: one of the job's events as the engine sends it (engine.schema.Event's fields)."""
         if self.quiet:
             return
         from tqdm import tqdm  # here, not at the top: `--json` and every other command never show a bar
 
-        if event.type == "queued" and event.position:
-            tqdm.write(f"queued: {event.position} job(s) ahead")
-        elif event.type == "loading":
-            tqdm.write(f"loading model {event.model} (the first job on a model waits for this)…")
-        elif event.type == "step" and event.total:
+        kind, total = event["type"], event.get("total")
+        if kind == "queued" and event.get("position"):
+            tqdm.write(f"queued: {event['position']} job(s) ahead")
+        elif kind == "loading":
+            tqdm.write(f"loading model {event.get('model')} (the first job on a model waits for this)…")
+        elif kind == "step" and total:
             # The bar starts with the first step, which knows the real count (img2img runs steps x strength),
             # and moves by deltas, so tqdm's rate is steps per second.
             if self.bar is None:
-                self.bar = tqdm(total=event.total, unit="step", desc="dreaming", leave=False)
-            self.bar.total = max(self.bar.total or 0, event.total)
-            self.bar.update(max(0, (event.step or 0) - self.bar.n))
+                self.bar = tqdm(total=total, unit="step", desc="dreaming", leave=False)
+            self.bar.total = max(self.bar.total or 0, total)
+            self.bar.update(max(0, (event.get("step") or 0) - self.bar.n))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -173,17 +180,18 @@ def _local_file_check(value: str) -> str:
     return "upload:" + "0" * 64
 
 
-def _local_model(request: DreamRequest) -> DreamRequest:
+def _local_model(fields: dict[str, Any]) -> dict[str, Any]:
     """`-m ./file.safetensors` means this file: the engine gets it absolute (shelf names pass as they are)."""
-    changes = {}
     for field in ("model", "refiner"):
-        value = getattr(request, field)
+        value = fields.get(field)
         if value and (path := Path(value).expanduser()).exists():
-            changes[field] = str(path.resolve())
-    return request.model_copy(update=changes)
+            fields[field] = str(path.resolve())
+    return fields
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.launch import connect
+
     with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
         shelf = engine.models(scan=args.scan)
     if args.json:
@@ -205,75 +213,122 @@ def _size(n: int) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def cmd_dream(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
-    requester = Requester(source="cli", user=os.environ.get("USER"))
+def cmd_dream(args: argparse.Namespace, extra: list[str]) -> int:
+    requester = {"source": "cli", "user": os.environ.get("USER")}
     try:
-        # The whole command is checked before an engine is started for it.
-        request = parse_argv(extra, requester=requester, resolve_image=_local_file_check)
+        # Flags and files are checked before anything is sent; values and ranges by the engine (or, when
+        # none is running, by the request model here, before one is started for this command).
+        parse_fields(extra, resolve_image=_local_file_check)
     except DreamArgsError as e:
         return _fail_args(e)
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
-    def submit(engine: EngineClient) -> tuple[DreamRequest, Accepted]:
-        request = parse_argv(extra, requester=requester, resolve_image=engine.image_ref)  # uploads -I files
-        return request, engine.submit(_local_model(request))
+    def submit(wire: Wire) -> tuple[dict, dict]:
+        upload = lambda value: _upload(wire, value)  # noqa: E731
+        fields = _local_model(parse_fields(extra, requester=requester, resolve_image=upload))
+        return fields, wire.call("POST", "/v1/dreams", fields)
 
-    engine = EngineClient(settings.socket_path)
+    try:
+        home = paths.home(args.home)
+    except (OSError, ValueError):
+        home = _settings(args).home  # the settings model says what is wrong with the config file
+    wire = Wire(paths.socket_path(home))
     try:
         with engine_errors():
             try:
-                request, accepted = submit(engine)  # no health round trip first: a running engine answers this
+                fields, accepted = submit(wire)  # no health round trip first: a running engine answers this
             except EngineUnavailable:
-                engine.close()
-                engine = connect(settings, autostart=not args.no_autostart, say=say)
-                request, accepted = submit(engine)
+                wire, home = _start_for(args, extra, requester, say)
+                fields, accepted = submit(wire)
+            except RequestRejected as e:
+                if e.status != 422:
+                    raise
+                raise DreamArgsError(str(e)) from None  # a value the request model refused: named by its flag
     except DreamArgsError as e:
-        engine.close()
         return _fail_args(e)
-    with engine_errors(), engine:
+    job_id = accepted["id"]
+    images: list[dict[str, Any]] = []  # the stream says everything: each image, then how the job ended
+    end: dict[str, Any] = {}
+    with engine_errors():
         progress = _Progress(quiet=args.json)
         try:
-            job = engine.wait(accepted.id, on_event=progress)
+            for event in wire.events(job_id):
+                progress(event)
+                if event["type"] == "image":
+                    images.append(event["image"])
+                end = event
         except KeyboardInterrupt:
-            engine.cancel(accepted.id)
+            wire.call("DELETE", f"/v1/dreams/{job_id}")
             return _fail("cancelled", 130)
         finally:
             progress.close()
+        if end["type"] != "done":
+            return _fail(f"job {job_id} {end['type']}" + (f": {end['error']}" if end.get("error") else ""), 1)
         grid_path = None
-        if job.status == "done" and request.mode == "upscale":
-            say(f"upscaled with {engine.image(job.images[0].id).params.get('upscaler')}")
-        if job.status == "done" and request.layout == "grid":
-            grid_path = settings.home / "grids" / f"{job.id}.png"
+        if fields["mode"] == "upscale":
+            image = wire.call("GET", f"/v1/images/{images[0]['id']}")
+            say(f"upscaled with {image['params'].get('upscaler')}")
+        if fields.get("layout") == "grid":
+            grid_path = home / "grids" / f"{job_id}.png"
             grid_path.parent.mkdir(parents=True, exist_ok=True)
-            grid_path.write_bytes(engine.grid(job.id))
-    if job.status != "done":
-        return _fail(f"job {job.id} {job.status}" + (f": {job.error}" if job.error else ""), 1)
+            grid_path.write_bytes(wire.call("GET", f"/v1/dreams/{job_id}/grid"))
     if args.json:
-        out = {
-            "job": job.id,
-            "images": [i.model_dump(include={"id", "path", "seed", "variation_seed", "width", "height"})
-                       for i in job.images],
-        }  # fmt: skip
+        keys = ("id", "path", "seed", "variation_seed", "width", "height")
+        out: dict[str, Any] = {"job": job_id, "images": [{k: i.get(k) for k in keys} for i in images]}
         if grid_path is not None:
             out["grid"] = str(grid_path)
         print(json.dumps(out))
     else:
         # One line per image: its id (what -I, `gallery show` and the desktop take), its seed, size and file.
-        for i in job.images:
-            seed = f"seed {i.seed}" + (f", variation seed {i.variation_seed}" if i.variation_seed is not None else "")
-            print(f"#{i.id}  {seed}  {i.width}x{i.height}  {i.path}")
+        for i in images:
+            seed = f"seed {i['seed']}"
+            if i.get("variation_seed") is not None:
+                seed += f", variation seed {i['variation_seed']}"
+            print(f"#{i['id']}  {seed}  {i['width']}x{i['height']}  {i['path']}")
         if grid_path is not None:
             print(f"{grid_path}  (grid)")
     return 0
 
 
+def _upload(wire: Wire, value: str) -> str:
+    """-I/-M as the engine reads them: a gallery reference as is, a local file uploaded first."""
+    name, data = local_image(value)
+    if data is None:
+        return name
+    try:
+        return wire.call("POST", "/v1/uploads", data)["ref"]
+    except RequestRejected as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def _start_for(
+    args: argparse.Namespace, extra: list[str], requester: dict, say: Callable[[str], None]
+) -> tuple[Wire, Path]:
+    """No engine answered: check the whole request with the request model, then start one (or say there is none)."""
+    from engine.dream_args import parse_argv
+    from engine.launch import connect
+    from engine.schema import Requester
+
+    settings = _settings(args)
+    parse_argv(extra, requester=Requester(**requester), resolve_image=_local_file_check)
+    connect(settings, autostart=not args.no_autostart, say=say).close()
+    return Wire(settings.socket_path), settings.home
+
+
 def _filters(args: argparse.Namespace) -> dict:
     """The gallery filters `search` and `gallery list` share."""
+    from engine.schema import IMPORTED_SOURCES, Source
+
+    sources = [*get_args(Source), *sorted(IMPORTED_SOURCES)]
+    if args.source is not None and args.source not in sources:
+        raise Exit(_fail(f"--source: one of {', '.join(sources)} (got {args.source!r})"))
     return {"guild": args.guild, "user": args.user, "source": args.source, "model": args.model_filter,
             "lora": args.lora}  # fmt: skip
 
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.launch import connect
+
     if (args.query is None) == (args.image is None and args.similar is None):
         return _fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
     filters = _filters(args)
@@ -305,6 +360,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
 
 
 def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.launch import connect
+
     with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
         if args.action in {"list", "show", "open"}:
             return _look(engine, args)
@@ -376,6 +433,8 @@ def _look(engine: EngineClient, args: argparse.Namespace) -> int:
 
 def _open_file(path: Path) -> int:
     """In the desktop's default viewer."""
+    import subprocess
+
     opener = {"darwin": ["open"], "win32": None}.get(sys.platform, ["xdg-open"])
     if opener is None:
         os.startfile(path)  # type: ignore[attr-defined]
@@ -438,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--guild")
     search.add_argument("--user")
-    search.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
+    search.add_argument("--source", help="only images from this source: cli, discord, desktop, api, ...")
     search.add_argument("--model", dest="model_filter", help="only images of this model")
     search.add_argument("--lora", help="only images made with this LoRA")
     search.add_argument("--json", action="store_true")
@@ -449,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--limit", type=int, default=20, help="list: how many (newest first)")
     gallery.add_argument("--guild")
     gallery.add_argument("--user")
-    gallery.add_argument("--source", choices=[*get_args(Source), *sorted(IMPORTED_SOURCES)])
+    gallery.add_argument("--source", help="only images from this source: cli, discord, desktop, api, ...")
     gallery.add_argument("--model", dest="model_filter", help="only images of this model")
     gallery.add_argument("--lora", help="list: only images made with this LoRA")
     gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
@@ -457,19 +516,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings model for this command (flags over DREAMHALL_* over config.toml); Exit(2) if they are bad."""
+    from pydantic import ValidationError
+
+    from engine.settings import Settings
+
+    overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)"
+        raise Exit(_fail(message)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command not in {"dream", "zoom"}:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return _fail(f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)")
-    try:
+        if args.command == "dream":
+            return cmd_dream(args, extra)  # finds the socket itself: the settings model is not loaded for it
+        settings = _settings(args)
         if args.command == "engine":
             return cmd_engine(args, settings)
         if args.command == "search":
@@ -480,9 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.action == "import" and args.target is None:
                 return _fail("gallery import needs a folder: dreamhall gallery import DIR")
             return cmd_gallery(args, settings)
-        if args.command == "zoom":
-            return cmd_zoom(args, extra, settings)
-        return cmd_dream(args, extra, settings)
+        return cmd_zoom(args, extra, settings)
     except Exit as e:
         return e.code
 
@@ -490,6 +559,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> int:
     from tqdm import tqdm
 
+    from engine.dream_args import parse_argv
+    from engine.launch import connect
+    from engine.schema import Requester
     from engine.zoom import save_animation, zoom_in_animation, zoom_out_frames
 
     if not 2 <= args.frames <= 100:

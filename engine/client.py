@@ -24,6 +24,11 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
+from engine.dream_args import local_image
+from engine.errors import EngineError as EngineError
+from engine.errors import EngineUnavailable as EngineUnavailable
+from engine.errors import RequestRejected as RequestRejected
+from engine.errors import rejected
 from engine.schema import (
     TERMINAL_EVENTS,
     Accepted,
@@ -41,7 +46,6 @@ from engine.schema import (
     Scope,
     SearchResults,
     Upload,
-    looks_like_ref,
 )
 
 T = TypeVar("T")
@@ -50,33 +54,10 @@ M = TypeVar("M", bound=BaseModel)
 Answer: TypeAlias = T | Awaitable[T]
 
 
-class EngineError(Exception):
-    """Root of the client's exceptions.
-
-    EngineError
-    ├── EngineUnavailable   nothing answers on the socket / port
-    └── RequestRejected     the engine said no (bad request, unknown job, queue full); `.status` holds the HTTP status
-    """
-
-
-class EngineUnavailable(EngineError):
-    pass
-
-
-class RequestRejected(EngineError):
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 def check(response: httpx.Response) -> httpx.Response:
     """The response, or RequestRejected with the engine's one-sentence error."""
     if response.status_code >= 400:
-        try:
-            message = response.json().get("error") or response.text
-        except ValueError:
-            message = response.text or response.reason_phrase
-        raise RequestRejected(message, response.status_code)
+        raise rejected(response.status_code, response.content, response.reason_phrase)
     return response
 
 
@@ -204,19 +185,6 @@ class _Endpoints:
 
     def _unavailable(self, e: Exception, verb: str = "no engine answers") -> EngineUnavailable:
         return EngineUnavailable(f"{verb} at {self.where}: {e}")
-
-
-def local_image(value: str) -> tuple[str, bytes | None]:
-    """What -I/-M mean on this machine: (a gallery id or reference, None) as is, or (file name, its bytes).
-
-    Raises ValueError with a message for the user (the `!dream` parser reports it against the flag).
-    """
-    if looks_like_ref(value):
-        return value, None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
-    return path.name, path.read_bytes()
 
 
 _LOST = (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError)

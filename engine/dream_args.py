@@ -6,18 +6,29 @@ Flags follow the 2022 dreambot and InvokeAI's dream.py, plus Midjourney's
 `--no` and `--ar`. Errors are one human sentence naming the flag
 (`DreamArgsError`), never a traceback. `format_request` is the inverse:
 `parse(format_request(r)) == r` for any request with the default requester.
+
+The grammar itself is argparse and plain data: `parse_fields` turns a command
+line into the request's fields without loading pydantic, so `dreamhall dream`
+starts in tens of milliseconds and lets the engine validate. The request model
+is imported where a `DreamRequest` is built, and for help and error texts.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import re
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+from engine.samplers import SAMPLERS
 
-from engine.schema import SAMPLERS, DreamRequest, Requester, VariationWeight
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from engine.schema import DreamRequest, Requester
 
 
 class DreamArgsError(ValueError):
@@ -114,6 +125,8 @@ def _sides(value: str) -> dict[str, int]:
 
 @functools.cache
 def _request_schema() -> dict:
+    from engine.schema import DreamRequest
+
     return DreamRequest.model_json_schema()  # ~12 ms a call: once per process, not once per flag
 
 
@@ -126,15 +139,20 @@ def _range(field: str) -> tuple[float, float] | None:
     return None
 
 
-def _bounds(field: str) -> str:
+def _about(field: str) -> str:
+    """What help says of a field beyond its words: its default and its range, read from the request model."""
+    default = _request_schema()["properties"].get(field, {}).get("default")
+    text = f" (default {default})" if default is not None else ""
     bounds = _range(field)
-    if bounds is None:
-        return ""
-    lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
-    return f" ({lo}–{hi})"
+    if bounds is not None:
+        lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
+        text += f" ({lo}–{hi})"
+    return text
 
 
-def _build_parser() -> _Parser:
+def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
+    """The one parser. `about` adds defaults and ranges to the help: only `usage()` needs them, and they
+    come from the request model, which parsing alone does not load."""
     p = _Parser(
         prog="!dream",
         add_help=False,
@@ -143,27 +161,26 @@ def _build_parser() -> _Parser:
         description="Make images from a prompt. The same flags everywhere: Discord, the CLI, the desktop prompt box.",
         epilog="Image i of a request uses seed S+i, and each image records its own seed: any one remakes it alone.",
     )
-    d = DreamRequest.model_fields
     p.add_argument("prompt", nargs="*", help="what to draw; quote it, or end the flags with -- before it")
-    p.add_argument("-n", "--iterations", dest="n", type=int, metavar="N", help="how many images" + _bounds("n"))
+    p.add_argument("-n", "--iterations", dest="n", type=int, metavar="N", help="how many images" + about("n"))
     p.add_argument("-S", "--seed", type=int, help="seed of the first image (default: drawn and reported)")
-    p.add_argument("-W", "--width", type=int, help="width in pixels, a multiple of 8" + _bounds("width"))
-    p.add_argument("-H", "--height", type=int, help="height in pixels, a multiple of 8" + _bounds("height"))
+    p.add_argument("-W", "--width", type=int, help="width in pixels, a multiple of 8" + about("width"))
+    p.add_argument("-H", "--height", type=int, help="height in pixels, a multiple of 8" + about("height"))
     p.add_argument("--ar", dest="aspect_ratio", type=_ratio, metavar="W:H", help="aspect ratio such as 16:9")
     p.add_argument(
         "-C",
         "--cfg_scale",
         type=float,
         metavar="CFG",
-        help=f"how closely to follow the prompt (default {d['cfg_scale'].default})" + _bounds("cfg_scale"),
+        help="how closely to follow the prompt" + about("cfg_scale"),
     )
-    p.add_argument("-s", "--steps", type=int, help=f"sampling steps (default {d['steps'].default})" + _bounds("steps"))
+    p.add_argument("-s", "--steps", type=int, help="sampling steps" + about("steps"))
     p.add_argument(
         "-A",
         "--sampler",
         type=_sampler,
         metavar="NAME",
-        help=f"one of {', '.join(SAMPLERS)} (default {d['sampler'].default})",
+        help=f"one of {', '.join(SAMPLERS)}" + about("sampler"),
     )
     p.add_argument("-N", "--negative", dest="negative", action="append", metavar="TEXT", help="what to avoid")
     p.add_argument("--no", dest="negative", action="append", metavar="TEXT", help="the same as -N")
@@ -173,7 +190,7 @@ def _build_parser() -> _Parser:
         "--refiner_switch",
         type=float,
         metavar="SHARE",
-        help=f"the share of the steps made before the refiner takes over (default {d['refiner_switch'].default})",
+        help="the share of the steps made before the refiner takes over" + about("refiner_switch"),
     )
     p.add_argument(
         "-I",
@@ -189,7 +206,7 @@ def _build_parser() -> _Parser:
         "--variation_amount",
         type=float,
         metavar="AMOUNT",
-        help="variations of -I (or of -S): how far to wander" + _bounds("variation_amount"),
+        help="variations of -I (or of -S): how far to wander" + about("variation_amount"),
     )
     p.add_argument(
         "-V",
@@ -216,7 +233,7 @@ def _build_parser() -> _Parser:
 
 def usage(prog: str = "!dream") -> str:
     """The grammar's help, generated from the one parser (so it can never drift from it)."""
-    return _PARSER.format_help().replace("!dream", prog)
+    return _build_parser(_about).format_help().replace("!dream", prog)
 
 
 _PARSER = _build_parser()
@@ -236,6 +253,25 @@ def split(text: str) -> list[str]:
 ImageResolver = Callable[[str], str]
 
 
+def looks_like_ref(value: str) -> bool:
+    """Whether a -I/-M value already names an image (a gallery id or reference) rather than a file."""
+    value = value.strip()
+    return bool(re.fullmatch(r"[0-9]+", value)) or value.startswith(("gallery:", "upload:"))
+
+
+def local_image(value: str) -> tuple[str, bytes | None]:
+    """What -I/-M mean on this machine: (a gallery id or reference, None) as is, or (file name, its bytes).
+
+    Raises ValueError with a message for the user (the parser reports it against the flag).
+    """
+    if looks_like_ref(value):
+        return value, None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+    return path.name, path.read_bytes()
+
+
 def parse(text: str, *, requester: Requester | None = None, resolve_image: ImageResolver | None = None) -> DreamRequest:
     """Parse `!dream "prompt" -n 4 -S 42 ...` into a validated request."""
     return parse_argv(split(text), requester=requester, resolve_image=resolve_image)
@@ -244,10 +280,31 @@ def parse(text: str, *, requester: Requester | None = None, resolve_image: Image
 def parse_argv(
     argv: Sequence[str], *, requester: Requester | None = None, resolve_image: ImageResolver | None = None
 ) -> DreamRequest:
-    """Parse an already split command line (what `dreamhall dream` receives).
+    """Parse an already split command line (what `dreamhall dream` receives) into a validated request.
 
     `resolve_image` turns the values of -I and -M into image references
     (the CLI and the desktop app upload local files with it).
+    """
+    from pydantic import ValidationError
+
+    from engine.schema import DreamRequest
+
+    fields = parse_fields(argv, resolve_image=resolve_image)
+    if requester is not None:
+        fields["requester"] = requester
+    try:
+        return DreamRequest(**fields)
+    except ValidationError as e:
+        raise DreamArgsError(explain(e)) from None
+
+
+def parse_fields(
+    argv: Sequence[str], *, requester: Mapping[str, Any] | None = None, resolve_image: ImageResolver | None = None
+) -> dict[str, Any]:
+    """The grammar alone: a command line as the request's fields (JSON-ready), not yet validated.
+
+    Flags, their types and the prompt are checked here; values and ranges by the request model
+    (`parse_argv`, or the engine when it receives them).
     """
     argv = list(argv)
     # Everything after `--` is prompt, even words that look like flags (argparse's
@@ -265,6 +322,7 @@ def parse_argv(
     if not prompt and ns.upscale is None:  # an upscale keeps its image's prompt, as A1111's Extras tab needs none
         raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
+    fields["prompt"] = prompt
     if ns.negative:
         fields["negative_prompt"] = ", ".join(ns.negative)
     if resolve_image is not None:
@@ -276,11 +334,8 @@ def parse_argv(
                     raise DreamArgsError(f"{FLAGS[field]}: {e}") from None
     fields["mode"] = _infer_mode(fields)
     if requester is not None:
-        fields["requester"] = requester
-    try:
-        return DreamRequest(prompt=prompt, **fields)
-    except ValidationError as e:
-        raise DreamArgsError(explain(e)) from None
+        fields["requester"] = dict(requester)
+    return fields
 
 
 def _infer_mode(fields: dict) -> str:
@@ -334,6 +389,8 @@ def explain_errors(errors: Sequence[dict]) -> str:
 
 def format_request(request: DreamRequest) -> str:
     """The `!dream` command line (without `!dream`) that parses back to `request`."""
+    from engine.schema import DreamRequest
+
     defaults = DreamRequest(prompt="x")
     parts: list[str] = []
     simple = [
@@ -370,11 +427,13 @@ def format_request(request: DreamRequest) -> str:
 
 __all__ = [
     "DreamArgsError",
-    "VariationWeight",
     "explain",
     "explain_errors",
     "format_request",
+    "local_image",
+    "looks_like_ref",
     "parse",
     "parse_argv",
+    "parse_fields",
     "split",
 ]

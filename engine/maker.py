@@ -29,6 +29,9 @@ from gallery.schemas import ImageCreate
 log = logging.getLogger(__name__)
 
 PREVIEW_INTERVAL_S = 0.5
+# A step event at most this often is plenty for a progress bar; each one wakes the event loop, the
+# subscribers (and on Ray makes an object), and on a CPU-bound box that work comes out of the steps.
+STEP_EVENT_INTERVAL_S = 0.1
 
 
 class Interrupted(Exception):
@@ -160,7 +163,7 @@ class Maker:
     def _on_step(
         self, job: JobRecord, model: LoadedModel, chunk_no: int, chunks: int, report: Callable[[Event], None]
     ) -> StepCallback:
-        last_preview = [0.0]
+        last_preview, last_event = [0.0], [0.0]
 
         def on_step(step: int, total: int, latents) -> None:
             self.between_steps()
@@ -175,6 +178,9 @@ class Maker:
                 last_preview[0] = now
                 picture = model.preview(latents)
                 preview = data_url(picture) if picture is not None else None
+            if preview is None and step < total and now - last_event[0] < STEP_EVENT_INTERVAL_S:
+                return  # the next step's event says more; a chunk's last step and previews always go
+            last_event[0] = now
             report(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
 
         return on_step

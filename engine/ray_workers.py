@@ -45,18 +45,6 @@ log = logging.getLogger(__name__)
 WAIT_S = 1.0  # an idle dispatcher looks at the queue at least this often
 
 
-# Every yield of the stream is a Ray object; a step event at most this often is plenty for a
-# progress bar, and on a CPU-bound box the rest would be taken from the workers.
-STEP_EVENT_INTERVAL_S = 0.1
-
-
-def _superseded(event: Event, last_step: float) -> bool:
-    """A step event that the next one will replace: soon after the last one sent, not the final step,
-    no preview on it."""
-    return (event.type == "step" and event.preview is None and (event.step or 0) < (event.total or 0)
-            and time.monotonic() - last_step < STEP_EVENT_INTERVAL_S)  # fmt: skip
-
-
 class MakerActor:
     """One worker: a device, its pipeline cache, its CLIP model. Runs as a Ray actor process.
 
@@ -126,13 +114,8 @@ class MakerActor:
                 self.maker.forget(job.id)
 
         threading.Thread(target=work, name=f"make-{job.id}", daemon=True).start()
-        last_step = 0.0
-        while True:
+        while True:  # every yield is a Ray object: the maker already sends step events at most every 0.1 s
             kind, value = out.get()
-            if kind == "event" and _superseded(value, last_step):
-                continue
-            if kind == "event" and value.type == "step":
-                last_step = time.monotonic()
             yield kind, value
             if kind != "event":
                 return

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from engine.samplers import SAMPLERS as SAMPLERS
+
 # The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
 from gallery.schemas import CheckReport as CheckReport
 from gallery.schemas import ImagePublic, UtcDateTime
@@ -21,20 +23,6 @@ MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
 MAX_ID = 2**63 - 1  # SQLite's largest integer: an id past it is no image, not a crash
 
-# Our sampler names (the 2022 dreambot's) and the names AUTOMATIC1111 writes in
-# its `parameters` chunk, so other tools read our PNGs correctly.
-SAMPLERS: dict[str, str] = {
-    "k_lms": "LMS",
-    "k_euler": "Euler",
-    "k_euler_a": "Euler a",
-    "k_heun": "Heun",
-    "k_dpm_2": "DPM2",
-    "k_dpm_2_a": "DPM2 a",
-    "ddim": "DDIM",
-    "plms": "PLMS",
-    "dpm++_2m": "DPM++ 2M",
-    "dpm++_2m_karras": "DPM++ 2M Karras",
-}
 Sampler = Literal[
     "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "ddim", "plms", "dpm++_2m", "dpm++_2m_karras"
 ]
@@ -78,12 +66,6 @@ _INVISIBLE = re.compile(r"[\s\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\x00-\
 
 # An input image: `gallery:<id>` (bare digits allowed) or `upload:<sha256>` from POST /v1/uploads.
 ImageRef = Annotated[str, BeforeValidator(_image_ref)]
-
-
-def looks_like_ref(value: str) -> bool:
-    """Whether a -I/-M value already names an image (a gallery id or reference) rather than a file."""
-    value = value.strip()
-    return bool(re.fullmatch(r"[0-9]+", value)) or value.startswith(("gallery:", "upload:"))
 
 
 def gallery_id(ref: str) -> int | None:

@@ -8,14 +8,14 @@ platform's user config directory. Light on purpose: frontends import it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
+from engine import paths
+from engine.paths import config_file, default_home
 from engine.schema import DEFAULT_VARIATION_AMOUNT
 
 
@@ -41,15 +41,6 @@ class BotSettings(BaseModel):
     )
     cooldown_s: float = Field(default=0.0, ge=0, description="seconds between a user's requests")
     progress_every_s: float = Field(default=2.0, ge=0.5, description="status message edits at most this often")
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("DREAMHALL_HOME") or platformdirs.user_data_dir("dreamhall"))
-
-
-def config_file() -> Path:
-    local = default_home() / "config.toml"
-    return local if local.exists() else Path(platformdirs.user_config_dir("dreamhall")) / "config.toml"
 
 
 class Settings(BaseSettings):
@@ -146,7 +137,7 @@ class Settings(BaseSettings):
 
     @property
     def socket_path(self) -> Path:
-        return self.home / "engine.sock"
+        return paths.socket_path(self.home)
 
     @property
     def pid_file(self) -> Path:

@@ -453,14 +453,23 @@ class LanceIndex(VectorIndex):
         return sum(shard.table.count_rows() for shard in self._in_scope(None))
 
     def present(self, image_ids: list[int]) -> set[int]:
-        self.flush()
-        if not image_ids:
-            return set()
-        id_list = ", ".join(str(int(i)) for i in image_ids)
-        found: set[int] = set()
-        for shard in self._in_scope(None):
-            result = shard.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
-            found |= set(result.column("image_id").to_pylist())
+        # Asked before every write (the worker's new images, a repair's): answered from the buffer and the
+        # in-memory shards where it can, without flushing, so the buffer really gathers writes.
+        with self._lock:
+            rest = set(image_ids)
+            found = {r.image_id for r in self._pending if r.image_id in rest}
+            rest -= found
+            for shard in self._in_scope(None):
+                if not rest:
+                    break
+                if shard.ids is not None:
+                    hits = set(shard.ids[np.isin(shard.ids, list(rest))].tolist())
+                else:
+                    id_list = ", ".join(str(int(i)) for i in rest)
+                    result = shard.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
+                    hits = set(result.column("image_id").to_pylist())
+                found |= hits
+                rest -= hits
         return found
 
     def versions(self) -> int:

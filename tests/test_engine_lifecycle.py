@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -163,6 +164,12 @@ def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path
                 client.search("red circle")
             assert starting.value.status == 503 and "starting" in str(starting.value)
             assert client.images().total == 0  # the gallery's rows answer at once
+            # `dreamhall dream` while it loads: submitted at once, then the job's stream says when it is done.
+            cli = subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "dream", "a blue square",
+                                  "-s", "2", "-W", "64", "-H", "64", "--json", "--no-autostart"],
+                                 capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
+            assert cli.returncode == 0, cli.stderr
+            assert [i["width"] for i in json.loads(cli.stdout)["images"]] == [64]
             job = client.wait(accepted.id)
             assert job.status == "done" and len(job.images) == 1
             assert client.health().status == "ok"

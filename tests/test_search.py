@@ -265,6 +265,24 @@ def test_each_guild_has_a_table_of_its_own_and_a_search_reads_only_its_scope(tmp
     assert index.search(query, k=1, filters=VectorFilters(guild="a"))[0].image_id == 1000
 
 
+def test_present_sees_the_buffer_memory_and_disk_without_flushing(tmp_path: Path) -> None:
+    # `present` guards every write against a second vector for an image; it must not flush the
+    # write-behind buffer (that made every job write LanceDB) and must still see every copy.
+    rng = np.random.default_rng(4)
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)
+    index.add(index_rows(unit_rows(rng, 6), ["a", "b", None] * 2))
+    index.flush()
+    index.search(unit_rows(rng, 1)[0], k=3, filters=VectorFilters(guild="a"))  # guild a's shard now in memory
+    index.add(index_rows(unit_rows(rng, 2), ["a", None], first_id=10))  # buffered
+    versions = index.versions()
+    assert index.present([0, 1, 2, 10, 11, 99]) == {0, 1, 2, 10, 11}  # memory (a), disk (b, none), buffer
+    assert index.versions() == versions and len(index._pending) == 2  # nothing was written to answer
+    index.delete([1])
+    assert index.present([1, 0]) == {0}
+    reopened = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)  # nothing in memory: disk only
+    assert reopened.present([0, 1, 2, 3]) == {0, 2, 3}
+
+
 def test_an_index_of_one_table_is_split_by_guild_once(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     vectors = unit_rows(rng, 40)

@@ -29,3 +29,22 @@ def test_bad_values_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DREAMHALL_MAX_N", "99")
     with pytest.raises(ValueError, match="max_n"):
         Settings()
+
+
+def test_the_dream_commands_socket_is_the_settings_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `dreamhall dream` finds the socket with engine.paths alone (no settings model): it must agree with
+    # Settings in every case of the precedence for `home`.
+    from engine import paths
+
+    config_home = tmp_path / "config"
+    monkeypatch.setattr("platformdirs.user_data_dir", lambda app: str(tmp_path / "data"))
+    monkeypatch.setattr("platformdirs.user_config_dir", lambda app: str(config_home))
+    monkeypatch.delenv("DREAMHALL_HOME", raising=False)
+    assert paths.home() == Settings().home == tmp_path / "data"  # the platform's default
+    config_home.mkdir()
+    (config_home / "config.toml").write_text(f'home = "{tmp_path / "from-toml"}"\n')
+    assert paths.home() == Settings().home == tmp_path / "from-toml"
+    monkeypatch.setenv("DREAMHALL_HOME", str(tmp_path / "from-env"))
+    assert paths.home() == Settings().home == tmp_path / "from-env"
+    assert paths.home(tmp_path / "flag") == Settings(home=tmp_path / "flag").home == tmp_path / "flag"
+    assert paths.socket_path(paths.home()) == Settings().socket_path
