@@ -83,7 +83,7 @@ class GallerySearch:
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
         if keyword:  # their own cosine, even below the floor: the prompt says it
-            scores |= self.index.scores(vector, keyword)
+            scores |= self.index.scores(vector, keyword, filters=filters.vector_filters())
             for image_id in keyword:
                 scores[image_id] = scores.get(image_id, 0.0) + KEYWORD_BONUS
         phrase = fts_query(query, only_phrases=True)

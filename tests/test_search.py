@@ -263,6 +263,13 @@ def test_each_guild_has_a_table_of_its_own_and_a_search_reads_only_its_scope(tmp
     assert 4 not in {h.image_id for h in index.search(query, k=10, filters=VectorFilters(guild="b"))}
     index.add(index_rows(query[None, :], ["a"], first_id=1000))
     assert index.search(query, k=1, filters=VectorFilters(guild="a"))[0].image_id == 1000
+    # Exact scores of given images (keyword hits), looked up in the guild's own table only.
+    exact = {i: float(vectors[i] @ query) for i in (7, 10)}  # guild b's 7 and 10
+    for scored in (index.scores(query, [7, 10], filters=VectorFilters(guild="b")), index.scores(query, [7, 10])):
+        assert scored.keys() == exact.keys() and all(scored[i] == pytest.approx(exact[i], abs=1e-4) for i in exact)
+    assert index.scores(query, [7, 9], filters=VectorFilters(guild="a")) == {
+        9: pytest.approx(float(vectors[9] @ query), abs=1e-4)
+    }
 
 
 def test_present_sees_the_buffer_memory_and_disk_without_flushing(tmp_path: Path) -> None:

@@ -1,0 +1,164 @@
+"""Search through a real engine at gallery scale: `GET /v1/search` against its parts alone.
+
+A fresh home with N images in SQLite (prompts from a small vocabulary of coloured shapes, 10 guilds)
+and their vectors in LanceDB (the prompt's CLIP text embedding plus noise: an image sits near its
+caption), an ANN index where a guild passes the threshold, then a real engine on that home with
+`clip_model = ViT-B-32` (512-d like real CLIP; random weights, as nothing is downloaded here).
+Guild-filtered text searches (k=10, "colour shape" queries) are timed at the client; then, in this
+process on the same home, the search's parts: the CLIP text embedding, the keyword query (SQLite
+FTS5), the guild's vector query, and the whole `GallerySearch.by_text` without HTTP.
+
+    python bench/search_engine.py [--rows 100000] [--queries 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import insert  # noqa: E402
+
+from engine.client import EngineClient, EngineUnavailable  # noqa: E402
+from gallery.db import open_gallery_db  # noqa: E402
+from gallery.embeddings import OpenClipEmbedder  # noqa: E402
+from gallery.index import LanceIndex  # noqa: E402
+from gallery.models import ImageRow  # noqa: E402
+from gallery.schemas import SearchFilters, VectorFilters  # noqa: E402
+from gallery.search import GallerySearch, fts_query  # noqa: E402
+from gallery.store import SqliteImageStore  # noqa: E402
+
+GUILDS = [f"guild-{i}" for i in range(10)]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["circle", "square", "triangle", "star", "hexagon", "cross"]
+CLIP = "ViT-B-32"
+CHUNK = 20_000
+
+
+def build_home(home: Path, rows: int, embedder: OpenClipEmbedder, rng: np.random.Generator) -> float:
+    """The gallery's rows and vectors, written in bulk as an import would; returns the seconds it took."""
+    started = time.perf_counter()
+    prompts = [f"a {c} {s} on a {b} background" for c in COLOURS for s in SHAPES for b in COLOURS if b != c]
+    centres = embedder.embed_texts(prompts)
+    db = open_gallery_db(home / "gallery.db")
+    index = LanceIndex(home / "lancedb", model_id=embedder.model_id, dim=embedder.dim)
+    now = datetime.now(UTC)
+    for start in range(0, rows, CHUNK):
+        ids = np.arange(start + 1, min(rows, start + CHUNK) + 1)
+        which = rng.integers(len(prompts), size=len(ids))
+        guilds = [GUILDS[i % len(GUILDS)] for i in ids]
+        users = [f"user-{i % 97}" for i in ids]
+        with db.begin() as conn:
+            conn.execute(insert(ImageRow), [
+                {"id": int(i), "sha256": f"{i:064x}", "path": f"bench/{i}.png", "width": 512, "height": 512,
+                 "seed": int(i), "prompt": prompts[p], "steps": 20, "cfg_scale": 7.5, "sampler": "k_euler_a",
+                 "model": "bench", "source": "discord", "user": u, "guild": g, "params": {}, "created_at": now}
+                for i, p, u, g in zip(ids, which, users, guilds)
+            ])  # fmt: skip
+        noisy = centres[which] + 0.6 * rng.standard_normal((len(ids), embedder.dim), dtype=np.float32) / np.sqrt(
+            embedder.dim
+        )
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        index.add_arrow(pa.table({
+            "image_id": pa.array(ids, pa.int64()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(noisy.ravel(), pa.float32()), embedder.dim),
+            "guild": guilds, "user": users, "source": ["discord"] * len(ids), "model": ["bench"] * len(ids),
+            "created_at": pa.array([now.replace(tzinfo=None)] * len(ids), pa.timestamp("us")),
+        }, schema=index.schema))  # fmt: skip
+    index.build_ann_index()
+    index.optimize()
+    return time.perf_counter() - started
+
+
+def percentiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=100)
+    return f"p50 {statistics.median(values) * 1000:6.1f} ms  p99 {q[98] * 1000:6.1f} ms"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--queries", type=int, default=100)
+    args = ap.parse_args()
+    print(f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; {args.rows:,} images, "
+          f"{len(GUILDS)} guilds, clip {CLIP} (random weights)")  # fmt: skip
+    rng = np.random.default_rng(0)
+    embedder = OpenClipEmbedder(CLIP, None)
+    home = Path(tempfile.mkdtemp(prefix="dh-search-engine-"))
+    print(f"built the gallery and its index in {build_home(home, args.rows, embedder, rng):.0f} s")
+    queries = [(f"{COLOURS[rng.integers(len(COLOURS))]} {SHAPES[rng.integers(len(SHAPES))]}",
+                GUILDS[rng.integers(len(GUILDS))]) for _ in range(args.queries)]  # fmt: skip
+
+    env = {**os.environ, "DREAMHALL_HOME": str(home), "DREAMHALL_CLIP_MODEL": CLIP}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    with (home / "engine.log").open("w") as log:
+        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    try:
+        with EngineClient(home / "engine.sock", timeout=120) as client:
+            while True:
+                try:
+                    if client.health().status == "ok":
+                        break
+                except EngineUnavailable:
+                    pass
+                time.sleep(0.2)
+            first = []
+            for guild in GUILDS:  # a guild's first search after a start reads its index: apart
+                t = time.perf_counter()
+                client.search("red circle", guild=guild, limit=10)
+                first.append(time.perf_counter() - t)
+            through, found = [], []
+            for query, guild in queries:
+                t = time.perf_counter()
+                results = client.search(query, guild=guild, limit=10).results
+                through.append(time.perf_counter() - t)
+                found.append(sum(query.split()[0] in r.image.prompt and query.split()[1] in r.image.prompt
+                                 for r in results) / max(1, len(results)))  # fmt: skip
+    finally:
+        engine.terminate()
+        engine.wait(60)
+
+    # The parts, in this process, on the same home (the engine has stopped).
+    store = SqliteImageStore(open_gallery_db(home / "gallery.db"), home / "images")
+    index = LanceIndex(home / "lancedb", model_id=embedder.model_id, dim=embedder.dim)
+    search = GallerySearch(store=store, embedder=embedder, index=index)
+    parts: dict[str, list[float]] = {"CLIP text embedding": [], "keyword query (FTS5)": [],
+                                     "vector query (guild)": [], "GallerySearch.by_text": []}  # fmt: skip
+    for guild in GUILDS:
+        search.by_text(query="red circle", limit=10, filters=SearchFilters(guild=guild))
+    for query, guild in queries:
+        t0 = time.perf_counter()
+        vector = embedder.embed_texts([query])[0]
+        t1 = time.perf_counter()
+        store.keyword_ids(fts_query(query) or "", filters=SearchFilters(guild=guild), k=50)
+        t2 = time.perf_counter()
+        index.search(vector, k=50, filters=VectorFilters(guild=guild))
+        t3 = time.perf_counter()
+        search.by_text(query=query, limit=10, filters=SearchFilters(guild=guild))
+        t4 = time.perf_counter()
+        for name, spent in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            parts[name].append(spent)
+    print(
+        f"GET /v1/search through the engine     {percentiles(through)}   (a guild's first: "
+        f"{max(first) * 1000:.0f} ms at most; results whose prompt has both words: {statistics.mean(found):.2f})"
+    )
+    for name, values in parts.items():
+        print(f"{name:<37} {percentiles(values)}")
+
+
+if __name__ == "__main__":
+    main()
