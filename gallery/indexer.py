@@ -50,7 +50,7 @@ class Indexer:
 
     def index_images(self, images: list[ImagePublic]) -> list[int]:
         """Embed and index `images` that have no vector yet; return the ids whose files could not be read."""
-        present = self.index.present([i.id for i in images])
+        present = self.index.present([i.id for i in images], guilds={i.guild for i in images})
         return self._index_new([i for i in images if i.id not in present])
 
     def _index_new(self, images: list[ImagePublic]) -> list[int]:
@@ -79,7 +79,7 @@ class Indexer:
 
     def _write(self, rows: list[IndexRow]) -> None:
         with self._lock:
-            present = self.index.present([r.image_id for r in rows])
+            present = self.index.present([r.image_id for r in rows], guilds={r.guild for r in rows})
             rows = [r for r in rows if r.image_id not in present]
             self.index.add(rows)
         if rows:

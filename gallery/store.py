@@ -93,7 +93,9 @@ class ImageStore(ABC):
 
     @abstractmethod
     def keyword_ids(self, match: str, *, filters: SearchFilters, k: int) -> list[int]:
-        """Up to `k` live images whose prompts match the FTS5 expression `match`, best first."""
+        """Up to `k` live images whose prompts match the FTS5 expression `match`, newest first (the search
+        ranks them by CLIP afterwards; newest first lets SQLite stop at `k` instead of scoring every match:
+        1.4 ms instead of 81 ms at a million images)."""
 
     @abstractmethod
     def live_ids(self) -> set[int]:
@@ -213,7 +215,7 @@ class SqliteImageStore(ImageStore):
         where, params = filter_sql(filters, "i")
         sql = text(
             f"SELECT i.id FROM images_fts JOIN images AS i ON i.id = images_fts.rowid "
-            f"WHERE images_fts MATCH :match AND {where} ORDER BY bm25(images_fts) LIMIT :k"
+            f"WHERE images_fts MATCH :match AND {where} ORDER BY images_fts.rowid DESC LIMIT :k"
         )
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sql, {**params, "match": match, "k": k})]

@@ -288,6 +288,28 @@ def test_present_sees_the_buffer_memory_and_disk_without_flushing(tmp_path: Path
     assert index.present([1, 0]) == {0}
     reopened = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64)  # nothing in memory: disk only
     assert reopened.present([0, 1, 2, 3]) == {0, 2, 3}
+    assert reopened.present([0, 1, 2, 3], guilds={"a"}) == {0, 3}  # only where a writer's images can be
+    assert reopened.present([0, 1, 2, 3], guilds={None, "a"}) == {0, 2, 3}
+
+
+def test_a_big_shard_looks_ids_up_by_an_index(tmp_path: Path) -> None:
+    # Past the threshold a shard is not in memory: keyword hits' scores and `present` look ids up in a
+    # BTREE on image_id (they scanned the whole table: 160 ms at 100k rows), also on a shard built before it.
+    rng = np.random.default_rng(5)
+    vectors = unit_rows(rng, 300)
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64, ann_threshold=200)
+    index.add(index_rows(vectors, ["big"] * 300))
+    index.build_ann_index()
+    shard = index._shards[index.shard_name("big")]
+    assert shard.has_ann and shard.has_id_index
+    scored = index.scores(vectors[3], [3, 250, 999], filters=VectorFilters(guild="big"))
+    assert scored.keys() == {3, 250} and scored[3] == pytest.approx(1.0, abs=1e-4)
+    assert index.present([3, 250, 999], guilds={"big"}) == {3, 250}
+    shard.table.drop_index(next(i.name for i in shard.table.list_indices() if i.columns == ["image_id"]))
+    reopened = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64, ann_threshold=200)
+    assert not reopened._shards[index.shard_name("big")].has_id_index
+    reopened.optimize()
+    assert reopened._shards[index.shard_name("big")].has_id_index
 
 
 def test_an_index_of_one_table_is_split_by_guild_once(tmp_path: Path) -> None:
