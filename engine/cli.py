@@ -520,7 +520,7 @@ def _settings(args: argparse.Namespace) -> Settings:
     """The settings model for this command (flags over DREAMHALL_* over config.toml); Exit(2) if they are bad."""
     from pydantic import ValidationError
 
-    from engine.settings import Settings
+    from engine.settings import Settings, config_file
 
     overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
     try:
@@ -530,6 +530,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         where = ".".join(str(p) for p in first["loc"])
         message = f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)"
         raise Exit(_fail(message)) from None
+    except (OSError, ValueError) as e:  # a config file that is not TOML, or cannot be read
+        raise Exit(_fail(f"cannot read {config_file()}: {e}")) from None
 
 
 def main(argv: list[str] | None = None) -> int:

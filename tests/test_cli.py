@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -96,6 +97,19 @@ def test_the_gallery_from_the_terminal(engine: EngineProcess) -> None:
     assert up.returncode == 0, up.stderr
     shown = dreamhall(engine, "gallery", "show", "last")
     assert "a blue square" in shown.stdout and f"upscale of {image_id}" in shown.stdout
+
+
+def test_a_config_file_that_is_not_toml_is_one_sentence(tmp_path: Path) -> None:
+    config = tmp_path / "config" / "dreamhall" / "config.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('home = "never closed\n')
+    env = {k: v for k, v in os.environ.items() if k != "DREAMHALL_HOME"}
+    env |= {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    for argv in (["dream", "red", "--no-autostart"], ["search", "red", "--no-autostart"], ["engine", "status"]):
+        out = subprocess.run([sys.executable, "-m", "engine", *argv], capture_output=True, text=True, cwd=ROOT, env=env,
+                             timeout=60)  # fmt: skip
+        assert out.returncode == 2 and "Traceback" not in out.stderr, (argv, out.stderr)
+        assert out.stderr.startswith(f"dreamhall: cannot read {config}:"), out.stderr
 
 
 def test_no_silent_surprises() -> None:
