@@ -474,7 +474,7 @@ def create_app(services: Services) -> FastAPI:
     @app.delete("/v1/images/{image_id}")
     def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
         image = s.store.soft_delete(image_id)
-        s.indexer.forget([image_id])
+        s.indexer.forget([image])
         return image_record(image, s.store)
 
     @app.get("/v1/search")

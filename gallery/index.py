@@ -83,8 +83,8 @@ class VectorIndex(ABC):
         """Write whatever is buffered."""
 
     @abstractmethod
-    def delete(self, image_ids: list[int]) -> None:
-        """Drop the vectors of these images."""
+    def delete(self, image_ids: list[int], *, guilds: Iterable[str | None] | None = None) -> None:
+        """Drop the vectors of these images (in these guilds' tables; None: in every table)."""
 
     @abstractmethod
     def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
@@ -284,6 +284,13 @@ class LanceIndex(VectorIndex):
                 return [shard] if shard is not None else []
             return list(self._shards.values())
 
+    def _tables_of(self, guilds: Iterable[str | None] | None) -> list[_Shard]:
+        """These guilds' shards (None: every shard)."""
+        if guilds is None:
+            return self._in_scope(None)
+        with self._lock:
+            return [shard for name in {self.shard_name(g) for g in guilds} if (shard := self._shards.get(name))]
+
     @classmethod
     def open_or_rebuild(cls, directory: Path, **kwargs) -> tuple[LanceIndex, bool]:
         """Open the index; if the directory is damaged, move it aside and start empty (SQLite is the truth)."""
@@ -349,11 +356,11 @@ class LanceIndex(VectorIndex):
             self._shards.clear()
             self._cached = 0
 
-    def delete(self, image_ids: list[int]) -> None:
+    def delete(self, image_ids: list[int], *, guilds: Iterable[str | None] | None = None) -> None:
         self.flush()
         if image_ids:
             where = f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})"
-            for shard in self._in_scope(None):
+            for shard in self._tables_of(guilds):  # each one a commit: only where the images are, when known
                 shard.table.delete(where)
                 with self._lock:
                     shard.cached_delete(image_ids)
@@ -485,11 +492,7 @@ class LanceIndex(VectorIndex):
             rest = set(image_ids)
             found = {r.image_id for r in self._pending if r.image_id in rest}
             rest -= found
-            if guilds is None:
-                shards = self._in_scope(None)
-            else:
-                shards = [shard for name in {self.shard_name(g) for g in guilds} if (shard := self._shards.get(name))]
-            for shard in shards:
+            for shard in self._tables_of(guilds):
                 if not rest:
                     break
                 if shard.ids is not None:

@@ -90,9 +90,9 @@ class Indexer:
                     .on_conflict_do_nothing()
                 )
 
-    def forget(self, image_ids: list[int]) -> None:
+    def forget(self, images: list[ImagePublic]) -> None:
         """Drop these images' vectors (they were deleted)."""
-        self.index.delete(image_ids)
+        self.index.delete([i.id for i in images], guilds={i.guild for i in images})
 
     def rebuild(self) -> ReconcileReport:
         """Embed the whole gallery again from scratch."""

@@ -290,6 +290,12 @@ def test_present_sees_the_buffer_memory_and_disk_without_flushing(tmp_path: Path
     assert reopened.present([0, 1, 2, 3]) == {0, 2, 3}
     assert reopened.present([0, 1, 2, 3], guilds={"a"}) == {0, 3}  # only where a writer's images can be
     assert reopened.present([0, 1, 2, 3], guilds={None, "a"}) == {0, 2, 3}
+    # A delete whose guilds are known writes (commits) only their tables.
+    versions = {name: len(shard.table.list_versions()) for name, shard in reopened._shards.items()}
+    reopened.delete([3], guilds={"a"})
+    after = {name: len(shard.table.list_versions()) for name, shard in reopened._shards.items()}
+    assert [name for name in versions if after[name] != versions[name]] == [reopened.shard_name("a")]
+    assert reopened.present([0, 2, 3]) == {0, 2}
 
 
 def test_a_big_shard_looks_ids_up_by_an_index(tmp_path: Path) -> None:
