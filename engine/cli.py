@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
 from engine import __version__, paths
-from engine.dream_args import DreamArgsError, local_image, looks_like_ref, parse_fields, usage
+from engine.dream_args import DreamArgsError, looks_like_ref, parse_fields, resolve_local, usage
 from engine.errors import EngineError, EngineUnavailable, RequestRejected
 from engine.wire import Wire
 
@@ -224,7 +224,9 @@ def cmd_dream(args: argparse.Namespace, extra: list[str]) -> int:
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
 
     def submit(wire: Wire) -> tuple[dict, dict]:
-        upload = lambda value: _upload(wire, value)  # noqa: E731
+        def upload(value: str) -> str:
+            return resolve_local(value, lambda data: wire.call("POST", "/v1/uploads", data)["ref"])
+
         fields = _local_model(parse_fields(extra, requester=requester, resolve_image=upload))
         return fields, wire.call("POST", "/v1/dreams", fields)
 
@@ -288,17 +290,6 @@ def cmd_dream(args: argparse.Namespace, extra: list[str]) -> int:
         if grid_path is not None:
             print(f"{grid_path}  (grid)")
     return 0
-
-
-def _upload(wire: Wire, value: str) -> str:
-    """-I/-M as the engine reads them: a gallery reference as is, a local file uploaded first."""
-    name, data = local_image(value)
-    if data is None:
-        return name
-    try:
-        return wire.call("POST", "/v1/uploads", data)["ref"]
-    except RequestRejected as e:
-        raise ValueError(f"{name}: {e}") from None
 
 
 def _start_for(

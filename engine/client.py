@@ -24,7 +24,7 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
-from engine.dream_args import local_image
+from engine.dream_args import local_image, resolve_local
 from engine.errors import EngineError as EngineError
 from engine.errors import EngineUnavailable as EngineUnavailable
 from engine.errors import RequestRejected as RequestRejected
@@ -231,13 +231,7 @@ class EngineClient(_Endpoints):
 
     def image_ref(self, value: str) -> str:
         """-I/-M as the engine reads them: a gallery reference as is, a local file uploaded first."""
-        name, data = local_image(value)
-        if data is None:
-            return name
-        try:
-            return self.upload(data).ref
-        except RequestRejected as e:
-            raise ValueError(f"{name}: {e}") from None
+        return resolve_local(value, lambda data: self.upload(data).ref)
 
     def events(self, job_id: str) -> Iterator[Event]:
         """The job's events until it is done, failed or cancelled."""

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import RequestRejected
 from engine.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -272,6 +273,18 @@ def local_image(value: str) -> tuple[str, bytes | None]:
     return path.name, path.read_bytes()
 
 
+def resolve_local(value: str, upload: Callable[[bytes], str]) -> str:
+    """-I/-M as the engine reads them: a gallery reference as is, a local file sent through `upload` (bytes
+    -> reference) first; the engine's refusal becomes a ValueError the parser reports against the flag."""
+    name, data = local_image(value)
+    if data is None:
+        return name
+    try:
+        return upload(data)
+    except RequestRejected as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
 def parse(text: str, *, requester: Requester | None = None, resolve_image: ImageResolver | None = None) -> DreamRequest:
     """Parse `!dream "prompt" -n 4 -S 42 ...` into a validated request."""
     return parse_argv(split(text), requester=requester, resolve_image=resolve_image)
@@ -435,5 +448,6 @@ __all__ = [
     "parse",
     "parse_argv",
     "parse_fields",
+    "resolve_local",
     "split",
 ]

@@ -7,6 +7,8 @@ EngineError
 
 from __future__ import annotations
 
+import json
+
 
 class EngineError(Exception):
     """Root of the client's exceptions."""
@@ -24,8 +26,6 @@ class RequestRejected(EngineError):
 
 def rejected(status: int, body: bytes, reason: str = "") -> RequestRejected:
     """The engine's refusal as an exception: its one-sentence `error` (both API shapes carry one)."""
-    import json
-
     try:
         answer = json.loads(body)
         message = (answer.get("error") if isinstance(answer, dict) else None) or body.decode(errors="replace")

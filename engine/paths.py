@@ -32,10 +32,7 @@ def home(override: Path | None = None) -> Path:
     config.toml, the platform's default. A config file that cannot be read raises (OSError, ValueError)."""
     if override is not None:
         return override
-    if os.environ.get("DREAMHALL_HOME"):
-        return Path(os.environ["DREAMHALL_HOME"])
-    file = config_file()
-    if file.exists():
+    if not os.environ.get("DREAMHALL_HOME") and (file := config_file()).exists():
         import tomllib
 
         with file.open("rb") as f:

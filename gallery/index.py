@@ -114,6 +114,10 @@ class VectorIndex(ABC):
         """Which of these images already have a vector (looked for in these guilds' tables; None: in all)."""
 
 
+def _ids_in(image_ids: Iterable[int]) -> str:
+    return f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})"
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -359,7 +363,7 @@ class LanceIndex(VectorIndex):
     def delete(self, image_ids: list[int], *, guilds: Iterable[str | None] | None = None) -> None:
         self.flush()
         if image_ids:
-            where = f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})"
+            where = _ids_in(image_ids)
             for shard in self._tables_of(guilds):  # each one a commit: only where the images are, when known
                 shard.table.delete(where)
                 with self._lock:
@@ -377,10 +381,7 @@ class LanceIndex(VectorIndex):
             self._optimize(shard)
 
     def _optimize(self, shard: _Shard) -> None:
-        if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
-            self._build(shard)
-        elif shard.has_ann and not shard.has_id_index:  # built before shards had one
-            self._index_ids(shard)
+        self._ensure_indexes(shard)
         # Keep a minute of old versions: a search thread may still be reading one.
         shard.table.optimize(cleanup_older_than=timedelta(minutes=1))
 
@@ -390,8 +391,13 @@ class LanceIndex(VectorIndex):
     def build_ann_index(self) -> None:
         """An ANN index on every shard past `ann_threshold` that has none yet (a bulk load, benchmarks)."""
         for shard in self._in_scope(None):
-            if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
-                self._build(shard)
+            self._ensure_indexes(shard)
+
+    def _ensure_indexes(self, shard: _Shard) -> None:
+        if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
+            self._build(shard)
+        elif shard.has_ann and not shard.has_id_index:  # built before shards had one
+            self._index_ids(shard)
 
     def _build(self, shard: _Shard) -> None:
         rows = shard.table.count_rows()
@@ -456,9 +462,8 @@ class LanceIndex(VectorIndex):
                 unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
                 hits = dict(zip(ids[rows].tolist(), (vectors[rows] @ unit).tolist()))
             else:
-                id_list = ", ".join(str(int(i)) for i in rest)
                 query = shard.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                query = query.distance_type("cosine").where(f"image_id IN ({id_list})", prefilter=True)
+                query = query.distance_type("cosine").where(_ids_in(rest), prefilter=True)
                 result = query.bypass_vector_index().limit(len(rest)).select(["image_id", "_distance"]).to_arrow()
                 hits = {i: 1.0 - d for i, d in zip(result.column("image_id").to_pylist(),
                                                     result.column("_distance").to_pylist())}  # fmt: skip
@@ -498,8 +503,7 @@ class LanceIndex(VectorIndex):
                 if shard.ids is not None:
                     hits = set(shard.ids[np.isin(shard.ids, list(rest))].tolist())
                 else:
-                    id_list = ", ".join(str(int(i)) for i in rest)
-                    result = shard.table.search().where(f"image_id IN ({id_list})").select(["image_id"]).to_arrow()
+                    result = shard.table.search().where(_ids_in(rest)).select(["image_id"]).to_arrow()
                     hits = set(result.column("image_id").to_pylist())
                 found |= hits
                 rest -= hits
