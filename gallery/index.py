@@ -459,14 +459,13 @@ class LanceIndex(VectorIndex):
             ids, vectors = shard.ids, shard.vectors
             if ids is not None and vectors is not None:  # in memory: a product over the few rows asked for
                 rows = np.flatnonzero(np.isin(ids, list(rest)))
-                unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
-                hits = dict(zip(ids[rows].tolist(), (vectors[rows] @ unit).tolist()))
-            else:
-                query = shard.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                query = query.distance_type("cosine").where(_ids_in(rest), prefilter=True)
-                result = query.bypass_vector_index().limit(len(rest)).select(["image_id", "_distance"]).to_arrow()
-                hits = {i: 1.0 - d for i, d in zip(result.column("image_id").to_pylist(),
-                                                    result.column("_distance").to_pylist())}  # fmt: skip
+                ids, vectors = ids[rows], vectors[rows]
+            else:  # their vectors by id (the shard's id index), then the same product: half a flat query's time
+                result = shard.table.search().where(_ids_in(rest)).select(["image_id", "vector"]).to_arrow()
+                ids = result.column("image_id").to_numpy()
+                vectors = result.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.dim)
+            unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+            hits = dict(zip(ids.tolist(), (vectors @ unit).tolist()))
             found |= hits
             rest -= hits.keys()
         return found

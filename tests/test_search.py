@@ -225,6 +225,41 @@ def test_text_and_image_scores_share_one_scale(gallery) -> None:
     assert 0.99 <= by_image.results[0].score <= 1.0001 and by_image.results[0].image.id == text[0].image.id
 
 
+class Counting:
+    """The real object, with a count of the calls to one of its methods."""
+
+    def __init__(self, inner, method: str) -> None:
+        self.inner, self.method, self.calls = inner, method, 0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.inner, name)
+        if name != self.method:
+            return attr
+
+        def counted(*args, **kwargs):
+            self.calls += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_keyword_hits_that_fill_the_page_skip_the_vector_query_and_rank_the_same(gallery) -> None:
+    g, _, _ = gallery
+    index, embedder = Counting(g.index, "search"), Counting(g.embedder, "embed_texts")
+    search = GallerySearch(store=g.store, embedder=embedder, index=index)
+    guild_a = SearchFilters(guild="guild-a")
+    # Deep enough that the vector query runs: its ranking, keyword hits and CLIP-only hits together.
+    full = [(h.image.id, h.score) for h in search.by_text(query="star", limit=200, filters=guild_a).results]
+    assert index.calls == 1 and any(s < 1.0 for _, s in full) and sum(s >= 1.0 for _, s in full) >= 8
+    page = search.by_text(query="star", limit=4, offset=2, filters=guild_a)
+    assert index.calls == 1  # four keyword hits from the third on: CLIP-only hits could not reach them
+    assert [(h.image.id, h.score) for h in page.results] == full[2:6]
+    # The words were embedded once: the same words again (the next page, here) reuse the vector.
+    assert embedder.calls == 1
+    assert search.by_text(query="xyzzy plugh", limit=5, filters=guild_a).results == []
+    assert index.calls == 2 and embedder.calls == 2  # no keyword hit: CLIP alone decides
+
+
 def unit_rows(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:
     v = rng.standard_normal((n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
