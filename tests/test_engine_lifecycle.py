@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,7 @@ def small(user: str, **kw) -> DreamRequest:
 def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tiny_model: Path) -> None:
     engine = EngineProcess(tmp_path / "home", tiny_model).start()
     with engine.client() as client:
+        earlier = client.wait(client.submit(small("a", prompt="a green star", seed=7)).id)
         running = client.submit(small("a", steps=60, width=128, height=128, n=2, seed=1))
         queued = [client.submit(small(u, seed=i)) for i, u in enumerate(["a", "b", "c"])]
         for event in client.events(running.id):
@@ -40,13 +42,22 @@ def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tin
                 break
     engine.kill9()
     assert engine.socket.exists(), "kill -9 leaves a stale socket behind"
+    shutil.rmtree(engine.home / "lancedb")  # and the index lost: the start's check must embed the gallery again
     engine.start()  # finds the stale socket, replaces it, resumes the jobs
     with engine.client() as client:
         for accepted in [running, *queued]:
             job = client.wait(accepted.id)
             assert job.status == "done", job.error
             assert job.seed == accepted.seed and len(job.images) == job.request.n
-    assert "resuming 1 job(s)" in engine.read_log(tail=None)
+        found = client.search("green star", limit=5).results
+        assert [hit.image.id for hit in found] == [image.id for image in earlier.images]
+    log = engine.read_log(tail=None)
+    assert "resuming 1 job(s)" in log
+    # The jobs waiting at the start ran first; the index's check (here, the image made before the kill
+    # embedded again) came after them, when the worker was idle.
+    restart = log[log.index("resuming 1 job(s)") :]
+    checked = restart.index("index reconciled: 1 embedded")
+    assert all(restart.index(f"job {job.id} stages") < checked for job in [running, *queued])
     assert engine.stop() == 0
 
 
