@@ -132,7 +132,8 @@ def test_cancel_reaches_the_worker_running_the_job(client: EngineClient) -> None
 
 
 def test_a_killed_worker_s_job_runs_again_once_and_the_worker_comes_back(client: EngineClient) -> None:
-    job = client.submit(dream("eve", seed=11, **LONG)).id
+    request = {**LONG, "steps": 30}  # it runs to the end twice: ~15 s of steps, still ample to kill at step 1
+    job = client.submit(dream("eve", seed=11, **request)).id
     victim = worker_running(client, job)
     os.kill(victim.pid, signal.SIGKILL)
     done = client.wait(job)
@@ -142,7 +143,7 @@ def test_a_killed_worker_s_job_runs_again_once_and_the_worker_comes_back(client:
     back = all_back(client)
     assert next(w for w in back.workers if w.id == victim.id).pid != victim.pid, "Ray restarted the worker"
     # Same pixels as an undisturbed run of the same request.
-    again = client.wait(client.submit(dream("eve2", seed=11, **LONG)).id)
+    again = client.wait(client.submit(dream("eve2", seed=11, **request)).id)
     assert all((pixels(x.path) == pixels(y.path)).all() for x, y in zip(done.images, again.images))
 
 
