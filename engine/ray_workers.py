@@ -310,7 +310,7 @@ class RayWorkers(Seats):
     def _reconcile(self) -> None:
         assert self.front.indexer is not None
         try:
-            self.front.indexer.reconcile()
+            self.front.indexer.reconcile(quick=True)
         except Exception:  # search degrades, generation goes on
             log.exception("could not reconcile the search index")
 

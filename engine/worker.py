@@ -322,11 +322,11 @@ class Worker(Seats):
             log.error("could not preload the default model: %s", readable_error(e))
 
     def _reconcile(self) -> None:
-        """Bring the search index up to date, once the jobs waiting at start have run: at a million
-        images the check alone takes ~2.5 s here, which the first job of every start used to wait for."""
+        """Bring the search index up to date, once the jobs waiting at start have run (at a million
+        images the check takes ~0.6 s here when nothing is amiss, and the first job need not wait)."""
         if self.front.indexer is not None:
             try:
-                self.front.indexer.reconcile()
+                self.front.indexer.reconcile(quick=True)
             except Exception:  # search degrades, generation goes on
                 log.exception("could not reconcile the search index")
 

@@ -102,8 +102,12 @@ class VectorIndex(ABC):
         """Drop every vector (a reindex starts from here)."""
 
     @abstractmethod
+    def id_column(self) -> np.ndarray:
+        """The image id of every vector (int64, one entry per vector: an id twice if it is there twice)."""
+
     def image_ids(self) -> set[int]:
         """Every image id that has a vector."""
+        return set(self.id_column().tolist())
 
     @abstractmethod
     def count(self) -> int:
@@ -476,13 +480,11 @@ class LanceIndex(VectorIndex):
         tables = [shard.table.to_arrow() for shard in self._in_scope(None)]
         return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
-    def image_ids(self) -> set[int]:
+    def id_column(self) -> np.ndarray:
         self.flush()
-        found: set[int] = set()
-        for shard in self._in_scope(None):
-            ids = shard.table.search().limit(None).select(["image_id"]).to_arrow().column("image_id")
-            found |= set(ids.to_pylist())
-        return found
+        columns = [shard.table.search().limit(None).select(["image_id"]).to_arrow().column("image_id").to_numpy()
+                   for shard in self._in_scope(None)]  # fmt: skip
+        return np.concatenate(columns) if columns else np.empty(0, dtype=np.int64)
 
     def count(self) -> int:
         self.flush()

@@ -19,7 +19,7 @@ from gallery.files import BadImage, decode_image, encode_png
 from gallery.index import IndexRow, LanceIndex
 from gallery.indexer import Indexer
 from gallery.models import ImageRow
-from gallery.schemas import ImageCreate, SearchFilters, VectorFilters
+from gallery.schemas import ImageCreate, ReconcileReport, SearchFilters, VectorFilters
 from gallery.search import GallerySearch, SearchError
 from gallery.store import SqliteImageStore
 from models import toyworld
@@ -171,6 +171,23 @@ def test_reconcile_repairs_a_crash_between_rows_and_vectors(tmp_path: Path, embe
     live = {img.id for img, _ in indexed[1:] + unindexed}
     assert g.index.image_ids() == live
     assert g.indexer.reconcile().embedded == 0  # nothing left to do
+
+
+def test_the_starts_quick_check_finds_what_a_crash_left_even_at_the_same_count(
+    tmp_path: Path, embedder: OpenClipEmbedder
+) -> None:
+    g = Gallery(tmp_path, embedder)
+    pairs = g.add(8, seed=10)
+    assert g.indexer.reconcile(quick=True) == ReconcileReport()  # the two sides agree: nothing to do
+    # One image's vector never written, and a deleted image's vector left behind: the counts still agree.
+    unindexed, deleted = pairs[0][0], pairs[1][0]
+    g.index.delete([unindexed.id])
+    with Session(g.db) as s, s.begin():
+        s.execute(update(ImageRow).where(ImageRow.id == deleted.id).values(deleted_at=datetime.now(UTC)))
+    assert g.index.count() == len(g.store.live_ids())
+    report = g.indexer.reconcile(quick=True)
+    assert (report.embedded, report.dropped) == (1, 1)
+    assert g.index.image_ids() == g.store.live_ids() == {img.id for img, _ in pairs} - {deleted.id}
 
 
 def test_a_damaged_index_is_rebuilt_from_sqlite(tmp_path: Path, embedder: OpenClipEmbedder) -> None:
