@@ -50,10 +50,14 @@ class EngineLink(QObject):
         self._local = threading.local()
         self._clients: list[EngineClient] = []
         self.health: Health | None = None
+        self.closed = False
         self.deliver.connect(self._run_callback)
 
     def _run_callback(self, callback: Callable[[Any], None], value: Any) -> None:
-        callback(value)
+        # An answer queued for this thread just before the window closed arrives after close(): the
+        # widgets it would update have stopped their own threads, so it is dropped.
+        if not self.closed:
+            callback(value)
 
     def client(self) -> EngineClient:
         """This thread's client."""
@@ -137,6 +141,7 @@ class EngineLink(QObject):
 
     def close(self) -> None:
         """Stop everything: closing the clients ends any event stream still open."""
+        self.closed = True
         for client in self._clients:
             client.close()
         self.pool.shutdown(wait=True, cancel_futures=True)

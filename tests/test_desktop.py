@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +14,13 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import pytest
 from PySide6.QtCore import QMimeData, QObject, QPoint, QPointF, QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QDropEvent, QFontDatabase, QImage
+from PySide6.QtWidgets import QApplication
 
 from desktop.gallery import ResultSource
 from desktop.mask import MaskEditor
 from desktop.window import MainWindow
 from engine.launch import stop_engine
+from engine.schema import SearchResults
 from engine.settings import Settings
 from models.checker import judge
 from tests.conftest import ROOT, EngineProcess
@@ -190,6 +193,20 @@ def test_screenshot_flag_renders_and_exits(engine: EngineProcess, tmp_path: Path
 
 
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="True is immortal from 3.12 (PEP 683): no count to leak")
+def test_an_answer_on_its_way_while_the_window_closes_is_dropped(qtbot, tmp_path: Path) -> None:
+    # CI caught it: a search answered as the window closed reached the gallery after its page
+    # threads had stopped ("cannot schedule new futures after shutdown").
+    window = open_window(qtbot, tmp_path / "home", tmp_path)
+    page = SearchResults(results=[], offset=0, limit=200)
+    answer = threading.Thread(target=window.link.deliver.emit, args=(window.gallery._show_results, page))
+    answer.start()
+    answer.join()  # queued for the UI thread, not yet run
+    source = window.gallery.model.source
+    window.close()
+    QApplication.processEvents()  # delivers it now: dropped, and no exception in the event loop
+    assert window.link.closed and window.gallery.model.source is source
+
+
 def test_signal_emit_keeps_reference_counts() -> None:
     """PySide6 6.12.0's emit() returned True without a reference: on Python 3.11 the app aborted
     after enough signals (constraints.txt pins a good version)."""
