@@ -102,7 +102,8 @@ class GeneratePanel(QWidget):
         super().__init__(parent)
         self.link = link
         link.ready.connect(lambda _: self.refresh_models())
-        self.job_id: str | None = None
+        self.job_id: str | None = None  # the job this panel follows, until its event stream ends
+        self.told_end: str | None = None  # the last job whose end (done, failed, cancelled) was shown
         self.init_ref: str | None = None
         self.init_record: ImageRecord | None = None  # when the init image is a gallery image
         self.init_path: str | None = None  # its file on this machine (the mask brush paints over it)
@@ -304,6 +305,8 @@ class GeneratePanel(QWidget):
             self.show_state(f"Done: {self.results.count()} image(s).")
         elif event.type in {"failed", "cancelled"}:
             self.show_state(f"⚠ The job {event.type}" + (f": {event.error}" if event.error else "."))
+        if event.type in {"done", "failed", "cancelled"}:
+            self.told_end = event.job
 
     def _ended(self, error: str) -> None:
         self.job_id = None
@@ -328,9 +331,10 @@ class GeneratePanel(QWidget):
     def cancel(self) -> None:
         if self.job_id is not None:
             job_id = self.job_id
-            # The "cancelled" event may arrive before this answer: then there is nothing left to say.
+            # The "cancelled" event may arrive before this answer (and its stream end after it): then
+            # there is nothing left to say.
             self.link.call(lambda c: c.cancel(job_id),
-                           lambda _: self.show_state("Cancelling…") if self.job_id == job_id else None)  # fmt: skip
+                           lambda _: self.show_state("Cancelling…") if self.told_end != job_id else None)  # fmt: skip
 
     def show_state(self, text: str) -> None:
         self.state.setText(text)
