@@ -93,8 +93,8 @@ class GallerySearch:
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
-        scores = self.index.scores(vector, keyword, filters=filters.vector_filters()) if keyword else {}
-        scores = {i: scores.get(i, 0.0) + KEYWORD_BONUS for i in keyword}
+        cosines = self.index.scores(vector, keyword, filters=filters.vector_filters()) if keyword else {}
+        scores = {i: cosines.get(i, 0.0) + KEYWORD_BONUS for i in keyword}
         # A CLIP-only hit scores at most 1 (a cosine): when keyword hits at or above that fill the page,
         # the vector query cannot change it (at 1M images it is most of a search's time after CLIP).
         if sum(s >= KEYWORD_BONUS for s in scores.values()) < offset + limit:
