@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 def child(pairs: int, steps: int) -> None:
     import torch
 
-    from engine import modes
-    from engine.device import Device
-    from engine.inputs import Resolved
-    from engine.pipelines import PipelineCache
-    from engine.schema import DreamRequest, Requester
+    from engine.client.schema import DreamRequest, Requester
+    from engine.device import modes
+    from engine.device.device import Device
+    from engine.device.pipelines import PipelineCache
+    from engine.device.runner import Resolved
 
     torch.set_num_threads(os.cpu_count() or 1)
     request = DreamRequest(prompt="a red circle on a blue background", steps=steps, requester=Requester(source="cli"))

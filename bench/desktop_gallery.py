@@ -27,8 +27,8 @@ from PySide6.QtWidgets import QApplication
 
 from desktop.engine_link import EngineLink
 from desktop.gallery import GalleryPanel
-from engine.schema import ImageRecord
-from engine.settings import Settings
+from engine.client.schema import ImageRecord
+from engine.client.settings import Settings
 
 
 class SyntheticSource:

@@ -31,11 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.client import EngineClient, EngineUnavailable  # noqa: E402
-from engine.device import Device  # noqa: E402
-from engine.dream_args import parse  # noqa: E402
-from engine.pipelines import load_model  # noqa: E402
-from engine.schema import image_seed, resolve_size  # noqa: E402
+from engine.client.clients import EngineClient, EngineUnavailable  # noqa: E402
+from engine.client.dream_args import parse  # noqa: E402
+from engine.client.schema import image_seed, resolve_size  # noqa: E402
+from engine.device.device import Device  # noqa: E402
+from engine.device.pipelines import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -77,11 +77,11 @@ def main() -> None:
         env["DREAMHALL_MODEL"] = args.model
     log = home / "bench-engine.log"
     with log.open("w") as log_file:
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
+        engine = subprocess.Popen([sys.executable, "-m", "cli", "engine"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=log_file)  # fmt: skip
-    # The installed command, as users run it (`python -m engine` where it is not installed).
+    # The installed command, as users run it (`python -m cli` where it is not installed).
     script = Path(sys.executable).with_name("dreamhall")
-    dreamhall = [str(script)] if script.exists() else [sys.executable, "-m", "engine"]
+    dreamhall = [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
     cli = [*dreamhall, "dream", *[c.strip('"') for c in command[:1]], *command[1:], "--json"]
     try:
         with EngineClient(home / "engine.sock") as client:

@@ -25,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.client import EngineClient, EngineUnavailable  # noqa: E402
-from engine.schema import DreamRequest  # noqa: E402
+from engine.client.clients import EngineClient, EngineUnavailable  # noqa: E402
+from engine.client.schema import DreamRequest  # noqa: E402
 
 
 def one_run(steps: int) -> dict[str, float]:
@@ -37,7 +37,7 @@ def one_run(steps: int) -> dict[str, float]:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     log = open(home / "bench.log", "wb")  # noqa: SIM115 - closed below
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, stdout=log, stderr=log, cwd=ROOT)
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "engine"], env=env, stdout=log, stderr=log, cwd=ROOT)
     out: dict[str, float] = {}
     try:
         with EngineClient(home / "engine.sock", timeout=300) as client:
@@ -62,7 +62,7 @@ def one_run(steps: int) -> dict[str, float]:
                     break
             out["job started"] = ready_seen or float("nan")
             t1 = time.perf_counter()
-            second = subprocess.run([sys.executable, "-m", "engine", "engine"], env=env, capture_output=True, cwd=ROOT)
+            second = subprocess.run([sys.executable, "-m", "cli", "engine"], env=env, capture_output=True, cwd=ROOT)
             out["running"] = time.perf_counter() - t1
             assert second.returncode == 1, second.stderr
     finally:

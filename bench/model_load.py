@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from engine.device import Device
-from engine.pipelines import PipelineCache
-from engine.queue import SqliteJobQueue
-from engine.schema import DreamRequest, Requester
-from engine.shelf import Shelf
+from engine.client.schema import DreamRequest, Requester
+from engine.device.device import Device
+from engine.device.pipelines import PipelineCache
+from engine.device.shelf import Shelf
+from engine.server.queue import SqliteJobQueue
 from gallery.db import open_gallery_db
 
 

@@ -20,8 +20,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engine.device import Device  # noqa: E402
-from engine.pipelines import builtin_model_dir, load_model  # noqa: E402
+from engine.device.device import Device  # noqa: E402
+from engine.device.pipelines import builtin_model_dir, load_model  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir  # noqa: E402
 from models import evaluate, toyworld  # noqa: E402
 

@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sqlalchemy
 
-from engine.events import EventHub
-from engine.launch import connect, stop_engine
-from engine.queue import SqliteJobQueue
-from engine.schema import DreamRequest, Requester
-from engine.settings import Settings
+from engine.client.launch import connect, stop_engine
+from engine.client.schema import DreamRequest, Requester
+from engine.client.settings import Settings
+from engine.server.events import EventHub
+from engine.server.queue import SqliteJobQueue
 from gallery.db import open_gallery_db
 from tests.test_queue import quadratic_fair_order  # the replay the queue used before: what it cost
 

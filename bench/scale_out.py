@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.schema import DreamRequest, Event, Requester
+from engine.client.schema import DreamRequest, Event, Requester
 from tests.conftest import EngineProcess
 
 

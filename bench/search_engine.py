@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from engine.client import EngineClient, EngineUnavailable  # noqa: E402
+from engine.client.clients import EngineClient, EngineUnavailable  # noqa: E402
 from gallery.db import open_gallery_db  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder  # noqa: E402
 from gallery.index import LanceIndex  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
     env = {**os.environ, "DREAMHALL_HOME": str(home), "DREAMHALL_CLIP_MODEL": CLIP}
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     with (home / "engine.log").open("w") as log:
-        engine = subprocess.Popen([sys.executable, "-m", "engine", "engine"], env=env, cwd=ROOT,
+        engine = subprocess.Popen([sys.executable, "-m", "cli", "engine"], env=env, cwd=ROOT,
                                   stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
     try:
         with EngineClient(home / "engine.sock", timeout=120) as client:

@@ -16,8 +16,8 @@ from discord.ext import commands
 
 from bots.flow import DreamFlow
 from bots.views import ImageAction
-from engine.client import AsyncEngineClient, EngineUnavailable
-from engine.settings import Settings
+from engine.client.clients import AsyncEngineClient, EngineUnavailable
+from engine.client.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import discord
 from bots import render, rules
 from bots.replies import Reply, replying_errors
 from bots.views import result_view
-from engine.client import AsyncEngineClient
-from engine.schema import DreamRequest, Job, Scope
-from engine.settings import BotSettings
+from engine.client.clients import AsyncEngineClient
+from engine.client.schema import DreamRequest, Job, Scope
+from engine.client.settings import BotSettings
 
 log = logging.getLogger(__name__)
 

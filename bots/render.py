@@ -6,7 +6,7 @@ import io
 
 from PIL import Image
 
-from engine.schema import SAMPLERS, DreamRequest, Job, gallery_id
+from engine.client.schema import SAMPLERS, DreamRequest, Job, gallery_id
 
 MESSAGE_LIMIT = 2000
 ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."

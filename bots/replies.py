@@ -9,9 +9,9 @@ from typing import Protocol
 import discord
 
 from bots import render
-from engine.client import EngineUnavailable, RequestRejected
-from engine.dream_args import DreamArgsError
-from engine.schema import Requester, Scope
+from engine.client.clients import EngineUnavailable, RequestRejected
+from engine.client.dream_args import DreamArgsError
+from engine.client.schema import Requester, Scope
 
 
 class Reply(Protocol):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 import time
 
-from engine.schema import DreamRequest
-from engine.settings import BotSettings
+from engine.client.schema import DreamRequest
+from engine.client.settings import BotSettings
 
 
 def check(request: DreamRequest, rules: BotSettings, *, channel_id: int, nsfw: bool) -> str | None:

@@ -10,18 +10,35 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import TYPE_CHECKING
+from typing import Protocol, cast
 
 import discord
 
 from bots import render
-from bots.replies import InteractionReply, requester_of
-from engine.client import EngineUnavailable, RequestRejected
-from engine.dream_args import DreamArgsError, format_request, parse
-from engine.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, Scope, upscale_of, variation_of
+from bots.replies import InteractionReply, Reply, requester_of
+from engine.client.clients import AsyncEngineClient, EngineUnavailable, RequestRejected
+from engine.client.dream_args import DreamArgsError, format_request, parse
+from engine.client.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, Scope, upscale_of, variation_of
+from engine.client.settings import Settings
 
-if TYPE_CHECKING:
-    from bots.bot import DreamBot
+
+class _Flow(Protocol):
+    async def run(
+        self, request: DreamRequest, reply: Reply, channel: discord.abc.Messageable, user: discord.abc.User
+    ) -> None: ...
+
+
+class DreamBot(Protocol):
+    """What the buttons need of the bot (bots.bot.DreamBot), named here: the bot imports these views."""
+
+    engine: AsyncEngineClient
+    settings: Settings
+    flow: _Flow
+
+
+def _bot(interaction: discord.Interaction) -> DreamBot:
+    return cast(DreamBot, interaction.client)  # the client that runs these views is a bots.bot.DreamBot
+
 
 CUSTOM_ID = re.compile(r"dreamhall:(?P<action>upscale|variation|reroll|remix|delete):(?P<image_id>[0-9]+)")
 
@@ -48,7 +65,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
-        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        bot = _bot(interaction)
         who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
         try:
             # The engine answers 404 for an image outside this server (or, in a DM, outside this user's DMs).
@@ -71,7 +88,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
 
     async def callback(self, interaction: discord.Interaction) -> None:
         assert self.image is not None
-        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        bot = _bot(interaction)
         if self.action == "delete":
             await self._delete(interaction, bot, self.image)
             return
@@ -139,7 +156,7 @@ class RemixModal(discord.ui.Modal, title="Remix"):
         self.add_item(self.command)
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
-        bot: DreamBot = interaction.client  # type: ignore[assignment]
+        bot = _bot(interaction)
         who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
         try:
             request = parse(self.command.value, requester=who)

@@ -18,7 +18,7 @@ from PySide6.QtCore import QTimer
 from PySide6.QtWidgets import QApplication
 
 from desktop.window import MainWindow
-from engine.settings import Settings
+from engine.client.settings import Settings
 
 SCREENSHOT_TIMEOUT_MS = 120_000
 

@@ -35,7 +35,7 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
-from engine.schema import (
+from engine.client.schema import (
     DEFAULT_VARIATION_AMOUNT,
     IMPORTED_SOURCES,
     VARIABLE_MODES,

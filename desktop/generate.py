@@ -46,8 +46,9 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
-from engine.dream_args import DreamArgsError, parse_argv, split
-from engine.schema import (
+from engine.client.dream_args import DreamArgsError, parse_argv, split
+from engine.client.limits import MAX_SIDE
+from engine.client.schema import (
     IMPORTED_SOURCES,
     SAMPLER_KEYS,
     SAMPLERS,
@@ -122,8 +123,8 @@ class GeneratePanel(QWidget):
         self.seed.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{0,10}")))
         self.random_seed = QCheckBox("random", checked=True)
         self.copy_seed = QPushButton("Copy")
-        self.width_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
-        self.height_box = QSpinBox(minimum=0, maximum=2048, singleStep=64, specialValueText="model default")
+        self.width_box = QSpinBox(minimum=0, maximum=MAX_SIDE, singleStep=64, specialValueText="model default")
+        self.height_box = QSpinBox(minimum=0, maximum=MAX_SIDE, singleStep=64, specialValueText="model default")
         self.steps = QSpinBox(minimum=1, maximum=150, value=default_of("steps"))
         self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=default_of("cfg_scale"), singleStep=0.5)
         self.sampler = QComboBox()

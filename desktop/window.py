@@ -9,8 +9,8 @@ from PySide6.QtWidgets import QLabel, QMainWindow, QTabWidget, QWidget
 from desktop.engine_link import EngineLink
 from desktop.gallery import GalleryPanel
 from desktop.generate import GeneratePanel
-from engine.schema import DreamRequest
-from engine.settings import Settings
+from engine.client.schema import DreamRequest
+from engine.client.settings import Settings
 
 
 class MainWindow(QMainWindow):

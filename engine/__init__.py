@@ -1,4 +1,5 @@
-"""The Dreamhall engine: request schema, `!dream` parser, queue, worker, pipelines, server and client."""
+"""The Dreamhall engine, in three rooms: `client/` (what frontends import), `server/` (the front) and
+`device/` (torch)."""
 
 import sys
 
@@ -6,4 +7,4 @@ __version__ = "0.1.0"
 
 # `import httpx` also imports httpx's own command-line client (rich, click, pygments): ~60 ms of
 # every `dreamhall` command's start. Nothing here runs that client; httpx falls back to a stub.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]  # None in sys.modules blocks the import

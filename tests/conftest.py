@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.client import EngineClient, EngineUnavailable
+from engine.client.clients import EngineClient, EngineUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ class EngineProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         self.log = open(self.home / "engine-test.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engine", "engine"], env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT
+            [sys.executable, "-m", "cli", "engine"], env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT
         )
         deadline = time.monotonic() + timeout
         with EngineClient(self.socket) as client:

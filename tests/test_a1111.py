@@ -51,7 +51,7 @@ def test_txt2img_with_a_seed_is_the_cli_image_and_batches_count(engine: EnginePr
     assert result.info["all_seeds"] == [3220803958, 3220803959, 3220803960, 3220803961]
     assert result.info["seed"] == 3220803958 and "Seed: 3220803958" in result.info["infotexts"][0]
     assert [judge(im).colour for im in result.images].count("red") >= 3
-    cli = subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "dream", RED, "-S", "3220803958",
+    cli = subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), "dream", RED, "-S", "3220803958",
                           "-s", "8", "-A", "k_euler_a", "-C", "7.5", "-W", "64", "-H", "64", "-n", "4", "-i", "--json"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
     assert cli.returncode == 0, cli.stderr

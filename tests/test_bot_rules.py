@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 
 from bots import render, rules
-from engine.dream_args import parse
-from engine.schema import ImageInfo, Job, Requester
-from engine.settings import BotSettings
+from engine.client.dream_args import parse
+from engine.client.schema import ImageInfo, Job, Requester
+from engine.client.settings import BotSettings
 
 
 def test_guild_limits_channels_and_banned_words() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.schema import DreamRequest, resolve_size
+from engine.client.schema import DreamRequest, resolve_size
 from tests.conftest import ROOT, EngineProcess
 
 pytestmark = pytest.mark.slow
@@ -27,22 +27,22 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterat
 
 
 def dreamhall(engine: EngineProcess, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), *argv, "--no-autostart"],
+    return subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), *argv, "--no-autostart"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
 
 
 def test_help_is_the_one_grammar_and_errors_speak_cli() -> None:
     for command in ("dream", "zoom"):
-        out = subprocess.run([sys.executable, "-m", "engine", command, "--help"], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "cli", command, "--help"], capture_output=True, text=True,
                              cwd=ROOT, timeout=60)  # fmt: skip
         assert out.returncode == 0
         for flag in ("-n N, --iterations N", "-S SEED", "--outpaint", "-U 2|4", "prompt", "(1–150)"):
             assert flag in out.stdout, (command, flag)
         assert f"dreamhall {command}" in out.stdout and "!dream" not in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "engine", "dream", "-n", "4"], capture_output=True, text=True,
+    bad = subprocess.run([sys.executable, "-m", "cli", "dream", "-n", "4"], capture_output=True, text=True,
                          cwd=ROOT, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and 'dreamhall dream "a red circle' in bad.stderr and "!dream" not in bad.stderr
-    version = subprocess.run([sys.executable, "-m", "engine", "--version"], capture_output=True, text=True, cwd=ROOT)
+    version = subprocess.run([sys.executable, "-m", "cli", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert re.fullmatch(r"dreamhall \d+\.\d+\.\d+\n", version.stdout)
 
 
@@ -66,7 +66,8 @@ def test_dream_against_a_running_engine_loads_neither_pydantic_nor_httpx(engine:
         "import json, sys; from engine.cli import main;"
         f"rc = main(['--home', {str(engine.home)!r}, 'dream', 'a red circle', '-n', '2', '-S', '9', '-s', '2',"
         "           '-W', '64', '-H', '64', '-g', '--json', '--no-autostart']);"
-        "heavy = ('pydantic', 'httpx', 'engine.schema', 'engine.client', 'engine.settings', 'tqdm');"
+        "heavy = ('pydantic', 'httpx', 'engine.client.schema', 'engine.client.clients', 'engine.client.settings',"
+        "         'tqdm');"
         "print(json.dumps({'rc': rc, 'loaded': [m for m in heavy if m in sys.modules]}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -106,7 +107,7 @@ def test_a_config_file_that_is_not_toml_is_one_sentence(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "DREAMHALL_HOME"}
     env |= {"XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data")}
     for argv in (["dream", "red", "--no-autostart"], ["search", "red", "--no-autostart"], ["engine", "status"]):
-        out = subprocess.run([sys.executable, "-m", "engine", *argv], capture_output=True, text=True, cwd=ROOT, env=env,
+        out = subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, text=True, cwd=ROOT, env=env,
                              timeout=60)  # fmt: skip
         assert out.returncode == 2 and "Traceback" not in out.stderr, (argv, out.stderr)
         assert out.stderr.startswith(f"dreamhall: cannot read {config}:"), out.stderr
@@ -115,14 +116,14 @@ def test_a_config_file_that_is_not_toml_is_one_sentence(tmp_path: Path) -> None:
 def test_no_silent_surprises() -> None:
     # --ar on a 64 px model keeps the ratio (the shorter side is 64) instead of a silent square.
     assert resolve_size(DreamRequest(prompt="x", aspect_ratio=(16, 9)), 64) == (112, 64)
-    mixed = subprocess.run([sys.executable, "-m", "engine", "dream", "x", "-I", "1", "-v", "0.2", "-U", "2"],
+    mixed = subprocess.run([sys.executable, "-m", "cli", "dream", "x", "-I", "1", "-v", "0.2", "-U", "2"],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert mixed.returncode == 2 and "do not mix" in mixed.stderr
 
 
 def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
     started = time.monotonic()
-    second = subprocess.run([sys.executable, "-m", "engine", "engine"], env=engine.env, capture_output=True,
+    second = subprocess.run([sys.executable, "-m", "cli", "engine"], env=engine.env, capture_output=True,
                             text=True, timeout=60, cwd=ROOT)  # fmt: skip
     assert second.returncode == 1 and "already listening" in second.stderr
     # Before: 12-38 s of torch and diffusers imports. Now the socket is asked first; 5 s covers a busy machine.
@@ -130,8 +131,8 @@ def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
 
 
 def test_the_progress_bar_counts_the_steps_that_run() -> None:
-    from engine.cli import _Progress
-    from engine.schema import Event
+    from cli.main import _Progress
+    from engine.client.schema import Event
 
     progress = _Progress(quiet=False)
     # The bar reads events as they come off the wire: Event's fields, without the unset ones.

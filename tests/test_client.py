@@ -7,8 +7,8 @@ import inspect
 import httpx
 import pytest
 
-from engine.client import AsyncEngineClient, EngineClient, EngineUnavailable, RequestRejected, _Endpoints
-from engine.schema import DreamRequest
+from engine.client.clients import AsyncEngineClient, EngineClient, EngineUnavailable, RequestRejected, _Endpoints
+from engine.client.schema import DreamRequest
 
 
 def answer(status: int, body: object = None, text: str | None = None) -> httpx.MockTransport:

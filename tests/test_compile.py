@@ -13,11 +13,11 @@ from tests.conftest import ROOT
 # compiled graphs of this test should not linger in the test process.
 CHILD = """
 import sys, numpy as np
-from engine import modes
-from engine.device import Device
-from engine.inputs import Resolved
-from engine.pipelines import PipelineCache
-from engine.schema import DreamRequest, Requester
+from engine.device import modes
+from engine.device.device import Device
+from engine.device.runner import Resolved
+from engine.device.pipelines import PipelineCache
+from engine.client.schema import DreamRequest, Requester
 
 request = DreamRequest(prompt="a red circle on a blue background", n=2, steps=4, width=64, height=64,
                        requester=Requester(source="cli"))

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from bots.bot import DreamBot
-from engine.client import AsyncEngineClient
-from engine.settings import BotSettings, Settings
+from engine.client.clients import AsyncEngineClient
+from engine.client.settings import BotSettings, Settings
 from models.checker import judge
 from tests.conftest import EngineProcess
 from tests.fake_discord import FakeDiscord, Posted

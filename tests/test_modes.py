@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import modes
-from engine.device import Device
-from engine.inputs import InputError, Resolved
-from engine.pipelines import LoadedModel, load_model
-from engine.schema import DreamRequest
+from engine.client.errors import InputError
+from engine.client.schema import DreamRequest
+from engine.device import modes
+from engine.device.device import Device
+from engine.device.pipelines import LoadedModel, load_model
+from engine.device.runner import Resolved
 from models.checker import judge
 
 RED_ON_BLUE = "a red circle on a blue background"
@@ -107,7 +108,7 @@ def test_upscale_resamples_then_adds_detail(toy: LoadedModel, red_circle: Image.
 
 
 def test_a_configured_upscaler_pipeline_is_used_and_named(red_circle: Image.Image, tmp_path) -> None:
-    from engine.pipelines import load_upscaler
+    from engine.device.pipelines import load_upscaler
     from tests.tiny_pipeline import build_upscaler
 
     upscaler = load_upscaler(str(build_upscaler(tmp_path)), Device("cpu"))

@@ -15,9 +15,9 @@ from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import CLIPTokenizer
 
-from engine.device import Device
-from engine.pipelines import LoadedModel, builtin_model_dir, load_model
-from engine.shelf import BUILTIN_MODEL_NAME
+from engine.device.device import Device
+from engine.device.pipelines import LoadedModel, builtin_model_dir, load_model
+from engine.device.shelf import BUILTIN_MODEL_NAME
 from gallery.embeddings import OpenClipEmbedder, builtin_clip_dir
 from models import evaluate, toyworld
 from models.checker import judge
@@ -101,7 +101,7 @@ def test_fresh_engine_draws_and_finds_red_circles(tmp_path: Path) -> None:
     """No model configured: the engine uses the built-in pair and says so once."""
     engine = EngineProcess(tmp_path / "home", None).start()
     try:
-        cmd = [sys.executable, "-m", "engine", "--home", str(engine.home)]
+        cmd = [sys.executable, "-m", "cli", "--home", str(engine.home)]
         out = subprocess.run(
             [*cmd, "dream", "a red circle on a blue background", "-n", "4", "-S", "3220803958", "--json"],
             capture_output=True,

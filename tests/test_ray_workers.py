@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
-from engine.client import EngineClient
-from engine.schema import DreamRequest, Health, Requester
+from engine.client.clients import EngineClient
+from engine.client.schema import DreamRequest, Health, Requester
 from tests.conftest import ROOT, EngineProcess
 from tests.test_desktop import WAIT, generate, open_window
 from tests.test_discord_bot import bot_world, follow_up_result, png_sizes
@@ -89,7 +89,7 @@ def test_health_and_status_show_the_workers(engine: EngineProcess, client: Engin
     assert sorted(w.id for w in health.workers) == ["ray-0", "ray-1"]
     assert all(w.alive and w.loaded == ["dreamhall-toy-sd"] and w.pid != engine.proc.pid for w in health.workers)
     assert [w.id for w in client.queue().workers] == [w.id for w in health.workers]
-    status = subprocess.run([sys.executable, "-m", "engine", "engine", "status"], env=engine.env, cwd=ROOT,
+    status = subprocess.run([sys.executable, "-m", "cli", "engine", "status"], env=engine.env, cwd=ROOT,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert "device ray: 2 worker(s)" in status.stdout and "worker ray-1 on" in status.stdout, status.stdout
 
@@ -161,12 +161,12 @@ def test_a_job_that_kills_its_workers_fails_after_the_retries(client: EngineClie
 
 
 def test_the_cli_works_unchanged_against_ray_workers(engine: EngineProcess, tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "engine", "dream", "a blue square", "-n", "2", "-S", "5", "-s", "6",
+    out = subprocess.run([sys.executable, "-m", "cli", "dream", "a blue square", "-n", "2", "-S", "5", "-s", "6",
                           "-W", "64", "-H", "64"], env=engine.env, cwd=ROOT, capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "seed 5" in out.stdout and "seed 6" in out.stdout
-    found = subprocess.run([sys.executable, "-m", "engine", "search", "blue square"], env=engine.env, cwd=ROOT,
+    found = subprocess.run([sys.executable, "-m", "cli", "search", "blue square"], env=engine.env, cwd=ROOT,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert found.returncode == 0 and "a blue square" in found.stdout, found.stdout + found.stderr
 

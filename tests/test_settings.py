@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.settings import Settings
+from engine.client.settings import Settings
 
 
 def test_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -34,7 +34,7 @@ def test_bad_values_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 def test_the_dream_commands_socket_is_the_settings_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `dreamhall dream` finds the socket with engine.paths alone (no settings model): it must agree with
     # Settings in every case of the precedence for `home`.
-    from engine import paths
+    from engine.client import paths
 
     config_home = tmp_path / "config"
     monkeypatch.setattr("platformdirs.user_data_dir", lambda app: str(tmp_path / "data"))

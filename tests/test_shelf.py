@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.client import RequestRejected
-from engine.device import Device
-from engine.dream_args import DreamArgsError
-from engine.dream_args import parse as parse_dream
-from engine.pipelines import load_model
-from engine.prompts import PromptError, fragments, parse
-from engine.schema import DreamRequest, Requester, upscale_of, variation_of
-from engine.shelf import Shelf
+from engine.client.clients import RequestRejected
+from engine.client.dream_args import DreamArgsError
+from engine.client.dream_args import parse as parse_dream
+from engine.client.prompts import PromptError, fragments, parse
+from engine.client.schema import DreamRequest, Requester, upscale_of, variation_of
+from engine.device.device import Device
+from engine.device.pipelines import load_model
+from engine.device.shelf import Shelf
 from models.checker import judge
 from tests.conftest import EngineProcess
 from tests.ldm_layout import save_config_folder, save_single_file

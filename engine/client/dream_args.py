@@ -1,0 +1,453 @@
+"""The `!dream` grammar: one parser for the bot, the CLI and the desktop prompt box.
+
+    !dream "a red circle on a blue background" -n 4 -S 3220803958 -W 512 -H 512
+
+Flags follow the 2022 dreambot and InvokeAI's dream.py, plus Midjourney's
+`--no` and `--ar`. Errors are one human sentence naming the flag
+(`DreamArgsError`), never a traceback. `format_request` is the inverse:
+`parse(format_request(r)) == r` for any request with the default requester.
+
+The grammar itself is argparse and plain data: `parse_fields` turns a command
+line into the request's fields without loading pydantic, so `dreamhall dream`
+starts in tens of milliseconds and lets the engine validate. The request model
+is imported where a `DreamRequest` is built, and for help and error texts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.client.errors import RequestRejected
+from engine.client.samplers import SAMPLERS
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
+    from engine.client.schema import DreamRequest, Requester
+
+
+class DreamArgsError(ValueError):
+    """A `!dream` command that cannot be understood; the message is for the user."""
+
+
+# field -> the flag that sets it, for error messages and formatting.
+FLAGS: dict[str, str] = {
+    "prompt": "prompt",
+    "n": "-n/--iterations",
+    "seed": "-S/--seed",
+    "width": "-W/--width",
+    "height": "-H/--height",
+    "aspect_ratio": "--ar",
+    "cfg_scale": "-C/--cfg_scale",
+    "steps": "-s/--steps",
+    "sampler": "-A/--sampler",
+    "negative_prompt": "-N/--negative",
+    "model": "-m/--model",
+    "refiner": "--refiner",
+    "refiner_switch": "--refiner_switch",
+    "init_image": "-I/--init_img",
+    "strength": "-f/--strength",
+    "init_mask": "-M/--init_mask",
+    "variation_amount": "-v/--variation_amount",
+    "variation_seed": "--variation_seed",
+    "outpaint": "--outpaint",
+    "with_variations": "-V/--with_variations",
+    "upscale": "-U/--upscale",
+    "layout": "-g/--grid or -i/--individual",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints and exits on errors; we want one sentence as an exception.
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise DreamArgsError(_tidy_argparse(message))
+
+    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+        raise DreamArgsError(message or "invalid !dream command")
+
+
+def _tidy_argparse(message: str) -> str:
+    message = message.replace("argument ", "", 1)
+    if message.startswith("unrecognized arguments:"):
+        bad = message.split(":", 1)[1].strip()
+        return f"unknown flag {bad}; see the list of !dream flags (-n, -S, -W, -H, -C, -s, -A, ... in !dream --help)"
+    return message
+
+
+def _sampler(value: str) -> str:
+    name = value.strip().lower().replace(" ", "_").replace("-", "_")
+    if name not in SAMPLERS:
+        raise argparse.ArgumentTypeError(f"unknown sampler {value!r}; choose one of {', '.join(SAMPLERS)}")
+    return name
+
+
+def _ratio(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(p) for p in value.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected W:H such as 16:9, got {value!r}") from None
+    return w, h
+
+
+def _variations(value: str) -> list[dict[str, float]]:
+    terms = []
+    for part in value.split(","):
+        try:
+            seed, weight = part.split(":")
+            terms.append({"seed": int(seed), "weight": float(weight)})
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seed:weight[,seed:weight...], got {value!r}") from None
+    return terms
+
+
+def _sides(value: str) -> dict[str, int]:
+    """`64` (every side) or `left:64,top:32`."""
+    try:
+        if value.strip().isdigit():
+            px = int(value)
+            return {"left": px, "right": px, "top": px, "bottom": px}
+        sides: dict[str, int] = {}
+        for part in value.split(","):
+            side, px = part.split(":")
+            sides[side.strip().lower()] = int(px)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PIXELS or side:pixels[,side:pixels...], got {value!r}") from None
+    unknown = set(sides) - {"left", "right", "top", "bottom"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown side {sorted(unknown)[0]!r}; use left, right, top, bottom")
+    return sides
+
+
+@functools.cache
+def _request_schema() -> dict:
+    from engine.client.schema import DreamRequest
+
+    return DreamRequest.model_json_schema()  # ~12 ms a call: once per process, not once per flag
+
+
+def _range(field: str) -> tuple[float, float] | None:
+    """The (min, max) a numeric request field allows, read from the schema itself."""
+    prop = _request_schema()["properties"].get(field, {})
+    for option in [prop, *prop.get("anyOf", [])]:
+        if "minimum" in option and "maximum" in option:
+            return option["minimum"], option["maximum"]
+    return None
+
+
+def _about(field: str) -> str:
+    """What help says of a field beyond its words: its default and its range, read from the request model."""
+    default = _request_schema()["properties"].get(field, {}).get("default")
+    text = f" (default {default})" if default is not None else ""
+    bounds = _range(field)
+    if bounds is not None:
+        lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
+        text += f" ({lo}–{hi})"
+    return text
+
+
+def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
+    """The one parser. `about` adds defaults and ranges to the help: only `usage()` needs them, and they
+    come from the request model, which parsing alone does not load."""
+    p = _Parser(
+        prog="!dream",
+        add_help=False,
+        allow_abbrev=False,
+        usage='%(prog)s "PROMPT" [flags]',
+        description="Make images from a prompt. The same flags everywhere: Discord, the CLI, the desktop prompt box.",
+        epilog="Image i of a request uses seed S+i, and each image records its own seed: any one remakes it alone.",
+    )
+    p.add_argument("prompt", nargs="*", help="what to draw; quote it, or end the flags with -- before it")
+    p.add_argument("-n", "--iterations", dest="n", type=int, metavar="N", help="how many images" + about("n"))
+    p.add_argument("-S", "--seed", type=int, help="seed of the first image (default: drawn and reported)")
+    p.add_argument("-W", "--width", type=int, help="width in pixels, a multiple of 8" + about("width"))
+    p.add_argument("-H", "--height", type=int, help="height in pixels, a multiple of 8" + about("height"))
+    p.add_argument("--ar", dest="aspect_ratio", type=_ratio, metavar="W:H", help="aspect ratio such as 16:9")
+    p.add_argument(
+        "-C",
+        "--cfg_scale",
+        type=float,
+        metavar="CFG",
+        help="how closely to follow the prompt" + about("cfg_scale"),
+    )
+    p.add_argument("-s", "--steps", type=int, help="sampling steps" + about("steps"))
+    p.add_argument(
+        "-A",
+        "--sampler",
+        type=_sampler,
+        metavar="NAME",
+        help=f"one of {', '.join(SAMPLERS)}" + about("sampler"),
+    )
+    p.add_argument("-N", "--negative", dest="negative", action="append", metavar="TEXT", help="what to avoid")
+    p.add_argument("--no", dest="negative", action="append", metavar="TEXT", help="the same as -N")
+    p.add_argument("-m", "--model", help="a model the engine has (default: the engine's)")
+    p.add_argument("--refiner", metavar="MODEL", help="a second model that finishes each image (an SDXL refiner)")
+    p.add_argument(
+        "--refiner_switch",
+        type=float,
+        metavar="SHARE",
+        help="the share of the steps made before the refiner takes over" + about("refiner_switch"),
+    )
+    p.add_argument(
+        "-I",
+        "--init_img",
+        dest="init_image",
+        metavar="IMAGE",
+        help="start from an image: a gallery id such as 42, or a file (CLI and desktop)",
+    )
+    p.add_argument("-f", "--strength", type=float, help="how much of -I to repaint (above 0, at most 1)")
+    p.add_argument("-M", "--init_mask", metavar="MASK", help="inpaint: white repaints, black keeps (id or file)")
+    p.add_argument(
+        "-v",
+        "--variation_amount",
+        type=float,
+        metavar="AMOUNT",
+        help="variations of -I (or of -S): how far to wander" + about("variation_amount"),
+    )
+    p.add_argument(
+        "-V",
+        "--with_variations",
+        type=_variations,
+        metavar="SEED:WEIGHT,...",
+        help="replay the variation terms an image recorded",
+    )
+    p.add_argument("--variation_seed", type=int, help="seed of the first variation's noise")
+    p.add_argument(
+        "--outpaint",
+        type=_sides,
+        metavar="PX|SIDE:PX,...",
+        help="grow -I by pixels on every side, or on some: left:64,top:32",
+    )
+    p.add_argument("-U", "--upscale", type=int, metavar="2|4", help="make -I 2 or 4 times larger")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid", help="one grid (default)")
+    layout.add_argument(
+        "-i", "--individual", dest="layout", action="store_const", const="individual", help="each image on its own"
+    )
+    return p
+
+
+def usage(prog: str = "!dream") -> str:
+    """The grammar's help, generated from the one parser (so it can never drift from it)."""
+    return _build_parser(_about).format_help().replace("!dream", prog)
+
+
+_PARSER = _build_parser()
+
+
+def split(text: str) -> list[str]:
+    """Split a command line the shell's way; a leading `!dream` or `/dream` is dropped."""
+    try:
+        argv = shlex.split(text)
+    except ValueError as e:
+        raise DreamArgsError(f"unbalanced quotes in the command ({e}); close every \" and '") from None
+    if argv and argv[0].lower() in {"!dream", "/dream", "dream"}:
+        argv = argv[1:]
+    return argv
+
+
+ImageResolver = Callable[[str], str]
+
+
+def looks_like_ref(value: str) -> bool:
+    """Whether a -I/-M value already names an image (a gallery id or reference) rather than a file."""
+    value = value.strip()
+    return bool(re.fullmatch(r"[0-9]+", value)) or value.startswith(("gallery:", "upload:"))
+
+
+def local_image(value: str) -> tuple[str, bytes | None]:
+    """What -I/-M mean on this machine: (a gallery id or reference, None) as is, or (file name, its bytes).
+
+    Raises ValueError with a message for the user (the parser reports it against the flag).
+    """
+    if looks_like_ref(value):
+        return value, None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+    return path.name, path.read_bytes()
+
+
+def resolve_local(value: str, upload: Callable[[bytes], str]) -> str:
+    """-I/-M as the engine reads them: a gallery reference as is, a local file sent through `upload` (bytes
+    -> reference) first; the engine's refusal becomes a ValueError the parser reports against the flag."""
+    name, data = local_image(value)
+    if data is None:
+        return name
+    try:
+        return upload(data)
+    except RequestRejected as e:
+        raise ValueError(f"{name}: {e}") from None
+
+
+def parse(text: str, *, requester: Requester | None = None, resolve_image: ImageResolver | None = None) -> DreamRequest:
+    """Parse `!dream "prompt" -n 4 -S 42 ...` into a validated request."""
+    return parse_argv(split(text), requester=requester, resolve_image=resolve_image)
+
+
+def parse_argv(
+    argv: Sequence[str], *, requester: Requester | None = None, resolve_image: ImageResolver | None = None
+) -> DreamRequest:
+    """Parse an already split command line (what `dreamhall dream` receives) into a validated request.
+
+    `resolve_image` turns the values of -I and -M into image references
+    (the CLI and the desktop app upload local files with it).
+    """
+    from pydantic import ValidationError
+
+    from engine.client.schema import DreamRequest
+
+    fields = parse_fields(argv, resolve_image=resolve_image)
+    if requester is not None:
+        fields["requester"] = requester
+    try:
+        return DreamRequest(**fields)
+    except ValidationError as e:
+        raise DreamArgsError(explain(e)) from None
+
+
+def parse_fields(
+    argv: Sequence[str], *, requester: Mapping[str, Any] | None = None, resolve_image: ImageResolver | None = None
+) -> dict[str, Any]:
+    """The grammar alone: a command line as the request's fields (JSON-ready), not yet validated.
+
+    Flags, their types and the prompt are checked here; values and ranges by the request model
+    (`parse_argv`, or the engine when it receives them).
+    """
+    argv = list(argv)
+    # Everything after `--` is prompt, even words that look like flags (argparse's
+    # intermixed parsing does not honour `--` itself).
+    tail: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, tail = argv[:cut], argv[cut + 1 :]
+    for word in argv:
+        # A phone turns "-n" into "—n": say so instead of silently drawing "—n 4" into the picture.
+        if len(word) > 1 and word[0] in "—–" and "-" + word[1:] in _PARSER._option_string_actions:
+            raise DreamArgsError(f"{word!r} starts with a dash that is not '-': did you mean -{word[1:]}?")
+    ns = _PARSER.parse_intermixed_args(argv)
+    prompt = " ".join(ns.prompt + tail).strip()
+    if not prompt and ns.upscale is None:  # an upscale keeps its image's prompt, as A1111's Extras tab needs none
+        raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
+    fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
+    fields["prompt"] = prompt
+    if ns.negative:
+        fields["negative_prompt"] = ", ".join(ns.negative)
+    if resolve_image is not None:
+        for field in ("init_image", "init_mask"):
+            if field in fields:
+                try:
+                    fields[field] = resolve_image(fields[field])
+                except ValueError as e:
+                    raise DreamArgsError(f"{FLAGS[field]}: {e}") from None
+    fields["mode"] = _infer_mode(fields)
+    if requester is not None:
+        fields["requester"] = dict(requester)
+    return fields
+
+
+def _infer_mode(fields: dict) -> str:
+    if fields.get("upscale") is not None:
+        return "upscale"
+    if fields.get("variation_amount") is not None or fields.get("with_variations"):
+        return "variation"
+    if fields.get("outpaint") is not None:
+        return "outpaint"
+    if fields.get("init_mask") is not None:
+        return "inpaint"
+    if fields.get("init_image") is not None:
+        return "img2img"
+    return "txt2img"
+
+
+def _short(value: object) -> str:
+    """An input quoted in an error: at most 60 characters of it."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:50]}… ({len(str(value))} characters)"
+
+
+def explain(error: ValidationError) -> str:
+    """One sentence for the first problem of a validation error, naming the flag."""
+    return explain_errors(error.errors())
+
+
+def explain_errors(errors: Sequence[dict]) -> str:
+    """One sentence for the first of pydantic's errors (also used for the API's 422 answers)."""
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if not isinstance(p, int) and p != "body"]
+    field = loc[0] if loc else ""
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
+    msg = msg[0].lower() + msg[1:] if msg else "invalid value"
+    got = first.get("input")
+    got_text = "" if got is None or isinstance(got, (dict, list)) or not field else f" (got {_short(got)})"
+    if not field:
+        return msg
+    if field in FLAGS:
+        label = FLAGS[field] if field == "prompt" else f"{FLAGS[field]} ({field})"
+    else:
+        label = ".".join(loc)
+    bounds = _range(field)
+    if bounds and first.get("type") in {"less_than_equal", "greater_than_equal", "less_than", "greater_than"}:
+        lo, hi = (str(int(v)) if float(v).is_integer() else str(v) for v in bounds)
+        return f"{label}: must be between {lo} and {hi}{got_text}"
+    return f"{label}: {msg}{got_text}"
+
+
+def format_request(request: DreamRequest) -> str:
+    """The `!dream` command line (without `!dream`) that parses back to `request`."""
+    from engine.client.schema import DreamRequest
+
+    defaults = DreamRequest(prompt="x")
+    parts: list[str] = []
+    simple = [
+        ("n", "-n"), ("seed", "-S"), ("width", "-W"), ("height", "-H"), ("cfg_scale", "-C"), ("steps", "-s"),
+        ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("refiner", "--refiner"),
+        ("refiner_switch", "--refiner_switch"), ("init_image", "--init_img"),
+        ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"),
+        ("variation_seed", "--variation_seed"), ("upscale", "-U"),
+    ]  # fmt: skip
+    for field, flag in simple:
+        value = getattr(request, field)
+        if value == getattr(defaults, field):
+            continue
+        text = repr(value) if isinstance(value, float) else str(value)
+        if text.startswith("-"):
+            # `--negative=-x`: a separate `-x` would read as a flag.
+            parts.append(f"{flag}={shlex.quote(text)}")
+        else:
+            parts += [flag, shlex.quote(text)]
+    if request.aspect_ratio is not None:
+        parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
+    if request.outpaint is not None:
+        sides = request.outpaint.model_dump()
+        parts += ["--outpaint", ",".join(f"{k}:{v}" for k, v in sides.items() if v)]
+    if request.with_variations:
+        parts += ["-V", ",".join(f"{v.seed}:{v.weight!r}" for v in request.with_variations)]
+    if request.layout is not None:
+        parts.append("-g" if request.layout == "grid" else "-i")
+    quoted = shlex.quote(request.prompt)
+    if request.prompt.startswith("-"):
+        return " ".join(parts + ["--", quoted])
+    return " ".join([quoted] + parts)
+
+
+__all__ = [
+    "DreamArgsError",
+    "explain",
+    "explain_errors",
+    "format_request",
+    "local_image",
+    "looks_like_ref",
+    "parse",
+    "parse_argv",
+    "parse_fields",
+    "resolve_local",
+    "split",
+]

@@ -1,0 +1,506 @@
+"""The request contract shared by the engine and every frontend.
+
+Pure pydantic: no torch, no database. A `DreamRequest` means the same thing
+whether it came from Discord, the desktop app, the CLI or raw HTTP.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
+from engine.client.samplers import SAMPLERS as SAMPLERS
+from engine.client.states import TERMINAL
+
+# The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
+from gallery.schemas import CheckReport as CheckReport
+from gallery.schemas import ImagePublic, UtcDateTime
+from gallery.schemas import ImportResult as ImportResult
+from gallery.schemas import ReconcileReport as ReconcileReport
+
+MAX_SEED = 2**32 - 1
+MAX_PROMPT_CHARS = 2000
+MAX_ID = 2**63 - 1  # SQLite's largest integer: an id past it is no image, not a crash
+
+Sampler = Literal[
+    "k_lms", "k_euler", "k_euler_a", "k_heun", "k_dpm_2", "k_dpm_2_a", "ddim", "plms", "dpm++_2m", "dpm++_2m_karras"
+]
+Mode = Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"]
+Source = Literal["cli", "discord", "desktop", "api", "a1111"]
+JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Size = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
+
+# How far a "variations" button wanders from its parent (the bot's V buttons, the desktop's Variations).
+DEFAULT_VARIATION_AMOUNT = 0.25
+# Strength (how much of an input image is repainted) when a request gives none.
+DEFAULT_STRENGTH: dict[str, float] = {"img2img": 0.75, "inpaint": 0.75, "outpaint": 1.0, "upscale": 0.3}
+
+
+def _image_ref(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str):
+        value = value.strip()
+        if re.fullmatch(r"[0-9]+", value):  # ASCII digits only: "١٢" is not image 12
+            value = f"gallery:{int(value)}"
+        if not re.fullmatch(r"gallery:[0-9]+|upload:[0-9a-f]{64}", value):
+            raise ValueError(
+                f"expected a gallery image id such as 42, got {clip_text(value, 40)!r} "
+                "(the CLI and the desktop app upload local files for you)"
+            )
+        if value.startswith("gallery:") and not 1 <= int(value[8:]) <= MAX_ID:
+            raise ValueError(f"no gallery image has id {clip_text(value[8:], 30)}")
+    return value
+
+
+def clip_text(text: str, limit: int) -> str:
+    """At most `limit` characters of user input, for error messages (never echo a whole input back)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# Characters that draw nothing: a prompt made only of these is empty.
+_INVISIBLE_CHARS = r"\s\u200b-\u200f\u2028-\u202f\u2060-\u206f\ufeff\x00-\x1f\x7f-\x9f"
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]+")
+VISIBLE_PATTERN = f"[^{_INVISIBLE_CHARS}]"  # the JSON schema's form of "has a visible character"
+
+
+# An input image: `gallery:<id>` (bare digits allowed) or `upload:<sha256>` from POST /v1/uploads.
+ImageRef = Annotated[str, BeforeValidator(_image_ref)]
+
+
+def gallery_id(ref: str) -> int | None:
+    """The image id of a `gallery:<id>` reference (None for uploads)."""
+    return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
+
+
+class Requester(BaseModel):
+    """Who asked, and from where: used for fairness, limits and gallery scoping."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Source = "api"
+    user: str | None = Field(default=None, max_length=200)
+    guild: str | None = Field(default=None, max_length=200)
+    channel: str | None = Field(default=None, max_length=200)
+
+    @property
+    def queue_key(self) -> str:
+        """Round-robin key: a Discord user in one guild is one queue user."""
+        return f"{self.source}:{self.guild or '-'}:{self.user or '-'}"
+
+
+class Owned(Protocol):
+    """Who made something: a gallery image, or a job's requester."""
+
+    guild: str | None
+    source: str
+    user: str | None
+
+
+# Gallery images that were not made here: their seeds remake nothing with this engine's model.
+IMPORTED_SOURCES: frozenset[str] = frozenset({"import", "recovered"})
+
+
+class Scope(BaseModel):
+    """Whose images a Discord request may see and use: one guild's, or in a DM one user's DM images.
+
+    Other sources (the CLI, the desktop, raw API calls on the socket or with the token) are the
+    engine's owner and see everything: `Scope.of` gives None for them.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    guild: str | None = Field(default=None, max_length=200)
+    dm_of: str | None = Field(default=None, max_length=200, description="a Discord user: only their DM images")
+
+    @classmethod
+    def of(cls, requester: Requester) -> Scope | None:
+        if requester.source != "discord":
+            return None
+        return cls(guild=requester.guild) if requester.guild else cls(dm_of=requester.user or "")
+
+    @property
+    def given(self) -> bool:
+        return self.guild is not None or self.dm_of is not None
+
+    def allows(self, owner: Owned) -> bool:
+        """Whether an image (or a job's requester) is inside the scope."""
+        if self.guild is not None:
+            return owner.guild == self.guild
+        if self.dm_of is not None:
+            return owner.guild is None and owner.source == "discord" and owner.user == self.dm_of
+        return True
+
+    def params(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+
+class VariationWeight(BaseModel):
+    """One `-V seed:weight` term."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: Seed
+    weight: float = Field(ge=0.0, le=1.0)
+
+
+class OutpaintSides(BaseModel):
+    """Pixels to add on each side (rounded up to multiples of 8)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    left: int = Field(default=0, ge=0, le=1024)
+    right: int = Field(default=0, ge=0, le=1024)
+    top: int = Field(default=0, ge=0, le=1024)
+    bottom: int = Field(default=0, ge=0, le=1024)
+
+    @field_validator("left", "right", "top", "bottom")
+    @classmethod
+    def _up_to_8(cls, v: int) -> int:
+        return -(-v // 8) * 8
+
+    @model_validator(mode="after")
+    def _some_side(self) -> OutpaintSides:
+        if not (self.left or self.right or self.top or self.bottom):
+            raise ValueError("outpaint needs at least one side to extend")
+        return self
+
+
+class DreamRequest(BaseModel):
+    """One `!dream`: what to draw, how, and who asked.
+
+    Sizes are rounded to the nearest multiple of 8 (the VAE's stride); `None`
+    for width, height or model means the model's (or engine's) default.
+    Image `i` of the request uses seed `(seed + i) mod 2**32`; in variation
+    mode every image shares `seed` and image `i` blends in the noise of
+    `variation_seed + i`.
+
+    Input images (`init_image`, `init_mask`) are references: a gallery image
+    id or an upload. In variation mode `init_image` names the parent image.
+    """
+
+    # The schema says what `_mode_inputs` enforces of the prompt: a visible character, except for an upscale.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "if": {"properties": {"mode": {"const": "upscale"}}, "required": ["mode"]},
+            "else": {"properties": {"prompt": {"pattern": VISIBLE_PATTERN}}, "required": ["prompt"]},
+        },
+    )
+
+    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="required except for an upscale")
+    negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    seed: Seed | None = None
+    width: Size | None = None
+    height: Size | None = None
+    aspect_ratio: tuple[Annotated[int, Field(ge=1, le=64)], Annotated[int, Field(ge=1, le=64)]] | None = None
+    steps: int = Field(default=20, ge=1, le=150)
+    cfg_scale: float = Field(default=7.5, ge=0.0, le=30.0)
+    sampler: Sampler = "k_euler_a"
+    model: str | None = Field(default=None, max_length=1000)
+    refiner: str | None = Field(
+        default=None, max_length=1000, description="a second model that finishes each image (an SDXL refiner)"
+    )
+    refiner_switch: float = Field(
+        default=0.8, gt=0.0, lt=1.0, description="the share of the steps the first model makes (A1111's switch at)"
+    )
+    mode: Mode = "txt2img"
+    init_image: ImageRef | None = None
+    init_mask: ImageRef | None = None
+    strength: float | None = Field(default=None, ge=0.0, le=1.0)  # 0 is refused below: it repaints nothing
+    variation_amount: float | None = Field(default=None, ge=0.0, le=1.0)
+    variation_seed: Seed | None = None
+    with_variations: tuple[VariationWeight, ...] | None = None
+    outpaint: OutpaintSides | None = None
+    upscale: Literal[2, 4] | None = None
+    layout: Literal["grid", "individual"] | None = None
+    priority: int = Field(default=0, ge=-10, le=10)
+    preview: bool = False
+    requester: Requester = Requester()
+
+    @classmethod
+    def from_params(cls, params: dict) -> DreamRequest:
+        """The request that remakes an image alone, from its stored params (what it records beside the
+        request, such as the model's hash, its add-ons' hashes and the worker, is left out)."""
+        return cls.model_validate({k: v for k, v in params.items() if k in cls.model_fields})
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_visible(cls, v: str) -> str:
+        v = v.strip()
+        if v and not _INVISIBLE.sub("", v):
+            raise ValueError("prompt must not be empty (it has no visible characters)")
+        return v
+
+    @field_validator("strength")
+    @classmethod
+    def _repaints_something(cls, v: float | None) -> float | None:
+        if v == 0:
+            raise ValueError("0 repaints nothing; use a strength above 0 (0.05 changes very little)")
+        return v
+
+    @field_validator("width", "height")
+    @classmethod
+    def _round_to_8(cls, v: int | None) -> int | None:
+        return None if v is None else int(round(v / 8) * 8)
+
+    @model_validator(mode="after")
+    def _mode_inputs(self) -> DreamRequest:
+        needs = {
+            "img2img": ("init_image",),
+            "inpaint": ("init_image", "init_mask"),
+            "outpaint": ("init_image", "outpaint"),
+            "upscale": ("init_image", "upscale"),
+        }.get(self.mode, ())
+        for field in needs:
+            if getattr(self, field) is None:
+                raise ValueError(f"mode {self.mode} needs {field}")
+        if not self.prompt and self.mode != "upscale":  # an upscale without one keeps its parent's prompt
+            raise ValueError("prompt: must not be empty")
+        if self.mode not in {"variation", "txt2img"} and (self.variation_amount is not None or self.with_variations):
+            raise ValueError(f"variations (-v/-V) and {self.mode} do not mix: make the variation first, then "
+                             f"{self.mode} the image you like")  # fmt: skip
+        if self.refiner is not None and self.mode not in {"variation", "txt2img"}:
+            raise ValueError(f"a refiner finishes new images (txt2img and variations), not {self.mode}; "
+                             "for an existing image, use the refiner as the model (-m) of an img2img")  # fmt: skip
+        if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
+            raise ValueError("mode variation needs variation_amount or with_variations")
+        if self.aspect_ratio is not None and self.width is not None and self.height is not None:
+            raise ValueError("give an aspect ratio or both width and height, not all three")
+        return self
+
+
+def default_of(field: str) -> Any:
+    """A `DreamRequest` field's default: forms and derived requests read it here, never write it again."""
+    return DreamRequest.model_fields[field].default
+
+
+def resolve_size(request: DreamRequest, default: int) -> tuple[int, int]:
+    """Width and height for `request`, given the model's native square size."""
+
+    r8 = round8
+    if request.aspect_ratio is None:
+        return request.width or default, request.height or default
+    aw, ah = request.aspect_ratio
+    if request.width is not None:
+        return request.width, r8(request.width * ah / aw)
+    if request.height is not None:
+        return r8(request.height * aw / ah), request.height
+    # Midjourney-style: the longer side keeps the model's native size, unless that makes the shorter
+    # side smaller than 64 px (a small model): then the shorter side is 64 and the ratio still holds.
+    scale = max(default / max(aw, ah), MIN_SIDE / min(aw, ah))
+    return r8(aw * scale), r8(ah * scale)
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image `index` of a request: one convention for every frontend."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
+class Upload(BaseModel):
+    """An input image sent with POST /v1/uploads, to be named in a request by `ref`."""
+
+    ref: str
+    sha256: str
+    width: int
+    height: int
+
+
+class ImageInfo(BaseModel):
+    """One finished image of a job."""
+
+    id: int
+    index: int
+    seed: int
+    width: int
+    height: int
+    path: str
+    sha256: str
+    nsfw: bool = False
+    worker: str | None = Field(default=None, description="the engine worker that made it")
+    variation_seed: int | None = Field(default=None, description="a variation's own noise seed (its last -V term)")
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class Job(BaseModel):
+    """A dream request's life in the engine, as clients see it."""
+
+    id: str
+    status: JobStatus
+    position: int | None = Field(default=None, description="0 = next to run; None once running or finished")
+    progress: Progress = Progress()
+    seed: int | None = None
+    images: list[ImageInfo] = []
+    error: str | None = None
+    request: DreamRequest
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
+
+
+class Accepted(BaseModel):
+    """The answer to POST /v1/dreams."""
+
+    id: str
+    status: JobStatus
+    position: int
+    seed: int
+
+
+class WorkerInfo(BaseModel):
+    """One worker that runs jobs: the engine's own thread, or a Ray actor on some node."""
+
+    id: str = Field(description="recorded in every image it makes (params `worker`)")
+    node: str = Field(description="the machine it runs on")
+    pid: int = Field(description="its process on that machine")
+    device: str
+    job: str | None = Field(default=None, description="the job it runs now")
+    loading: str | None = Field(default=None, description="a model it is loading now")
+    loaded: list[str] = Field(default_factory=list, description="models in its memory")
+    alive: bool = Field(default=True, description="false while Ray restarts it")
+
+
+class QueueState(BaseModel):
+    running: list[Job]
+    queued: list[Job]
+    workers: list[WorkerInfo] = Field(default_factory=list)
+
+
+class ModelEntry(BaseModel):
+    """One thing on the model shelf. `hash`: AUTOMATIC1111's short hash (None until first computed)."""
+
+    name: str
+    family: str | None = None
+    format: str
+    size: int
+    hash: str | None = None
+    problem: str | None = Field(default=None, description="why it cannot be used, if it cannot")
+
+
+class ModelList(BaseModel):
+    default: str | None = None
+    checkpoints: list[ModelEntry]
+    loras: list[ModelEntry]
+    embeddings: list[ModelEntry]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting"] = Field(
+        default="ok", description="starting: torch and the model are still loading; jobs queue meanwhile"
+    )
+    version: str
+    device: str
+    model: str
+    queued: int
+    running: int
+    loading: str | None = Field(default=None, description="a model being loaded now; jobs wait for it")
+    loaded: list[str] = Field(default_factory=list, description="models in memory, most recently used first")
+    workers: list[WorkerInfo] = Field(default_factory=list, description="who runs jobs (one, or a Ray pool)")
+
+
+EventType = Literal["queued", "started", "loading", "step", "image", "done", "failed", "cancelled"]
+TERMINAL_EVENTS = TERMINAL  # the last event of every stream
+
+
+class Event(BaseModel):
+    """One item of a job's event stream."""
+
+    type: EventType
+    job: str
+    position: int | None = None
+    step: int | None = None
+    total: int | None = None
+    preview: str | None = Field(default=None, description="small PNG preview as a data: URL")
+    image: ImageInfo | None = None
+    error: str | None = None
+    model: str | None = Field(default=None, description="`loading`: the model being loaded (seconds to minutes)")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns: one human sentence."""
+
+    error: str
+    detail: list[dict] | None = None
+
+
+class ImageRecord(ImagePublic):
+    """An image of the gallery as clients see it: enough to show it, explain it, and make it again."""
+
+    path: str = Field(description="absolute path on the engine's machine")
+
+
+class ImagePage(BaseModel):
+    """A page of the gallery, newest first; `total` is how many match the filters."""
+
+    images: list[ImageRecord]
+    total: int
+    offset: int
+    limit: int
+
+
+class ImageUpdate(BaseModel):
+    """What a client may change about an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    favourite: bool
+
+
+class SearchResult(BaseModel):
+    image: ImageRecord
+    score: float
+
+
+class SearchResults(BaseModel):
+    """Best first."""
+
+    results: list[SearchResult]
+    offset: int
+    limit: int
+
+
+# Sampler names as images record them (AUTOMATIC1111's) back to ours.
+SAMPLER_KEYS: dict[str, str] = {display: key for key, display in SAMPLERS.items()}
+VARIABLE_MODES = frozenset({"txt2img", "variation"})  # modes whose noise a variation can blend
+
+
+def derived_request(parent: ImageRecord, *, mode: Mode, requester: Requester, **changes: object) -> DreamRequest:
+    """A request that starts from `parent`'s own parameters: the U/V buttons and the desktop's actions."""
+    fields: dict[str, object] = {
+        "prompt": parent.prompt or "an image",
+        "negative_prompt": parent.negative_prompt,
+        "seed": parent.seed,
+        "width": parent.width,
+        "height": parent.height,
+        "steps": parent.steps or default_of("steps"),
+        "cfg_scale": parent.cfg_scale if parent.cfg_scale is not None else default_of("cfg_scale"),
+        "sampler": SAMPLER_KEYS.get(parent.sampler or "", default_of("sampler")),
+        "model": parent.model,
+        "mode": mode,
+        "init_image": f"gallery:{parent.id}",
+        "requester": requester,
+    }
+    return DreamRequest.model_validate({**fields, **changes})
+
+
+def variation_of(parent: ImageRecord, *, amount: float, n: int, requester: Requester) -> DreamRequest:
+    """`n` variations of `parent`: its seed's noise blended with new noise by `amount`."""
+    if parent.mode not in VARIABLE_MODES:
+        raise ValueError(f"variations blend the noise of a txt2img image; image {parent.id} is {parent.mode}")
+    earlier = parent.params.get("with_variations") or None
+    return derived_request(parent, mode="variation", requester=requester, n=n, variation_amount=amount,
+                           with_variations=earlier)  # fmt: skip
+
+
+def upscale_of(parent: ImageRecord, *, factor: Literal[2, 4], requester: Requester) -> DreamRequest:
+    """`parent` made `factor` times larger."""
+    return derived_request(parent, mode="upscale", requester=requester, upscale=factor, width=None, height=None)

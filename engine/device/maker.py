@@ -1,0 +1,204 @@
+"""One job's images on one device: model -> plan -> batches -> safety flags -> records -> PNG -> CLIP vectors.
+
+The device half of a job. It reads no gallery and writes nothing: its input images arrive
+decoded, and what it makes (PNG bytes with their records, and their vectors) goes back to the
+front, which stores it. The engine's own worker thread runs a Maker in-process; a Ray worker
+runs one in its actor (engine.ray_workers), so the same code makes every image.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from engine.client.errors import UserError
+from engine.client.schema import Event
+from engine.client.settings import Settings
+from engine.device import modes
+from engine.device.device import Device
+from engine.device.pipelines import LoadedModel, PipelineCache, StepCallback
+from engine.device.runner import Cancelled, Interrupted, JobFailed, JobRecord, Made, Resolved, Stopwatch
+from engine.device.shelf import Shelf
+from gallery.embeddings import Embedder
+from gallery.files import encode_png
+
+log = logging.getLogger(__name__)
+
+PREVIEW_INTERVAL_S = 0.5
+# A step event at most this often is plenty for a progress bar; each one wakes the event loop, the
+# subscribers (and on Ray makes an object), and on a CPU-bound box that work comes out of the steps.
+STEP_EVENT_INTERVAL_S = 0.1
+
+
+class Maker:
+    """Makes jobs' images on one device, one job at a time. `cancel` and `stop` may come from any thread."""
+
+    def __init__(
+        self, *, pipelines: PipelineCache, device: Device, worker_id: str, embedder: Embedder | None = None,
+        max_batch_pixels: int | None = None, between_steps: Callable[[], None] | None = None,
+    ) -> None:  # fmt: skip
+        self.pipelines = pipelines
+        self.device = device
+        self.worker_id = worker_id
+        self.embedder = embedder
+        self.max_batch_pixels = max_batch_pixels
+        self.between_steps = between_steps or (lambda: None)
+        self._cancel: set[str] = set()
+        self._stopping = threading.Event()
+
+    def cancel(self, job_id: str) -> None:
+        """Stop this job at its next step (if it runs here), and store nothing of it."""
+        self._cancel.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        self._cancel.discard(job_id)
+
+    def stop(self) -> None:
+        """Stop the running job at its next step; it goes back to the queue."""
+        self._stopping.set()
+
+    def run(self, job: JobRecord, inputs: Resolved, report: Callable[[Event], None]) -> Made:
+        """`make`, with every failure as JobFailed(one sentence): what the local worker and a Ray actor hand the
+        front. A user's mistake is logged on one line; anything else with its traceback. Raises Cancelled,
+        Interrupted."""
+        try:
+            return self.make(job, inputs, report)
+        except (Cancelled, Interrupted):
+            raise
+        except UserError as e:
+            log.warning("job %s failed: %s", job.id, e)
+            raise JobFailed(str(e)) from e
+        except Exception as e:  # one bad job must never take the worker down
+            message = failure_sentence(e)
+            log.exception("job %s failed on %s: %s", job.id, self.worker_id, message)
+            raise JobFailed(message) from e
+        finally:
+            self.forget(job.id)
+
+    def make(self, job: JobRecord, inputs: Resolved, report: Callable[[Event], None]) -> Made:
+        """Raises Cancelled, Interrupted, or whatever failed (ModelLoadError, out of memory...)."""
+        req = job.request
+        watch = Stopwatch()
+        # 1. the model (say so when it must be loaded: that can take minutes)
+        if not self.pipelines.is_loaded(req.model):
+            report(Event(type="loading", job=job.id, model=req.model or self.pipelines.default_name()))
+        model = self.pipelines.model(req.model)
+        watch.lap("model")
+        # 2. the plan: size, seeds, and which single call makes its images
+        work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
+                          upscaler=self.pipelines.upscaler)  # fmt: skip
+        # 3. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
+        shelf = self.pipelines.shelf
+        loras, embeddings = shelf.addons_of(req.prompt, req.negative_prompt)
+        started = time.perf_counter()
+
+        def run(indices: list[int], chunk: int, chunks: int):
+            return work.run(model, indices, self._on_step(job, model, chunk, chunks, report))
+
+        with model.addons(loras, embeddings):
+            images = modes.run_batched(
+                len(work.seeds),
+                run,
+                max_batch=self._max_batch(work),
+                is_out_of_memory=self._out_of_memory,
+                on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
+            )
+        made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
+        if req.refiner is not None:  # 3b. a second model finishes each image
+            if not self.pipelines.is_loaded(req.refiner):
+                report(Event(type="loading", job=job.id, model=req.refiner))
+            refiner = self.pipelines.model(req.refiner)
+            images = modes.refine(refiner, images, work, req.refiner_switch,
+                                  lambda i: self._on_step(job, refiner, i, len(images), report))  # fmt: skip
+            made_with["refiner"] = refiner.name  # its shelf name, never a path
+        watch.lap("steps")
+        log.info("job %s on %s: %s, %d image(s) %dx%d, %d steps in %.2f s", job.id, self.worker_id, req.mode, req.n,
+                 work.width, work.height, req.steps, time.perf_counter() - started)  # fmt: skip
+        if job.id in self._cancel:
+            raise Cancelled()  # asked for during the last step: store nothing
+        # 4. safety flags, 5. records and PNG bytes, 6. CLIP vectors
+        flags = model.safety_flags(images)
+        watch.lap("safety")
+        records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
+                               parent=inputs.parent, nsfw=flags, worker=self.worker_id)  # fmt: skip
+        items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
+        watch.lap("png")
+        vectors = None
+        if self.embedder is not None:
+            try:
+                vectors = [v.tolist() for v in self.embedder.embed_images([img.convert("RGB") for img in images])]
+            except Exception:  # search freshness, never the job: the front's indexer embeds them later
+                log.exception("job %s: could not embed its images here", job.id)
+        watch.lap("clip")
+        return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
+                    stages=watch.spent)  # fmt: skip
+
+    def _max_batch(self, work: modes.Plan) -> int | None:
+        """How many images of this size fit one batch under the pixel budget (None: no budget)."""
+        if self.max_batch_pixels is None:
+            return None
+        return max(1, self.max_batch_pixels // (work.width * work.height))
+
+    def _out_of_memory(self, e: BaseException) -> bool:
+        if not Device.is_out_of_memory(e):
+            return False
+        self.device.free_memory()
+        return True
+
+    def _on_step(
+        self, job: JobRecord, model: LoadedModel, chunk_no: int, chunks: int, report: Callable[[Event], None]
+    ) -> StepCallback:
+        last_preview, last_event = [0.0], [0.0]
+
+        def on_step(step: int, total: int, latents) -> None:
+            self.between_steps()
+            if job.id in self._cancel:
+                raise Cancelled()
+            if self._stopping.is_set():
+                raise Interrupted()
+            done, all_steps = chunk_no * total + step, chunks * total
+            preview = None
+            now = time.monotonic()
+            if job.request.preview and now - last_preview[0] >= PREVIEW_INTERVAL_S and step < total:
+                last_preview[0] = now
+                picture = model.preview(latents)
+                preview = data_url(picture) if picture is not None else None
+            if preview is None and step < total and now - last_event[0] < STEP_EVENT_INTERVAL_S:
+                return  # the next step's event says more; a chunk's last step and previews always go
+            last_event[0] = now
+            report(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
+
+        return on_step
+
+
+def data_url(img) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def failure_sentence(e: BaseException) -> str:
+    """One line for the user about a failure that is not their mistake; the traceback stays in the log."""
+    if isinstance(e, UserError):
+        return str(e)
+    if Device.is_out_of_memory(e):
+        return "out of memory even for a single image; try a smaller size or fewer steps"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def build_maker(
+    settings: Settings, *, device: Device, shelf: Shelf, worker_id: str, embedder: Embedder | None = None,
+    between_steps: Callable[[], None] | None = None,
+) -> Maker:  # fmt: skip
+    """A worker's maker and its pipeline cache, from the settings: the local worker's and each Ray actor's."""
+    budget = None if settings.model_cache_gb is None else int(settings.model_cache_gb * 1e9)
+    pipelines = PipelineCache(device, settings.model, safety_check=settings.safety_check, upscaler=settings.upscaler,
+                              shelf=shelf, budget_bytes=budget, compile=settings.compile)  # fmt: skip
+    max_batch_pixels = settings.batch_pixels or device.batch_pixels()
+    return Maker(pipelines=pipelines, device=device, worker_id=worker_id, embedder=embedder,
+                 max_batch_pixels=max_batch_pixels, between_steps=between_steps)  # fmt: skip

@@ -1,0 +1,347 @@
+"""How each mode turns a request and its input images into calls on a loaded model.
+
+    txt2img     noise from `seed + i`
+    variation   the noise of `seed`, blended (slerp) with the noise of `variation_seed + i`
+    img2img     the init image, noised by `strength`
+    inpaint     the white part of the mask (and the init image's transparent part) repainted;
+                everything else is pasted back from the original, pixel for pixel
+    outpaint    the canvas grown by the requested sides, then the new border inpainted
+    upscale     the configured diffusers upscaler; without one, a Lanczos resample, then an
+                img2img detail pass at low strength
+
+`plan()` is called once per job and returns one small frozen plan: its sampling
+settings, size and per-image seeds. `run(model, indices, on_step)` makes some
+of its images with exactly one call; `records(...)` turns the images into
+gallery rows whose parameters remake each image alone. `run_batched` splits
+the work into batches that fit (and halves them on out-of-memory).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from engine.client.errors import InputError
+from engine.client.limits import Limits, input_size, upscaled_size
+from engine.client.schema import DEFAULT_STRENGTH, MAX_SEED, SAMPLERS, DreamRequest, Sampler, image_seed, resolve_size
+from engine.device.runner import Resolved
+from gallery.schemas import ImageCreate, ImagePublic
+
+if TYPE_CHECKING:  # torch loads with the worker, not with the API that checks requests
+    import torch
+
+    from engine.device.pipelines import LoadedModel, StepCallback, Upscaler
+
+MASK_THRESHOLD = 128  # mask pixels at or above this repaint; alpha below 255 - this repaints
+T = TypeVar("T")
+LIMITS = Limits()  # what any engine makes; the job service checked this engine's own at submit
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What every task samples with."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    cfg_scale: float
+    sampler: Sampler
+
+    @classmethod
+    def of(cls, req: DreamRequest) -> Sampling:
+        return cls(req.prompt, req.negative_prompt, req.steps, req.cfg_scale, req.sampler)
+
+    def call_args(self, seeds: list[int], on_step: StepCallback) -> dict:
+        return dict(prompt=self.prompt, negative_prompt=self.negative_prompt, seeds=seeds, steps=self.steps,
+                    cfg_scale=self.cfg_scale, sampler=self.sampler, on_step=on_step)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One job's work: sampling settings, output size, and each image's seed (what it records)."""
+
+    sampling: Sampling
+    width: int
+    height: int
+    seeds: tuple[int, ...]
+    notes: dict = field(default_factory=dict)  # recorded in every image's params
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        """Images `indices` of the plan, as one batch."""
+        raise NotImplementedError
+
+    def image_params(self, req: DreamRequest, index: int) -> dict:
+        """The request that makes image `index` alone: n=1, its own seed."""
+        params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
+        params.update(n=1, seed=self.seeds[index], width=self.width, height=self.height, **self.notes)
+        return params
+
+    def records(
+        self, req: DreamRequest, images: Sequence[Image.Image], *, job_id: str, model: str,
+        parent: ImagePublic | None, nsfw: Sequence[bool], made_with: dict | None = None, worker: str | None = None,
+    ) -> list[ImageCreate]:  # fmt: skip
+        """The gallery rows of this plan's images. `made_with`: the model's hash, LoRAs, embeddings
+        (the model is recorded by its shelf name: never a path); `worker`: who made them."""
+        r = req.requester
+        made_with = {"model": model, **(made_with or {})} | ({"worker": worker} if worker else {})
+        return [
+            ImageCreate(
+                job_id=job_id,
+                index=i,
+                width=img.width,
+                height=img.height,
+                seed=self.seeds[i],
+                prompt=req.prompt,
+                negative_prompt=req.negative_prompt,
+                steps=req.steps,
+                cfg_scale=req.cfg_scale,
+                sampler=SAMPLERS[req.sampler],
+                model=model,
+                mode=req.mode,
+                source=r.source,
+                user=r.user,
+                guild=r.guild,
+                channel=r.channel,
+                parent_id=parent.id if parent is not None else None,
+                relation=None if req.mode == "txt2img" else req.mode,
+                nsfw=nsfw[i],
+                worker=worker,
+                params={**self.image_params(req, i), **made_with},
+            )
+            for i, img in enumerate(images)
+        ]
+
+
+@dataclass(frozen=True)
+class Txt2ImgPlan(Plan):
+    """Noise from each seed; with `variations`, each image's noise blended with those terms in order."""
+
+    variations: tuple[tuple[tuple[int, float], ...], ...] | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        latents = None
+        if self.variations is not None:
+            import torch
+
+            shape = model.latent_shape(self.width, self.height)
+            latents = torch.stack([variation_noise(self.seeds[i], self.variations[i], shape) for i in indices])
+        seeds = [self.seeds[i] for i in indices]
+        return model.txt2img(width=self.width, height=self.height, latents=latents,
+                             **self.sampling.call_args(seeds, on_step))  # fmt: skip
+
+    def image_params(self, req: DreamRequest, index: int) -> dict:
+        params = super().image_params(req, index)
+        if self.variations is not None:  # its own terms replay it: no new variation seed
+            params.update(
+                variation_amount=None,
+                variation_seed=None,
+                with_variations=[{"seed": s, "weight": w} for s, w in self.variations[index]] or None,
+            )
+        return params
+
+
+@dataclass(frozen=True)
+class Img2ImgPlan(Plan):
+    """The init image (RGB, at the output size), noised by `strength`, then denoised."""
+
+    image: Image.Image | None = None
+    strength: float = 0.75
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None
+        seeds = [self.seeds[i] for i in indices]
+        return model.img2img(image=self.image, strength=self.strength, **self.sampling.call_args(seeds, on_step))
+
+    def image_params(self, req: DreamRequest, index: int) -> dict:
+        return super().image_params(req, index) | {"strength": self.strength}
+
+
+@dataclass(frozen=True)
+class InpaintPlan(Img2ImgPlan):
+    """The white part of `mask` repainted; everything else pasted back from the original."""
+
+    mask: Image.Image | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None and self.mask is not None
+        seeds = [self.seeds[i] for i in indices]
+        images = model.inpaint(image=self.image, mask=self.mask, strength=self.strength,
+                               **self.sampling.call_args(seeds, on_step))  # fmt: skip
+        return [paste_back(im, self.image, self.mask) for im in images]
+
+
+@dataclass(frozen=True)
+class UpscalePlan(Plan):
+    """The configured upscaler pipeline; an x4 upscaler asked for x2 is resized down."""
+
+    image: Image.Image | None = None
+    upscaler: Upscaler | None = None
+
+    def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
+        assert self.image is not None and self.upscaler is not None
+        seeds = [self.seeds[i] for i in indices]
+        s = self.sampling
+        images = self.upscaler.upscale(prompt=s.prompt, negative_prompt=s.negative_prompt, image=self.image,
+                                       seeds=seeds, steps=s.steps, cfg_scale=s.cfg_scale, on_step=on_step)  # fmt: skip
+        size = (self.width, self.height)
+        return [im.resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
+
+
+def plan(
+    req: DreamRequest,
+    inputs: Resolved,
+    *,
+    job_seed: int,
+    native_size: int,
+    upscaler: Callable[[], Upscaler | None] = lambda: None,
+) -> Plan:
+    """Work out a job from its request; `job_seed` is the seed the engine settled on at submit time.
+
+    `upscaler`: gives the configured upscaler pipeline, if any (asked only for an upscale; without
+    one, upscale resamples, then runs img2img).
+    """
+    sampling = Sampling.of(req)
+    if req.mode == "txt2img":
+        width, height = resolve_size(req, native_size)
+        return Txt2ImgPlan(sampling, width, height, seeds_of(job_seed, req.n))
+    if req.mode == "variation":
+        width, height = resolve_size(req, native_size)
+        earlier = tuple((v.seed, v.weight) for v in req.with_variations or ())
+        if req.variation_amount is None:  # -V alone replays given terms: every image is the same
+            terms = (earlier,) * req.n
+        else:
+            base = req.variation_seed if req.variation_seed is not None else job_seed
+            terms = tuple((*earlier, (image_seed(base, i), req.variation_amount)) for i in range(req.n))
+        return Txt2ImgPlan(sampling, width, height, (job_seed,) * req.n, variations=terms)
+
+    assert inputs.init is not None  # the schema requires init_image for every other mode
+    seeds = seeds_of(job_seed, req.n)
+    strength = req.strength if req.strength is not None else DEFAULT_STRENGTH[req.mode]
+    if req.mode == "upscale":
+        assert req.upscale is not None
+        width, height = upscaled_size(req.upscale, inputs.init.size)
+        iw, ih = inputs.init.size
+        LIMITS.check_made(f"a x{req.upscale} upscale of a {iw}x{ih} image would be {width}x{height}", width, height)
+        pipeline = upscaler()
+        if pipeline is not None:
+            note = f"{pipeline.name} (x{pipeline.factor})"
+            if pipeline.factor != req.upscale:
+                note += f", resized to x{req.upscale}"
+            return UpscalePlan(sampling, width, height, seeds, notes={"upscaler": note}, image=_rgb(inputs.init),
+                               upscaler=pipeline)  # fmt: skip
+        image = _rgb(inputs.init).resize((width, height), Image.Resampling.LANCZOS)
+        note = f"lanczos x{req.upscale} + img2img detail pass at strength {strength:g}"
+        return Img2ImgPlan(sampling, width, height, seeds, notes={"upscaler": note}, image=image, strength=strength)
+
+    width, height = input_size(req, inputs.init.size)
+    if req.mode != "outpaint":  # an outpaint grows small pictures (infinite zoom starts from them)
+        iw, ih = inputs.init.size
+        LIMITS.check_made(f"a {iw}x{ih} init image would make a {width}x{height} picture", width, height)
+    init = inputs.init.resize((width, height), Image.Resampling.LANCZOS)
+    if req.mode == "img2img":
+        return Img2ImgPlan(sampling, width, height, seeds, image=_rgb(init), strength=strength)
+    mask = _mask_of(init, inputs.mask)
+    if req.mode == "outpaint":
+        assert req.outpaint is not None
+        init, mask = grow_canvas(init, mask, req.outpaint.left, req.outpaint.top, req.outpaint.right,
+                                 req.outpaint.bottom)  # fmt: skip
+        width, height = init.size
+        LIMITS.check_made(f"outpainting would make a {width}x{height} image", width, height)
+    if not np.asarray(mask).any():
+        raise InputError("the mask is all black: nothing to repaint (white marks what to repaint)")
+    return InpaintPlan(sampling, width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
+
+
+def refine(
+    refiner: LoadedModel, images: list[Image.Image], work: Plan, switch: float,
+    on_step_for: Callable[[int], StepCallback],
+) -> list[Image.Image]:  # fmt: skip
+    """A1111's refiner: a second model finishes each image, as img2img over the last (1 - switch) of the
+    steps, with the image's own seed."""
+    s = work.sampling
+    return [refiner.img2img(image=img, strength=1 - switch, **s.call_args([work.seeds[i]], on_step_for(i)))[0]
+            for i, img in enumerate(images)]  # fmt: skip
+
+
+def seeds_of(job_seed: int, n: int) -> tuple[int, ...]:
+    return tuple(image_seed(job_seed, i) for i in range(n))
+
+
+def run_batched(
+    count: int,
+    run: Callable[[list[int], int, int], list[T]],
+    *,
+    max_batch: int | None = None,
+    is_out_of_memory: Callable[[BaseException], bool],
+    on_retry: Callable[[int], None] = lambda batch: None,
+) -> list[T]:
+    """`run(indices, chunk_no, chunks)` over `count` items in batches of at most `max_batch` (all at once
+    when None); on out-of-memory the batch is halved and the whole job starts again, down to one."""
+    batch = max(1, min(count, max_batch or count))
+    while True:
+        try:
+            out: list[T] = []
+            chunks = [list(range(i, min(i + batch, count))) for i in range(0, count, batch)]
+            for c, chunk in enumerate(chunks):
+                out += run(chunk, c, len(chunks))
+            return out
+        except Exception as e:
+            if not is_out_of_memory(e) or batch == 1:
+                raise
+            batch = max(1, batch // 2)
+            on_retry(batch)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _mask_of(init: Image.Image, mask: Image.Image | None) -> Image.Image:
+    """White where to repaint: the given mask, plus the init image's transparent pixels."""
+    repaint = np.zeros((init.height, init.width), dtype=bool)
+    if mask is not None:
+        repaint |= np.asarray(mask.resize(init.size, Image.Resampling.NEAREST)) >= MASK_THRESHOLD
+    if init.mode == "RGBA":
+        repaint |= np.asarray(init.getchannel("A")) <= 255 - MASK_THRESHOLD
+    return Image.fromarray((repaint * 255).astype(np.uint8), "L")
+
+
+def grow_canvas(
+    image: Image.Image, mask: Image.Image, left: int, top: int, right: int, bottom: int
+) -> tuple[Image.Image, Image.Image]:
+    """The image on a larger canvas (new pixels: its edges stretched outwards) and the mask grown to match,
+    white over the new border."""
+    pad = ((top, bottom), (left, right))
+    pixels = np.pad(np.asarray(_rgb(image)), (*pad, (0, 0)), mode="edge")
+    grown = np.pad(np.asarray(mask), pad, mode="constant", constant_values=255)
+    return Image.fromarray(pixels, "RGB"), Image.fromarray(grown, "L")
+
+
+def paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:
+    """Keep the original wherever the mask does not repaint (the latent mask is coarser than pixels)."""
+    return Image.composite(generated, original, mask)
+
+
+def variation_noise(seed: int, terms: list[tuple[int, float]], shape: tuple[int, ...]) -> torch.Tensor:
+    """The starting noise of `seed`, blended in turn with each term's noise (A1111 and InvokeAI's -V)."""
+    import torch
+
+    noise = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed))
+    for var_seed, weight in terms:
+        other = torch.randn(shape, generator=torch.Generator("cpu").manual_seed(var_seed % (MAX_SEED + 1)))
+        noise = slerp(weight, noise, other)
+    return noise
+
+
+def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation: blended Gaussian noise keeps the norm the sampler expects."""
+    dot = float((v0 * v1).sum() / (v0.norm() * v1.norm()))
+    if abs(dot) > 0.9995:
+        return (1 - t) * v0 + t * v1
+    omega = math.acos(dot)
+    return (math.sin((1 - t) * omega) * v0 + math.sin(t * omega) * v1) / math.sin(omega)

@@ -1,0 +1,223 @@
+"""The model shelf: the checkpoints, LoRAs and embeddings a user has, in AUTOMATIC1111's layout.
+
+    <models_dir>/Stable-diffusion/   single files (.safetensors, .ckpt) and diffusers folders
+    <models_dir>/Lora/               LoRAs (.safetensors): <lora:NAME:WEIGHT> in a prompt
+    <models_dir>/embeddings/         textual inversions (.safetensors, .pt): NAME in a prompt
+    <models_dir>/configs/<family>/   (optional) a config folder for a non-standard architecture
+
+Requests name models by their shelf name (the path under its folder, without suffix),
+so no path on the host is ever needed, shown, or guessable from an error. The built-in
+toy model and its add-ons (`models/builtin/`) are always on the shelf. Hashes are
+AUTOMATIC1111's short hashes (the file's SHA-256, 10 hex digits for checkpoints, 12
+for add-ons), computed once per file version and remembered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from engine.client import prompts
+from engine.client.schema import ModelEntry, ModelList
+from engine.device.families import NotACheckpoint, detect_file, detect_folder
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODEL_NAME = "dreamhall-toy-sd"
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+ADDON_SUFFIXES = {"lora": (".safetensors",), "embedding": (".safetensors", ".pt", ".bin")}
+# Where a request may name a model by path or hub id: the local user's own tools, not Discord.
+PATH_SOURCES = {"cli", "desktop", "api"}
+
+
+def default_model_name(configured: str | None) -> str:
+    """The name jobs without `-m` use: the configured `model`, else the built-in one."""
+    return configured or BUILTIN_MODEL_NAME
+
+
+class UnknownModel(ValueError):
+    """A model, LoRA or embedding name that is not on the shelf; the message lists what is."""
+
+
+def builtin_model_dir() -> Path:
+    return Path(str(resources.files("models") / "toy-sd"))
+
+
+def builtin_addons_dir() -> Path:
+    return Path(str(resources.files("models") / "builtin"))
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+    kind: str  # "checkpoint", "lora", "embedding"
+    path: Path | None  # None: the built-in model
+    format: str  # "diffusers", "safetensors", "ckpt", "pt"
+    size: int
+    family: str | None = None
+    problem: str | None = None  # why it cannot load (listed, not hidden)
+
+
+class Shelf:
+    def __init__(self, root: Path | None, *, hash_cache: Path | None = None) -> None:
+        self.root = root
+        self.hash_cache = hash_cache
+        self._lock = threading.Lock()
+        self._items: dict[tuple[str, str], Item] = {}
+        self._hashes: dict[str, str] = self._read_hashes()
+        self.scan()
+
+    @property
+    def configs(self) -> Path | None:
+        return self.root / "configs" if self.root is not None else None
+
+    def scan(self) -> ModelList:
+        """Look at the folders again (new files appear, removed ones go)."""
+        builtin = Item(BUILTIN_MODEL_NAME, "checkpoint", None, "diffusers", _folder_size(builtin_model_dir()), "SD 1.x")
+        items = {("checkpoint", BUILTIN_MODEL_NAME): builtin}
+        for base in [builtin_addons_dir()] + ([self.root] if self.root is not None else []):
+            for item in self._scan_checkpoints(base / "Stable-diffusion"):
+                items[("checkpoint", item.name)] = item
+            for kind, folder in (("lora", "Lora"), ("embedding", "embeddings")):
+                for path in sorted((base / folder).rglob("*")) if (base / folder).is_dir() else []:
+                    if path.suffix in ADDON_SUFFIXES[kind] and path.is_file():
+                        name = path.relative_to(base / folder).with_suffix("").as_posix()
+                        items[(kind, name)] = Item(name, kind, path, path.suffix[1:], path.stat().st_size)
+        with self._lock:
+            self._items = items
+        return self.listing()
+
+    def _scan_checkpoints(self, folder: Path) -> list[Item]:
+        if not folder.is_dir():
+            return []
+        found = []
+        for path in sorted(folder.rglob("*")):
+            name = path.relative_to(folder).with_suffix("").as_posix()
+            if path.is_dir() and (path / "model_index.json").exists():
+                try:
+                    family = detect_folder(path).label
+                    found.append(Item(name, "checkpoint", path, "diffusers", _folder_size(path), family))
+                except (OSError, ValueError) as e:
+                    found.append(Item(name, "checkpoint", path, "diffusers", 0, None, f"unreadable: {e}"))
+            elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and not _inside_diffusers(path, folder):
+                size = path.stat().st_size
+                try:
+                    family = detect_file(path).label
+                    found.append(Item(name, "checkpoint", path, path.suffix[1:], size, family))
+                except NotACheckpoint as e:
+                    found.append(Item(name, "checkpoint", path, path.suffix[1:], size, None, str(e)))
+        return found
+
+    def items(self, kind: str) -> list[Item]:
+        with self._lock:
+            return [item for (k, _), item in sorted(self._items.items()) if k == kind]
+
+    def find(self, kind: str, name: str) -> Item:
+        with self._lock:
+            item = self._items.get((kind, name))
+        if item is None:
+            known = ", ".join(i.name for i in self.items(kind)) or "none"
+            what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding"}[kind]
+            raise UnknownModel(f"unknown {what} {name!r}; available: {known}")
+        if item.problem:
+            raise UnknownModel(f"model {name!r} cannot be used: {item.problem}")
+        return item
+
+    def check_model(self, ref: str | None, source: str) -> None:
+        """At submit: `ref` is a shelf name, or (from the local user's own tools) a path or hub id."""
+        if ref is None or ref == BUILTIN_MODEL_NAME:
+            return
+        try:
+            self.find("checkpoint", ref)
+        except UnknownModel:
+            if source in PATH_SOURCES and (Path(ref).is_absolute() or ("/" in ref and not Path(ref).exists())):
+                return  # a local path (the CLI sends them absolute) or a hub id: the loader says if it fails
+            raise
+
+    def addons_of(self, prompt: str, negative_prompt: str) -> tuple[list[tuple[Item, float]], list[Item]]:
+        """The LoRAs (with weights) and embeddings a request's prompts use; unknown names raise."""
+        _, loras = prompts.parse(prompt)
+        _, negative_loras = prompts.parse(negative_prompt)
+        known = {item.name for item in self.items("embedding")}
+        embeddings = prompts.embedding_names(f"{prompt}\n{negative_prompt}", known)
+        return ([(self.find("lora", use.name), use.weight) for use in loras + negative_loras],
+                [self.find("embedding", name) for name in embeddings])  # fmt: skip
+
+    def made_with(self, loras: list[tuple[Item, float]], embeddings: list[Item]) -> dict:
+        """What an image records about its add-ons (names, weights, A1111 hashes)."""
+        out: dict = {}
+        if loras:
+            out["loras"] = [{"name": i.name, "weight": w, "hash": self.hash(i)} for i, w in loras]
+        if embeddings:
+            out["embeddings"] = [{"name": i.name, "hash": self.hash(i)} for i in embeddings]
+        return out
+
+    def hash(self, item: Item, *, compute: bool = True) -> str | None:
+        """A1111's short hash; None for folders (and, without `compute`, for files not hashed yet:
+        a listing must not read gigabytes)."""
+        if item.path is None or item.path.is_dir():
+            return None
+        return self.short_hash(item.path, item.kind, compute=compute)
+
+    def short_hash(self, path: Path, kind: str, *, compute: bool = True) -> str | None:
+        """A1111's short forms of the file's SHA-256: 10 hex digits for checkpoints, 12 for add-ons."""
+        full = self.file_hash(path) if compute else self._hashes.get(_version_key(path))
+        return None if full is None else full[: 10 if kind == "checkpoint" else 12]
+
+    def file_hash(self, path: Path) -> str:
+        key = _version_key(path)
+        if key not in self._hashes:
+            digest = hashlib.sha256()
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            self._hashes[key] = digest.hexdigest()
+            self._write_hashes()
+        return self._hashes[key]
+
+    def listing(self) -> ModelList:
+        def entry(item: Item) -> ModelEntry:
+            known = self.hash(item, compute=item.kind != "checkpoint")
+            return ModelEntry(name=item.name, family=item.family, format=item.format, size=item.size, hash=known,
+                              problem=item.problem)  # fmt: skip
+
+        return ModelList(
+            checkpoints=[entry(i) for i in self.items("checkpoint")],
+            loras=[entry(i) for i in self.items("lora")],
+            embeddings=[entry(i) for i in self.items("embedding")],
+        )
+
+    def _read_hashes(self) -> dict[str, str]:
+        if self.hash_cache is None or not self.hash_cache.exists():
+            return {}
+        try:
+            return dict(json.loads(self.hash_cache.read_text()))
+        except (OSError, ValueError):
+            return {}  # a cache: recomputed when lost
+
+    def _write_hashes(self) -> None:
+        if self.hash_cache is None:
+            return
+        tmp = self.hash_cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._hashes))
+        tmp.replace(self.hash_cache)
+
+
+def _version_key(path: Path) -> str:
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _inside_diffusers(path: Path, root: Path) -> bool:
+    return any(
+        (parent / "model_index.json").exists() for parent in path.parents if parent != root and root in parent.parents
+    )

@@ -1,0 +1,177 @@
+"""The local backend: one thread owns the device and runs jobs one at a time.
+
+    TorchThread        the one thread that touches torch: `call`ed work first, then the job loop
+    Worker             claim -> front.run(job, seat, maker.run) -> ... ; the Runner of one machine
+    WorkerEmbedder     CLIP whose work always runs on that thread
+
+It reaches the front only through the job runner's interface (engine.device.runner): the front
+claims, stores, indexes and announces; this thread makes the images. Flags that the HTTP side sets
+(cancel, stop) are read between steps.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue as queue_module
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from engine.client.schema import WorkerInfo
+from engine.device.maker import Maker, failure_sentence
+from engine.device.runner import JobFront, Seat, Seats
+from gallery.embeddings import Embedder
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IDLE_WAIT_S = 1.0  # an idle worker looks at the queue at least this often
+
+
+class TorchThread:
+    """The one thread that touches torch in this process.
+
+    All torch work happens on this one thread: on a CPU, a second thread that touches torch starts
+    a second OpenMP team, and the two made generation 1.75x slower on 2 cores. Work `call`ed during
+    a job runs between its steps (the maker calls `run_tasks` from its step callback).
+    """
+
+    def __init__(self, name: str = "dreamhall-worker") -> None:
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._tasks: queue_module.SimpleQueue[tuple[Callable[[], Any], Future]] = queue_module.SimpleQueue()
+        self._body: Callable[[], bool] | None = None
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` on the thread and return its result (at once when called from the thread itself)."""
+        if threading.current_thread() is self._thread or not self._thread.is_alive():
+            return fn(*args, **kwargs)
+        future: Future[T] = Future()
+        self._tasks.put((functools.partial(fn, *args, **kwargs), future))
+        self._wake.set()
+        return future.result()
+
+    def loop(self, body: Callable[[], bool]) -> None:
+        """From now on the thread calls `body` whenever no `call` waits; `body` returns False when it had
+        nothing to do, and the thread then sleeps until woken (at most IDLE_WAIT_S)."""
+        self._body = body
+        self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def run_tasks(self) -> None:
+        """Run the `call`s waiting now (on the thread)."""
+        while True:
+            try:
+                fn, future = self._tasks.get_nowait()
+            except queue_module.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as e:  # handed to the caller, who raises it
+                    future.set_exception(e)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self.run_tasks()
+            body = self._body
+            if body is not None and body():
+                continue
+            self._wake.wait(timeout=IDLE_WAIT_S)
+            self._wake.clear()
+        self.run_tasks()
+
+
+class Worker(Seats):
+    """The Runner of one machine: its TorchThread runs the maker's jobs, which it claims from the front."""
+
+    def __init__(self, *, thread: TorchThread, maker: Maker) -> None:
+        self.thread = thread
+        self.maker = maker
+        self.pipelines = maker.pipelines
+        self.seat = Seat(maker.worker_id, node=socket.gethostname(), device=maker.device.describe(), pid=os.getpid())
+        self.seats = [self.seat]
+        self._front: JobFront | None = None
+        self._preloaded = self._idled = False
+
+    # --- called from other threads ----------------------------------------------------
+    def serve(self, front: JobFront) -> None:
+        """Start claiming jobs from `front` (the default model loads first)."""
+        self._front = front
+        self.thread.loop(self._next)
+
+    def wake(self) -> None:
+        """A job was queued."""
+        self.thread.wake()
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the running job to stop at its next step (a queued job's cancel is the queue's alone)."""
+        if self.seat.job == job_id:
+            self.maker.cancel(job_id)
+
+    def workers(self) -> list[WorkerInfo]:
+        info = self.seat.info()
+        return [info.model_copy(update={"loading": self.pipelines.loading, "loaded": self.pipelines.loaded()})]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current step; an interrupted job goes back to the queue."""
+        self.maker.stop()
+        self.thread.stop(timeout)
+
+    # --- on the thread ------------------------------------------------------------------
+    def _next(self) -> bool:
+        assert self._front is not None
+        if not self._preloaded:
+            self._preload()
+            self._preloaded = True
+        job = self._front.claim(self.pipelines.affinity())
+        if job is None:
+            if not self._idled:  # the jobs waiting at start have run: the search index's check now
+                self._idled = True
+                self._front.idle()
+                return True
+            return False
+        self._front.run(job, self.seat, self.maker.run)
+        return True
+
+    def _preload(self) -> None:
+        """Load the default model before the first job asks."""
+        try:
+            self.pipelines.model(None)
+        except Exception as e:  # reported again, per job, when the model is used
+            log.error("could not preload the default model: %s", failure_sentence(e))
+
+
+class WorkerEmbedder(Embedder):
+    """An embedder whose torch work always runs on the worker's thread (see TorchThread)."""
+
+    def __init__(self, inner: Embedder, thread: TorchThread) -> None:
+        self.inner = inner
+        self.thread = thread
+        self.model_id = inner.model_id
+        self.dim = inner.dim
+        self.relevance_floor = inner.relevance_floor
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        return self.thread.call(self.inner.embed_images, images)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return self.thread.call(self.inner.embed_texts, texts)

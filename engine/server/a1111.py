@@ -1,0 +1,466 @@
+"""AUTOMATIC1111's `/sdapi/v1`, spoken over the same job service as the native API.
+
+Every generation made here is an ordinary job: fairly queued, stored in the gallery with source
+`a1111`, searchable and cancelable from any frontend. Only what differs is here: A1111's field
+names and sampler names in, its `images` / `parameters` / `info` out, and its error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from PIL import Image, ImageOps
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine.client.dream_args import explain
+from engine.client.schema import SAMPLER_KEYS, SAMPLERS, TERMINAL_EVENTS, DreamRequest, Job, ModelEntry, Requester
+from engine.server.services import Services
+from gallery.files import BadImage
+
+PREFIX = "/sdapi/v1"
+SOURCE = "a1111"
+# Other fields clients send (enable_hr, restore_faces, styles, alwayson_scripts, ...) are accepted and
+# ignored, as A1111 treats them as optional; the README lists them.
+
+
+class A1111Error(Exception):
+    """One sentence for an A1111 client, with the status A1111 would use."""
+
+    def __init__(self, message: str, status: int = 422) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class A1111ErrorBody(BaseModel):
+    """A1111's error shape."""
+
+    error: str
+    detail: str
+    body: str
+    errors: str
+
+
+def error_body(message: str, status: int, kind: str = "HTTPException") -> JSONResponse:
+    body = A1111ErrorBody(error=kind, detail=message, body="", errors=message)
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the fields of A1111's extensions are not ours to refuse
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    sampler_name: str | None = None
+    sampler_index: str | None = None
+    scheduler: str | None = None
+    steps: int = 20
+    cfg_scale: float = 7.0
+    width: int | None = None  # the model's own size (A1111 says 512, which is only SD 1.x's)
+    height: int | None = None
+    batch_size: int = Field(default=1, ge=1)
+    n_iter: int = Field(default=1, ge=1)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    send_images: bool = True
+
+
+class Txt2ImgBody(_Body):
+    pass
+
+
+class Img2ImgBody(_Body):
+    init_images: list[str] = Field(default_factory=list)
+    denoising_strength: float = 0.75
+    mask: str | None = None
+    inpainting_mask_invert: int = 0
+    resize_mode: int = Field(default=0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
+
+
+class ExtraBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    image: str
+    upscaling_resize: float = 2
+
+
+class ImageBody(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    image: str
+
+
+SCHEDULERS = ("automatic", "normal", "karras")  # "normal" is SillyTavern's default; both mean the sampler's own
+
+
+def sampler_key(name: str | None, scheduler: str | None) -> str:
+    """Our sampler for A1111's name ("Euler a", "DPM++ 2M" + scheduler "Karras", or our own key)."""
+    if name is None:
+        return "k_euler_a"
+    key = name if name in SAMPLERS else SAMPLER_KEYS.get(name)
+    if key is None:
+        raise A1111Error(f"sampler {name!r} is not available here; use one of: {', '.join(SAMPLER_KEYS)}")
+    scheduler = (scheduler or "automatic").lower()
+    if scheduler not in SCHEDULERS:
+        raise A1111Error(f"scheduler {scheduler!r} is not available here; use one of: {', '.join(SCHEDULERS)}")
+    if scheduler == "karras" and not key.endswith("_karras"):
+        if f"{key}_karras" not in SAMPLERS:
+            with_karras = ", ".join(SAMPLERS[k] for k in SAMPLERS if f"{k}_karras" in SAMPLERS)
+            raise A1111Error(f"scheduler 'karras' goes with sampler {with_karras} here (got {name!r})")
+        key += "_karras"
+    return key
+
+
+def basic_auth(header: bytes) -> tuple[bytes, bytes] | None:
+    """(user, password) of an `Authorization: Basic ...` header, or None."""
+    if header[:6].lower() != b"basic ":
+        return None
+    try:
+        user, _, password = base64.b64decode(header[6:], validate=True).partition(b":")
+    except (binascii.Error, ValueError):
+        return None
+    return user, password
+
+
+def decode_b64_image(value: str, what: str) -> bytes:
+    """Base64 or a data: URL, as A1111 accepts them."""
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise A1111Error(f"{what} is not base64 image data") from None
+
+
+def checkpoint_name(title: str) -> str:
+    """A shelf name from A1111's checkpoint title ("name.safetensors [hash]" or just "name")."""
+    title = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", title.strip())
+    return re.sub(r"\.(safetensors|ckpt)$", "", title)
+
+
+class A1111:
+    """The routes' state: each client's chosen model (`options.sd_model_checkpoint`)."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, str] = {}
+
+    @staticmethod
+    def client(request: Request) -> str:
+        """Who is asking: the Basic auth user name, else one shared A1111 client."""
+        credentials = basic_auth(request.headers.get("authorization", "").encode())
+        return credentials[0].decode(errors="replace") or SOURCE if credentials else SOURCE
+
+    def to_request(self, s: Services, body: _Body, client: str, **mode: Any) -> DreamRequest:
+        model = body.override_settings.get("sd_model_checkpoint") or self.models.get(client)
+        fields: dict[str, Any] = dict(
+            prompt=body.prompt, negative_prompt=body.negative_prompt, n=body.batch_size * body.n_iter,
+            seed=None if body.seed < 0 else body.seed, steps=body.steps, cfg_scale=body.cfg_scale,
+            width=body.width, height=body.height, sampler=sampler_key(body.sampler_name or body.sampler_index,
+                                                                      body.scheduler),
+            model=checkpoint_name(model) if model else None, preview=True,
+            requester=Requester(source=SOURCE, user=client),
+        )  # fmt: skip
+        if body.subseed_strength > 0 and not mode:
+            fields.update(mode="variation", variation_amount=min(1.0, body.subseed_strength),
+                          variation_seed=None if body.subseed < 0 else body.subseed)  # fmt: skip
+        fields.update(mode)
+        if fields["n"] > s.settings.max_n:
+            raise A1111Error(f"batch_size x n_iter: at most {s.settings.max_n} images per request (got {fields['n']})")
+        try:
+            return DreamRequest(**fields)
+        except ValidationError as e:
+            raise A1111Error(explain(e)) from None
+
+    async def run(self, s: Services, request: DreamRequest) -> Job:
+        """Submit and wait for the job's end (what A1111's blocking calls do)."""
+        assert s.hub is not None
+        accepted = await asyncio.to_thread(s.jobs.submit, request)
+        q = s.hub.subscribe(accepted.id)  # before reading the state, so the end cannot slip between
+        try:
+            job = await asyncio.to_thread(s.jobs.get, accepted.id)
+            while job.status in {"queued", "running"}:
+                event = await q.get()
+                if event.type in TERMINAL_EVENTS:
+                    break
+            return await asyncio.to_thread(s.jobs.get, accepted.id)
+        finally:
+            s.hub.unsubscribe(accepted.id, q)
+
+    def answer(self, s: Services, body: _Body, job: Job) -> dict:
+        """A1111's `images`, `parameters` and `info` (a JSON string) for a finished job."""
+        if job.status == "failed":
+            raise A1111Error(job.error or "the job failed", 500)
+        records = [s.store.get(i.id) for i in job.images]
+        files = [s.store.file_path(r).read_bytes() for r in records]
+        infotexts = [Image.open(io.BytesIO(f)).info.get("parameters", "") for f in files]
+        seeds = [r.seed for r in records]
+        subseeds = [i.variation_seed if i.variation_seed is not None else body.subseed for i in job.images]
+        first = records[0] if records else None
+        info = {
+            "prompt": body.prompt, "all_prompts": [body.prompt] * len(files),
+            "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(files),
+            "seed": seeds[0] if seeds else body.seed, "all_seeds": seeds,
+            "subseed": subseeds[0] if subseeds else body.subseed, "all_subseeds": subseeds,
+            "subseed_strength": body.subseed_strength, "width": first.width if first else body.width,
+            "height": first.height if first else body.height, "sampler_name": SAMPLERS[job.request.sampler],
+            "cfg_scale": body.cfg_scale, "steps": body.steps, "batch_size": body.batch_size,
+            "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": first.model if first else None,
+            "sd_model_hash": first.params.get("model_hash") if first else None,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": job.request.strength,
+            "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
+            "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+            "is_using_inpainting_conditioning": False, "interrupted": job.status == "cancelled",
+        }  # fmt: skip
+        images = [base64.b64encode(f).decode() for f in files] if body.send_images else []
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+
+# The `/sdapi/v1` routes. Errors come back in A1111's shape (engine.server.errors answers them so here).
+router = APIRouter(
+    prefix=PREFIX,
+    tags=["AUTOMATIC1111"],
+    responses={status: {"model": A1111ErrorBody} for status in (401, 413, 422, 429, 500)},
+)
+
+
+def _services(request: Request) -> Services:
+    return request.app.state.services  # type: ignore[no-any-return]  # Starlette's app.state is untyped
+
+
+def _state(request: Request) -> A1111:
+    """The routes' state, one per app (engine.server.http makes it)."""
+    return request.app.state.a1111  # type: ignore[no-any-return]
+
+
+@router.post("/txt2img")
+async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
+    s = _services(request)
+    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request)))
+    return _state(request).answer(s, body, job)
+
+
+@router.post("/img2img")
+async def img2img(body: Img2ImgBody, request: Request) -> dict:
+    s = _services(request)
+    if not body.init_images:
+        raise A1111Error("init_images: give at least one image (base64 or a data: URL)")
+    size = (body.width, body.height) if body.width and body.height else None
+    init = decode_b64_image(body.init_images[0], "init_images[0]")
+    ref = await asyncio.to_thread(upload, s, resized(init, size, body.resize_mode))
+    mode: dict[str, Any] = {"mode": "img2img", "init_image": ref, "strength": body.denoising_strength}
+    if body.mask is not None:
+        mask = decode_b64_image(body.mask, "mask")
+        mask = resized(mask, size, body.resize_mode, invert=body.inpainting_mask_invert)
+        mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask))
+    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
+    return _state(request).answer(s, body, job)
+
+
+@router.post("/extra-single-image")
+async def extra_single_image(body: ExtraBody, request: Request) -> dict:
+    s = _services(request)
+    if body.upscaling_resize not in (2, 4):
+        raise A1111Error(f"upscaling_resize: this engine upscales x2 or x4 (got {body.upscaling_resize:g})")
+    init = await asyncio.to_thread(upload, s, decode_b64_image(body.image, "image"))
+    request_ = DreamRequest(mode="upscale", init_image=init, upscale=int(body.upscaling_resize),
+                            requester=Requester(source=SOURCE, user=A1111.client(request)))  # fmt: skip
+    job = await _state(request).run(s, request_)
+    if job.status != "done" or not job.images:
+        raise A1111Error(job.error or f"the upscale {job.status}", 500)
+    data = s.store.file_path(s.store.get(job.images[0].id)).read_bytes()
+    return {"image": base64.b64encode(data).decode(), "html_info": ""}
+
+
+@router.post("/png-info")
+def png_info(body: ImageBody) -> dict:
+    from gallery.importers import read_metadata
+
+    try:
+        image = Image.open(io.BytesIO(decode_b64_image(body.image, "image")))
+        chunks = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    except OSError:
+        raise A1111Error("image is not a picture this engine can read") from None
+    tool, fields, _ = read_metadata(chunks)
+    text = chunks.get("parameters", "")
+    items = {k: v for k, v in chunks.items() if k != "parameters"}
+    return {"info": text, "items": items, "parameters": {"tool": tool, **fields}}
+
+
+@router.post("/interrogate")
+async def interrogate(body: ImageBody, request: Request) -> dict:
+    """Not a captioning model: the prompt of the nearest image in the gallery (CLIP), which is
+    what this engine can honestly say about a picture."""
+    s = _services(request)
+    try:
+        image = Image.open(io.BytesIO(decode_b64_image(body.image, "image"))).convert("RGB")
+    except OSError:
+        raise A1111Error("image is not a picture this engine can read") from None
+    page = await asyncio.to_thread(s.search.by_image, image=image, limit=1)
+    return {"caption": page.results[0].image.prompt if page.results else ""}
+
+
+@router.get("/options")
+def get_options(request: Request) -> dict:
+    s = _services(request)
+    name = _state(request).models.get(A1111.client(request)) or s.default_model()
+    model = next((m for m in s.shelf.listing().checkpoints if m.name == name), None)
+    # The title, as sd-models lists it: clients compare the two (Open WebUI) and post it back.
+    return {"sd_model_checkpoint": title(model) if model else name, "samples_format": "png",
+            "sd_checkpoint_hash": model.hash if model else None}  # fmt: skip
+
+
+@router.post("/options")
+def set_options(options: dict[str, Any], request: Request) -> None:
+    s = _services(request)
+    if "sd_model_checkpoint" in options:
+        name = checkpoint_name(str(options["sd_model_checkpoint"]))
+        s.shelf.check_model(name, SOURCE)
+        _state(request).models[A1111.client(request)] = name
+
+
+@router.get("/sd-models")
+def sd_models(request: Request) -> list[dict]:
+    listing = _services(request).shelf.listing()
+    return [{"title": title(m), "model_name": m.name, "hash": m.hash,
+             "sha256": None, "filename": m.name, "config": None}
+            for m in listing.checkpoints if m.problem is None]  # fmt: skip
+
+
+@router.get("/samplers")
+def samplers() -> list[dict]:
+    return [{"name": display, "aliases": [key], "options": {}} for key, display in SAMPLERS.items()]
+
+
+@router.get("/schedulers")
+def schedulers() -> list[dict]:
+    return [{"name": name, "label": name.title(), "aliases": None, "default_rho": 7.0 if name == "karras" else -1,
+             "need_inner_model": False} for name in SCHEDULERS]  # fmt: skip
+
+
+@router.get("/upscalers")
+def upscalers() -> list[dict]:
+    return [{"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+
+
+@router.get("/loras")
+def loras(request: Request) -> list[dict]:
+    listing = _services(request).shelf.listing()
+    return [{"name": m.name, "alias": m.name, "path": m.name, "metadata": {}} for m in listing.loras]
+
+
+@router.get("/embeddings")
+def embeddings(request: Request) -> dict:
+    listing = _services(request).shelf.listing()
+    loaded = {m.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
+                       "vectors": None} for m in listing.embeddings}  # fmt: skip
+    return {"loaded": loaded, "skipped": {}}
+
+
+@router.get("/scripts")
+def scripts() -> dict:
+    return {"txt2img": [], "img2img": []}
+
+
+for path in ("latent-upscale-modes", "sd-vae", "sd-modules", "prompt-styles", "face-restorers"):
+    router.add_api_route(f"/{path}", lambda: [], methods=["GET"], name=path)
+
+
+@router.get("/cmd-flags")
+def cmd_flags() -> dict:
+    return {"api": True, "nowebui": True, "api_auth": "token"}
+
+
+@router.get("/progress")
+def progress(request: Request) -> dict:
+    s = _services(request)
+    jobs = s.workers.running()
+    client = A1111.client(request)
+    mine = {r.id for r in s.queue.jobs("running") if r.request.requester.user == client}
+    running = next((j for j in jobs if j in mine), jobs[0] if jobs else None)  # this client's, else any
+    progress = s.workers.progress_of(running) if running else None
+    step, total = (progress.step, progress.total) if progress else (0, 0)
+    preview = s.workers.preview_of(running) if running else None
+    fraction = step / total if total else 0.0
+    started = s.jobs.get(running).started_at if running else None
+    elapsed = (datetime.now(UTC) - started).total_seconds() if started else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    return {
+        "progress": fraction, "eta_relative": eta, "textinfo": None,
+        "state": {"skipped": False, "interrupted": False, "job": running or "", "job_count":
+                  s.queue.count("queued") + len(jobs), "job_timestamp": "", "job_no": 0,
+                  "sampling_step": step, "sampling_steps": total},
+        "current_image": preview.split(",", 1)[1] if preview else None,
+    }  # fmt: skip
+
+
+@router.post("/interrupt")
+def interrupt(request: Request) -> None:
+    """Stop this client's running job at its next step (A1111 has one job at a time; we have a queue)."""
+    s = _services(request)
+    client = A1111.client(request)
+    for job in s.jobs.queue_state().running:
+        if job.request.requester.source == SOURCE and job.request.requester.user == client:
+            s.jobs.cancel(job.id)
+
+
+router.add_api_route("/skip", interrupt, methods=["POST"], name="skip")
+
+
+def title(model: ModelEntry) -> str:
+    """A1111's checkpoint title: "name [hash]"."""
+    return f"{model.name} [{model.hash}]" if model.hash else model.name
+
+
+def upload(s: Services, data: bytes) -> str:
+    try:
+        return s.inputs.save_upload(data).ref
+    except BadImage as e:
+        raise A1111Error(f"not an image this engine can read: {e}") from None
+
+
+def resized(data: bytes, size: tuple[int, int] | None, resize_mode: int, invert: int = 0) -> bytes:
+    """An input image brought to the requested size as A1111's `resize_mode` says (0 and 3, just resize,
+    is what the engine does itself): 1 crops to the aspect ratio, 2 fits inside and fills the bars with
+    the edges stretched. `invert` flips a mask (`inpainting_mask_invert`)."""
+    if (size is None or resize_mode in (0, 3)) and not invert:
+        return data
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except OSError as e:
+        raise A1111Error(f"not an image this engine can read: {e}") from None
+    if invert:
+        image = ImageOps.invert(image.convert("L"))
+    if size is not None and resize_mode == 1:
+        image = ImageOps.fit(image, size, Image.Resampling.LANCZOS)
+    elif size is not None and resize_mode == 2:
+        image = fill(image, size)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def fill(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`image` fitted inside `size`, centred; the bars are its first and last rows (or columns) stretched."""
+    fitted = ImageOps.contain(image, size, Image.Resampling.LANCZOS)
+    (w, h), (fw, fh) = size, fitted.size
+    canvas = fitted.resize(size)
+    x, y = (w - fw) // 2, (h - fh) // 2
+    if y:
+        canvas.paste(fitted.crop((0, 0, fw, 1)).resize((w, y)), (0, 0))
+        canvas.paste(fitted.crop((0, fh - 1, fw, fh)).resize((w, h - y - fh)), (0, y + fh))
+    if x:
+        canvas.paste(fitted.crop((0, 0, 1, fh)).resize((x, h)), (0, 0))
+        canvas.paste(fitted.crop((fw - 1, 0, fw, fh)).resize((w - x - fw, h)), (x + fw, 0))
+    canvas.paste(fitted, (x, y))
+    return canvas

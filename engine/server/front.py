@@ -1,0 +1,141 @@
+"""The front's half of every job, whoever makes its images (the local worker thread or a Ray actor).
+
+    claim -> run: inputs -> make (on the worker) -> store -> index -> announce -> done
+
+Everything reported goes through the queue's and the front's `EventSink`, which the server
+implements with `loop.call_soon_threadsafe`; this module never touches the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.client.schema import Event
+from engine.device.runner import (
+    Affinity,
+    Cancelled,
+    Interrupted,
+    JobFailed,
+    JobRecord,
+    MakeFn,
+    Seat,
+    Stopwatch,
+    WorkerLost,
+)
+from engine.server.errors import is_user_error
+from engine.server.events import EventSink
+from engine.server.inputs import Inputs
+from engine.server.queue import JobQueue
+from engine.server.records import image_info
+from gallery.schemas import ImagePublic
+from gallery.store import ImageStore
+
+if TYPE_CHECKING:  # LanceDB: not before Ray forks its processes (engine.device.ray_workers)
+    from gallery.indexer import Indexer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Front:
+    """The gallery, the index and the events of every job: what a worker claims from and hands back to."""
+
+    queue: JobQueue
+    store: ImageStore
+    inputs: Inputs
+    events: EventSink
+    indexer: Indexer | None = None
+
+    def claim(self, affinity: Affinity | None) -> JobRecord | None:
+        return self.queue.claim(affinity)
+
+    def requeue(self, job_id: str) -> None:
+        self.queue.requeue(job_id)
+
+    def fail(self, job_id: str, error: str) -> None:
+        self.queue.fail(job_id, error)
+
+    def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
+        """One claimed job: inputs -> make (here, or on a worker elsewhere) -> store -> index -> announce -> done.
+
+        Raises WorkerLost (the job is still running; the caller decides where it goes)."""
+        seat.start(job)
+        watch = Stopwatch()
+
+        def report(event: Event) -> None:
+            seat.saw(event)
+            self.events.publish(event)
+
+        try:
+            inputs = self.inputs.load(job.request)
+            watch.lap("inputs")
+            made = make(job, inputs, report)
+            watch.lap("make")
+            seat.loaded, seat.affinity = made.loaded, made.affinity
+            if self.queue.get(job.id).status != "running":
+                raise Cancelled()  # cancelled as it finished: store nothing
+            images = self.store.add(made.items)
+            watch.lap("store")
+            self._index(images, made.vectors)
+            watch.lap("index")
+            for image in images:
+                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
+            self.queue.complete(job.id)
+            watch.lap("done")
+            _log_stages(job, watch, made.stages)
+        except Cancelled:
+            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
+        except Interrupted:
+            self.queue.requeue(job.id)
+            log.info("job %s interrupted by shutdown; it will run again", job.id)
+        except WorkerLost:
+            raise
+        except JobFailed as e:  # the worker already logged it, with its traceback where it was a bug
+            self.queue.fail(job.id, str(e))
+        except Exception as e:  # one bad job must never take the engine down
+            if is_user_error(e):
+                log.warning("job %s failed: %s", job.id, e)
+                self.queue.fail(job.id, str(e))
+            else:
+                log.exception("job %s failed on the front", job.id)
+                self.queue.fail(
+                    job.id, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                )
+        finally:
+            seat.end()
+
+    def idle(self) -> None:
+        """Bring the search index up to date, once the jobs waiting at start have run (at a million
+        images the check takes ~0.6 s here when nothing is amiss, and the first job need not wait)."""
+        if self.indexer is None:
+            return
+        try:
+            self.indexer.reconcile(quick=True)
+        except Exception:  # search degrades, generation goes on
+            log.exception("could not reconcile the search index")
+
+    def _index(self, images: list[ImagePublic], vectors: list[list[float]] | None) -> None:
+        # Housekeeping after a job: a failure here costs search freshness, never the job;
+        # the reconciler embeds whatever is missing on the next start.
+        if self.indexer is None:
+            return
+        try:
+            if vectors is None:
+                self.indexer.index_images(images)
+            else:
+                self.indexer.add_vectors(images, vectors)
+        except Exception:
+            log.exception("could not index %d new image(s)", len(images))
+
+
+def _log_stages(job: JobRecord, front: Stopwatch, maker: dict[str, float]) -> None:
+    """One line per job, in ms: its wait in the queue, the maker's stages, and the front's (`make` split into
+    the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back)."""
+    waited = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+    stages = dict(front.spent)
+    make = stages.pop("make", 0.0)
+    stages = {"queued": waited, "inputs": stages.pop("inputs", 0.0), **maker,
+              "transfer": max(0.0, make - sum(maker.values())), **stages}  # fmt: skip
+    log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))

@@ -1,0 +1,81 @@
+"""The FastAPI app over the services: its lifespan (the backend loads behind the socket), its routers and
+error handlers, and the OpenAPI document's error bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+from fastapi import FastAPI
+
+from engine import __version__
+from engine.server import a1111, error_handlers, routes
+from engine.server.services import Services
+
+log = logging.getLogger(__name__)
+
+
+async def _load_backend(services: Services) -> None:
+    assert services.load is not None
+    try:
+        backend = await asyncio.to_thread(services.load, services)
+    except Exception as e:
+        log.exception("the engine could not load its backend")
+        services.failed = f"the engine could not start: {e}"
+        raise
+    services.attach(backend)
+
+
+def create_app(services: Services) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services.hub.bind(asyncio.get_running_loop())
+        loading = asyncio.create_task(_load_backend(services)) if services.load else None
+        yield
+        if loading is not None:
+            with suppress(Exception):
+                await loading  # asked to stop while starting: finish starting, then stop cleanly
+        if services.backend is not None:
+            await asyncio.to_thread(services.backend.workers.stop)
+            services.backend.indexer.flush()
+
+    app = FastAPI(
+        title="Dreamhall engine",
+        version=__version__,
+        lifespan=lifespan,
+        max_body_size=services.settings.max_body_bytes,
+        responses=error_handlers.ERROR_RESPONSES,
+    )
+    app.state.services = services
+    app.state.max_body_bytes = services.settings.max_body_bytes
+    app.state.a1111_prefix = services.settings.a1111_prefix + a1111.PREFIX
+    app.state.a1111 = a1111.A1111()
+    error_handlers.install(app)
+    app.include_router(a1111.router, prefix=services.settings.a1111_prefix)
+    app.include_router(routes.router)
+    _errors_as_json_in_openapi(app)
+    return app
+
+
+def _errors_as_json_in_openapi(app: FastAPI) -> None:
+    # Errors are JSON on every route, also where success is a stream or a PNG; FastAPI would
+    # document them with the route's own media type.
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = generate_openapi()
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            a1111_error = {"application/json": {"schema": {"$ref": "#/components/schemas/A1111ErrorBody"}}}
+            for path, operations in spec["paths"].items():
+                for operation in operations.values():
+                    for status, response in operation.get("responses", {}).items():
+                        if status[0] in "45":
+                            response["content"] = a1111_error if path.startswith(app.state.a1111_prefix) else error
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema

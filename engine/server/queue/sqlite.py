@@ -1,0 +1,460 @@
+"""SqliteJobQueue: the queue as rows of the gallery database's `jobs` table."""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, bindparam, func, insert, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from engine.client.schema import DreamRequest, Event, JobStatus, clip_text
+from engine.server.events import EventSink, NullSink
+from engine.server.queue.base import TERMINAL, Affinity, JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
+from gallery.models import JobRow
+
+log = logging.getLogger(__name__)
+
+# Round-robin across users: serve the user whose most recent claim is oldest
+# (never-served users, NULL, sort first), so one user's burst of jobs cannot
+# starve anyone who arrives later. Priority overrides fairness; ties go to the
+# oldest job. This is the order's definition; the queue serves it from memory
+# (FairIndex), and the tests hold the two to the same answers.
+_FAIR_ORDER = """
+    ORDER BY j.priority DESC,
+             (SELECT MAX(c.claim_seq) FROM jobs AS c WHERE c.queue_key = j.queue_key) ASC,
+             j.seq ASC
+    LIMIT 1
+"""
+FAIR_DEQUEUE_SQL = text(
+    "SELECT j.id, j.priority, json_extract(j.request, '$.model') AS model FROM jobs AS j "
+    "WHERE j.status = 'queued'" + _FAIR_ORDER
+)
+
+# A job's model without parsing its whole request (every transition reads it).
+MODEL_OF_REQUEST = func.json_extract(JobRow.request, "$.model").label("model")
+QUEUED_SQL = text(
+    "SELECT id, queue_key, priority, seq, json_extract(request, '$.model') AS model FROM jobs WHERE status = 'queued'"
+)
+
+# Where a transition may start from; the guarded setter refuses anything else,
+# so a terminal state is never left (a late worker cannot undo a cancel).
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    "running": frozenset({"queued"}),
+    "done": frozenset({"running"}),
+    "failed": frozenset({"queued", "running"}),
+    "cancelled": frozenset({"queued", "running"}),
+    "queued": frozenset({"running"}),
+}
+
+# The transitions' statements, built once: building one costs more than running it.
+_INSERT = insert(JobRow).returning(JobRow.seq)
+_CLAIM = (
+    update(JobRow).where(JobRow.id == bindparam("job"))
+    .values(status="running", claim_seq=bindparam("claim"), started_at=bindparam("at"))
+    .returning(*JobRow.__table__.c)
+)  # fmt: skip
+_MOVE = {
+    status: update(JobRow).where(JobRow.id == bindparam("job"), JobRow.status.in_(sorted(sources)))
+    .values(status=status, error=bindparam("error"), finished_at=bindparam("at"))
+    .returning(JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST)
+    for status, sources in ALLOWED_FROM.items()
+}  # fmt: skip
+_STATUS_OF = select(JobRow.status).where(JobRow.id == bindparam("job"))
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One queued job as the fair order sees it."""
+
+    id: str
+    queue_key: str
+    priority: int
+    seq: int
+    model: str | None
+
+
+class FairIndex:
+    """The queued jobs in memory, served in FAIR_DEQUEUE_SQL's order.
+
+    The engine is the queue's one process, so it keeps the queued jobs here as well as in SQLite
+    (the truth, loaded again on start): the next fair job costs O(users at the top priority), and
+    a job's position O(users), instead of SQL over every queued row.
+    """
+
+    def __init__(self, queued: Iterable[Queued], last_claims: dict[str, int]) -> None:
+        self.jobs: dict[str, Queued] = {}
+        self.by_user: dict[tuple[int, str], list[Queued]] = {}  # (priority, user) -> their jobs, oldest first
+        self.levels: dict[int, set[str]] = defaultdict(set)  # priority -> users with jobs there
+        self.per_user: dict[str, int] = defaultdict(int)  # user -> queued jobs, every priority
+        self.last = dict(last_claims)  # user -> their latest claim_seq
+        self.claim_seq = max(self.last.values(), default=0)
+        for job in queued:
+            self.add(job)
+
+    def add(self, job: Queued) -> None:
+        jobs = self.by_user.setdefault((job.priority, job.queue_key), [])
+        bisect.insort(jobs, job, key=lambda j: j.seq)
+        self.levels[job.priority].add(job.queue_key)
+        self.per_user[job.queue_key] += 1
+        self.jobs[job.id] = job
+
+    def remove(self, job_id: str) -> Queued | None:
+        job = self.jobs.pop(job_id, None)
+        if job is None:
+            return None
+        key = (job.priority, job.queue_key)
+        self.by_user[key].remove(job)
+        if not self.by_user[key]:
+            del self.by_user[key]
+            self.levels[job.priority].discard(job.queue_key)
+            if not self.levels[job.priority]:
+                del self.levels[job.priority]
+        self.per_user[job.queue_key] -= 1
+        if not self.per_user[job.queue_key]:
+            del self.per_user[job.queue_key]
+        return job
+
+    def head(self) -> Queued | None:
+        """The job FAIR_DEQUEUE_SQL would return."""
+        if not self.levels:
+            return None
+        top = max(self.levels)
+        user = min(self.levels[top], key=lambda u: (self.last.get(u, -1), self.by_user[(top, u)][0].seq))
+        return self.by_user[(top, user)][0]
+
+    def first_loaded(self, head: Queued, affinity: Affinity) -> Queued | None:
+        """In the same order, the first job at head's priority whose model the worker holds."""
+        best: tuple[int, int] | None = None
+        found: Queued | None = None
+        for user in self.levels[head.priority]:
+            job = next((j for j in self.by_user[(head.priority, user)] if affinity.has(j.model)), None)
+            if job is not None and (best is None or (self.last.get(user, -1), job.seq) < best):
+                best, found = (self.last.get(user, -1), job.seq), job
+        return found
+
+    def claimed(self, job: Queued) -> int:
+        """`job` leaves the queue: its user's turn moves to the back. Returns its claim_seq."""
+        self.remove(job.id)
+        self.claim_seq += 1
+        self.last[job.queue_key] = self.claim_seq
+        return self.claim_seq
+
+    def groups(self) -> list[Group]:
+        return [Group(user, priority, len(jobs), jobs[0].seq) for (priority, user), jobs in self.by_user.items()]
+
+    def turn(self, job: Queued) -> int:
+        """How many of the same user's queued jobs at the same level come before `job`."""
+        return self.by_user[(job.priority, job.queue_key)].index(job)
+
+
+def _record(row: JobRow) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        request=DreamRequest.model_validate(row.request),
+        seed=row.seed,
+        queue_key=row.queue_key,
+        priority=row.priority,
+        error=row.error,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+class SqliteJobQueue(JobQueue):
+    """JobQueue on SQLite. One process (the engine) owns it."""
+
+    def __init__(
+        self, engine: Engine, *, max_queued_per_user: int = 20, model_affinity: int = 2,
+        events: EventSink | None = None, announce_every_s: float = 1.0,
+    ) -> None:  # fmt: skip
+        self.engine = engine
+        self.max_queued_per_user = max_queued_per_user
+        # How many times the fair next job may be passed over by a job on an already loaded model.
+        self.model_affinity = model_affinity
+        self._passed_over: dict[str, int] = {}
+        self.events = events or NullSink()
+        # Positions are announced at most this often (coalesced, on a thread of their own), so a
+        # transition never waits for them; 0: at once, in the caller's thread.
+        self.announce_every_s = announce_every_s
+        self._announce_wanted = threading.Event()
+        self._announcer: threading.Thread | None = None
+        # Select-then-claim and count-then-insert must not interleave between
+        # the HTTP threads and the worker threads; the index changes under it too.
+        self._lock = threading.Lock()
+        self._index = self._load()
+
+    def _load(self) -> FairIndex:
+        with Session(self.engine) as s:
+            queued = [Queued(r.id, r.queue_key, r.priority, r.seq, r.model) for r in s.execute(QUEUED_SQL)]
+            last = s.execute(select(JobRow.queue_key, func.max(JobRow.claim_seq)).group_by(JobRow.queue_key)).all()
+        return FairIndex(queued, {key: seq for key, seq in last if seq is not None})
+
+    # --- transitions ----------------------------------------------------------------------
+    def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
+        key, r = request.requester.queue_key, request.requester
+        record = JobRecord(id=uuid.uuid4().hex, status="queued", request=request, seed=seed, queue_key=key,
+                           priority=request.priority, created_at=datetime.now(UTC))  # fmt: skip
+        values = {"id": record.id, "status": "queued", "queue_key": key, "priority": record.priority,
+                  "request": request.model_dump(mode="json"), "seed": seed, "source": r.source, "user": r.user,
+                  "guild": r.guild, "channel": r.channel, "created_at": record.created_at}  # fmt: skip
+        with self._lock:
+            queued = self._index.per_user.get(key, 0)
+            if queued >= self.max_queued_per_user:
+                raise TooManyQueued(
+                    f"too many queued jobs: you already have {queued} waiting "
+                    f"(limit {self.max_queued_per_user}); wait for some to finish or cancel one"
+                )
+            try:
+                with self.engine.begin() as conn:
+                    seq = conn.execute(_INSERT, values).scalar_one()
+            except SQLAlchemyError as e:
+                raise QueueError(f"could not queue the job: {e}") from e
+            job = Queued(record.id, key, record.priority, seq, request.model)
+            self._index.add(job)
+            position = self._position_at_top(job)
+        if position is None:
+            position = self.positions_of([job.id])[job.id]
+        self._announce_positions()
+        return record, position
+
+    def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
+        with self._lock:
+            head = self._index.head()
+            if head is None:
+                return None
+            job = head
+            if affinity is not None and not affinity.has(head.model):
+                job = self._spare_a_reload(head, affinity)
+            claim_seq = self._index.claimed(job)
+            with self.engine.begin() as conn:
+                row = conn.execute(_CLAIM, {"job": job.id, "claim": claim_seq, "at": datetime.now(UTC)}).one()
+        record = _record(row)
+        self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
+        self._announce_positions()
+        return record
+
+    def _spare_a_reload(self, head: Queued, affinity: Affinity) -> Queued:
+        """The fair next job needs a model that is not loaded: run a loaded model's job first,
+        unless `head` was passed over `model_affinity` times already."""
+        if self._passed_over.get(head.id, 0) >= self.model_affinity or not affinity.loaded:
+            self._passed_over.pop(head.id, None)
+            return head
+        other = self._index.first_loaded(head, affinity)
+        if other is None:
+            self._passed_over.pop(head.id, None)
+            return head
+        self._passed_over[head.id] = self._passed_over.get(head.id, 0) + 1
+        return other
+
+    def complete(self, job_id: str) -> bool:
+        return self._set_status(job_id, "done") is not None
+
+    def fail(self, job_id: str, error: str) -> bool:
+        return self._set_status(job_id, "failed", error=error) is not None
+
+    def cancel(self, job_id: str) -> JobRecord:
+        self._set_status(job_id, "cancelled")  # a finished job stays as it is; unknown: JobNotFound
+        return self.get(job_id)
+
+    def requeue(self, job_id: str) -> bool:
+        return self._set_status(job_id, "queued") is not None
+
+    def _set_status(self, job_id: str, status: JobStatus, *, error: str | None = None) -> JobStatus | None:
+        """The one setter: move `job_id` to `status` if ALLOWED_FROM permits, then announce it.
+
+        Returns the state it left, or None when nothing changed (raises JobNotFound for an unknown id)."""
+        values = {"job": job_id, "error": error, "at": datetime.now(UTC) if status in TERMINAL else None}
+        if status in TERMINAL:
+            self._passed_over.pop(job_id, None)
+        with self._lock, self.engine.begin() as conn:
+            row = conn.execute(_MOVE[status], values).one_or_none()
+            if row is None:
+                if conn.scalar(_STATUS_OF, {"job": job_id}) is None:
+                    raise JobNotFound(f"no job {clip_text(job_id, 60)}")
+                return None
+            # The index holds exactly the queued jobs (kept in step under this lock), and a job may
+            # only leave "queued" or "running": the index says which of the two it left.
+            before = "queued" if self._index.remove(job_id) is not None else "running"
+            if status == "queued":
+                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model))
+        if status in TERMINAL:
+            self.events.publish(Event(type=status, job=job_id, error=error))  # type: ignore[arg-type]
+        if before == "queued" or status == "queued":
+            self._announce_positions()
+        return before  # type: ignore[return-value]
+
+    def _announce_positions(self) -> None:
+        """Tell the watched queued jobs where they stand now (only theirs are computed)."""
+        if not self.events.watched():
+            return
+        if self.announce_every_s <= 0:
+            self._announce_now()
+            return
+        self._announce_wanted.set()
+        if self._announcer is None:
+            self._announcer = threading.Thread(target=self._announce_loop, name="dreamhall-positions", daemon=True)
+            self._announcer.start()
+
+    def _announce_loop(self) -> None:
+        while True:
+            self._announce_wanted.wait()
+            self._announce_wanted.clear()
+            try:
+                self._announce_now()
+            except Exception:  # positions are a courtesy; the jobs go on
+                log.exception("could not announce queue positions")
+            time.sleep(self.announce_every_s)
+
+    def _announce_now(self) -> None:
+        for job_id, position in self.positions_of(self.events.watched()).items():
+            self.events.publish(Event(type="queued", job=job_id, position=position))
+
+    # --- reading --------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        with Session(self.engine) as s:
+            row = s.scalars(select(JobRow).where(JobRow.id == job_id)).one_or_none()
+            if row is None:
+                raise JobNotFound(f"no job {clip_text(job_id, 60)}")
+            return _record(row)
+
+    def jobs(self, *statuses: JobStatus) -> list[JobRecord]:
+        with Session(self.engine) as s:
+            rows = s.scalars(select(JobRow).where(JobRow.status.in_(statuses)).order_by(JobRow.seq))
+            return [_record(r) for r in rows]
+
+    def count(self, status: JobStatus) -> int:
+        if status == "queued":  # asked by every health check: the index knows without SQL
+            with self._lock:
+                return len(self._index.jobs)
+        with Session(self.engine) as s:
+            return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status)) or 0
+
+    def positions(self) -> dict[str, int]:
+        with self._lock:
+            queued = sorted(self._index.jobs.values(), key=lambda j: j.seq)
+            last: dict[str, int | None] = {j.queue_key: self._index.last.get(j.queue_key) for j in queued}
+        return fair_order(queued, last)
+
+    def position(self, job_id: str) -> int | None:
+        return self.positions_of({job_id}).get(job_id)
+
+    def positions_of(self, job_ids: Iterable[str]) -> dict[str, int]:
+        """Positions of a few queued jobs, from per-user counts: O(users), not O(queued jobs)."""
+        with self._lock:  # a snapshot under the lock; the arithmetic outside it
+            wanted = [(job, self._index.turn(job)) for i in job_ids if (job := self._index.jobs.get(i)) is not None]
+            if not wanted:
+                return {}
+            groups = self._index.groups()
+            last: dict[str, int | None] = {g.key: self._index.last.get(g.key) for g in groups}
+        found: dict[str, int] = {}
+        for priority, offset, ranked in fair_levels(groups, last):
+            turns = {job.id: (job.queue_key, turn) for job, turn in wanted if job.priority == priority}
+            if turns:
+                found |= {job_id: offset + at for job_id, at in positions_in_level(ranked, turns).items()}
+        return found
+
+    def _position_at_top(self, job: Queued) -> int | None:
+        """A job's position in one pass over its level's users, if that level is the highest (no sort:
+        the common case of a new job, under the lock)."""
+        index = self._index
+        if job.priority != max(index.levels):
+            return None
+        turn = index.turn(job)
+        mine = (index.last.get(job.queue_key, -1), index.by_user[(job.priority, job.queue_key)][0].seq)
+        ahead = turn  # the user's own earlier jobs
+        for user in index.levels[job.priority]:
+            if user == job.queue_key:
+                continue
+            jobs = index.by_user[(job.priority, user)]
+            ahead += min(len(jobs), turn)  # their jobs in earlier rounds
+            if len(jobs) > turn and (index.last.get(user, -1), jobs[0].seq) < mine:
+                ahead += 1  # and theirs in this round, when their turn comes first
+        return ahead
+
+    def requeue_interrupted(self) -> int:
+        with Session(self.engine) as s, s.begin():
+            result = s.execute(update(JobRow).where(JobRow.status == "running").values(status="queued"))
+        with self._lock:
+            self._index = self._load()
+        return result.rowcount or 0
+
+
+@dataclass(frozen=True)
+class Group:
+    """One user's queued jobs at one priority level."""
+
+    key: str
+    priority: int
+    count: int
+    first_seq: int
+
+
+def fair_levels(groups: list[Group], last_claim: dict[str, int | None]) -> Iterator[tuple[int, int, list[Group]]]:
+    """FAIR_DEQUEUE_SQL, replayed per priority level: (priority, jobs ahead of the level, its users in turn order).
+
+    Within a level, users take turns in the order of their last claim (never served first, then by their
+    oldest job), and keep that order every round. Serving a level moves its users' last claim forward:
+    the one with more jobs there is served last; equal counts keep their turn order.
+    """
+    last: dict[str, tuple[int, int]] = {k: (0, -1 if v is None else v) for k, v in last_claim.items()}
+    by_priority: dict[int, list[Group]] = defaultdict(list)
+    for g in groups:
+        by_priority[g.priority].append(g)
+    offset, tick = 0, 0
+    for priority in sorted(by_priority, reverse=True):
+        ranked = sorted(by_priority[priority], key=lambda g: (last.get(g.key, (0, -1)), g.first_seq))
+        yield priority, offset, ranked
+        offset += sum(g.count for g in ranked)
+        for _, _, g in sorted((g.count, turn, g) for turn, g in enumerate(ranked)):
+            last[g.key] = (1, tick)
+            tick += 1
+
+
+def positions_in_level(ranked: list[Group], turns: dict[str, tuple[str, int]]) -> dict[str, int]:
+    """Positions within a level (users in turn order) of jobs given as id -> (user, turn), where `turn` is
+    how many of the user's jobs at this level come first: all earlier rounds, then the users ahead in
+    this round. O(users x distinct turns), however many jobs are asked for."""
+    counts = sorted(g.count for g in ranked)
+    prefix = [0, *itertools.accumulate(counts)]
+    where = {g.key: i for i, g in enumerate(ranked)}
+    found: dict[str, int] = {}
+    for turn in {t for _, t in turns.values()}:
+        below = bisect.bisect_right(counts, turn)  # users with at most `turn` jobs give all of them
+        earlier_rounds = prefix[below] + turn * (len(counts) - below)
+        ahead_in_round = [0, *itertools.accumulate(g.count > turn for g in ranked)]
+        for job_id, (user, t) in turns.items():
+            if t == turn:
+                found[job_id] = earlier_rounds + ahead_in_round[where[user]]
+    return found
+
+
+def fair_order(queued: list, last_claim: dict[str, int | None]) -> dict[str, int]:
+    """Every queued job's position; `queued` rows (id, queue_key, priority, seq) in seq order. O(n log n)."""
+    jobs: dict[tuple[int, str], list[str]] = defaultdict(list)
+    first: dict[tuple[int, str], int] = {}
+    for q in queued:
+        jobs[(q.priority, q.queue_key)].append(q.id)
+        first.setdefault((q.priority, q.queue_key), q.seq)
+    groups = [Group(key, priority, len(ids), first[(priority, key)]) for (priority, key), ids in jobs.items()]
+    order: dict[str, int] = {}
+    for priority, offset, ranked in fair_levels(groups, last_claim):
+        position, rnd, remaining = offset, 0, ranked
+        while remaining:
+            for g in remaining:
+                order[jobs[(priority, g.key)][rnd]] = position
+                position += 1
+            rnd += 1
+            remaining = [g for g in remaining if g.count > rnd]
+    return order

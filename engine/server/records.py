@@ -1,0 +1,22 @@
+"""Gallery records as the engine's clients see them: the same records, with absolute file paths."""
+
+from __future__ import annotations
+
+from engine.client.schema import ImageInfo, ImageRecord
+from gallery.schemas import ImagePublic
+from gallery.store import ImageStore
+
+
+def image_record(image: ImagePublic, store: ImageStore) -> ImageRecord:
+    """The whole record; `path` is absolute, for frontends on this machine."""
+    return ImageRecord.model_validate(image.model_dump() | {"path": str(store.file_path(image))})
+
+
+def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
+    """The short form a job's `image` events carry."""
+    terms = image.params.get("with_variations") or []
+    variation_seed = terms[-1].get("seed") if terms and isinstance(terms[-1], dict) else None
+    path = str(store.file_path(image))
+    return ImageInfo.model_validate(
+        image.model_dump() | {"path": path, "seed": image.seed or 0, "variation_seed": variation_seed}
+    )

@@ -1,0 +1,222 @@
+"""The engine's native HTTP API, as one module-level router: transport only.
+
+Handlers parse typed requests and call the job service, the gallery and search; their domain
+errors become status codes in engine.server.errors. Wiring and sockets are engine.server.app's.
+
+    curl --unix-socket ~/.local/share/dreamhall/engine.sock http://engine/v1/health
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import FileResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from engine import __version__
+from engine.client.grid import tile
+from engine.client.schema import (
+    TERMINAL_EVENTS,
+    Accepted,
+    CheckReport,
+    DreamRequest,
+    Health,
+    ImagePage,
+    ImageRecord,
+    ImageUpdate,
+    ImportResult,
+    Job,
+    ModelList,
+    QueueState,
+    ReconcileReport,
+    Scope,
+    SearchResult,
+    SearchResults,
+    Upload,
+    clip_text,
+)
+from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery, TextSearchQuery
+from engine.server.records import image_record
+from engine.server.services import Services, ServicesDep
+from gallery.files import decode_image
+from gallery.schemas import ImagePublic
+from gallery.search import SearchPage
+from gallery.store import ImageNotFound, ImageStore
+
+router = APIRouter()
+
+
+def scoped_image(s: Services, image_id: ImageId, scope: Scope) -> ImagePublic:
+    """An image, if the requester's scope (a guild, or a DM user) may see it; else as if it did not exist."""
+    image = s.store.get(image_id)
+    if not scope.allows(image):
+        raise ImageNotFound(f"image {image_id} is not in this server's gallery")
+    return image
+
+
+def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
+    return SearchResults(
+        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
+        offset=page.offset,
+        limit=page.limit,
+    )
+
+
+def _existing_job(job_id: str, s: ServicesDep) -> str:
+    # A dependency, so an unknown id is a 404 before the event stream starts.
+    return s.queue.get(job_id).id
+
+
+ExistingJob = Annotated[str, Depends(_existing_job)]
+
+
+@router.get("/v1/health")
+def health(s: ServicesDep) -> Health:
+    if s.backend is None:
+        return Health(status="starting", version=__version__, device="starting", model=s.default_model(),
+                      queued=s.queue.count("queued"), running=0, loading=s.default_model())  # fmt: skip
+    workers = s.workers.workers()
+    loaded = list(dict.fromkeys(name for w in workers for name in w.loaded))
+    return Health(
+        version=__version__,
+        device=s.ready().device,
+        model=s.default_model(),
+        queued=s.queue.count("queued"),
+        running=len(s.workers.running()),
+        loading=next((w.loading for w in workers if w.loading), None),
+        loaded=loaded,
+        workers=workers,
+    )
+
+
+@router.get("/v1/models")
+def models(s: ServicesDep) -> ModelList:
+    """The model shelf: checkpoints (by the names requests use), LoRAs and embeddings."""
+    return s.shelf.listing().model_copy(update={"default": s.default_model()})
+
+
+@router.post("/v1/models/scan")
+def scan_models(s: ServicesDep) -> ModelList:
+    """Look at the shelf's folders again (new files appear, removed ones go)."""
+    return s.shelf.scan().model_copy(update={"default": s.default_model()})
+
+
+@router.post("/v1/dreams", status_code=202)
+def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
+    return s.jobs.submit(request)
+
+
+@router.post("/v1/uploads", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+async def upload(request: Request, s: ServicesDep) -> Upload:
+    """An input image for img2img, inpaint (image or mask), outpaint or upscale; name it by `ref`."""
+    return await asyncio.to_thread(s.inputs.save_upload, await request.body())
+
+
+@router.get("/v1/dreams/{job_id}")
+def get_job(job_id: str, s: ServicesDep, scope: ScopeQuery) -> Job:
+    return s.jobs.get(job_id, scope)
+
+
+@router.delete("/v1/dreams/{job_id}")
+def cancel(job_id: str, s: ServicesDep) -> Job:
+    return s.jobs.cancel(job_id)
+
+
+@router.get("/v1/dreams/{job_id}/events", response_class=EventSourceResponse)
+async def events(job_id: ExistingJob, s: ServicesDep) -> AsyncIterator[ServerSentEvent]:
+    assert s.hub is not None
+    q = s.hub.subscribe(job_id)  # subscribe before the snapshot so nothing falls in between
+    try:
+        for event in await asyncio.to_thread(s.jobs.snapshot, job_id):
+            yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+            if event.type in TERMINAL_EVENTS:
+                return
+        while True:
+            event = await q.get()
+            yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
+            if event.type in TERMINAL_EVENTS:
+                return
+    finally:
+        s.hub.unsubscribe(job_id, q)
+
+
+@router.get("/v1/dreams/{job_id}/grid", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def grid(job_id: str, s: ServicesDep) -> Response:
+    images = s.jobs.images_of(job_id)
+    if not images:
+        raise HTTPException(409, f"job {clip_text(job_id, 60)} has no images yet")
+    return Response(tile([s.store.file_path(i).read_bytes() for i in images]), media_type="image/png")
+
+
+@router.get("/v1/queue")
+def queue_state(s: ServicesDep, scope: ScopeQuery) -> QueueState:
+    return s.jobs.queue_state(scope)
+
+
+@router.get("/v1/images")
+def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
+    """The gallery newest first (what a gallery grid pages through); same filters as search."""
+    images, total = s.store.page(filters=query.filters(), limit=query.limit, offset=query.offset)
+    return ImagePage(images=[image_record(i, s.store) for i in images], total=total, offset=query.offset,
+                     limit=query.limit)  # fmt: skip
+
+
+@router.get("/v1/images/{image_id}")
+def get_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> ImageRecord:
+    return image_record(scoped_image(s, image_id, scope), s.store)
+
+
+@router.patch("/v1/images/{image_id}")
+def update_image(image_id: ImageId, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
+    return image_record(s.store.set_favourite(image_id, update.favourite), s.store)
+
+
+@router.delete("/v1/images/{image_id}")
+def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
+    image = s.store.soft_delete(image_id)
+    s.indexer.forget([image])
+    return image_record(image, s.store)
+
+
+@router.get("/v1/search")
+def search_text(s: ServicesDep, query: Annotated[TextSearchQuery, Query()]) -> SearchResults:
+    page = s.search.by_text(query=query.q, limit=query.limit, offset=query.offset, filters=query.filters())
+    return search_results(page, s.store)
+
+
+@router.post("/v1/search/image", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+async def search_image(request: Request, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
+    image = decode_image(await request.body())
+    page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.limit, offset=query.offset,
+                                   filters=query.filters())  # fmt: skip
+    return search_results(page, s.store)
+
+
+@router.post("/v1/gallery/import", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+async def gallery_import(request: Request, s: ServicesDep, filename: str = "") -> ImportResult:
+    data = await request.body()
+    return await asyncio.to_thread(s.upkeep.import_image, data, filename=filename)
+
+
+@router.post("/v1/gallery/check")
+def gallery_check(s: ServicesDep, repair: bool = False) -> CheckReport:
+    return s.upkeep.check(repair=repair)
+
+
+@router.post("/v1/gallery/reindex")
+def gallery_reindex(s: ServicesDep) -> ReconcileReport:
+    return s.indexer.rebuild()
+
+
+@router.get("/v1/images/{image_id}/similar")
+def similar(image_id: ImageId, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
+    page = s.search.similar(image_id=image_id, limit=query.limit, offset=query.offset, filters=query.filters())
+    return search_results(page, s.store)
+
+
+@router.get("/v1/images/{image_id}/file", response_class=FileResponse)
+def image_file(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> FileResponse:
+    return FileResponse(s.store.file_path(scoped_image(s, image_id, scope)), media_type="image/png")
