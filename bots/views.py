@@ -66,7 +66,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
         bot = _bot(interaction)
-        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
             # The engine answers 404 for an image outside this server (or, in a DM, outside this user's DMs).
             self.image = await bot.engine.image(self.image_id, scope=Scope.of(who))
@@ -95,7 +95,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         if self.action == "remix":
             await self._remix(interaction, bot, self.image)
             return
-        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
             request = await self._derived(bot, self.image, who)
         except (ValueError, RequestRejected) as e:
@@ -105,7 +105,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
             await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)
 
     async def _derived(self, bot: DreamBot, image: ImageRecord, who) -> DreamRequest:
         """The request this button makes from its image."""
@@ -122,7 +122,7 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
     @staticmethod
     async def _remix(interaction: discord.Interaction, bot: DreamBot, image: ImageRecord) -> None:
         """Midjourney's Remix: the job's whole command in a form, to edit and dream again."""
-        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
             original = (await bot.engine.job(image.job_id, scope=Scope.of(who))).request if image.job_id else None
         except (RequestRejected, EngineUnavailable):
@@ -157,14 +157,14 @@ class RemixModal(discord.ui.Modal, title="Remix"):
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
         bot = _bot(interaction)
-        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
             request = parse(self.command.value, requester=who)
         except DreamArgsError as e:
             await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
             return
         await interaction.response.defer(thinking=True)
-        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)  # type: ignore[arg-type]
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)
 
 
 def result_view(job: Job) -> discord.ui.View:

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any, get_args
 
 from engine import __version__
 from engine.client import paths
-from engine.client.dream_args import DreamArgsError, looks_like_ref, parse_fields, resolve_local, usage
-from engine.client.errors import EngineError, EngineUnavailable, RequestRejected
+from engine.client.dream_args import DreamArgsError, existing_file, looks_like_ref, parse_fields, resolve_local, usage
+from engine.client.errors import EngineError, EngineUnavailable, RequestRejected, clip_text
 from engine.client.wire import Wire
 
 if TYPE_CHECKING:
@@ -171,8 +171,8 @@ def _local_file_check(value: str) -> str:
     """-I/-M before an engine is there: ids pass, files must exist (they are uploaded once connected)."""
     if looks_like_ref(value):
         return value
-    if not Path(value).expanduser().is_file():
-        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
+    if existing_file(value) is None:
+        raise ValueError(f"{clip_text(value)!r} is neither a gallery image id nor a file")
     return "upload:" + "0" * 64
 
 
@@ -180,7 +180,7 @@ def _local_model(fields: dict[str, Any]) -> dict[str, Any]:
     """`-m ./file.safetensors` means this file: the engine gets it absolute (shelf names pass as they are)."""
     for field in ("model", "refiner"):
         value = fields.get(field)
-        if value and (path := Path(value).expanduser()).exists():
+        if value and (path := existing_file(value)) is not None:
             fields[field] = str(path.resolve())
     return fields
 
@@ -424,7 +424,7 @@ def _open_file(path: Path) -> int:
 
     opener = {"darwin": ["open"], "win32": None}.get(sys.platform, ["xdg-open"])
     if opener is None:
-        os.startfile(path)  # type: ignore[attr-defined]
+        os.startfile(path)
         return 0
     try:
         subprocess.Popen([*opener, str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -126,7 +126,7 @@ class GalleryModel(QAbstractListModel):
         self._asked: set[int] = set()
         self.thumbs: OrderedDict[int, QPixmap] = OrderedDict()
         self.cache_size = cache_size
-        self.loader = ThumbnailLoader(lambda: self.source)  # type: ignore[arg-type, return-value]
+        self.loader = ThumbnailLoader(lambda: self.source)
         self.loader.loaded.connect(self._thumb_loaded)
         self.page_arrived.connect(self._page_arrived)
         self.placeholder = QPixmap(THUMB, THUMB)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -39,7 +39,7 @@ class ImageCreate(BaseModel):
     relation: str | None = None
     nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
     worker: str | None = Field(default=None, description="the engine worker that made it (None: imported)")
-    params: dict = Field(default_factory=dict, description="the full request, as JSON")
+    params: dict[str, Any] = Field(default_factory=dict, description="the full request, as JSON")
 
 
 class ImagePublic(ImageCreate):

@@ -25,7 +25,7 @@ def _clip_merges() -> list[tuple[str, str]]:
     with gzip.open(default_bpe()) as f:
         lines = f.read().decode("utf-8").split("\n")
     # Same slice as open_clip's SimpleTokenizer: 49152 - 256 - 2 merges.
-    return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]  # type: ignore[misc]
+    return [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
 
 
 def _merges_used(word: str, rank: dict[tuple[str, str], int]) -> set[int]:

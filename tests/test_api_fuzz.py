@@ -56,3 +56,30 @@ def test_no_server_errors_and_answers_match_the_schema(fuzzed: str) -> None:
             )
 
         fuzz()
+
+
+def test_max_side_holds_for_the_size_a_job_would_make(fuzzed: str) -> None:
+    """max_side = 256: an x4 upscale of a 512 px upload (2048 px out) and an img2img from a 512 px init are
+    refused at submit, with one sentence naming the limit; so is -W past it."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (512, 512), (200, 30, 30)).save(buf, format="PNG")
+    with httpx.Client(base_url=fuzzed, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60) as http:
+        ref = http.post("/v1/uploads", content=buf.getvalue(), headers={"Content-Type": "image/png"}).json()["ref"]
+        for body, said in [
+            (
+                {"mode": "upscale", "init_image": ref, "upscale": 4},
+                "a x4 upscale of a 512x512 image would be 2048x2048",
+            ),
+            ({"mode": "img2img", "init_image": ref, "prompt": "x"}, "a 512x512 init image would make a 512x512"),
+            ({"prompt": "x", "width": 512}, "-W/--width: this engine makes at most 256 px per side (got 512)"),
+        ]:
+            answer = http.post("/v1/dreams", json=body)
+            assert answer.status_code == 422, answer.text
+            assert said in answer.json()["error"] and "256 px per side" in answer.json()["error"]
+        small = {"mode": "img2img", "init_image": ref, "prompt": "x", "width": 128, "height": 128, "steps": 1}
+        assert http.post("/v1/dreams", json=small).status_code == 202  # -W/-H within the limit: accepted

@@ -63,7 +63,7 @@ def test_dream_against_a_running_engine_loads_neither_pydantic_nor_httpx(engine:
     # A `dreamhall dream` is a process per request: it speaks engine.wire (standard library) and lets the
     # engine validate, so it starts in tens of ms instead of ~300 (issue #17).
     code = (
-        "import json, sys; from engine.cli import main;"
+        "import json, sys; from cli.main import main;"
         f"rc = main(['--home', {str(engine.home)!r}, 'dream', 'a red circle', '-n', '2', '-S', '9', '-s', '2',"
         "           '-W', '64', '-H', '64', '-g', '--json', '--no-autostart']);"
         "heavy = ('pydantic', 'httpx', 'engine.client.schema', 'engine.client.clients', 'engine.client.settings',"
@@ -159,3 +159,14 @@ def test_a_first_job_on_a_model_says_it_is_loading(engine: EngineProcess, tmp_pa
     loading = [e for e in events if e.type == "loading"]
     assert len(loading) == 1 and loading[0].model == str(other) and events[-1].type == "done"
     assert [e.type for e in events].index("loading") < [e.type for e in events].index("step")
+
+
+def test_names_no_file_system_takes_are_one_sentence(engine: EngineProcess) -> None:
+    """A 300-character model name, -I or -M: one `dreamhall:` line quoting at most 60 characters of it, never
+    a traceback (`OSError: File name too long`)."""
+    long = "x" * 300
+    for flag in ("-m", "-I", "-M"):
+        out = dreamhall(engine, "dream", "a red circle", flag, long, "-s", "2", "-W", "64", "-H", "64")
+        assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("dreamhall: ") and "x" * 61 not in lines[0], out.stderr

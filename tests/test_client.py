@@ -63,8 +63,16 @@ async def test_the_async_client_maps_errors_the_same_way() -> None:
 
 
 def test_every_endpoint_exists_in_both_clients() -> None:
+    """Endpoints are written once (`_Endpoints`); each client adds only how it sends a call, its I/O-specific
+    methods and its closing. An endpoint added to one client alone fails here."""
     endpoints = {n for n, f in inspect.getmembers(_Endpoints, inspect.isfunction) if not n.startswith("_")}
     own = {"image_ref", "events", "wait"}  # the I/O-specific ones, written per flavour
+
+    def written_in(cls: type) -> set[str]:
+        return {n for n, v in vars(cls).items() if inspect.isfunction(v) and not n.startswith("_")}
+
+    assert written_in(EngineClient) == own | {"close"}
+    assert written_in(AsyncEngineClient) == own | {"aclose"}
     for cls in (EngineClient, AsyncEngineClient):
         public = {n for n, f in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
         assert endpoints | own <= public, cls

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +18,7 @@ from engine.device.device import Device
 from engine.device.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
 from engine.device.pipelines import ModelLoadError, PipelineCache, SamplerError, load_model
 from engine.device.shelf import Shelf
+from tests.conftest import ROOT
 from tests.ldm_layout import (
     clip_to_ldm,
     open_clip_to_ldm,
@@ -216,3 +220,10 @@ def test_noise_drawn_for_variations_is_the_pipelines_own(family, tmp_path, monke
     assert model.txt2img(width=64, height=64, latents=noise, **common)[0].tobytes() == own.tobytes()
     with pytest.raises(SamplerError, match="k_euler, k_euler_a, k_heun"):
         model.txt2img(width=64, height=64, **{**common, "sampler": "k_dpmpp_2m"})
+
+
+def test_the_tokenizer_files_go_when_the_process_does() -> None:
+    code = "from engine.device.families import clip_tokenizer_files as f; p = f('<|endoftext|>'); print(p, p.is_dir())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    folder, existed = out.stdout.split()
+    assert existed == "True" and not Path(folder).exists()

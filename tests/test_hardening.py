@@ -233,3 +233,44 @@ def test_an_unknown_hub_id_offline_fails_with_a_sentence(client: EngineClient) -
     assert job.error is not None and "hub cannot be reached" in job.error and len(job.error) < 300
     # ...and the engine goes on with the next job on its own model.
     assert made(client, Requester(user="after")) > 0
+
+
+# The black-box reliability run's leftovers (issue #27).
+def test_ids_are_quoted_short_and_405s_say_what_is_allowed(engine: EngineProcess) -> None:
+    with raw(engine) as http:
+        answer = http.get("/v1/dreams/" + "j" * 5000)
+        assert answer.status_code == 404 and len(answer.content) < 200 and "j" * 61 not in answer.text
+        wrong = http.put("/v1/health")
+        assert wrong.status_code == 405 and wrong.headers["allow"] == "GET" and wrong.json()["error"]
+        assert http.delete("/v1/dreams").headers["allow"] == "POST"
+
+
+def test_a_client_that_hangs_up_mid_body_is_an_info_line(engine: EngineProcess) -> None:
+    import socket
+    import time
+
+    before = len(engine.read_log(tail=None))
+    for path in ("/v1/uploads", "/v1/search/image", "/v1/gallery/import"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(engine.socket))
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: engine\r\nContent-Length: 100000\r\n\r\n".encode() + b"x" * 100)
+    deadline = time.monotonic() + 60
+    while engine.read_log(tail=None)[before:].count("hung up") < 3:  # wait for the condition, not the clock
+        assert time.monotonic() < deadline, engine.read_log()
+        time.sleep(0.1)
+    log = engine.read_log(tail=None)[before:]
+    assert "Traceback" not in log and "ClientDisconnect" not in log and " ERROR " not in log
+
+
+def test_the_schema_says_what_the_engine_refuses(engine: EngineProcess) -> None:
+    with raw(engine) as http:
+        spec = http.get("/openapi.json").json()
+    params = {p["name"]: p["schema"] for p in spec["paths"]["/v1/search"]["get"]["parameters"]}
+    assert params["q"]["minLength"] == 1 and params["q"]["pattern"] == r"\S"
+    assert params["after"]["pattern"].startswith("^(19|")  # applies to the string branch: from 1900
+    dream = spec["components"]["schemas"]["DreamRequest"]
+    assert dream["if"]["properties"]["mode"] == {"const": "upscale"} and "prompt" in dream["else"]["required"]
+    with raw(engine) as http:
+        for bad in ({"q": " "}, {"q": "x", "after": "1899-12-31"}):
+            assert http.get("/v1/search", params=bad).status_code == 422
+        assert http.post("/v1/dreams", json={"prompt": " \u200b"}).status_code == 422

@@ -241,6 +241,32 @@ def test_positions_from_memory_predict_the_claims(tmp_path_factory, steps: list)
     assert order == sorted(positions, key=positions.__getitem__)
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("ABCDE"), st.sampled_from([0, 0, 0, 2]), st.booleans()), max_size=40))
+def test_every_claim_is_the_job_fair_dequeue_sql_names(tmp_path_factory, steps: list) -> None:
+    """FAIR_DEQUEUE_SQL is the fair order's definition: the in-memory index claims exactly the job it names,
+    at every step of any mix of submits and claims, until both say the queue is empty."""
+    db = open_gallery_db(tmp_path_factory.mktemp("q") / "gallery.db")
+    queue = SqliteJobQueue(db, max_queued_per_user=100)
+
+    def named_by_sql() -> str | None:
+        with db.connect() as conn:
+            row = conn.execute(FAIR_DEQUEUE_SQL).first()
+        return None if row is None else str(row.id)
+
+    def claim_and_compare() -> None:
+        expected, job = named_by_sql(), queue.claim()
+        assert (job.id if job is not None else None) == expected
+
+    for user, priority, claim in steps:
+        queue.put(req(user, priority), seed=0)
+        if claim:
+            claim_and_compare()
+    while named_by_sql() is not None:
+        claim_and_compare()
+    assert queue.claim() is None
+
+
 def test_submit_claim_health_and_position_stay_flat_as_the_queue_grows(tmp_path: Path) -> None:
     """2,000 queued jobs from 200 users: each operation costs about what it did at 200 (quadratic would be 100x)."""
     import time

@@ -226,3 +226,34 @@ def test_a_lora_for_another_family_fails_its_job_only_and_images_record_their_ad
         assert [i.id for i in client.images(lora="toy-black-bg").images] == [record.id]
         assert client.images(lora="another-lora").images == []
         assert [r.image.id for r in client.search("red circle", lora="toy-black-bg").results] == [record.id]
+
+
+def test_every_failure_a_user_can_cause_is_one_sentence(shelf_engine, tmp_path: Path):
+    """A sampler the family has no scheduler for, a LoRA for another family, a truncated .ckpt on the shelf
+    and a broken file named by path: each is one sentence for the user (no class name), and the engine's log
+    says it on one line, without a traceback at ERROR."""
+    shelf = shelf_engine.home / "models" / "Stable-diffusion"
+    (shelf / "truncated.ckpt").write_bytes((shelf / "tiny-sd1.safetensors").read_bytes()[:5000])
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b'\x08\x00\x00\x00\x00\x00\x00\x00{"a": 1}' + b"\x00" * 64)
+    cli = Requester(source="cli", user="me")
+    log_start = len(shelf_engine.read_log(tail=None))
+    probes = {
+        "sampler": DreamRequest(prompt="x", model="tiny-flux", sampler="k_lms", steps=2, width=64, height=64),
+        "lora": DreamRequest(prompt="a cat <lora:toy-black-bg:1>", model="tiny-sdxl", steps=2, width=64, height=64),
+        "truncated": DreamRequest(prompt="x", model="truncated", steps=2, width=64, height=64, requester=cli),
+        "path": DreamRequest(prompt="x", model=str(broken), steps=2, width=64, height=64, requester=cli),
+    }
+    with shelf_engine.client() as client:
+        client.models(scan=True)
+        for what, request in probes.items():
+            try:
+                message = client.wait(client.submit(request).id).error or ""
+            except RequestRejected as e:  # refused at submit: as good, if it is one sentence
+                message = str(e)
+            assert message, what
+            assert "\n" not in message and len(message) < 400, (what, message)
+            assert not re.search(r"\b[A-Z][A-Za-z]*(Error|Exception)\b", message), (what, message)
+    log = shelf_engine.read_log(tail=None)[log_start:]
+    assert "Traceback" not in log
+    assert not [line for line in log.splitlines() if " ERROR " in line], log

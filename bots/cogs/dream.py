@@ -27,7 +27,7 @@ class DreamCog(commands.Cog, name="Dream"):
     # --- commands ----------------------------------------------------------------------
     @commands.command(name="dream", help='!dream "a red circle on a blue background" -n 4 -S 3220803958')
     async def dream_command(self, ctx: commands.Context, *, args: str = "") -> None:
-        who = requester_of(ctx.guild, ctx.channel, ctx.author)  # type: ignore[arg-type]
+        who = requester_of(ctx.guild, ctx.channel, ctx.author)
         reply = MessageReply(ctx.message)
         async with replying_errors(reply.send):
             argv = split(args)
@@ -98,10 +98,10 @@ class DreamCog(commands.Cog, name="Dream"):
         if individual:
             argv.append("-i")
         reply = InteractionReply(interaction)
-        who = requester_of(interaction.guild, interaction.channel, interaction.user)  # type: ignore[arg-type]
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
         async with replying_errors(reply.send):
             request = parse_argv(argv + split(flags), requester=who)
-            await self.bot.flow.run(request, reply, interaction.channel, interaction.user)  # type: ignore[arg-type]
+            await self.bot.flow.run(request, reply, interaction.channel, interaction.user)
 
     @dream_slash.autocomplete("model")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -145,7 +145,7 @@ class DreamCog(commands.Cog, name="Dream"):
             await interaction.response.send_message(await self._models_text(interaction.guild), ephemeral=True)
 
     async def _queue_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User) -> str:
-        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))  # type: ignore[arg-type]
+        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))
         here = state.running + state.queued  # the engine sent only this server's (or this DM's) jobs
         mine = [j for j in here if j.request.requester.user == str(user.id)]
         lines = [
@@ -161,7 +161,7 @@ class DreamCog(commands.Cog, name="Dream"):
 
     async def _cancel_text(self, guild: discord.Guild | None, channel: object, user: discord.abc.User,
                            job_id: str) -> str:  # fmt: skip
-        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))  # type: ignore[arg-type]
+        state = await self.bot.engine.queue(scope=scope_of(guild, channel, user))
         mine = [j for j in state.running + state.queued
                 if j.request.requester.user == str(user.id) and j.id.startswith(job_id)]  # fmt: skip
         if not mine:

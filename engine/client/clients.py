@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar, cast
 
 import httpx
 from httpx_sse import aconnect_sse, connect_sse
@@ -79,15 +79,15 @@ def _bytes(response: httpx.Response) -> bytes:
     return check(response).content
 
 
-def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict:
-    params: dict = {"limit": limit, "offset": offset}
+def _search_params(limit: int, offset: int, filters: dict[str, object]) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
     for key, value in filters.items():
         if value is not None:
             params[key] = value.isoformat() if hasattr(value, "isoformat") else value
     return params
 
 
-def _scoped(scope: Scope | None) -> dict:
+def _scoped(scope: Scope | None) -> dict[str, Any]:
     return {"params": scope.params()} if scope is not None else {}
 
 
@@ -231,7 +231,7 @@ class EngineClient(_Endpoints):
 
     def image_ref(self, value: str) -> str:
         """-I/-M as the engine reads them: a gallery reference as is, a local file uploaded first."""
-        return resolve_local(value, lambda data: self.upload(data).ref)
+        return resolve_local(value, lambda data: cast(Upload, self.upload(data)).ref)
 
     def events(self, job_id: str) -> Iterator[Event]:
         """The job's events until it is done, failed or cancelled."""
@@ -253,7 +253,7 @@ class EngineClient(_Endpoints):
         for event in self.events(job_id):
             if on_event is not None:
                 on_event(event)
-        return self.job(job_id)
+        return cast(Job, self.job(job_id))
 
 
 class AsyncEngineClient(_Endpoints):
@@ -282,7 +282,7 @@ class AsyncEngineClient(_Endpoints):
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _do(self, call: Call[T]) -> T:  # type: ignore[override]
+    async def _do(self, call: Call[T]) -> T:
         try:
             response = await self._http.request(call.method, call.path, **call.options)
         except _LOST as e:
@@ -294,7 +294,7 @@ class AsyncEngineClient(_Endpoints):
         if data is None:
             return name
         try:
-            return (await self.upload(data)).ref  # type: ignore[misc]
+            return (await cast(Awaitable[Upload], self.upload(data))).ref
         except RequestRejected as e:
             raise ValueError(f"{name}: {e}") from None
 
@@ -316,4 +316,4 @@ class AsyncEngineClient(_Endpoints):
         async for event in self.events(job_id):
             if on_event is not None:
                 on_event(event)
-        return await self.job(job_id)  # type: ignore[misc]
+        return await cast(Awaitable[Job], self.job(job_id))

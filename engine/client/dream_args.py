@@ -21,9 +21,9 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from engine.client.errors import RequestRejected
+from engine.client.errors import RequestRejected, clip_text
 from engine.client.samplers import SAMPLERS
 
 if TYPE_CHECKING:
@@ -65,10 +65,10 @@ FLAGS: dict[str, str] = {
 
 class _Parser(argparse.ArgumentParser):
     # argparse prints and exits on errors; we want one sentence as an exception.
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         raise DreamArgsError(_tidy_argparse(message))
 
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
         raise DreamArgsError(message or "invalid !dream command")
 
 
@@ -114,8 +114,8 @@ def _sides(value: str) -> dict[str, int]:
             return {"left": px, "right": px, "top": px, "bottom": px}
         sides: dict[str, int] = {}
         for part in value.split(","):
-            side, px = part.split(":")
-            sides[side.strip().lower()] = int(px)
+            side, pixels = part.split(":")
+            sides[side.strip().lower()] = int(pixels)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected PIXELS or side:pixels[,side:pixels...], got {value!r}") from None
     unknown = set(sides) - {"left", "right", "top", "bottom"}
@@ -125,7 +125,7 @@ def _sides(value: str) -> dict[str, int]:
 
 
 @functools.cache
-def _request_schema() -> dict:
+def _request_schema() -> dict[str, Any]:
     from engine.client.schema import DreamRequest
 
     return DreamRequest.model_json_schema()  # ~12 ms a call: once per process, not once per flag
@@ -267,10 +267,22 @@ def local_image(value: str) -> tuple[str, bytes | None]:
     """
     if looks_like_ref(value):
         return value, None
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise ValueError(f"{value!r} is neither a gallery image id nor a file")
-    return path.name, path.read_bytes()
+    path = existing_file(value)
+    if path is None:
+        raise ValueError(f"{clip_text(value)!r} is neither a gallery image id nor a file")
+    try:
+        return path.name, path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read {clip_text(value)!r}: {e.strerror or e}") from None
+
+
+def existing_file(value: str) -> Path | None:
+    """The file `value` names on this machine, or None (also for names no file system takes: too long, NUL)."""
+    try:
+        path = Path(value).expanduser()
+        return path if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def resolve_local(value: str, upload: Callable[[bytes], str]) -> str:
@@ -351,7 +363,7 @@ def parse_fields(
     return fields
 
 
-def _infer_mode(fields: dict) -> str:
+def _infer_mode(fields: dict[str, Any]) -> str:
     if fields.get("upscale") is not None:
         return "upscale"
     if fields.get("variation_amount") is not None or fields.get("with_variations"):
@@ -376,7 +388,7 @@ def explain(error: ValidationError) -> str:
     return explain_errors(error.errors())
 
 
-def explain_errors(errors: Sequence[dict]) -> str:
+def explain_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     """One sentence for the first of pydantic's errors (also used for the API's 422 answers)."""
     if not errors:
         return "invalid request"

@@ -20,6 +20,11 @@ from __future__ import annotations
 import json
 
 
+def clip_text(text: str, limit: int = 60) -> str:
+    """At most `limit` characters of user input, for error messages (never echo a whole input back)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class EngineError(Exception):
     """Root of the client's exceptions."""
 

@@ -11,13 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from typing import cast
 
 from engine.client.clients import EngineClient, EngineUnavailable
 from engine.client.schema import Health
 from engine.client.settings import Settings
 
 
-def spawn_engine(settings: Settings) -> subprocess.Popen:
+def spawn_engine(settings: Settings) -> subprocess.Popen[bytes]:
     """Start an engine in the background (its own session, so it outlives this process)."""
     settings.log_dir.mkdir(parents=True, exist_ok=True)
     log = open(settings.log_dir / "engine.log", "ab")  # noqa: SIM115 - handed to the child
@@ -38,10 +39,10 @@ def connect(
     """A client for the configured engine, once it is ready; start one in the background if none
     answers, and say what is happening while it starts."""
     client = EngineClient(settings.socket_path)
-    proc: subprocess.Popen | None = None
+    proc: subprocess.Popen[bytes] | None = None
     log_file = settings.log_dir / "engine.log"
     try:
-        health: Health | None = client.health()
+        health: Health | None = cast(Health, client.health())
     except EngineUnavailable:
         if not autostart:
             client.close()
@@ -66,7 +67,7 @@ def connect(
             raise EngineUnavailable(f"the engine was not ready within {timeout:.0f}s; see {log_file}")
         time.sleep(0.2)
         try:
-            health = client.health()
+            health = cast(Health, client.health())
         except EngineUnavailable:
             if proc is None:  # it answered, then went away: it failed while starting
                 client.close()

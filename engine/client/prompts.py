@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from engine.client.errors import UserError
+
 LORA_TAG = re.compile(r"<lora:([^:<>]+)(?::([^:<>]*))?>")
 EMBEDDING_TAG = re.compile(r"\bembedding:([\w.\-]+)")  # ComfyUI's explicit form
 MAX_LORA_WEIGHT = 4.0
@@ -19,7 +21,7 @@ _ATTENTION = re.compile(r"\\\(|\\\)|\\\[|\\\]|\\\\|\\|\(|\[|:\s*([+-]?[.\d]+)\s*
 _BREAK = re.compile(r"\s*\bBREAK\b\s*")
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A LoRA tag or weight that cannot be used; the message names it."""
 
 
@@ -67,20 +69,26 @@ def segments(text: str) -> list[str]:
     return _BREAK.split(text)
 
 
+@dataclass
+class _Piece:
+    text: str
+    weight: float
+
+
 def fragments(text: str) -> list[tuple[str, float]]:
     """AUTOMATIC1111's attention parse: `a (red:1.5) [blue] circle` -> [("a ", 1), ("red", 1.5), ...]."""
-    out: list[list] = []
+    out: list[_Piece] = []
     round_open: list[int] = []
     square_open: list[int] = []
 
     def scale(start: int, factor: float) -> None:
         for piece in out[start:]:
-            piece[1] *= factor
+            piece.weight *= factor
 
     for m in _ATTENTION.finditer(text):
         token, weight = m.group(0), m.group(1)
         if token.startswith("\\") and len(token) > 1:
-            out.append([token[1:], 1.0])
+            out.append(_Piece(token[1:], 1.0))
         elif token == "(":
             round_open.append(len(out))
         elif token == "[":
@@ -92,15 +100,15 @@ def fragments(text: str) -> list[tuple[str, float]]:
         elif token == "]" and square_open:
             scale(square_open.pop(), 1 / 1.1)
         else:
-            out.append([token, 1.0])
+            out.append(_Piece(token, 1.0))
     for start in round_open:
         scale(start, 1.1)
     for start in square_open:
         scale(start, 1 / 1.1)
     merged: list[tuple[str, float]] = []
-    for piece, weight in out:  # neighbours with the same weight are one fragment
-        if merged and merged[-1][1] == weight:
-            merged[-1] = (merged[-1][0] + piece, weight)
+    for piece in out:  # neighbours with the same weight are one fragment
+        if merged and merged[-1][1] == piece.weight:
+            merged[-1] = (merged[-1][0] + piece.text, piece.weight)
         else:
-            merged.append((piece, weight))
+            merged.append((piece.text, piece.weight))
     return merged or [("", 1.0)]

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from engine.client.errors import clip_text as clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import SAMPLERS as SAMPLERS
 from engine.client.states import TERMINAL
@@ -55,11 +56,6 @@ def _image_ref(value: object) -> object:
         if value.startswith("gallery:") and not 1 <= int(value[8:]) <= MAX_ID:
             raise ValueError(f"no gallery image has id {clip_text(value[8:], 30)}")
     return value
-
-
-def clip_text(text: str, limit: int) -> str:
-    """At most `limit` characters of user input, for error messages (never echo a whole input back)."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # Characters that draw nothing: a prompt made only of these is empty.
@@ -224,7 +220,7 @@ class DreamRequest(BaseModel):
     requester: Requester = Requester()
 
     @classmethod
-    def from_params(cls, params: dict) -> DreamRequest:
+    def from_params(cls, params: dict[str, Any]) -> DreamRequest:
         """The request that remakes an image alone, from its stored params (what it records beside the
         request, such as the model's hash, its add-ons' hashes and the worker, is left out)."""
         return cls.model_validate({k: v for k, v in params.items() if k in cls.model_fields})
@@ -429,7 +425,7 @@ class ErrorBody(BaseModel):
     """Every error the API returns: one human sentence."""
 
     error: str
-    detail: list[dict] | None = None
+    detail: list[dict[str, Any]] | None = None
 
 
 class ImageRecord(ImagePublic):

@@ -45,7 +45,7 @@ class Wire:
         self.socket_path = socket_path
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body: dict | bytes | None = None) -> Any:
+    def call(self, method: str, path: str, body: dict[str, Any] | bytes | None = None) -> Any:
         """The answer's JSON (or bytes, for images); RequestRejected with the engine's sentence on 4xx/5xx."""
         headers = {}
         if isinstance(body, dict):
@@ -70,7 +70,7 @@ class Wire:
             return json.loads(data)
         return data
 
-    def events(self, job_id: str) -> Iterator[dict]:
+    def events(self, job_id: str) -> Iterator[dict[str, Any]]:
         """A job's events (server-sent) until its last one."""
         conn = _UnixConnection(self.socket_path, None)
         try:

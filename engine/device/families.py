@@ -182,6 +182,13 @@ def clip_tokenizer_files(pad_token: str) -> Path:
     (the same 49,408-token vocabulary SD 1.x, 2.x and SDXL use), so no hub is needed."""
     from models import tokenizer as clip_bpe
 
-    out = Path(tempfile.mkdtemp(prefix="dreamhall-clip-tokenizer-"))
+    # Removed when the process exits (the engine's SIGTERM stop included): one folder per engine run,
+    # never left behind in /tmp. `cache` keeps the object, and so the folder, alive until then.
+    folder = tempfile.TemporaryDirectory(prefix="dreamhall-clip-tokenizer-")
+    _TOKENIZER_DIRS.append(folder)
+    out = Path(folder.name)
     clip_bpe.build(out, first_merges=None, model_max_length=77, pad_token=pad_token)
     return out
+
+
+_TOKENIZER_DIRS: list[tempfile.TemporaryDirectory[str]] = []

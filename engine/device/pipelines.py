@@ -55,6 +55,7 @@ from transformers import CLIPTokenizer
 from transformers.utils import logging as transformers_logging
 
 from engine.client import prompts
+from engine.client.errors import InputError, UserError
 from engine.client.schema import Sampler
 from engine.device.device import Device
 from engine.device.families import (
@@ -78,7 +79,18 @@ logging.getLogger("diffusers.models.modeling_utils").addFilter(
 )
 
 
-class ModelLoadError(Exception):
+def first_sentence(e: BaseException, limit: int = 200) -> str:
+    """A library's error as one short sentence (torch's can run to a paragraph); the log keeps the rest."""
+    text = str(e).strip()
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    cut = line.find(". ")
+    line = line[: cut + 1] if 0 < cut < limit else line
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+class ModelLoadError(UserError):
     """A model reference that could not be loaded; the message says why and what to do."""
 
 
@@ -106,7 +118,7 @@ FLOW_SCHEDULERS: dict[str, tuple[type, dict]] = {
 }
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError, ValueError):
     """A sampler that does not apply to the loaded model's family."""
 
 
@@ -168,8 +180,7 @@ def load_pipeline(
     except NotACheckpoint as e:
         raise ModelLoadError(str(e)) from e
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"could not load model {path.name if ref else name!r}: {reason}") from e
+        raise ModelLoadError(f"could not load model {path.name if ref else name!r}: {first_sentence(e)}") from e
     pipe.set_progress_bar_config(disable=True)
     return name, pipe.to(device.torch_device), detected
 
@@ -420,7 +431,7 @@ class LoadedModel:
         """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
         self.check_inputs(width=width, height=height, steps=common["steps"], seeds=seeds)
         if self.detected.family == "sdxl-refiner":
-            raise ValueError("an SDXL refiner only refines images: use it for img2img or inpaint, "
+            raise InputError("an SDXL refiner only refines images: use it for img2img or inpaint, "
                              "or as --refiner after an SDXL model")  # fmt: skip
         if latents is not None:
             latents = self._pack(latents).to(self.device.torch_device, self.pipe.dtype)
@@ -466,7 +477,7 @@ class LoadedModel:
         try:
             pipe = auto.from_pipe(self.pipe)
         except ValueError as e:  # AutoPipeline has no such task for this family
-            raise ValueError(f"{self.family} models cannot do this ({e})") from e
+            raise InputError(f"{self.family} models cannot do this ({e})") from e
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -533,10 +544,10 @@ class LoadedModel:
                 try:
                     self.pipe.load_lora_weights(str(item.path), adapter_name=name)
                 except (ValueError, RuntimeError, KeyError, OSError) as e:
-                    raise ValueError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                    raise InputError(f"LoRA {item.name!r} does not fit this {self.family} model "
                                      f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
                 if not any(name in names for names in self.pipe.get_list_adapters().values()):
-                    raise ValueError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                    raise InputError(f"LoRA {item.name!r} does not fit this {self.family} model "
                                      "(none of its layers are in it: made for another family?)")  # fmt: skip
                 adapters.append(name)
             if adapters:
@@ -565,7 +576,7 @@ class LoadedModel:
             self.pipe.load_textual_inversion(state["clip_g"], token=item.name, text_encoder=self.pipe.text_encoder_2,
                                              tokenizer=self.pipe.tokenizer_2)  # fmt: skip
         except (ValueError, RuntimeError, KeyError, OSError) as e:
-            raise ValueError(f"embedding {item.name!r} does not fit this {self.family} model "
+            raise InputError(f"embedding {item.name!r} does not fit this {self.family} model "
                              f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
 
     @torch.inference_mode()

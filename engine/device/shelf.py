@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from engine.client import prompts
+from engine.client.errors import UserError, clip_text
 from engine.client.schema import ModelEntry, ModelList
 from engine.device.families import NotACheckpoint, detect_file, detect_folder
 
@@ -40,7 +41,7 @@ def default_model_name(configured: str | None) -> str:
     return configured or BUILTIN_MODEL_NAME
 
 
-class UnknownModel(ValueError):
+class UnknownModel(UserError, ValueError):
     """A model, LoRA or embedding name that is not on the shelf; the message lists what is."""
 
 
@@ -123,9 +124,9 @@ class Shelf:
         if item is None:
             known = ", ".join(i.name for i in self.items(kind)) or "none"
             what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding"}[kind]
-            raise UnknownModel(f"unknown {what} {name!r}; available: {known}")
+            raise UnknownModel(f"unknown {what} {clip_text(name)!r}; available: {known}")
         if item.problem:
-            raise UnknownModel(f"model {name!r} cannot be used: {item.problem}")
+            raise UnknownModel(f"model {clip_text(name)!r} cannot be used: {item.problem}")
         return item
 
     def check_model(self, ref: str | None, source: str) -> None:

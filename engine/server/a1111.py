@@ -234,12 +234,12 @@ router = APIRouter(
 
 
 def _services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]  # Starlette's app.state is untyped
+    return request.app.state.services  # Starlette's app.state is untyped
 
 
 def _state(request: Request) -> A1111:
     """The routes' state, one per app (engine.server.http makes it)."""
-    return request.app.state.a1111  # type: ignore[no-any-return]
+    return request.app.state.a1111
 
 
 @router.post("/txt2img")

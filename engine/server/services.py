@@ -91,7 +91,7 @@ class Services:
 
 
 def _services(request: Request) -> Services:
-    return request.app.state.services  # type: ignore[no-any-return]  # Starlette's app.state is untyped
+    return request.app.state.services  # Starlette's app.state is untyped
 
 
 ServicesDep = Annotated[Services, Depends(_services)]

@@ -160,7 +160,7 @@ class FairIndex:
 def _record(row: JobRow) -> JobRecord:
     return JobRecord(
         id=row.id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         request=DreamRequest.model_validate(row.request),
         seed=row.seed,
         queue_key=row.queue_key,
@@ -290,10 +290,10 @@ class SqliteJobQueue(JobQueue):
             if status == "queued":
                 self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model))
         if status in TERMINAL:
-            self.events.publish(Event(type=status, job=job_id, error=error))  # type: ignore[arg-type]
+            self.events.publish(Event(type=status, job=job_id, error=error))
         if before == "queued" or status == "queued":
             self._announce_positions()
-        return before  # type: ignore[return-value]
+        return before
 
     def _announce_positions(self) -> None:
         """Tell the watched queued jobs where they stand now (only theirs are computed)."""
