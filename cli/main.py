@@ -9,11 +9,11 @@
     dreamhall gallery import DIR | reindex | check [--repair]
     dreamhall gallery list [--limit N] [--source cli] | show ID | open ID|last
 
-The `dream` arguments are the `!dream` grammar (engine.dream_args), the same
+The `dream` arguments are the `!dream` grammar (engine.client.dream_args), the same
 as in Discord and the desktop prompt box.
 
 Every `dreamhall dream` is a new process, so this module imports only the standard
-library at the top: `dream` against a running engine speaks engine.wire and never loads
+library at the top: `dream` against a running engine speaks engine.client.wire and never loads
 pydantic or httpx; the other commands import the client and the settings model when run.
 """
 
@@ -143,7 +143,7 @@ class _Progress:
         self.bar: tqdm | None = None
 
     def __call__(self, event: dict[str, Any]) -> None:
-        """`event`: one of the job's events as the engine sends it (engine.schema.Event's fields)."""
+        """`event`: one of the job's events as the engine sends it (engine.client.schema.Event's fields)."""
         if self.quiet:
             return
         from tqdm import tqdm  # here, not at the top: `--json` and every other command never show a bar
@@ -297,8 +297,9 @@ def _start_for(
     from engine.client.schema import Requester
 
     settings = _settings(args)
-    parse_argv(extra, requester=Requester(**requester), resolve_image=_local_file_check)
-    connect(settings, autostart=not args.no_autostart, say=say).close()
+    request = parse_argv(extra, requester=Requester(**requester), resolve_image=_local_file_check)
+    model = _local_model({"model": request.model})["model"]
+    connect(settings, autostart=not args.no_autostart, say=say, model=model).close()
     return Wire(settings.socket_path), settings.home
 
 
@@ -567,7 +568,7 @@ def cmd_zoom(args: argparse.Namespace, extra: list[str], settings: Settings) -> 
         return _fail("zoom starts from a prompt: leave out -I, -M, -v, -U and --outpaint")
     with (
         engine_errors(),
-        connect(settings, autostart=not args.no_autostart) as engine,
+        connect(settings, autostart=not args.no_autostart, model=request.model) as engine,
         tqdm(total=args.frames, unit="frame") as bar,
     ):
         frames = zoom_out_frames(engine, request, frames=args.frames, factor=args.factor,

@@ -5,7 +5,8 @@ can leave an unreferenced file (which `dreamhall gallery check` finds), never a
 row whose file is missing.
 
 `ImageStore` is the gateway to the images table: search, the indexer and
-upkeep ask it, and nothing else queries that table.
+upkeep ask it. One exception: the indexer's quick start-up check fingerprints
+the live ids in one SQL aggregate of its own (`Indexer.reconcile`).
 """
 
 from __future__ import annotations

@@ -65,11 +65,16 @@ def test_cli_starts_an_engine_when_none_answers(tmp_path: Path, tiny_model: Path
     home = tmp_path / "home"
     env = {**EngineProcess(home, tiny_model).env}
     cmd = [sys.executable, "-m", "cli", "--home", str(home)]
+    other = subprocess.run([*cmd, "dream", "a green star", "-m", "another-model", "-s", "2"],
+                           env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)  # fmt: skip
     out = subprocess.run([*cmd, "dream", "a green star", "-s", "2", "-W", "64", "-H", "64"],
                          env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)  # fmt: skip
     try:
+        # What starts is named as the request will load it, not as the engine's default.
+        assert "started one in the background" in other.stdout and "model another-model" in other.stdout
+        assert "dreamhall-toy-sd" not in other.stdout, other.stdout
+        assert other.returncode == 2 and "unknown model 'another-model'" in other.stderr
         assert out.returncode == 0, out.stderr
-        assert "started one in the background" in out.stdout
         assert re.fullmatch(r"#\d+  seed \d+  64x64  \S+\.png", out.stdout.strip().splitlines()[-1])
     finally:
         stop = subprocess.run([*cmd, "engine", "stop"], env=env, capture_output=True, text=True, timeout=60)

@@ -34,10 +34,16 @@ def spawn_engine(settings: Settings) -> subprocess.Popen[bytes]:
 
 
 def connect(
-    settings: Settings, *, autostart: bool = True, timeout: float = 120.0, say: Callable[[str], None] = print
+    settings: Settings,
+    *,
+    autostart: bool = True,
+    timeout: float = 120.0,
+    say: Callable[[str], None] = print,
+    model: str | None = None,
 ) -> EngineClient:
     """A client for the configured engine, once it is ready; start one in the background if none
-    answers, and say what is happening while it starts."""
+    answers, and say what is happening while it starts. `model`: the model the caller's request will
+    load, named in those messages (None: the engine's default)."""
     client = EngineClient(settings.socket_path)
     proc: subprocess.Popen[bytes] | None = None
     log_file = settings.log_dir / "engine.log"
@@ -54,10 +60,10 @@ def connect(
     said_starting = False
     while True:
         if health is not None and health.status == "ok":
-            _say_loading(health, say)
+            _say_loading(health, say, model)
             return client
         if health is not None and not said_starting:
-            say(f"The engine is starting: loading torch, model {health.loading} and the search index.")
+            say(f"The engine is starting: loading torch, model {model or health.loading} and the search index.")
             said_starting = True
         if proc is not None and proc.poll() is not None:
             client.close()
@@ -90,9 +96,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _say_loading(health: Health, say: Callable[[str], None]) -> None:
-    if health.loading:
+def _say_loading(health: Health, say: Callable[[str], None], model: str | None) -> None:
+    if health.loading and (model is None or model == health.loading):
         say(f"The engine is loading model {health.loading}; jobs start once it is ready.")
+    elif model is not None and model not in health.loaded:
+        say(f"The engine loads model {model} for this request before it starts.")
 
 
 class StopFailed(RuntimeError):

@@ -1,7 +1,7 @@
 """Where Dreamhall's files are: the home directory, the config file, the engine's socket.
 
 The standard library and platformdirs only: `dreamhall dream` finds the socket with this
-alone, without loading the settings model (engine.settings), which uses the same functions.
+alone, without loading the settings model (engine.client.settings), which uses the same functions.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The device half of a job. It reads no gallery and writes nothing: its input images arrive
 decoded, and what it makes (PNG bytes with their records, and their vectors) goes back to the
 front, which stores it. The engine's own worker thread runs a Maker in-process; a Ray worker
-runs one in its actor (engine.ray_workers), so the same code makes every image.
+runs one in its actor (engine.device.ray_workers), so the same code makes every image.
 """
 
 from __future__ import annotations
