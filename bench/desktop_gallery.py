@@ -27,7 +27,7 @@ from PySide6.QtWidgets import QApplication
 
 from desktop.engine_link import EngineLink
 from desktop.gallery import GalleryPanel
-from engine.client.schema import ImageRecord
+from engine.client.answers import ImageRecord
 from engine.client.settings import Settings
 
 

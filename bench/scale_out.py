@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.client.schema import DreamRequest, Event, Requester
+from engine.client.answers import Event
+from engine.client.schema import DreamRequest, Requester
 from tests.conftest import EngineProcess
 
 

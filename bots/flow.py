@@ -12,8 +12,9 @@ import discord
 from bots import render, rules
 from bots.replies import Reply, replying_errors
 from bots.views import result_view
+from engine.client.answers import Job
 from engine.client.clients import AsyncEngineClient
-from engine.client.schema import DreamRequest, Job, Scope
+from engine.client.schema import DreamRequest, Scope
 from engine.client.settings import BotSettings
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,9 @@ import io
 
 from PIL import Image
 
-from engine.client.schema import SAMPLERS, DreamRequest, Job, gallery_id
+from engine.client.answers import Job
+from engine.client.samplers import SAMPLERS
+from engine.client.schema import DreamRequest, gallery_id
 
 MESSAGE_LIMIT = 2000
 ENGINE_DOWN = "The dream engine is not answering right now; try again in a minute."

@@ -16,9 +16,11 @@ import discord
 
 from bots import render
 from bots.replies import InteractionReply, Reply, requester_of
+from engine.client.answers import ImageRecord, Job
 from engine.client.clients import AsyncEngineClient, EngineUnavailable, RequestRejected
+from engine.client.derived import VARIABLE_MODES, upscale_of, variation_of
 from engine.client.dream_args import DreamArgsError, format_request, parse
-from engine.client.schema import VARIABLE_MODES, DreamRequest, ImageRecord, Job, Scope, upscale_of, variation_of
+from engine.client.schema import DreamRequest, Scope
 from engine.client.settings import Settings
 
 

@@ -19,9 +19,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from engine.client.answers import TERMINAL_EVENTS, Event, Health
 from engine.client.clients import EngineClient, EngineError, EngineUnavailable
 from engine.client.launch import connect
-from engine.client.schema import TERMINAL_EVENTS, Event, Health
 from engine.client.settings import Settings
 
 log = logging.getLogger(__name__)

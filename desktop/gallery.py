@@ -35,16 +35,9 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
-from engine.client.schema import (
-    DEFAULT_VARIATION_AMOUNT,
-    IMPORTED_SOURCES,
-    VARIABLE_MODES,
-    DreamRequest,
-    ImageRecord,
-    SearchResults,
-    upscale_of,
-    variation_of,
-)
+from engine.client.answers import ImageRecord, SearchResults
+from engine.client.derived import VARIABLE_MODES, upscale_of, variation_of
+from engine.client.schema import DEFAULT_VARIATION_AMOUNT, IMPORTED_SOURCES, DreamRequest
 
 SINCE = {"any time": None, "today": timedelta(days=1), "this week": timedelta(days=7), "this month": timedelta(days=31)}
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from PySide6.QtCore import QAbstractListModel, QBuffer, QIODevice, QModelIndex, QObject, QSize, Qt, Signal
 from PySide6.QtGui import QColor, QImage, QImageReader, QPixmap
 
-from engine.client.schema import ImageRecord
+from engine.client.answers import ImageRecord
 
 PAGE = 200
 THUMB = 128

@@ -3,6 +3,9 @@
 The prompt box also takes the `!dream` grammar: a command pasted from
 Discord (`"a red circle" -n 4 -S 42`) overrides the fields it names. An init
 image comes from the gallery, a file (Choose…), a drop or a paste.
+
+Over 450 lines on purpose: one panel's widgets, their layout and the request they build are one job
+(a form), read top to bottom as the window shows it; the mask brush and the engine calls live apart.
 """
 
 from __future__ import annotations
@@ -46,20 +49,11 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
+from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
 from engine.client.limits import MAX_SIDE
-from engine.client.schema import (
-    IMPORTED_SOURCES,
-    SAMPLER_KEYS,
-    SAMPLERS,
-    DreamRequest,
-    Event,
-    ImageInfo,
-    ImageRecord,
-    ModelList,
-    Requester,
-    default_of,
-)
+from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
+from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Requester, default_of
 
 THUMB = 128
 PANEL_WIDTH = 380  # the parameter panel; the preview takes the rest

@@ -43,7 +43,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
-from gallery.schemas import VectorFilters
+from gallery.lance_filters import ids_in, where_clause
+from gallery.schemas import VectorFilters, VectorHit
+from gallery.shards import Shard, exact
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +64,6 @@ class IndexRow(BaseModel):
     source: str = "api"
     model: str | None = None
     created_at: datetime
-
-
-class VectorHit(BaseModel):
-    image_id: int
-    score: float  # cosine similarity, 1 = identical direction
 
 
 class VectorIndex(ABC):
@@ -118,88 +115,6 @@ class VectorIndex(ABC):
         """Which of these images already have a vector (looked for in these guilds' tables; None: in all)."""
 
 
-def _ids_in(image_ids: Iterable[int]) -> str:
-    return f"image_id IN ({', '.join(str(int(i)) for i in image_ids)})"
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _utc(moment: datetime) -> str:
-    # Stored timestamps are naive UTC; a naive input is taken as UTC too.
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def where_clause(filters: VectorFilters | None) -> str | None:
-    """The SQL filter LanceDB applies before ranking (values quoted, never pasted raw)."""
-    if filters is None:
-        return None
-    parts = []
-    for column in ("guild", "user", "source", "model"):
-        value = getattr(filters, column)
-        if value is not None:
-            parts.append(f"`{column}` = {_quote(value)}")
-    if filters.dm_of is not None:
-        parts.append(f"`guild` IS NULL AND `source` = 'discord' AND `user` = {_quote(filters.dm_of)}")
-    if filters.created_after is not None:
-        parts.append(f"created_at >= timestamp {_quote(_utc(filters.created_after))}")
-    if filters.created_before is not None:
-        parts.append(f"created_at < timestamp {_quote(_utc(filters.created_before))}")
-    return " AND ".join(parts) or None
-
-
-def _unit_rows(vectors: pa.Array, dim: int) -> np.ndarray:
-    v = vectors.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-
-
-class _Shard:
-    """One guild's table (or the table of images with no guild), and while it is small, its vectors in
-    memory: an exact search over them beats any query to disk (and than numpy over every guild's rows)."""
-
-    def __init__(self, table: lancedb.table.Table) -> None:
-        self.table = table
-        indices = table.list_indices()
-        self.has_ann = any("vector" in idx.columns for idx in indices)
-        self.has_id_index = any(idx.columns == ["image_id"] for idx in indices)
-        self.writes = 0
-        self.ids: np.ndarray | None = None  # the in-memory copy: ids and unit vectors, or None
-        self.vectors: np.ndarray | None = None
-
-    def cache(self, dim: int) -> int:
-        """Read the shard into memory; returns its bytes."""
-        rows = self.table.search().limit(None).select(["image_id", "vector"]).to_arrow()
-        self.ids = rows.column("image_id").to_numpy()
-        self.vectors = _unit_rows(rows.column("vector").combine_chunks(), dim)
-        return self.vectors.nbytes
-
-    def cached_add(self, rows: pa.Table, dim: int) -> None:
-        if self.ids is not None and self.vectors is not None:
-            self.ids = np.concatenate([self.ids, rows.column("image_id").to_numpy()])
-            self.vectors = np.concatenate([self.vectors, _unit_rows(rows.column("vector").combine_chunks(), dim)])
-
-    def cached_delete(self, image_ids: list[int]) -> None:
-        if self.ids is not None and self.vectors is not None:
-            keep = ~np.isin(self.ids, image_ids)
-            self.ids, self.vectors = self.ids[keep], self.vectors[keep]
-
-    def drop_cache(self) -> int:
-        freed = 0 if self.vectors is None else self.vectors.nbytes
-        self.ids = self.vectors = None
-        return freed
-
-
-def _exact(ids: np.ndarray, vectors: np.ndarray, vector: np.ndarray, k: int) -> list[VectorHit]:
-    """The k best by cosine similarity, exactly (`vectors` are unit rows)."""
-    scores = vectors @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
-    top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))
-    top = top[np.argsort(-scores[top])]
-    return [VectorHit(image_id=int(ids[i]), score=float(scores[i])) for i in top]
-
-
 class LanceIndex(VectorIndex):
     """VectorIndex on a LanceDB directory: a table per guild (see the module's docstring)."""
 
@@ -229,7 +144,7 @@ class LanceIndex(VectorIndex):
         self.cache_bytes = cache_bytes  # for the small shards' vectors in memory, all together
         self._cached = 0
         self.table_name = "images_" + hashlib.sha256(model_id.encode()).hexdigest()[:16]
-        self._shards: dict[str, _Shard] = {}  # by table name
+        self._shards: dict[str, Shard] = {}  # by table name
         self.schema = pa.schema(
             [
                 pa.field("image_id", pa.int64()),
@@ -254,7 +169,7 @@ class LanceIndex(VectorIndex):
             names = self.db.list_tables().tables
             for name in names:
                 if name.startswith(self.table_name + "__"):
-                    shard = _Shard(self.db.open_table(name))
+                    shard = Shard(self.db.open_table(name))
                     shard.table.count_rows()  # touch the data: a corrupt table fails here, not mid-search
                     self._shards[name] = shard
             if self.table_name in names:
@@ -274,14 +189,14 @@ class LanceIndex(VectorIndex):
             self.add_arrow(pa.Table.from_batches([batch]).select(self.schema.names).cast(self.schema))
         self.db.drop_table(self.table_name)
 
-    def _shard(self, guild: str | None) -> _Shard:
+    def _shard(self, guild: str | None) -> Shard:
         name = self.shard_name(guild)
         with self._lock:
             if name not in self._shards:
-                self._shards[name] = _Shard(self.db.create_table(name, schema=self.schema, exist_ok=True))
+                self._shards[name] = Shard(self.db.create_table(name, schema=self.schema, exist_ok=True))
             return self._shards[name]
 
-    def _in_scope(self, filters: VectorFilters | None) -> list[_Shard]:
+    def _in_scope(self, filters: VectorFilters | None) -> list[Shard]:
         """The shards a query may read: a guild's own, the no-guild one for DMs, else all."""
         with self._lock:
             if filters is not None and filters.guild is not None:
@@ -292,7 +207,7 @@ class LanceIndex(VectorIndex):
                 return [shard] if shard is not None else []
             return list(self._shards.values())
 
-    def _tables_of(self, guilds: Iterable[str | None] | None) -> list[_Shard]:
+    def _tables_of(self, guilds: Iterable[str | None] | None) -> list[Shard]:
         """These guilds' shards (None: every shard)."""
         if guilds is None:
             return self._in_scope(None)
@@ -367,14 +282,14 @@ class LanceIndex(VectorIndex):
     def delete(self, image_ids: list[int], *, guilds: Iterable[str | None] | None = None) -> None:
         self.flush()
         if image_ids:
-            where = _ids_in(image_ids)
+            where = ids_in(image_ids)
             for shard in self._tables_of(guilds):  # each one a commit: only where the images are, when known
                 shard.table.delete(where)
                 with self._lock:
                     shard.cached_delete(image_ids)
                 self._after_write(shard)
 
-    def _after_write(self, shard: _Shard) -> None:
+    def _after_write(self, shard: Shard) -> None:
         shard.writes += 1
         if shard.writes % self.optimize_every == 0:
             self._optimize(shard)
@@ -384,7 +299,7 @@ class LanceIndex(VectorIndex):
         for shard in self._in_scope(None):
             self._optimize(shard)
 
-    def _optimize(self, shard: _Shard) -> None:
+    def _optimize(self, shard: Shard) -> None:
         self._ensure_indexes(shard)
         # Keep a minute of old versions: a search thread may still be reading one.
         shard.table.optimize(cleanup_older_than=timedelta(minutes=1))
@@ -397,13 +312,13 @@ class LanceIndex(VectorIndex):
         for shard in self._in_scope(None):
             self._ensure_indexes(shard)
 
-    def _ensure_indexes(self, shard: _Shard) -> None:
+    def _ensure_indexes(self, shard: Shard) -> None:
         if not shard.has_ann and shard.table.count_rows() >= self.ann_threshold:
             self._build(shard)
         elif shard.has_ann and not shard.has_id_index:  # built before shards had one
             self._index_ids(shard)
 
-    def _build(self, shard: _Shard) -> None:
+    def _build(self, shard: Shard) -> None:
         rows = shard.table.count_rows()
         shard.table.create_index(metric="cosine", index_type="IVF_HNSW_SQ", vector_column_name="vector",
                                  num_partitions=max(1, rows // 6000), replace=True)  # fmt: skip
@@ -412,12 +327,12 @@ class LanceIndex(VectorIndex):
         with self._lock:
             self._cached -= shard.drop_cache()  # big now: its index serves it
 
-    def _index_ids(self, shard: _Shard) -> None:
+    def _index_ids(self, shard: Shard) -> None:
         # A big shard is not in memory: looking given ids up (keyword hits' scores, `present`) would scan it.
         shard.table.create_scalar_index("image_id", index_type="BTREE", replace=True)
         shard.has_id_index = True
 
-    def _in_memory(self, shard: _Shard) -> tuple[np.ndarray, np.ndarray] | None:
+    def _in_memory(self, shard: Shard) -> tuple[np.ndarray, np.ndarray] | None:
         """The shard's ids and vectors when it is searched in memory: small (no ANN index yet) and
         within the budget (read on its first search, kept in step by every write)."""
         with self._lock:
@@ -437,7 +352,7 @@ class LanceIndex(VectorIndex):
         hits: list[VectorHit] = []
         for shard in self._in_scope(filters):
             if not where and (cached := self._in_memory(shard)) is not None:
-                hits += _exact(*cached, np.asarray(vector, dtype=np.float32), k)
+                hits += exact(*cached, np.asarray(vector, dtype=np.float32), k)
                 continue
             query = shard.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
             query = query.distance_type("cosine").limit(k).select(["image_id", "_distance"])
@@ -465,7 +380,7 @@ class LanceIndex(VectorIndex):
                 rows = np.flatnonzero(np.isin(ids, list(rest)))
                 ids, vectors = ids[rows], vectors[rows]
             else:  # their vectors by id (the shard's id index), then the same product: half a flat query's time
-                result = shard.table.search().where(_ids_in(rest)).select(["image_id", "vector"]).to_arrow()
+                result = shard.table.search().where(ids_in(rest)).select(["image_id", "vector"]).to_arrow()
                 ids = result.column("image_id").to_numpy()
                 vectors = result.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.dim)
             unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
@@ -504,7 +419,7 @@ class LanceIndex(VectorIndex):
                 if shard.ids is not None:
                     hits = set(shard.ids[np.isin(shard.ids, list(rest))].tolist())
                 else:
-                    result = shard.table.search().where(_ids_in(rest)).select(["image_id"]).to_arrow()
+                    result = shard.table.search().where(ids_in(rest)).select(["image_id"]).to_arrow()
                     hits = set(result.column("image_id").to_pylist())
                 found |= hits
                 rest -= hits

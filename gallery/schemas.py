@@ -116,3 +116,10 @@ class ReconcileReport(BaseModel):
     embedded: int = 0
     dropped: int = 0
     unreadable: list[int] = []
+
+
+class VectorHit(BaseModel):
+    """One hit of the vector index."""
+
+    image_id: int
+    score: float  # cosine similarity, 1 = identical direction

@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image
 
 from bots import render, rules
+from engine.client.answers import ImageInfo, Job
 from engine.client.dream_args import parse
-from engine.client.schema import ImageInfo, Job, Requester
+from engine.client.schema import Requester
 from engine.client.settings import BotSettings
 
 

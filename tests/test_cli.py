@@ -132,7 +132,7 @@ def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
 
 def test_the_progress_bar_counts_the_steps_that_run() -> None:
     from cli.main import _Progress
-    from engine.client.schema import Event
+    from engine.client.answers import Event
 
     progress = _Progress(quiet=False)
     # The bar reads events as they come off the wire: Event's fields, without the unset ones.

@@ -19,8 +19,8 @@ from PySide6.QtWidgets import QApplication
 from desktop.gallery import ResultSource
 from desktop.mask import MaskEditor
 from desktop.window import MainWindow
+from engine.client.answers import SearchResults
 from engine.client.launch import stop_engine
-from engine.client.schema import SearchResults
 from engine.client.settings import Settings
 from models.checker import judge
 from tests.conftest import ROOT, EngineProcess

@@ -9,15 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.client.dream_args import DreamArgsError, format_request, parse, parse_argv
-from engine.client.schema import (
-    SAMPLERS,
-    DreamRequest,
-    OutpaintSides,
-    Requester,
-    VariationWeight,
-    image_seed,
-    resolve_size,
-)
+from engine.client.samplers import SAMPLERS
+from engine.client.schema import DreamRequest, OutpaintSides, Requester, VariationWeight, image_seed, resolve_size
 
 
 def test_the_classic_command() -> None:

@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from engine.client.clients import RequestRejected
+from engine.client.derived import upscale_of, variation_of
 from engine.client.dream_args import parse
-from engine.client.schema import Requester, upscale_of, variation_of
+from engine.client.schema import Requester
 from models.checker import judge
 from tests.conftest import ROOT, EngineProcess
 

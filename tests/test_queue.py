@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from engine.client.schema import DreamRequest, Event, Requester
+from engine.client.answers import Event
+from engine.client.schema import DreamRequest, Requester
 from engine.server.events import EventSink
 from engine.server.queue import FAIR_DEQUEUE_SQL, Affinity, JobNotFound, SqliteJobQueue, TooManyQueued
-from engine.server.queue.sqlite import fair_order
+from engine.server.queue.fair import fair_order
 from gallery.db import open_gallery_db
 
 

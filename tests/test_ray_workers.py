@@ -16,8 +16,9 @@ import pytest
 from PIL import Image
 from PySide6.QtCore import Qt
 
+from engine.client.answers import Health
 from engine.client.clients import EngineClient
-from engine.client.schema import DreamRequest, Health, Requester
+from engine.client.schema import DreamRequest, Requester
 from tests.conftest import ROOT, EngineProcess
 from tests.test_desktop import WAIT, generate, open_window
 from tests.test_discord_bot import bot_world, follow_up_result, png_sizes

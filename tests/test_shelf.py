@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from engine.client.clients import RequestRejected
+from engine.client.derived import upscale_of, variation_of
 from engine.client.dream_args import DreamArgsError
 from engine.client.dream_args import parse as parse_dream
 from engine.client.prompts import PromptError, fragments, parse
-from engine.client.schema import DreamRequest, Requester, upscale_of, variation_of
+from engine.client.schema import DreamRequest, Requester
 from engine.device.device import Device
 from engine.device.pipelines import load_model
 from engine.device.shelf import Shelf

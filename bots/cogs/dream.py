@@ -10,9 +10,10 @@ from discord.ext import commands
 
 from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
+from engine.client.answers import ModelList
 from engine.client.clients import EngineError, RequestRejected
 from engine.client.dream_args import DreamArgsError, parse_argv, split
-from engine.client.schema import SAMPLERS, ModelList
+from engine.client.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot

@@ -17,9 +17,10 @@ from discord.ext import commands
 from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, replying_errors, scope_of
 from bots.views import image_ids_of
+from engine.client.answers import SearchResults
 from engine.client.clients import RequestRejected
 from engine.client.grid import tile
-from engine.client.schema import Scope, SearchResults
+from engine.client.schema import Scope
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot

@@ -24,16 +24,10 @@ import httpx
 from httpx_sse import aconnect_sse, connect_sse
 from pydantic import BaseModel
 
-from engine.client.dream_args import local_image, resolve_local
-from engine.client.errors import EngineError as EngineError
-from engine.client.errors import EngineUnavailable as EngineUnavailable
-from engine.client.errors import RequestRejected as RequestRejected
-from engine.client.errors import rejected
-from engine.client.schema import (
+from engine.client.answers import (
     TERMINAL_EVENTS,
     Accepted,
     CheckReport,
-    DreamRequest,
     Event,
     Health,
     ImagePage,
@@ -43,10 +37,15 @@ from engine.client.schema import (
     ModelList,
     QueueState,
     ReconcileReport,
-    Scope,
     SearchResults,
     Upload,
 )
+from engine.client.errors import EngineError as EngineError
+from engine.client.errors import EngineUnavailable as EngineUnavailable
+from engine.client.errors import RequestRejected as RequestRejected
+from engine.client.errors import rejected
+from engine.client.local_files import local_image, resolve_local
+from engine.client.schema import DreamRequest, Scope
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)

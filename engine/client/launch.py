@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import cast
 
+from engine.client.answers import Health
 from engine.client.clients import EngineClient, EngineUnavailable
-from engine.client.schema import Health
 from engine.client.settings import Settings
 
 

@@ -15,8 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from engine.client.answers import Event
 from engine.client.errors import UserError
-from engine.client.schema import Event
 from engine.client.settings import Settings
 from engine.device import modes
 from engine.device.device import Device

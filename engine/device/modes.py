@@ -28,7 +28,8 @@ from PIL import Image
 
 from engine.client.errors import InputError
 from engine.client.limits import Limits, input_size, upscaled_size
-from engine.client.schema import DEFAULT_STRENGTH, MAX_SEED, SAMPLERS, DreamRequest, Sampler, image_seed, resolve_size
+from engine.client.samplers import SAMPLERS, Sampler
+from engine.client.schema import DEFAULT_STRENGTH, MAX_SEED, DreamRequest, image_seed, resolve_size
 from engine.device.runner import Resolved
 from gallery.schemas import ImageCreate, ImagePublic
 

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from engine.client.schema import Event
+from engine.client.answers import Event
 from engine.client.settings import Settings
 from engine.device.runner import (
     Affinity,

@@ -21,7 +21,8 @@ from typing import Protocol
 from PIL import Image
 from pydantic import BaseModel
 
-from engine.client.schema import DreamRequest, Event, JobStatus, Progress, WorkerInfo
+from engine.client.answers import Event, Progress, WorkerInfo
+from engine.client.schema import DreamRequest, JobStatus
 from gallery.schemas import ImageCreate, ImagePublic, UtcDateTime
 
 

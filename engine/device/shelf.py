@@ -23,8 +23,8 @@ from importlib import resources
 from pathlib import Path
 
 from engine.client import prompts
+from engine.client.answers import ModelEntry, ModelList
 from engine.client.errors import UserError, clip_text
-from engine.client.schema import ModelEntry, ModelList
 from engine.device.families import NotACheckpoint, detect_file, detect_folder
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
-from engine.client.schema import WorkerInfo
+from engine.client.answers import WorkerInfo
 from engine.device.maker import Maker, failure_sentence
 from engine.device.runner import JobFront, Seat, Seats
 from gallery.embeddings import Embedder

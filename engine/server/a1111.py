@@ -3,6 +3,10 @@
 Every generation made here is an ordinary job: fairly queued, stored in the gallery with source
 `a1111`, searchable and cancelable from any frontend. Only what differs is here: A1111's field
 names and sampler names in, its `images` / `parameters` / `info` out, and its error shape.
+
+Over 450 lines on purpose: it is one job, one foreign protocol's translation (its bodies, their mapping
+to a `DreamRequest`, its answers and its routes), and a reader checking it against A1111's API wants it
+on one page.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.client.answers import TERMINAL_EVENTS, Job, ModelEntry
 from engine.client.dream_args import explain
-from engine.client.schema import SAMPLER_KEYS, SAMPLERS, TERMINAL_EVENTS, DreamRequest, Job, ModelEntry, Requester
+from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
+from engine.client.schema import DreamRequest, Requester
 from engine.server.services import Services
 from gallery.files import BadImage
 

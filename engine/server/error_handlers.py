@@ -12,8 +12,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from engine.client.answers import ErrorBody
 from engine.client.dream_args import explain_errors
-from engine.client.schema import ErrorBody, clip_text
+from engine.client.errors import clip_text
 from engine.server import a1111
 from engine.server.errors import USER_ERRORS
 from engine.server.queries import FilterQuery

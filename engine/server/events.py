@@ -10,7 +10,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from contextlib import suppress
 
-from engine.client.schema import Event
+from engine.client.answers import Event
 
 
 class EventSink(ABC):

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engine.client.schema import Event
+from engine.client.answers import Event
 from engine.device.runner import (
     Affinity,
     Cancelled,

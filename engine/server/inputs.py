@@ -13,8 +13,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from engine.client.answers import Upload
 from engine.client.errors import InputError
-from engine.client.schema import DreamRequest, Scope, Upload, gallery_id
+from engine.client.schema import DreamRequest, Scope, gallery_id
 from engine.device.runner import Resolved
 from gallery.files import BadImage, decode_image, relative_path, write_content_addressed
 from gallery.schemas import ImagePublic

@@ -9,21 +9,11 @@ from __future__ import annotations
 
 import secrets
 
-from engine.client.errors import InputError
+from engine.client.answers import Accepted, Event, Job, Progress, QueueState, WorkerInfo
+from engine.client.errors import InputError, clip_text
 from engine.client.limits import Limits
 from engine.client.prompts import PromptError
-from engine.client.schema import (
-    IMPORTED_SOURCES,
-    Accepted,
-    DreamRequest,
-    Event,
-    Job,
-    Progress,
-    QueueState,
-    Scope,
-    WorkerInfo,
-    clip_text,
-)
+from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Scope
 from engine.device.runner import Runner
 from engine.device.shelf import Shelf, UnknownModel
 from engine.server.inputs import Inputs

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine.client.schema import ImageInfo, ImageRecord
+from engine.client.answers import ImageInfo, ImageRecord
 from gallery.schemas import ImagePublic
 from gallery.store import ImageStore
 

@@ -17,12 +17,10 @@ from fastapi.responses import FileResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from engine import __version__
-from engine.client.grid import tile
-from engine.client.schema import (
+from engine.client.answers import (
     TERMINAL_EVENTS,
     Accepted,
     CheckReport,
-    DreamRequest,
     Health,
     ImagePage,
     ImageRecord,
@@ -32,12 +30,13 @@ from engine.client.schema import (
     ModelList,
     QueueState,
     ReconcileReport,
-    Scope,
     SearchResult,
     SearchResults,
     Upload,
-    clip_text,
 )
+from engine.client.errors import clip_text
+from engine.client.grid import tile
+from engine.client.schema import DreamRequest, Scope
 from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery, TextSearchQuery
 from engine.server.records import image_record
 from engine.server.services import Services, ServicesDep

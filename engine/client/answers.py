@@ -1,0 +1,183 @@
+"""What the engine answers: jobs and their events, images and pages of them, search results, health,
+the model shelf, errors. The requests they answer are in engine.client.schema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.client.schema import DreamRequest, JobStatus
+from engine.client.states import TERMINAL
+
+# The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
+from gallery.schemas import CheckReport as CheckReport
+from gallery.schemas import ImagePublic, UtcDateTime
+from gallery.schemas import ImportResult as ImportResult
+from gallery.schemas import ReconcileReport as ReconcileReport
+
+
+class Upload(BaseModel):
+    """An input image sent with POST /v1/uploads, to be named in a request by `ref`."""
+
+    ref: str
+    sha256: str
+    width: int
+    height: int
+
+
+class ImageInfo(BaseModel):
+    """One finished image of a job."""
+
+    id: int
+    index: int
+    seed: int
+    width: int
+    height: int
+    path: str
+    sha256: str
+    nsfw: bool = False
+    worker: str | None = Field(default=None, description="the engine worker that made it")
+    variation_seed: int | None = Field(default=None, description="a variation's own noise seed (its last -V term)")
+
+
+class Progress(BaseModel):
+    step: int = 0
+    total: int = 0
+
+
+class Job(BaseModel):
+    """A dream request's life in the engine, as clients see it."""
+
+    id: str
+    status: JobStatus
+    position: int | None = Field(default=None, description="0 = next to run; None once running or finished")
+    progress: Progress = Progress()
+    seed: int | None = None
+    images: list[ImageInfo] = []
+    error: str | None = None
+    request: DreamRequest
+    created_at: UtcDateTime
+    started_at: UtcDateTime | None = None
+    finished_at: UtcDateTime | None = None
+
+
+class Accepted(BaseModel):
+    """The answer to POST /v1/dreams."""
+
+    id: str
+    status: JobStatus
+    position: int
+    seed: int
+
+
+class WorkerInfo(BaseModel):
+    """One worker that runs jobs: the engine's own thread, or a Ray actor on some node."""
+
+    id: str = Field(description="recorded in every image it makes (params `worker`)")
+    node: str = Field(description="the machine it runs on")
+    pid: int = Field(description="its process on that machine")
+    device: str
+    job: str | None = Field(default=None, description="the job it runs now")
+    loading: str | None = Field(default=None, description="a model it is loading now")
+    loaded: list[str] = Field(default_factory=list, description="models in its memory")
+    alive: bool = Field(default=True, description="false while Ray restarts it")
+
+
+class QueueState(BaseModel):
+    running: list[Job]
+    queued: list[Job]
+    workers: list[WorkerInfo] = Field(default_factory=list)
+
+
+class ModelEntry(BaseModel):
+    """One thing on the model shelf. `hash`: AUTOMATIC1111's short hash (None until first computed)."""
+
+    name: str
+    family: str | None = None
+    format: str
+    size: int
+    hash: str | None = None
+    problem: str | None = Field(default=None, description="why it cannot be used, if it cannot")
+
+
+class ModelList(BaseModel):
+    default: str | None = None
+    checkpoints: list[ModelEntry]
+    loras: list[ModelEntry]
+    embeddings: list[ModelEntry]
+
+
+class Health(BaseModel):
+    status: Literal["ok", "starting"] = Field(
+        default="ok", description="starting: torch and the model are still loading; jobs queue meanwhile"
+    )
+    version: str
+    device: str
+    model: str
+    queued: int
+    running: int
+    loading: str | None = Field(default=None, description="a model being loaded now; jobs wait for it")
+    loaded: list[str] = Field(default_factory=list, description="models in memory, most recently used first")
+    workers: list[WorkerInfo] = Field(default_factory=list, description="who runs jobs (one, or a Ray pool)")
+
+
+EventType = Literal["queued", "started", "loading", "step", "image", "done", "failed", "cancelled"]
+TERMINAL_EVENTS = TERMINAL  # the last event of every stream
+
+
+class Event(BaseModel):
+    """One item of a job's event stream."""
+
+    type: EventType
+    job: str
+    position: int | None = None
+    step: int | None = None
+    total: int | None = None
+    preview: str | None = Field(default=None, description="small PNG preview as a data: URL")
+    image: ImageInfo | None = None
+    error: str | None = None
+    model: str | None = Field(default=None, description="`loading`: the model being loaded (seconds to minutes)")
+
+
+class ErrorBody(BaseModel):
+    """Every error the API returns: one human sentence."""
+
+    error: str
+    detail: list[dict[str, Any]] | None = None
+
+
+class ImageRecord(ImagePublic):
+    """An image of the gallery as clients see it: enough to show it, explain it, and make it again."""
+
+    path: str = Field(description="absolute path on the engine's machine")
+
+
+class ImagePage(BaseModel):
+    """A page of the gallery, newest first; `total` is how many match the filters."""
+
+    images: list[ImageRecord]
+    total: int
+    offset: int
+    limit: int
+
+
+class ImageUpdate(BaseModel):
+    """What a client may change about an image."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    favourite: bool
+
+
+class SearchResult(BaseModel):
+    image: ImageRecord
+    score: float
+
+
+class SearchResults(BaseModel):
+    """Best first."""
+
+    results: list[SearchResult]
+    offset: int
+    limit: int

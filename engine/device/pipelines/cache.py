@@ -1,0 +1,134 @@
+"""The pipeline cache: the loaded models within a memory budget (LRU; the model in use always stays)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+from engine.device.device import Device
+from engine.device.pipelines.model import LoadedModel, load_model
+from engine.device.pipelines.upscaler import Upscaler, load_upscaler
+from engine.device.runner import Affinity
+from engine.device.shelf import CHECKPOINT_SUFFIXES, Shelf, UnknownModel, default_model_name
+
+log = logging.getLogger(__name__)
+
+
+class PipelineCache:
+    """Keeps the models in use within a memory budget (LRU) and hands out their task pipelines.
+
+    Models are named by their shelf name; a path or hub id (the CLI's) loads too, and is
+    recorded by its file name, never its full path. The model being used is never evicted,
+    so one model over the budget still loads (alone).
+    """
+
+    def __init__(
+        self, device: Device, default_model: str | None, *, safety_check: bool = True, upscaler: str | None = None,
+        shelf: Shelf | None = None, budget_bytes: int | None = None, compile: str = "off",
+    ) -> None:  # fmt: skip
+        self.device = device
+        self.default_model = default_model
+        self.safety_check = safety_check
+        self.upscaler_ref = upscaler
+        self.shelf = shelf or Shelf(None)
+        self.budget_bytes = device.model_budget() if budget_bytes is None else budget_bytes
+        self.compile = compile == "on" or (compile == "auto" and device.type == "cuda")
+        self._upscaler: Upscaler | None = None
+        self._lock = threading.Lock()
+        self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self.loading: str | None = None  # the model being loaded now (health reports it)
+        self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
+
+    def default_name(self) -> str:
+        return default_model_name(self.default_model)
+
+    def _key(self, ref: str | None) -> str:
+        return ref or self.default_name()
+
+    def is_loaded(self, ref: str | None) -> bool:
+        return self._key(ref) in self._models
+
+    def affinity(self) -> Affinity:
+        """What the queue needs to spare this worker a reload."""
+        return Affinity(loaded=frozenset(self._models), default_model=self.default_name())
+
+    def loaded(self) -> list[str]:
+        """Names of the models in memory, most recently used first."""
+        return [m.name for m in reversed(self._models.values())]
+
+    def _locate(self, key: str) -> tuple[str | None, str]:
+        """(what the loader loads: a path, hub id or None for the built-in model; the name images record)."""
+        try:
+            item = self.shelf.find("checkpoint", key)
+        except UnknownModel:
+            path = Path(key).expanduser()
+            return key, (path.stem if path.suffix in CHECKPOINT_SUFFIXES else path.name or key)
+        return (str(item.path) if item.path is not None else None), item.name
+
+    def model(self, ref: str | None) -> LoadedModel:
+        """Model `ref` (None: the configured default), loading it if needed."""
+        key = self._key(ref)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            load, name = self._locate(key)
+            if load is None:
+                log.info("using the built-in toy models; set `model = ...` in the config for real images")
+            self.loading = name
+            started = time.perf_counter()
+            attempt = functools.partial(load_model, load, self.device, safety_check=self.safety_check,
+                                        configs=self.shelf.configs)  # fmt: skip
+            try:
+                try:
+                    model = attempt()
+                except Exception as e:
+                    if not self.device.is_out_of_memory(e) or not self._models:
+                        raise
+                    log.warning("out of memory loading %s; unloading the other models and trying again", name)
+                    self.unload()
+                    model = attempt()
+                model.name = name
+                if self.compile:
+                    model.compile()
+                if load is not None and Path(load).is_file():
+                    model.hash = self.shelf.short_hash(Path(load), "checkpoint")
+            finally:
+                self.loading = None
+            self.loads += 1
+            self._models[key] = model
+            self._evict()
+            log.info("loaded model %s (%s, %.2f GB) on %s in %.1f s; in memory: %s", name, model.family,
+                     model.nbytes / 1e9, self.device.describe(), time.perf_counter() - started,
+                     ", ".join(self.loaded()))  # fmt: skip
+            return model
+
+    def _evict(self) -> None:
+        """Drop least recently used models until the rest fit the budget (the newest always stays)."""
+        evicted = False
+        while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > self.budget_bytes:
+            _, old = self._models.popitem(last=False)
+            log.info("unloading model %s (%.2f GB) to stay within the %.1f GB model cache", old.name,
+                     old.nbytes / 1e9, self.budget_bytes / 1e9)  # fmt: skip
+            evicted = True
+        if evicted:
+            self.device.free_memory()
+
+    def upscaler(self) -> Upscaler | None:
+        """The configured upscaler pipeline (loaded on first use), or None."""
+        if self.upscaler_ref is None:
+            return None
+        with self._lock:
+            if self._upscaler is None:
+                self._upscaler = load_upscaler(self.upscaler_ref, self.device)
+                log.info("loaded upscaler %s (x%d)", self.upscaler_ref, self._upscaler.factor)
+            return self._upscaler
+
+    def unload(self) -> None:
+        if self._models:
+            self._models.clear()
+            self.device.free_memory()

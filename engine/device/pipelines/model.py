@@ -1,0 +1,329 @@
+"""A loaded model and its tasks (txt2img, img2img, inpaint, previews, add-ons), diffusers-style: check_inputs
+first, a generator per seed, progress and cancel through callback_on_step_end."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    DiffusionPipeline,
+)
+from PIL import Image
+from safetensors.torch import load_file
+
+from engine.client import prompts
+from engine.client.errors import InputError
+from engine.client.schema import Sampler
+from engine.device.device import Device
+from engine.device.families import (
+    FLOW_MATCHING,
+    Detected,
+)
+from engine.device.pipelines.conditioning import PromptEncoder
+from engine.device.pipelines.loading import load_pipeline
+from engine.device.pipelines.schedulers import make_scheduler
+from engine.device.shelf import Item
+
+log = logging.getLogger(__name__)
+
+
+StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+def effective_steps(steps: int, strength: float) -> int:
+    """Steps to ask diffusers for so that an img2img pass at `strength` runs at least one.
+
+    diffusers runs int(steps * strength) of them; below one it fails on an empty tensor. As
+    AUTOMATIC1111 does, run one step instead: asking for ceil(1/strength) runs exactly the last
+    step of that schedule, whose noise level matches `strength`.
+    """
+    if strength <= 0:
+        raise ValueError(f"strength must be above 0, got {strength}")
+    return steps if int(steps * strength) >= 1 else math.ceil(1 / strength)
+
+
+class LoadedModel:
+    """A loaded model and its tasks (txt2img, img2img, inpaint). img2img and inpaint pipelines are
+    built with `from_pipe`, so they share the loaded components instead of copying them.
+
+    Family differences live here and nowhere else: an inpainting checkpoint makes txt2img and
+    img2img through its inpaint pipeline with a full mask (as A1111 does); an SDXL refiner only
+    refines; SD3 and FLUX have a transformer instead of a UNet and flow-matching samplers.
+    """
+
+    def __init__(self, name: str, pipe: DiffusionPipeline, device: Device, detected: Detected | None = None) -> None:
+        self.name = name
+        self.detected = detected or Detected("sd1")
+        # The model's safety checker flags images instead of blacking them out inside the
+        # pipeline: the gallery keeps everything, and each frontend decides where to show it.
+        self.safety_checker = getattr(pipe, "safety_checker", None)
+        self.feature_extractor = getattr(pipe, "feature_extractor", None)
+        if self.safety_checker is not None:
+            pipe.safety_checker = None
+            # Its warning says "a black image will be returned": not true here, the image is only flagged.
+            logging.getLogger(type(self.safety_checker).__module__).setLevel(logging.ERROR)
+        self.pipe = pipe
+        self.device = device
+        self.hash: str | None = None  # A1111's short hash of the checkpoint file, when it is one
+        self.base_scheduler_config = dict(pipe.scheduler.config)
+        self.flow = self.detected.family in FLOW_MATCHING
+        self._img2img: DiffusionPipeline | None = None
+        self._inpaint: DiffusionPipeline | None = None
+        self._encoder: PromptEncoder | None = None
+        self._embeddings: list[str] = []  # loaded for the running job
+
+    @property
+    def family(self) -> str:
+        return self.detected.label
+
+    def compile(self) -> None:
+        """torch.compile the denoiser (UNet or transformer) in place: it compiles on its first call (and again
+        for a new image size), from inductor's on-disk cache when this machine compiled it before."""
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        denoiser.compile()
+        log.info("%s: %s compiles on first use (inductor cache %s)", self.name, type(denoiser).__name__,
+                 os.environ.get("TORCHINDUCTOR_CACHE_DIR", "torch's default"))  # fmt: skip
+
+    @functools.cached_property
+    def nbytes(self) -> int:
+        """Bytes its weights hold on the device (what the model cache budgets)."""
+        modules = [c for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)]
+        return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+    @property
+    def _packed(self) -> bool:
+        """FLUX packs 2x2 latent patches into tokens: sizes are multiples of twice the VAE's factor."""
+        return self.detected.family == "flux"
+
+    @property
+    def native_size(self) -> int:
+        """The square size the model was trained at (512 for SD 1.x, 64 for the toy model)."""
+        unet = getattr(self.pipe, "unet", None)
+        size = unet.config.sample_size if unet is not None else self.pipe.default_sample_size
+        return int(size * self.pipe.vae_scale_factor)
+
+    def latent_shape(self, width: int, height: int) -> tuple[int, int, int]:
+        """The shape of one image's starting noise (the VAE's latent channels: an inpainting
+        UNet takes 9, but its noise has the VAE's 4)."""
+        f = self.pipe.vae_scale_factor * (2 if self._packed else 1)
+        scale = 2 if self._packed else 1
+        return int(self.pipe.vae.config.latent_channels), height // f * scale, width // f * scale
+
+    def _pack(self, latents: torch.Tensor) -> torch.Tensor:
+        if not self._packed:
+            return latents
+        b, c, h, w = latents.shape
+        return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, (h // 2) * (w // 2), c * 4)
+
+    def check_inputs(self, *, width: int, height: int, steps: int, seeds: list[int]) -> None:
+        """Before any work, for every task: errors name the argument and its value."""
+        multiple = self.pipe.vae_scale_factor * (2 if self._packed else 1)
+        if width % multiple or height % multiple:
+            raise ValueError(f"width and height must be multiples of {multiple}, got {width}x{height}")
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if not seeds:
+            raise ValueError("seeds must name at least one image")
+
+    def txt2img(
+        self,
+        *,
+        seeds: list[int],
+        width: int,
+        height: int,
+        latents: torch.Tensor | None = None,
+        **common,
+    ) -> list[Image.Image]:
+        """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
+        self.check_inputs(width=width, height=height, steps=common["steps"], seeds=seeds)
+        if self.detected.family == "sdxl-refiner":
+            raise InputError("an SDXL refiner only refines images: use it for img2img or inpaint, "
+                             "or as --refiner after an SDXL model")  # fmt: skip
+        if latents is not None:
+            latents = self._pack(latents).to(self.device.torch_device, self.pipe.dtype)
+        if self.detected.inpainting:
+            # An inpainting UNet also sees a masked image: give it nothing to keep (all masked, grey).
+            blank = Image.new("RGB", (width, height), (127, 127, 127))
+            full = Image.new("L", (width, height), 255)
+            return self._run(self._inpaint_pipe(), seeds=seeds, image=[blank] * len(seeds),
+                             mask_image=[full] * len(seeds), strength=1.0, width=width, height=height,
+                             latents=latents, **common)  # fmt: skip
+        return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
+
+    def img2img(
+        self, *, seeds: list[int], image: Image.Image, strength: float, steps: int, **common
+    ) -> list[Image.Image]:
+        self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
+        if self.detected.inpainting:
+            full = Image.new("L", image.size, 255)
+            return self.inpaint(seeds=seeds, image=image, mask=full, strength=strength, steps=steps, **common)
+        if self._img2img is None:
+            self._img2img = self._task(AutoPipelineForImage2Image)
+        extra = {"width": image.width, "height": image.height} if self.flow else {}
+        return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength,
+                         steps=effective_steps(steps, strength), **extra, **common)  # fmt: skip
+
+    def inpaint(
+        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, steps: int, **common
+    ) -> list[Image.Image]:
+        """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
+        masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
+        self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
+        n = len(seeds)
+        return self._run(self._inpaint_pipe(), seeds=seeds, image=[image] * n, mask_image=[mask] * n,
+                         strength=strength, width=image.width, height=image.height,
+                         steps=effective_steps(steps, strength), **common)  # fmt: skip
+
+    def _inpaint_pipe(self) -> DiffusionPipeline:
+        if self._inpaint is None:
+            self._inpaint = self._task(AutoPipelineForInpainting)
+        return self._inpaint
+
+    def _task(self, auto: type) -> DiffusionPipeline:
+        try:
+            pipe = auto.from_pipe(self.pipe)
+        except ValueError as e:  # AutoPipeline has no such task for this family
+            raise InputError(f"{self.family} models cannot do this ({e})") from e
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    @torch.inference_mode()
+    def _run(
+        self,
+        pipe: DiffusionPipeline,
+        *,
+        prompt: str,
+        negative_prompt: str,
+        seeds: list[int],
+        steps: int,
+        cfg_scale: float,
+        sampler: Sampler,
+        on_step: StepCallback | None = None,
+        **task_inputs,
+    ) -> list[Image.Image]:
+        # CPU generators: the same seed draws the same noise on any device.
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        if task_inputs.get("latents") is not None:
+            # The caller drew the starting noise from these generators; advance them
+            # the same way so the sampler's own noise matches a plain txt2img call.
+            for g in generators:
+                torch.randn(task_inputs["latents"].shape[1:], generator=g)
+        pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config, flow=self.flow, family=self.family)
+        if negative_prompt and self.detected.family == "flux":
+            task_inputs["true_cfg_scale"] = cfg_scale  # FLUX's guidance is distilled; a negative needs true CFG
+
+        def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+            if on_step is not None:
+                on_step(step + 1, pipe.num_timesteps, tensors["latents"])
+            return tensors
+
+        out = pipe(
+            **self._conditioning(prompt, negative_prompt, len(seeds)),
+            num_inference_steps=steps,
+            guidance_scale=cfg_scale,
+            generator=generators,
+            callback_on_step_end=step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+            **task_inputs,
+        )
+        return list(out.images)
+
+    def _conditioning(self, prompt: str, negative_prompt: str, n: int) -> dict:
+        """The pipeline's text inputs for `n` images: compel's embeddings (A1111 weights, past the
+        77-token window, BREAK) for SD 1.x/2.x/SDXL; the plain text for SD3 and FLUX."""
+        prompt, negative_prompt = (prompts.without_embedding_prefix(prompts.parse(p)[0])
+                                   for p in (prompt, negative_prompt))  # fmt: skip
+        if self.flow:
+            return {"prompt": [prompt] * n, "negative_prompt": [negative_prompt] * n if negative_prompt else None}
+        if self._encoder is None:
+            self._encoder = PromptEncoder(self.pipe, self._embeddings)
+        return self._encoder(prompt, negative_prompt, n)
+
+    @contextmanager
+    def addons(self, loras: list[tuple[Item, float]], embeddings: list[Item]) -> Iterator[None]:
+        """LoRAs and embeddings for one job; afterwards the model is exactly as before (the next job
+        is byte-identical to one that never saw them)."""
+        adapters: list[str] = []
+        try:
+            for i, (item, _) in enumerate(loras):
+                name = f"job_lora_{i}"
+                try:
+                    self.pipe.load_lora_weights(str(item.path), adapter_name=name)
+                except (ValueError, RuntimeError, KeyError, OSError) as e:
+                    raise InputError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                                     f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
+                if not any(name in names for names in self.pipe.get_list_adapters().values()):
+                    raise InputError(f"LoRA {item.name!r} does not fit this {self.family} model "
+                                     "(none of its layers are in it: made for another family?)")  # fmt: skip
+                adapters.append(name)
+            if adapters:
+                self.pipe.set_adapters(adapters, [weight for _, weight in loras])
+            for item in embeddings:
+                self._load_embedding(item)
+            self._embeddings, self._encoder = [item.name for item in embeddings], None
+            yield
+        finally:
+            if adapters or self.pipe.get_list_adapters():
+                self.pipe.unload_lora_weights()
+            if self._embeddings:
+                self.pipe.unload_textual_inversion()
+            self._embeddings, self._encoder = [], None
+
+    def _load_embedding(self, item: Item) -> None:
+        try:
+            if getattr(self.pipe, "text_encoder_2", None) is None:
+                self.pipe.load_textual_inversion(str(item.path), token=item.name)
+                return
+            state = load_file(str(item.path)) if item.path.suffix == ".safetensors" else {}
+            if "clip_l" not in state or "clip_g" not in state:
+                raise ValueError("it has no clip_l/clip_g vectors")
+            self.pipe.load_textual_inversion(state["clip_l"], token=item.name, text_encoder=self.pipe.text_encoder,
+                                             tokenizer=self.pipe.tokenizer)  # fmt: skip
+            self.pipe.load_textual_inversion(state["clip_g"], token=item.name, text_encoder=self.pipe.text_encoder_2,
+                                             tokenizer=self.pipe.tokenizer_2)  # fmt: skip
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            raise InputError(f"embedding {item.name!r} does not fit this {self.family} model "
+                             f"(made for another family?): {str(e).splitlines()[0][:200]}") from e  # fmt: skip
+
+    @torch.inference_mode()
+    def safety_flags(self, images: list[Image.Image]) -> list[bool]:
+        """For each image, whether the model's safety checker flags it (all False when it has none)."""
+        if self.safety_checker is None or self.feature_extractor is None or not images:
+            return [False] * len(images)
+        clip_input = self.feature_extractor(images, return_tensors="pt").pixel_values
+        pixels = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
+        checker = self.safety_checker
+        _, flags = checker(images=pixels, clip_input=clip_input.to(self.device.torch_device, checker.dtype))
+        return [bool(f) for f in flags]
+
+    def preview(self, latents: torch.Tensor, size: int = 64) -> Image.Image | None:
+        """A small picture of the first image's current latents, decoded by the real VAE
+        (None for FLUX: its packed tokens do not say the picture's shape)."""
+        if latents.ndim != 4:
+            return None
+        vae = self.pipe.vae
+        shift = vae.config.get("shift_factor") or 0.0
+        with torch.inference_mode():
+            sample = vae.decode(latents[:1].to(vae.dtype) / vae.config.scaling_factor + shift).sample
+        arr = ((sample[0].float().clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).byte().cpu().numpy()
+        img = Image.fromarray(arr)
+        img.thumbnail((size, size))
+        return img
+
+
+def load_model(
+    ref: str | None, device: Device, *, safety_check: bool = True, configs: Path | None = None
+) -> LoadedModel:
+    """`load_pipeline`, ready to run: the model and its tasks."""
+    name, pipe, detected = load_pipeline(ref, device, safety_check=safety_check, configs=configs)
+    return LoadedModel(name, pipe, device, detected)
