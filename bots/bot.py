@@ -39,7 +39,7 @@ class DreamBot(commands.Bot):
         self.engine = engine
         self.settings = settings
         self.flow = DreamFlow(engine, settings.bot)  # one, shared by the commands and the buttons
-        self.tree.on_error = self.on_app_command_error
+        self.tree.on_error = self.on_app_command_error  # discord.py documents assigning it
 
     async def setup_hook(self) -> None:
         try:

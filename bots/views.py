@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import discord
 
@@ -61,9 +61,10 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
 
     @classmethod
     async def from_custom_id(
-        cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str], /
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
     ) -> ImageAction:
-        return cls(match["action"], int(match["image_id"]), label=item.label or "", row=item.row or 0)
+        label = item.label if isinstance(item, discord.ui.Button) else None
+        return cls(match["action"], int(match["image_id"]), label=label or "", row=item.row or 0)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
@@ -152,7 +153,7 @@ class RemixModal(discord.ui.Modal, title="Remix"):
 
     def __init__(self, command: str) -> None:
         super().__init__(timeout=600)
-        self.command = discord.ui.TextInput(
+        self.command: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
             label="Prompt and flags", style=discord.TextStyle.paragraph, default=command[:4000], max_length=4000
         )
         self.add_item(self.command)

@@ -15,7 +15,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from PySide6.QtCore import QObject, Signal
 
@@ -111,7 +111,7 @@ class EngineLink(QObject):
             # signals may be emitted from any thread.
             client = connect(self.settings, autostart=autostart, say=self.status.emit)
             try:
-                return client.health()
+                return cast(Health, client.health())
             finally:
                 client.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PySide6.QtCore import QMimeData, QSize, Qt, QUrl, Signal
 from PySide6.QtGui import (
@@ -54,7 +54,7 @@ class EngineSource:
         return page.total, page.images
 
     def image_bytes(self, record: ImageRecord) -> bytes | None:
-        return self.link.client().image_file(record.id)
+        return cast(bytes, self.link.client().image_file(record.id))
 
 
 class ResultSource(EngineSource):

@@ -15,7 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
-from PySide6.QtCore import QAbstractListModel, QBuffer, QIODevice, QModelIndex, QObject, QSize, Qt, Signal
+from PySide6.QtCore import (
+    QAbstractListModel,
+    QBuffer,
+    QIODevice,
+    QModelIndex,
+    QObject,
+    QPersistentModelIndex,
+    QSize,
+    Qt,
+    Signal,
+)
 from PySide6.QtGui import QColor, QImage, QImageReader, QPixmap
 
 from engine.client.answers import ImageRecord
@@ -126,11 +136,15 @@ class GalleryModel(QAbstractListModel):
         self._asked: set[int] = set()
         self.thumbs: OrderedDict[int, QPixmap] = OrderedDict()
         self.cache_size = cache_size
-        self.loader = ThumbnailLoader(lambda: self.source)
+        self.loader = ThumbnailLoader(self._source)
         self.loader.loaded.connect(self._thumb_loaded)
         self.page_arrived.connect(self._page_arrived)
         self.placeholder = QPixmap(THUMB, THUMB)
         self.placeholder.fill(QColor(60, 60, 66))
+
+    def _source(self) -> ImageSource:
+        assert self.source is not None  # thumbnails are asked for rows of a page, which needs a source
+        return self.source
 
     def set_source(self, source: ImageSource) -> None:
         """Show another listing (a filter changed, a search ran); the first page loads in the background."""
@@ -208,10 +222,10 @@ class GalleryModel(QAbstractListModel):
         return page[k] if k < len(page) else None
 
     # --- QAbstractListModel ------------------------------------------------------------
-    def rowCount(self, parent: QModelIndex | None = None) -> int:
-        return 0 if parent is not None and parent.isValid() else self.total
+    def rowCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else self.total
 
-    def data(self, index: QModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def data(self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
         if not index.isValid():
             return None
         record = self.record(index.row())

@@ -51,7 +51,6 @@ from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
 from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
-from engine.client.limits import MAX_SIDE
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
 from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Requester, default_of
 
@@ -117,8 +116,11 @@ class GeneratePanel(QWidget):
         self.seed.setValidator(QRegularExpressionValidator(QRegularExpression(r"\d{0,10}")))
         self.random_seed = QCheckBox("random", checked=True)
         self.copy_seed = QPushButton("Copy")
-        self.width_box = QSpinBox(minimum=0, maximum=MAX_SIDE, singleStep=64, specialValueText="model default")
-        self.height_box = QSpinBox(minimum=0, maximum=MAX_SIDE, singleStep=64, specialValueText="model default")
+        max_side = link.settings.limits.max_side  # what the engine makes: its own check, read here
+        self.width_box = QSpinBox(minimum=0, maximum=max_side, singleStep=64)
+        self.height_box = QSpinBox(minimum=0, maximum=max_side, singleStep=64)
+        for box in (self.width_box, self.height_box):
+            box.setSpecialValueText("model default")
         self.steps = QSpinBox(minimum=1, maximum=150, value=default_of("steps"))
         self.cfg = QDoubleSpinBox(minimum=0.0, maximum=30.0, value=default_of("cfg_scale"), singleStep=0.5)
         self.sampler = QComboBox()
@@ -140,7 +142,9 @@ class GeneratePanel(QWidget):
         self.progress = QProgressBar()
         self.state = QLabel("Ready.")
         self.preview = Preview()
-        self.results = QListWidget(viewMode=QListWidget.ViewMode.IconMode, movement=QListWidget.Movement.Static)
+        self.results = QListWidget()
+        self.results.setViewMode(QListWidget.ViewMode.IconMode)
+        self.results.setMovement(QListWidget.Movement.Static)
         self.results.setIconSize(QSize(THUMB, THUMB))
         self.results.setFixedHeight(THUMB + 40)
         self.results.setFlow(QListWidget.Flow.LeftToRight)

@@ -19,14 +19,14 @@ class MaskCanvas(QWidget):
         self.image = image
         self.scale = max(1.0, VIEW / max(image.width(), image.height()))
         self.setFixedSize(int(image.width() * self.scale), int(image.height() * self.scale))
-        self.mask = QImage(image.size(), QImage.Format.Format_Grayscale8)
-        self.mask.fill(0)
+        self.painted = QImage(image.size(), QImage.Format.Format_Grayscale8)
+        self.painted.fill(0)
         self.brush = max(2, image.width() // 8)
         self._last: QPointF | None = None
 
     def stroke(self, a: QPointF, b: QPointF) -> None:
         """Paint white from `a` to `b` (canvas coordinates)."""
-        painter = QPainter(self.mask)
+        painter = QPainter(self.painted)
         pen = QPen(QColor(255, 255, 255), self.brush, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap)
         painter.setPen(pen)
         painter.drawLine(a / self.scale, b / self.scale)
@@ -34,7 +34,7 @@ class MaskCanvas(QWidget):
         self.update()
 
     def clear(self) -> None:
-        self.mask.fill(0)
+        self.painted.fill(0)
         self.update()
 
     def mousePressEvent(self, event: QMouseEvent) -> None:
@@ -52,9 +52,9 @@ class MaskCanvas(QWidget):
     def paintEvent(self, event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.drawPixmap(self.rect(), self.image)
-        overlay = QImage(self.mask.size(), QImage.Format.Format_ARGB32)
+        overlay = QImage(self.painted.size(), QImage.Format.Format_ARGB32)
         overlay.fill(QColor(255, 0, 0))
-        overlay.setAlphaChannel(self.mask)
+        overlay.setAlphaChannel(self.painted)
         painter.setOpacity(0.5)
         painter.drawImage(self.rect(), overlay)
         painter.end()
@@ -90,4 +90,4 @@ class MaskEditor(QDialog):
         self.canvas.stroke(QPointF(a) * s, QPointF(b) * s)
 
     def mask_png(self) -> bytes:
-        return png_bytes(self.canvas.mask)
+        return png_bytes(self.canvas.painted)

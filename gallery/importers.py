@@ -24,7 +24,9 @@ def parse_a1111(text: str) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     settings_line = lines[-1] if len(lines) > 1 or "Steps:" in lines[-1] else ""
     body = lines[:-1] if settings_line else lines
-    prompt, negative, in_negative = [], [], False
+    prompt: list[str] = []
+    negative: list[str] = []
+    in_negative = False
     for line in body:
         if line.startswith("Negative prompt:"):
             in_negative = True

@@ -198,12 +198,11 @@ class LanceIndex(VectorIndex):
 
     def _in_scope(self, filters: VectorFilters | None) -> list[Shard]:
         """The shards a query may read: a guild's own, the no-guild one for DMs, else all."""
+        # A shard is one value of `guild`: the tenant rule's first condition on it names the one to read.
+        guild = next((c for c in filters.conditions() if c.column == "guild"), None) if filters else None
         with self._lock:
-            if filters is not None and filters.guild is not None:
-                shard = self._shards.get(self.shard_name(filters.guild))
-                return [shard] if shard is not None else []
-            if filters is not None and filters.dm_of is not None:
-                shard = self._shards.get(self.shard_name(None))
+            if guild is not None:
+                shard = self._shards.get(self.shard_name(guild.value))
                 return [shard] if shard is not None else []
             return list(self._shards.values())
 

@@ -27,13 +27,8 @@ def where_clause(filters: VectorFilters | None) -> str | None:
     """The SQL filter LanceDB applies before ranking (values quoted, never pasted raw)."""
     if filters is None:
         return None
-    parts = []
-    for column in ("guild", "user", "source", "model"):
-        value = getattr(filters, column)
-        if value is not None:
-            parts.append(f"`{column}` = {_quote(value)}")
-    if filters.dm_of is not None:
-        parts.append(f"`guild` IS NULL AND `source` = 'discord' AND `user` = {_quote(filters.dm_of)}")
+    parts = [f"`{column}` IS NULL" if value is None else f"`{column}` = {_quote(value)}"
+             for column, value in filters.conditions()]  # fmt: skip
     if filters.created_after is not None:
         parts.append(f"created_at >= timestamp {_quote(_utc(filters.created_after))}")
     if filters.created_before is not None:

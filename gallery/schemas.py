@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -55,6 +55,23 @@ class ImagePublic(ImageCreate):
     deleted_at: UtcDateTime | None = None
 
 
+class Condition(NamedTuple):
+    """`column = value` on an image's row (None: the column IS NULL)."""
+
+    column: str
+    value: str | None
+
+
+def tenant_conditions(guild: str | None, dm_of: str | None) -> list[Condition]:
+    """The tenant rule, written once: a Discord guild sees its own images; in a DM, a user sees the images of
+    their own DMs. SQLite's filter (gallery.store), LanceDB's (gallery.lance_filters, and which shards a query
+    reads) and the engine's check of one image or job (engine.client.schema.Scope) all render these."""
+    conditions = [Condition("guild", guild)] if guild is not None else []
+    if dm_of is not None:
+        conditions += [Condition("guild", None), Condition("source", "discord"), Condition("user", dm_of)]
+    return conditions
+
+
 class VectorFilters(BaseModel):
     """Filters that are also columns of the vector index: applied inside the vector query, never afterwards."""
 
@@ -65,6 +82,11 @@ class VectorFilters(BaseModel):
     created_after: datetime | None = None
     created_before: datetime | None = None
     dm_of: str | None = Field(default=None, description="only this Discord user's images from direct messages")
+
+    def conditions(self) -> list[Condition]:
+        """Every equality this filter asks for: the tenant rule's, then user, source and model."""
+        own = [Condition(c, getattr(self, c)) for c in ("user", "source", "model") if getattr(self, c) is not None]
+        return tenant_conditions(self.guild, self.dm_of) + own
 
 
 class SearchFilters(VectorFilters):

@@ -253,14 +253,12 @@ class SqliteImageStore(ImageStore):
 def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     """WHERE conditions on the images table for `filters` (always excluding deleted images)."""
     conds, params = [f"{alias}.deleted_at IS NULL"], {}
-    for column in ("guild", "user", "source", "model"):
-        value = getattr(filters, column)
-        if value is not None:
-            conds.append(f'{alias}."{column}" = :f_{column}')
-            params[f"f_{column}"] = value
-    if filters.dm_of is not None:
-        conds.append(f"{alias}.guild IS NULL AND {alias}.source = 'discord' AND {alias}.\"user\" = :f_dm_of")
-        params["f_dm_of"] = filters.dm_of
+    for i, (column, value) in enumerate(filters.conditions()):
+        if value is None:
+            conds.append(f'{alias}."{column}" IS NULL')
+        else:
+            conds.append(f'{alias}."{column}" = :f_{i}')
+            params[f"f_{i}"] = value
     if filters.created_after is not None:
         conds.append(f"{alias}.created_at >= :f_after")
         params["f_after"] = filters.created_after

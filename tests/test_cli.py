@@ -131,7 +131,7 @@ def test_engine_says_at_once_that_one_is_running(engine: EngineProcess) -> None:
 
 
 def test_the_progress_bar_counts_the_steps_that_run() -> None:
-    from cli.main import _Progress
+    from cli.dream import _Progress
     from engine.client.answers import Event
 
     progress = _Progress(quiet=False)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from engine.client.errors import clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import Sampler
+from gallery.schemas import tenant_conditions
 
 MAX_SEED = 2**32 - 1
 MAX_PROMPT_CHARS = 2000
@@ -114,12 +115,8 @@ class Scope(BaseModel):
         return self.guild is not None or self.dm_of is not None
 
     def allows(self, owner: Owned) -> bool:
-        """Whether an image (or a job's requester) is inside the scope."""
-        if self.guild is not None:
-            return owner.guild == self.guild
-        if self.dm_of is not None:
-            return owner.guild is None and owner.source == "discord" and owner.user == self.dm_of
-        return True
+        """Whether an image (or a job's requester) is inside the scope: the gallery's tenant rule, on one row."""
+        return all(getattr(owner, column) == value for column, value in tenant_conditions(self.guild, self.dm_of))
 
     def params(self) -> dict[str, str]:
         return self.model_dump(exclude_none=True)

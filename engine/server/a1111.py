@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import io
 import json
 import re
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine.client.answers import TERMINAL_EVENTS, Job, ModelEntry
+from engine.client.answers import Job, ModelEntry
 from engine.client.dream_args import explain
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
 from engine.client.schema import DreamRequest, Requester
@@ -188,18 +189,10 @@ class A1111:
 
     async def run(self, s: Services, request: DreamRequest) -> Job:
         """Submit and wait for the job's end (what A1111's blocking calls do)."""
-        assert s.hub is not None
         accepted = await asyncio.to_thread(s.jobs.submit, request)
-        q = s.hub.subscribe(accepted.id)  # before reading the state, so the end cannot slip between
-        try:
-            job = await asyncio.to_thread(s.jobs.get, accepted.id)
-            while job.status in {"queued", "running"}:
-                event = await q.get()
-                if event.type in TERMINAL_EVENTS:
-                    break
-            return await asyncio.to_thread(s.jobs.get, accepted.id)
-        finally:
-            s.hub.unsubscribe(accepted.id, q)
+        async for _ in s.hub.follow(accepted.id, functools.partial(s.jobs.snapshot, accepted.id)):
+            pass  # to the job's last event
+        return await asyncio.to_thread(s.jobs.get, accepted.id)
 
     def answer(self, s: Services, body: _Body, job: Job) -> dict:
         """A1111's `images`, `parameters` and `info` (a JSON string) for a finished job."""
@@ -211,7 +204,7 @@ class A1111:
         seeds = [r.seed for r in records]
         subseeds = [i.variation_seed if i.variation_seed is not None else body.subseed for i in job.images]
         first = records[0] if records else None
-        info = {
+        info: dict[str, Any] = {
             "prompt": body.prompt, "all_prompts": [body.prompt] * len(files),
             "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(files),
             "seed": seeds[0] if seeds else body.seed, "all_seeds": seeds,

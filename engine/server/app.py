@@ -224,6 +224,11 @@ async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
         log.info("also listening on tcp://%s:%d (token required)", settings.tcp_host, settings.tcp_port)
     # One SIGTERM must stop both listeners, and then return here (not re-raise) so the socket is removed.
     loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for server in servers:
+            server.should_exit = True
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: [setattr(s, "should_exit", True) for s in servers])
+        loop.add_signal_handler(sig, stop_all)
     await asyncio.gather(*(s.serve(sockets=socks) for s, socks in zip(servers, sockets)))

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Callable
 from contextlib import suppress
 
-from engine.client.answers import Event
+from engine.client.answers import TERMINAL_EVENTS, Event
 
 
 class EventSink(ABC):
@@ -49,6 +50,23 @@ class EventHub(EventSink):
 
     def watched(self) -> set[str]:
         return set(self._subscribers)  # a copy of the keys; a stale id only costs one position lookup
+
+    async def follow(self, job_id: str, snapshot: Callable[[], list[Event]]) -> AsyncGenerator[Event, None]:
+        """A job's events to its end: what it has said so far (`snapshot`, read after subscribing, so nothing
+        falls in between), then each new one. Every stream of a job (SSE, A1111's blocking calls) is this."""
+        q = self.subscribe(job_id)
+        try:
+            for event in await asyncio.to_thread(snapshot):
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+            while True:
+                event = await q.get()
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+        finally:
+            self.unsubscribe(job_id, q)
 
     def subscribe(self, job_id: str) -> asyncio.Queue[Event]:
         q: asyncio.Queue[Event] = asyncio.Queue(maxsize=512)

@@ -78,4 +78,4 @@ def _errors_as_json_in_openapi(app: FastAPI) -> None:
             app.openapi_schema = spec
         return app.openapi_schema
 
-    app.openapi = openapi  # FastAPI's documented way to customise the schema
+    app.openapi = openapi  # FastAPI documents replacing it to customise the schema

@@ -9,7 +9,9 @@ errors become status codes in engine.server.errors. Wiring and sockets are engin
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -18,7 +20,6 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from engine import __version__
 from engine.client.answers import (
-    TERMINAL_EVENTS,
     Accepted,
     CheckReport,
     Health,
@@ -126,20 +127,10 @@ def cancel(job_id: str, s: ServicesDep) -> Job:
 
 @router.get("/v1/dreams/{job_id}/events", response_class=EventSourceResponse)
 async def events(job_id: ExistingJob, s: ServicesDep) -> AsyncIterator[ServerSentEvent]:
-    assert s.hub is not None
-    q = s.hub.subscribe(job_id)  # subscribe before the snapshot so nothing falls in between
-    try:
-        for event in await asyncio.to_thread(s.jobs.snapshot, job_id):
+    # aclosing: a client that goes away unsubscribes at once, not when the generator is collected.
+    async with aclosing(s.hub.follow(job_id, functools.partial(s.jobs.snapshot, job_id))) as events:
+        async for event in events:
             yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
-            if event.type in TERMINAL_EVENTS:
-                return
-        while True:
-            event = await q.get()
-            yield ServerSentEvent(data=event.model_dump(exclude_none=True), event=event.type)
-            if event.type in TERMINAL_EVENTS:
-                return
-    finally:
-        s.hub.unsubscribe(job_id, q)
 
 
 @router.get("/v1/dreams/{job_id}/grid", response_class=Response, responses={200: {"content": {"image/png": {}}}})

@@ -227,7 +227,7 @@ class LoadedModel:
                 on_step(step + 1, pipe.num_timesteps, tensors["latents"])
             return tensors
 
-        out = pipe(
+        out = pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
             **self._conditioning(prompt, negative_prompt, len(seeds)),
             num_inference_steps=steps,
             guidance_scale=cfg_scale,

@@ -45,7 +45,7 @@ class Upscaler:
             if on_step is not None:
                 on_step(step + 1, steps, latents)
 
-        out = self.pipe(
+        out = self.pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
             prompt=[prompt] * n,
             negative_prompt=[negative_prompt] * n if negative_prompt else None,
             image=[image] * n,

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import Engine, bindparam, func, insert, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
@@ -207,7 +208,7 @@ class SqliteJobQueue(JobQueue):
             self.events.publish(Event(type=status, job=job_id, error=error))
         if before == "queued" or status == "queued":
             self._announce_positions()
-        return before
+        return cast(JobStatus, before)
 
     def _announce_positions(self) -> None:
         """Tell the watched queued jobs where they stand now (only theirs are computed)."""
