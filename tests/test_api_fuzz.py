@@ -81,5 +81,6 @@ def test_max_side_holds_for_the_size_a_job_would_make(fuzzed: str) -> None:
             answer = http.post("/v1/dreams", json=body)
             assert answer.status_code == 422, answer.text
             assert said in answer.json()["error"] and "256 px per side" in answer.json()["error"]
+            assert "\n" not in answer.json()["error"] and ("max_side" in answer.json()["error"] or "-W" in said)
         small = {"mode": "img2img", "init_image": ref, "prompt": "x", "width": 128, "height": 128, "steps": 1}
         assert http.post("/v1/dreams", json=small).status_code == 202  # -W/-H within the limit: accepted

@@ -102,7 +102,7 @@ class Limits:
     def check_made(self, what: str, width: int, height: int, *, min_side: bool = True) -> None:
         """The size a job would make; `what` says so ("a x4 upscale of a 512x512 image would be 2048x2048")."""
         if max(width, height) > self.max_side:
-            raise InputError(f"{what}; the largest is {self.max_side} px per side")
+            raise InputError(f"{what}; the largest is {self.max_side} px per side (the engine's max_side)")
         if min_side and min(width, height) < MIN_SIDE:
             raise InputError(f"{what}; each side must be at least {MIN_SIDE} px (use a larger image, or give -W/-H)")
 
