@@ -92,7 +92,7 @@ def test_variation_amount_zero_is_the_parent_and_terms_replay(toy: LoadedModel, 
     req = same.model_copy(update={"variation_amount": 0.3, "variation_seed": 40, "n": 2})
     work = modes.plan(req, Resolved(), job_seed=3220803958, native_size=64)
     second = work.run(toy, [0, 1], on_step=lambda *_: None)[1]
-    params = work.image_params(req, 1)
+    params = work.image_params(1)
     assert params["with_variations"] == [{"seed": 41, "weight": 0.3}] and params["seed"] == 3220803958
     replay = DreamRequest.from_params({**params, "mode": "variation"})
     assert np.array_equal(np.asarray(run(toy, replay)[0]), np.asarray(second))

@@ -123,8 +123,9 @@ class Maker:
         # 4. safety flags, 5. records and PNG bytes, 6. CLIP vectors
         flags = model.safety_flags(images)
         watch.lap("safety")
-        records = work.records(req, images, job_id=job.id, model=model.name, made_with=made_with,
-                               parent=inputs.parent, nsfw=flags, worker=self.worker_id)  # fmt: skip
+        origin = modes.Origin(job_id=job.id, model=model.name, worker=self.worker_id, parent=inputs.parent,
+                              made_with=made_with)  # fmt: skip
+        records = work.records(images, nsfw=flags, origin=origin)
         items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
         watch.lap("png")
         vectors = None

@@ -9,10 +9,11 @@
     upscale     the configured diffusers upscaler; without one, a Lanczos resample, then an
                 img2img detail pass at low strength
 
-`plan()` is called once per job and returns one small frozen plan: its sampling
-settings, size and per-image seeds. `run(model, indices, on_step)` makes some
-of its images with exactly one call; `records(...)` turns the images into
-gallery rows whose parameters remake each image alone. `run_batched` splits
+`plan()` is called once per job and returns one small frozen plan: its request,
+size and per-image seeds, and the inputs its mode cannot run without (required
+fields). `run(model, indices, on_step)` makes some of its images with exactly one
+call; `records(images, nsfw=, origin=)` turns them into gallery rows whose
+parameters remake each image alone. `run_batched` splits
 the work into batches that fit (and halves them on out-of-memory).
 """
 
@@ -63,36 +64,48 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """One job's work: sampling settings, output size, and each image's seed (what it records)."""
+class Origin:
+    """Where a plan's images come from, as their gallery rows record it."""
 
-    sampling: Sampling
+    job_id: str
+    model: str  # its shelf name: never a path
+    worker: str | None = None
+    parent: ImagePublic | None = None
+    made_with: dict = field(default_factory=dict)  # the model's hash, LoRAs, embeddings, refiner
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """One job's work: its request, output size, and each image's seed (what it records). Each mode's plan
+    adds the inputs it cannot run without, as required fields."""
+
+    request: DreamRequest
     width: int
     height: int
     seeds: tuple[int, ...]
     notes: dict = field(default_factory=dict)  # recorded in every image's params
 
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling.of(self.request)
+
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         """Images `indices` of the plan, as one batch."""
         raise NotImplementedError
 
-    def image_params(self, req: DreamRequest, index: int) -> dict:
+    def image_params(self, index: int) -> dict:
         """The request that makes image `index` alone: n=1, its own seed."""
-        params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
+        params = self.request.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout"})
         params.update(n=1, seed=self.seeds[index], width=self.width, height=self.height, **self.notes)
         return params
 
-    def records(
-        self, req: DreamRequest, images: Sequence[Image.Image], *, job_id: str, model: str,
-        parent: ImagePublic | None, nsfw: Sequence[bool], made_with: dict | None = None, worker: str | None = None,
-    ) -> list[ImageCreate]:  # fmt: skip
-        """The gallery rows of this plan's images. `made_with`: the model's hash, LoRAs, embeddings
-        (the model is recorded by its shelf name: never a path); `worker`: who made them."""
-        r = req.requester
-        made_with = {"model": model, **(made_with or {})} | ({"worker": worker} if worker else {})
+    def records(self, images: Sequence[Image.Image], *, nsfw: Sequence[bool], origin: Origin) -> list[ImageCreate]:
+        """The gallery rows of this plan's images."""
+        req, r, parent = self.request, self.request.requester, origin.parent
+        made_with = {"model": origin.model, **origin.made_with} | ({"worker": origin.worker} if origin.worker else {})
         return [
             ImageCreate(
-                job_id=job_id,
+                job_id=origin.job_id,
                 index=i,
                 width=img.width,
                 height=img.height,
@@ -102,7 +115,7 @@ class Plan:
                 steps=req.steps,
                 cfg_scale=req.cfg_scale,
                 sampler=SAMPLERS[req.sampler],
-                model=model,
+                model=origin.model,
                 mode=req.mode,
                 source=r.source,
                 user=r.user,
@@ -111,14 +124,14 @@ class Plan:
                 parent_id=parent.id if parent is not None else None,
                 relation=None if req.mode == "txt2img" else req.mode,
                 nsfw=nsfw[i],
-                worker=worker,
-                params={**self.image_params(req, i), **made_with},
+                worker=origin.worker,
+                params={**self.image_params(i), **made_with},
             )
             for i, img in enumerate(images)
         ]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Txt2ImgPlan(Plan):
     """Noise from each seed; with `variations`, each image's noise blended with those terms in order."""
 
@@ -135,8 +148,8 @@ class Txt2ImgPlan(Plan):
         return model.txt2img(width=self.width, height=self.height, latents=latents,
                              **self.sampling.call_args(seeds, on_step))  # fmt: skip
 
-    def image_params(self, req: DreamRequest, index: int) -> dict:
-        params = super().image_params(req, index)
+    def image_params(self, index: int) -> dict:
+        params = super().image_params(index)
         if self.variations is not None:  # its own terms replay it: no new variation seed
             params.update(
                 variation_amount=None,
@@ -146,45 +159,42 @@ class Txt2ImgPlan(Plan):
         return params
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Img2ImgPlan(Plan):
     """The init image (RGB, at the output size), noised by `strength`, then denoised."""
 
-    image: Image.Image | None = None
-    strength: float = 0.75
+    image: Image.Image
+    strength: float
 
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
-        assert self.image is not None
         seeds = [self.seeds[i] for i in indices]
         return model.img2img(image=self.image, strength=self.strength, **self.sampling.call_args(seeds, on_step))
 
-    def image_params(self, req: DreamRequest, index: int) -> dict:
-        return super().image_params(req, index) | {"strength": self.strength}
+    def image_params(self, index: int) -> dict:
+        return super().image_params(index) | {"strength": self.strength}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InpaintPlan(Img2ImgPlan):
     """The white part of `mask` repainted; everything else pasted back from the original."""
 
-    mask: Image.Image | None = None
+    mask: Image.Image
 
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
-        assert self.image is not None and self.mask is not None
         seeds = [self.seeds[i] for i in indices]
         images = model.inpaint(image=self.image, mask=self.mask, strength=self.strength,
                                **self.sampling.call_args(seeds, on_step))  # fmt: skip
         return [paste_back(im, self.image, self.mask) for im in images]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class UpscalePlan(Plan):
     """The configured upscaler pipeline; an x4 upscaler asked for x2 is resized down."""
 
-    image: Image.Image | None = None
-    upscaler: Upscaler | None = None
+    image: Image.Image
+    upscaler: Upscaler
 
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
-        assert self.image is not None and self.upscaler is not None
         seeds = [self.seeds[i] for i in indices]
         s = self.sampling
         images = self.upscaler.upscale(prompt=s.prompt, negative_prompt=s.negative_prompt, image=self.image,
@@ -206,10 +216,9 @@ def plan(
     `upscaler`: gives the configured upscaler pipeline, if any (asked only for an upscale; without
     one, upscale resamples, then runs img2img).
     """
-    sampling = Sampling.of(req)
     if req.mode == "txt2img":
         width, height = resolve_size(req, native_size)
-        return Txt2ImgPlan(sampling, width, height, seeds_of(job_seed, req.n))
+        return Txt2ImgPlan(request=req, width=width, height=height, seeds=seeds_of(job_seed, req.n))
     if req.mode == "variation":
         width, height = resolve_size(req, native_size)
         earlier = tuple((v.seed, v.weight) for v in req.with_variations or ())
@@ -218,7 +227,7 @@ def plan(
         else:
             base = req.variation_seed if req.variation_seed is not None else job_seed
             terms = tuple((*earlier, (image_seed(base, i), req.variation_amount)) for i in range(req.n))
-        return Txt2ImgPlan(sampling, width, height, (job_seed,) * req.n, variations=terms)
+        return Txt2ImgPlan(request=req, width=width, height=height, seeds=(job_seed,) * req.n, variations=terms)
 
     assert inputs.init is not None  # the schema requires init_image for every other mode
     seeds = seeds_of(job_seed, req.n)
@@ -233,11 +242,19 @@ def plan(
             note = f"{pipeline.name} (x{pipeline.factor})"
             if pipeline.factor != req.upscale:
                 note += f", resized to x{req.upscale}"
-            return UpscalePlan(sampling, width, height, seeds, notes={"upscaler": note}, image=_rgb(inputs.init),
-                               upscaler=pipeline)  # fmt: skip
+            return UpscalePlan(request=req, width=width, height=height, seeds=seeds, notes={"upscaler": note},
+                               image=_rgb(inputs.init), upscaler=pipeline)  # fmt: skip
         image = _rgb(inputs.init).resize((width, height), Image.Resampling.LANCZOS)
         note = f"lanczos x{req.upscale} + img2img detail pass at strength {strength:g}"
-        return Img2ImgPlan(sampling, width, height, seeds, notes={"upscaler": note}, image=image, strength=strength)
+        return Img2ImgPlan(
+            request=req,
+            width=width,
+            height=height,
+            seeds=seeds,
+            notes={"upscaler": note},
+            image=image,
+            strength=strength,
+        )
 
     width, height = input_size(req, inputs.init.size)
     if req.mode != "outpaint":  # an outpaint grows small pictures (infinite zoom starts from them)
@@ -245,7 +262,7 @@ def plan(
         LIMITS.check_made(f"a {iw}x{ih} init image would make a {width}x{height} picture", width, height)
     init = inputs.init.resize((width, height), Image.Resampling.LANCZOS)
     if req.mode == "img2img":
-        return Img2ImgPlan(sampling, width, height, seeds, image=_rgb(init), strength=strength)
+        return Img2ImgPlan(request=req, width=width, height=height, seeds=seeds, image=_rgb(init), strength=strength)
     mask = _mask_of(init, inputs.mask)
     if req.mode == "outpaint":
         assert req.outpaint is not None
@@ -255,7 +272,9 @@ def plan(
         LIMITS.check_made(f"outpainting would make a {width}x{height} image", width, height)
     if not np.asarray(mask).any():
         raise InputError("the mask is all black: nothing to repaint (white marks what to repaint)")
-    return InpaintPlan(sampling, width, height, seeds, image=_rgb(init), mask=mask, strength=strength)
+    return InpaintPlan(
+        request=req, width=width, height=height, seeds=seeds, image=_rgb(init), mask=mask, strength=strength
+    )
 
 
 def refine(
