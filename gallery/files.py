@@ -37,6 +37,7 @@ def a1111_parameters(image: ImageCreate) -> str:
         ("Size", f"{image.width}x{image.height}"),
         ("Model hash", image.params.get("model_hash")),
         ("Model", image.model),
+        ("Denoising strength", _num(image.params.get("strength"))),  # what A1111 writes for img2img and inpaint
         ("Lora hashes", _hashes(image.params.get("loras"))),
         ("TI hashes", _hashes(image.params.get("embeddings"))),
         ("Refiner", image.params.get("refiner")),

@@ -65,6 +65,8 @@ def test_cli_img2img_from_a_local_file(engine: EngineProcess, red: int, tmp_path
         record = client.image(images[0]["id"])
     assert record.mode == "img2img" and record.relation == "img2img" and record.parent_id is None
     assert record.params["init_image"].startswith("upload:") and record.params["strength"] == 0.8
+    # The PNG says it as AUTOMATIC1111 does, so other tools read the strength back.
+    assert "Denoising strength: 0.8" in Image.open(images[0]["path"]).info["parameters"]
 
 
 def test_cli_inpaint_with_a_gallery_id_and_a_mask_file(engine: EngineProcess, red: int, tmp_path: Path) -> None:

@@ -27,6 +27,9 @@ def test_a1111_parameters_text() -> None:
     with_negative = a1111_parameters(info(negative_prompt="blurry", cfg_scale=7.5))
     assert with_negative.splitlines()[1] == "Negative prompt: blurry"
     assert "CFG scale: 7.5" in with_negative
+    # An img2img records its strength as A1111 does; a txt2img has none.
+    img2img = a1111_parameters(info(mode="img2img", params={"prompt": "a red circle", "strength": 0.6}))
+    assert img2img.endswith("Model: toy, Denoising strength: 0.6") and "Denoising" not in a1111_parameters(info())
 
 
 def test_png_carries_both_chunks_and_is_content_addressed(tmp_path: Path) -> None:
