@@ -49,17 +49,10 @@ def engine_errors() -> Iterator[None]:
 
 def load_settings(args: argparse.Namespace) -> Settings:
     """The settings model for this command (flags over DREAMHALL_* over config.toml); Exit(2) if they are bad."""
-    from pydantic import ValidationError
-
-    from engine.client.settings import Settings, config_file
+    from engine.client.settings import SettingsError, load_settings
 
     overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k, None)) is not None}
     try:
-        return Settings(**overrides)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)"
-        raise Exit(fail(message)) from None
-    except (OSError, ValueError) as e:  # a config file that is not TOML, or cannot be read
-        raise Exit(fail(f"cannot read {config_file()}: {e}")) from None
+        return load_settings(**overrides)
+    except SettingsError as e:
+        raise Exit(fail(str(e))) from None

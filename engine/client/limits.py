@@ -99,18 +99,16 @@ class Limits:
             if side is not None and side > self.max_side:
                 raise InputError(f"{flag}: this engine makes at most {self.max_side} px per side (got {side})")
 
-    def check_made(self, what: str, width: int, height: int, *, min_side: bool = True) -> None:
+    def check_made(self, what: str, width: int, height: int) -> None:
         """The size a job would make; `what` says so ("a x4 upscale of a 512x512 image would be 2048x2048")."""
         if max(width, height) > self.max_side:
             raise InputError(f"{what}; the largest is {self.max_side} px per side (the engine's max_side)")
-        if min_side and min(width, height) < MIN_SIDE:
+        if min(width, height) < MIN_SIDE:
             raise InputError(f"{what}; each side must be at least {MIN_SIDE} px (use a larger image, or give -W/-H)")
 
-    def check_request(self, request: DreamRequest, init: tuple[int, int] | None) -> None:
-        """Everything about a request's size that is known before it runs: the count, -W/-H, and the
-        output size of the modes that start from an image of size `init`."""
-        self.check_n(request.n)
-        self.check_asked(request.width, request.height)
+    def check_output(self, request: DreamRequest, init: tuple[int, int] | None) -> None:
+        """The output size of a mode that starts from an image of size `init` (the job service checks the count
+        and -W/-H before it looks at the inputs)."""
         if init is None or request.mode in ("txt2img", "variation"):
             return  # their size is -W/-H (checked) or the model's native size
         if request.mode == "upscale":
@@ -122,5 +120,4 @@ class Limits:
             self.check_made(f"outpainting would make a {w}x{h} image", w, h)
         else:
             w, h = input_size(request, init)
-            # an outpaint grows small pictures (infinite zoom starts from them); other modes keep their size
             self.check_made(f"a {init[0]}x{init[1]} init image would make a {w}x{h} picture", w, h)

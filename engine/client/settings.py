@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from engine.client import paths
@@ -172,3 +172,22 @@ class Settings(BaseSettings):
     @property
     def log_dir(self) -> Path:
         return self.home / "logs"
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message is one sentence naming the setting or the file."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """The settings (flags given as `overrides`, over DREAMHALL_* variables, over config.toml), or SettingsError:
+    what `dreamhall` and `python -m engine.server` both say about a bad value or an unreadable file."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]  # pydantic validates the flags' values
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise SettingsError(
+            f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)"
+        ) from None
+    except (OSError, ValueError) as e:  # a config file that is not TOML, or cannot be read
+        raise SettingsError(f"cannot read {config_file()}: {e}") from None

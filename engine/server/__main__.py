@@ -11,9 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from engine.client.settings import Settings, config_file
+from engine.client.settings import SettingsError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = {k: v for k in ("home", "model", "device") if (v := getattr(args, k)) is not None}
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        return _fail(f"bad setting {where}: {first['msg']} (check DREAMHALL_* variables and config.toml)", 2)
-    except (OSError, ValueError) as e:  # a config file that is not TOML, or cannot be read
-        return _fail(f"cannot read {config_file()}: {e}", 2)
+        settings = load_settings(**overrides)
+    except SettingsError as e:
+        return _fail(str(e), 2)
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )

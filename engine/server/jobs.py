@@ -117,7 +117,7 @@ class JobService:
         parent, init_size = self.inputs.check(request)
         # The size the plan will make, by the rule the plan itself uses: refused now, with a sentence naming
         # the limit, rather than failing after the 202.
-        self.limits.check_request(request, init_size)
+        self.limits.check_output(request, init_size)
         request = settle(request, parent)
         seed = request.seed if request.seed is not None else draw_seed()
         record, position = self.queue.put(request, seed=seed)
