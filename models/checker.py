@@ -61,6 +61,19 @@ def _shape_of(mask: np.ndarray) -> str | None:
     return "triangle"
 
 
+def shape_centre(image: Image.Image) -> tuple[float, float] | None:
+    """(x, y) of the middle of the largest blob that stands out from the border's colour, or None."""
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    mask = np.sqrt(((rgb - np.median(border, axis=0)) ** 2).sum(axis=2)) > 60
+    labels, count = ndimage.label(mask)
+    if count == 0:
+        return None
+    sizes = ndimage.sum(mask, labels, range(1, count + 1))
+    ys, xs = np.nonzero(labels == int(np.argmax(sizes)) + 1)
+    return float(xs.mean()), float(ys.mean())
+
+
 def judge(image: Image.Image | np.ndarray) -> Verdict:
     """Classify background colour, shape colour and shape of a 64x64 toy image."""
     rgb = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)

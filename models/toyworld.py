@@ -104,6 +104,11 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
     """Draw `scene` at a random position and size (and a slight colour jitter)."""
+    return render_with_mask(scene, rng)[0]
+
+
+def render_with_mask(scene: Scene, rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
+    """`render`, plus the shape's silhouette (white on black, "L"): a control map for that image."""
     s = SIZE * _SUPERSAMPLE
     r = rng.uniform(11, 21) * _SUPERSAMPLE
     cx = rng.uniform(r + 2, s - r - 2)
@@ -112,12 +117,18 @@ def render(scene: Scene, rng: np.random.Generator) -> Image.Image:
     bg = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(BACKGROUNDS[scene.background], jitter[:3]))
     fg = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(SHAPE_COLOURS[scene.colour], jitter[3:]))
     img = Image.new("RGB", (s, s), bg)
-    draw = ImageDraw.Draw(img)
-    if scene.shape == "circle":
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fg)
+    mask = Image.new("L", (s, s), 0)
+    for canvas, fill in ((img, fg), (mask, 255)):
+        draw_shape(canvas, scene.shape, cx, cy, r, fill)
+    return img.resize((SIZE, SIZE), Image.LANCZOS), mask.resize((SIZE, SIZE), Image.LANCZOS)
+
+
+def draw_shape(canvas: Image.Image, shape: str, cx: float, cy: float, r: float, fill: object) -> None:
+    draw = ImageDraw.Draw(canvas)
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     else:
-        draw.polygon(_polygon(scene.shape, cx, cy, r), fill=fg)
-    return img.resize((SIZE, SIZE), Image.LANCZOS)
+        draw.polygon(_polygon(shape, cx, cy, r), fill=fill)
 
 
 def sample(index: int, *, scenes: list[Scene], seed: int = 0) -> tuple[Image.Image, Scene, str]:
@@ -139,3 +150,12 @@ def dataset(count: int, *, scenes: list[Scene], seed: int = 0) -> tuple[np.ndarr
         out_scenes.append(scene)
         captions.append(caption)
     return images, out_scenes, captions
+
+
+def control_disc(size: int = SIZE, centre: tuple[float, float] = (11, 32), radius: float = 10) -> Image.Image:
+    """A ControlNet map: a white disc on black, centred at `centre` of a 64 px frame (default: the middle of
+    the left third), drawn at `size` px."""
+    image = Image.new("RGB", (size, size))
+    x, y, r = (v * size / SIZE for v in (*centre, radius))
+    ImageDraw.Draw(image).ellipse([x - r, y - r, x + r, y + r], fill=(255, 255, 255))
+    return image

@@ -5,6 +5,7 @@
     python -m models.train clip  --steps 3000     # open_clip model for the gallery
     python -m models.train lora  --steps 600      # a LoRA for the toy UNet (needs the pipeline)
     python -m models.train embedding --steps 400  # a textual-inversion embedding (needs the pipeline)
+    python -m models.train controlnet --steps 1500  # a ControlNet: silhouette/outline -> the shape there
 
 Each phase is deterministic for a given seed and step count and works on CPU
 (minutes) or CUDA. Outputs are the standard formats the production loaders
@@ -36,6 +37,7 @@ CLIP_NAME = "dreamhall-toy-clip"
 ADDONS_DIR = HERE / "builtin"  # a model shelf in A1111's layout: Lora/, embeddings/
 LORA_NAME = "toy-black-bg"  # every background black, whatever the prompt says
 EMBEDDING_NAME = "toy-logo"  # "a red circle on a blue background"
+CONTROLNET_NAME = "toy-silhouette"  # a white silhouette or outline on black -> the shape drawn there
 
 
 def log(msg: str) -> None:
@@ -403,9 +405,78 @@ def train_embedding(args: argparse.Namespace) -> None:
     log(f"saved embedding to {ADDONS_DIR / 'embeddings' / EMBEDDING_NAME}.safetensors")
 
 
+# ------------------------------------------------------------------ ControlNet
+def control_map(mask: object, *, outline: bool) -> object:
+    """The control image a user brings: the silhouette itself, or its outline as canny draws it."""
+    import cv2
+    from PIL import Image
+
+    silhouette = np.asarray(mask)
+    if outline:
+        silhouette = cv2.Canny(silhouette, 100, 200)
+    return Image.fromarray(silhouette).convert("RGB")
+
+
+def train_controlnet(args: argparse.Namespace) -> None:
+    """A ControlNet (diffusers' format) that puts the prompt's shape where the map's white shape is."""
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(args.seed)
+    pipe, noise_sched = _frozen_pipeline(args.device)
+    # Two stride-2 steps: the toy VAE's latents are a quarter of the image (64 px -> 16).
+    controlnet = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(16, 32, 32))
+    controlnet = controlnet.to(args.device).train()
+    log(f"ControlNet: {sum(p.numel() for p in controlnet.parameters()) / 1e6:.2f} M parameters")
+    scenes = toyworld.seen_scenes()
+    images, maps, captions = [], [], []
+    for i in range(args.samples):
+        rng = np.random.default_rng([args.seed + 5, i])
+        scene = scenes[int(rng.integers(len(scenes)))]
+        caption = scene.caption(int(rng.integers(len(toyworld.TEMPLATES))))
+        image, mask = toyworld.render_with_mask(scene, rng)
+        images.append(image)
+        maps.append(np.asarray(control_map(mask, outline=i % 2 == 1)))
+        captions.append("" if i % 10 == 0 else caption)  # some empty prompts: the map alone still places
+    latents = _latents(pipe, images, args.device)
+    # diffusers feeds a control image in [0, 1] (its processor does not normalise to [-1, 1]).
+    cond_all = torch.from_numpy(np.stack(maps)).permute(0, 3, 1, 2).float().div(255.0)
+    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=args.lr, weight_decay=0)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+        idx = torch.randint(len(latents), (args.batch,), generator=gen)
+        z0, ctrl = latents[idx], cond_all[idx].to(args.device)
+        noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+        t = torch.randint(0, 1000, (len(z0),), generator=gen).to(z0.device)
+        noisy = noise_sched.add_noise(z0, noise, t)
+        with torch.no_grad():
+            cond = pipe.text_encoder(ids[idx].to(args.device))[0]
+        down, mid = controlnet(noisy, t, encoder_hidden_states=cond, controlnet_cond=ctrl, return_dict=False)
+        pred = pipe.unet(
+            noisy,
+            t,
+            encoder_hidden_states=cond,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+        ).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(controlnet.parameters(), 1.0)
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"controlnet step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    out = ADDONS_DIR / "ControlNet" / CONTROLNET_NAME
+    controlnet.to("cpu").save_pretrained(out)
+    log(f"saved ControlNet to {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["vae", "unet", "clip", "lora", "embedding"])
+    parser.add_argument("phase", choices=["vae", "unet", "clip", "lora", "embedding", "controlnet"])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -420,7 +491,8 @@ def main() -> None:
     WORK_DIR.mkdir(exist_ok=True)
     log(f"phase {args.phase} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"settings: {vars(args)}")
-    phases = dict(vae=train_vae, unet=train_unet, clip=train_clip, lora=train_lora, embedding=train_embedding)
+    phases = dict(vae=train_vae, unet=train_unet, clip=train_clip, lora=train_lora, embedding=train_embedding,
+                  controlnet=train_controlnet)  # fmt: skip
     phases[args.phase](args)
 
 
