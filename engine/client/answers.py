@@ -106,6 +106,7 @@ class ModelList(BaseModel):
     checkpoints: list[ModelEntry]
     loras: list[ModelEntry]
     embeddings: list[ModelEntry]
+    controlnets: list[ModelEntry] = Field(default_factory=list)
 
 
 class Health(BaseModel):

@@ -45,7 +45,7 @@ from engine.client.errors import EngineUnavailable as EngineUnavailable
 from engine.client.errors import RequestRejected as RequestRejected
 from engine.client.errors import rejected
 from engine.client.local_files import local_image, resolve_local
-from engine.client.schema import DreamRequest, Scope
+from engine.client.schema import ControlPreview, ControlUnit, DreamRequest, Requester, Scope
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -150,6 +150,11 @@ class _Endpoints:
         """Send an input image (init image or mask); requests name it by the returned `ref`."""
         options = {"content": data, "headers": _BINARY, "timeout": 120}
         return self._do(Call("POST", "/v1/uploads", _model(Upload), options))
+
+    def control_preview(self, control: ControlUnit, requester: Requester | None = None) -> Answer[bytes]:
+        """The PNG map a control would steer with (its image read by its type), before a job is spent on it."""
+        body = ControlPreview(control=control, requester=requester or Requester()).model_dump(mode="json")
+        return self._do(Call("POST", "/v1/controls/preview", _bytes, {"json": body}))
 
     def search(self, query: str, *, limit: int = 20, offset: int = 0, **filters: object) -> Answer[SearchResults]:
         """Text search (CLIP + prompt keywords); filters: guild, user, source, model, lora, after, before,

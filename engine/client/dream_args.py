@@ -57,6 +57,16 @@ FLAGS: dict[str, str] = {
     "with_variations": "-V/--with_variations",
     "upscale": "-U/--upscale",
     "layout": "-g/--grid or -i/--individual",
+    "controls": "--control",
+}
+# A control's own flags: each sets that field of the latest --control before it.
+CONTROL_FLAGS: dict[str, str] = {
+    "type": "--control_type",
+    "model": "--control_model",
+    "weight": "--control_weight",
+    "start": "--control_start",
+    "end": "--control_end",
+    "resize": "--control_resize",
 }
 
 
@@ -119,6 +129,35 @@ def _sides(value: str) -> dict[str, int]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown side {sorted(unknown)[0]!r}; use left, right, top, bottom")
     return sides
+
+
+class _NewControl(argparse.Action):
+    """`--control REF`: opens a control; the --control_* flags after it describe it."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, flag: Any = None) -> None:
+        ns.controls = [*(ns.controls or []), {"image": value}]
+
+
+class _ControlField(argparse.Action):
+    """`--control_weight 0.5` etc.: a field of the latest --control."""
+
+    def __call__(self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, flag: Any = None) -> None:
+        if not ns.controls:
+            raise DreamArgsError(f"{flag} describes a control: put it after the --control IMAGE it belongs to")
+        field = self.dest.removeprefix("control_")
+        if field in ns.controls[-1]:
+            raise DreamArgsError(f"{flag} is given twice for one --control; start another control with --control")
+        ns.controls[-1][field] = value
+
+
+def _control_type(value: str) -> str:
+    from engine.client.controls import CONTROL_TYPES
+
+    name = value.strip().lower().replace("-", "").replace("_", "")
+    name = {"softedge": "softedge", "hed": "softedge", "pidinet": "softedge", "blur": "tile"}.get(name, name)
+    if name not in CONTROL_TYPES:
+        raise argparse.ArgumentTypeError(f"unknown control type {value!r}; choose one of {', '.join(CONTROL_TYPES)}")
+    return name
 
 
 @functools.cache
@@ -221,6 +260,28 @@ def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
         help="grow -I by pixels on every side, or on some: left:64,top:32",
     )
     p.add_argument("-U", "--upscale", type=int, metavar="2|4", help="make -I 2 or 4 times larger")
+    control = p.add_argument_group(
+        "ControlNet",
+        "Steer the picture with an image: --control IMAGE, then its own flags. Repeat the group for several "
+        "controls: --control a.png --control_type canny --control b.png --control_weight 0.5. "
+        "IMAGE is a gallery id, a file (CLI, desktop) or an attachment (Discord: att1 is the first attached image).",
+    )
+    control.add_argument("--control", dest="controls", action=_NewControl, metavar="IMAGE",
+                         help="a control image (or ready map)")  # fmt: skip
+    control.add_argument("--control_type", action=_ControlField, type=_control_type, metavar="TYPE",
+                         help="how to read it: none (the image is the map), canny, softedge, invert, tile, "
+                              "depth, openpose, lineart (default none)")  # fmt: skip
+    control.add_argument("--control_model", action=_ControlField, metavar="NAME",
+                         help="which ControlNet (default: the first on the shelf that fits the model)")  # fmt: skip
+    control.add_argument("--control_weight", action=_ControlField, type=float, metavar="W",
+                         help="how hard it steers (default 1, 0–2)")  # fmt: skip
+    control.add_argument("--control_start", action=_ControlField, type=float, metavar="SHARE",
+                         help="the share of the steps before it starts (default 0)")  # fmt: skip
+    control.add_argument("--control_end", action=_ControlField, type=float, metavar="SHARE",
+                         help="the share of the steps after which it stops (default 1)")  # fmt: skip
+    control.add_argument("--control_resize", action=_ControlField, choices=("crop", "just", "fill"),
+                         help="an image of another shape: crop (default: cover, centre), just (stretch), "
+                              "fill (fit inside, pad black)")  # fmt: skip
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid", help="one grid (default)")
     layout.add_argument(
@@ -311,6 +372,11 @@ def parse_fields(
                     fields[field] = resolve_image(fields[field])
                 except ValueError as e:
                     raise DreamArgsError(f"{FLAGS[field]}: {e}") from None
+        for control in fields.get("controls", []):
+            try:
+                control["image"] = resolve_image(control["image"])
+            except ValueError as e:
+                raise DreamArgsError(f"--control: {e}") from None
     fields["mode"] = _infer_mode(fields)
     if requester is not None:
         fields["requester"] = dict(requester)
@@ -355,7 +421,9 @@ def explain_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     got_text = "" if got is None or isinstance(got, (dict, list)) or not field else f" (got {_short(got)})"
     if not field:
         return msg
-    if field in FLAGS:
+    if field == "controls" and len(loc) > 1 and loc[1] in CONTROL_FLAGS:
+        label = f"{CONTROL_FLAGS[loc[1]]} ({loc[1]})"
+    elif field in FLAGS:
         label = FLAGS[field] if field == "prompt" else f"{FLAGS[field]} ({field})"
     else:
         label = ".".join(loc)
@@ -396,6 +464,10 @@ def format_request(request: DreamRequest) -> str:
         parts += ["--outpaint", ",".join(f"{k}:{v}" for k, v in sides.items() if v)]
     if request.with_variations:
         parts += ["-V", ",".join(f"{v.seed}:{v.weight!r}" for v in request.with_variations)]
+    for control in request.controls:
+        parts += ["--control", control.image]
+        for field, value in control.model_dump(exclude={"image"}, exclude_defaults=True).items():
+            parts += [CONTROL_FLAGS[field], shlex.quote(repr(value) if isinstance(value, float) else str(value))]
     if request.layout is not None:
         parts.append("-g" if request.layout == "grid" else "-i")
     quoted = shlex.quote(request.prompt)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from engine.client.controls import MAX_CONTROL_WEIGHT, MAX_CONTROLS, ControlResize, ControlType
 from engine.client.errors import clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import Sampler
@@ -153,6 +154,45 @@ class OutpaintSides(BaseModel):
         return self
 
 
+class ControlUnit(BaseModel):
+    """One ControlNet: its image, how to read it (`type`), which ControlNet, and how hard and when it steers.
+
+    `image` is a map the `type` makes from any picture (`none`: the image already is the map: a
+    depth, pose or silhouette made elsewhere). `start`/`end` are shares of the steps (A1111's
+    guidance start/end); `model` None means the first ControlNet on the shelf that fits the model.
+    A map of another shape than the output is fitted by `resize`, A1111's three resize modes.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: ImageRef
+    type: ControlType = "none"
+    model: str | None = Field(default=None, max_length=1000)
+    weight: float = Field(default=1.0, ge=0.0, le=MAX_CONTROL_WEIGHT)
+    start: float = Field(default=0.0, ge=0.0, le=1.0)
+    end: float = Field(default=1.0, ge=0.0, le=1.0)
+    resize: ControlResize = Field(
+        default="crop", description="another shape than the output: crop (scale to cover, centre), just, fill (pad)"
+    )
+    threshold_a: float | None = Field(default=None, ge=0.0, le=255.0, description="canny: low threshold (100)")
+    threshold_b: float | None = Field(default=None, ge=0.0, le=255.0, description="canny: high threshold (200)")
+
+    @model_validator(mode="after")
+    def _start_before_end(self) -> ControlUnit:
+        if self.start >= self.end:
+            raise ValueError(f"a control's start ({self.start:g}) must come before its end ({self.end:g})")
+        return self
+
+
+class ControlPreview(BaseModel):
+    """POST /v1/controls/preview: the map a control would steer with, before a job is spent on it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    control: ControlUnit
+    requester: Requester = Requester()
+
+
 class DreamRequest(BaseModel):
     """One `!dream`: what to draw, how, and who asked.
 
@@ -201,6 +241,7 @@ class DreamRequest(BaseModel):
     with_variations: tuple[VariationWeight, ...] | None = None
     outpaint: OutpaintSides | None = None
     upscale: Literal[2, 4] | None = None
+    controls: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLS)
     layout: Literal["grid", "individual"] | None = None
     priority: int = Field(default=0, ge=-10, le=10)
     preview: bool = False
@@ -251,6 +292,8 @@ class DreamRequest(BaseModel):
         if self.refiner is not None and self.mode not in {"variation", "txt2img"}:
             raise ValueError(f"a refiner finishes new images (txt2img and variations), not {self.mode}; "
                              "for an existing image, use the refiner as the model (-m) of an img2img")  # fmt: skip
+        if self.controls and self.mode in {"upscale", "outpaint"}:
+            raise ValueError(f"a ControlNet steers txt2img, img2img, inpaint and variations, not {self.mode}")
         if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
             raise ValueError("mode variation needs variation_amount or with_variations")
         if self.aspect_ratio is not None and self.width is not None and self.height is not None:

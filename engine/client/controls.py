@@ -1,0 +1,35 @@
+"""What a ControlNet control may be: its types (A1111's preprocessor "modules") and its limits.
+
+Plain data, no pydantic: the `!dream` parser reads it without loading the request model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+# "none": the image already is the map (a depth, pose or silhouette made elsewhere).
+ControlType = Literal["none", "canny", "softedge", "invert", "tile", "depth", "openpose", "lineart"]
+CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
+# The annotators that need weights, and the file each reads from <models>/annotators/ (the names
+# of lllyasviel/Annotators, which A1111's ControlNet extension downloads).
+ANNOTATOR_FILES: dict[str, str] = {
+    "depth": "dpt_hybrid-midas-501f0c75.pt",
+    "openpose": "body_pose_model.pth",
+    "lineart": "sk_model.pth",
+}
+# A1111's ControlNet extension names its preprocessors ("modules") differently.
+A1111_MODULES: dict[str, str] = {
+    "none": "none",
+    "canny": "canny",
+    "softedge": "softedge_hed",
+    "invert": "invert",
+    "tile": "tile_resample",
+    "depth": "depth_midas",
+    "openpose": "openpose",
+    "lineart": "lineart_realistic",
+}
+# How a control image of another shape fits the output (A1111's resize_mode names, and ours).
+ControlResize = Literal["crop", "just", "fill"]
+A1111_RESIZE: dict[str, str] = {"Crop and Resize": "crop", "Just Resize": "just", "Resize and Fill": "fill"}
+MAX_CONTROLS = 4
+MAX_CONTROL_WEIGHT = 2.0  # A1111's slider
