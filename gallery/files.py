@@ -42,6 +42,7 @@ def a1111_parameters(image: ImageCreate) -> str:
         ("TI hashes", _hashes(image.params.get("embeddings"))),
         ("Refiner", image.params.get("refiner")),
         ("Refiner switch at", image.params.get("refiner_switch") if image.params.get("refiner") else None),
+        *_controlnet_fields(image.params.get("controlnets")),
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
@@ -52,6 +53,17 @@ def _hashes(addons: list[dict] | None) -> str | None:
     if not addons:
         return None
     return '"' + ", ".join(f"{a['name']}: {a['hash']}" for a in addons) + '"'
+
+
+def _controlnet_fields(controls: list[dict] | None) -> list[tuple[str, str]]:
+    """A1111's ControlNet extension's `ControlNet 0: "Module: canny, Model: name [hash], Weight: 1, ..."`."""
+    fields = []
+    for i, c in enumerate(controls or []):
+        model = c["model"] + (f" [{c['hash']}]" if c.get("hash") else "")
+        unit = (f"Module: {c['module']}, Model: {model}, Weight: {c['weight']:g}, "
+                f"Guidance Start: {c['start']:g}, Guidance End: {c['end']:g}")  # fmt: skip
+        fields.append((f"ControlNet {i}", f'"{unit}"'))
+    return fields
 
 
 def _num(v: float | None) -> str | None:

@@ -192,3 +192,22 @@ def clip_tokenizer_files(pad_token: str) -> Path:
 
 
 _TOKENIZER_DIRS: list[tempfile.TemporaryDirectory[str]] = []
+
+
+def detect_controlnet_folder(path: Path) -> str:
+    """The family (a FAMILIES key) a diffusers ControlNet folder steers, from its config.json."""
+    file = path / "config.json"
+    try:
+        config = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise NotACheckpoint(f"{path.name} has no readable config.json: {e}") from e
+    cls = str(config.get("_class_name", ""))
+    if cls.startswith("Flux"):
+        return "flux"
+    if cls.startswith("SD3"):
+        return "sd3"
+    if "Union" in cls or config.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    if not cls.endswith("ControlNetModel"):
+        raise NotACheckpoint(f"{path.name} is a {cls or 'folder without a model class'}, not a ControlNet")
+    return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"

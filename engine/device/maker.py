@@ -9,6 +9,7 @@ runs one in its actor (engine.device.ray_workers), so the same code makes every 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import threading
@@ -16,11 +17,13 @@ import time
 from collections.abc import Callable
 
 from engine.client.answers import Event
+from engine.client.controls import A1111_MODULES
 from engine.client.errors import UserError
 from engine.client.settings import Settings
 from engine.device import modes
 from engine.device.device import Device
 from engine.device.pipelines import LoadedModel, PipelineCache, StepCallback
+from engine.device.pipelines.model import Control
 from engine.device.runner import Cancelled, Interrupted, JobFailed, JobRecord, Made, Resolved, Stopwatch
 from engine.device.shelf import Shelf
 from gallery.embeddings import Embedder
@@ -91,8 +94,11 @@ class Maker:
         # 2. the plan: size, seeds, and which single call makes its images
         work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
                           upscaler=self.pipelines.upscaler)  # fmt: skip
-        # 3. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
         shelf = self.pipelines.shelf
+        if req.controls:
+            work = self._with_controls(work, model, inputs)
+        watch.lap("plan")
+        # 3. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
         loras, embeddings = shelf.addons_of(req.prompt, req.negative_prompt)
         started = time.perf_counter()
 
@@ -137,6 +143,24 @@ class Maker:
         watch.lap("clip")
         return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
                     stages=watch.spent)  # fmt: skip
+
+    def _with_controls(self, work: modes.Plan, model: LoadedModel, inputs: Resolved) -> modes.Plan:
+        """The plan with its ControlNets loaded and their maps fitted to the output; each image records the
+        ControlNet it used by name (so reusing its parameters picks the same one) and in A1111's form."""
+        shelf = self.pipelines.shelf
+        family = model.family.removesuffix(" inpainting")
+        controls, units, a1111 = [], [], []
+        for unit, picture in zip(work.request.controls, inputs.controls, strict=True):
+            item = shelf.controlnet_for(unit.model, family)
+            net = self.pipelines.controlnet(item)
+            model.check_control(net, item.name)
+            fitted = modes.fit(picture, work.width, work.height, unit.resize)
+            controls.append(Control(net, fitted, unit.weight, unit.start, unit.end))
+            units.append(unit.model_copy(update={"model": item.name}).model_dump(mode="json", exclude_none=True))
+            a1111.append({"module": A1111_MODULES[unit.type], "model": item.name, "hash": shelf.hash(item),
+                          "weight": unit.weight, "start": unit.start, "end": unit.end})  # fmt: skip
+        notes = {**work.notes, "controls": units, "controlnets": a1111}
+        return dataclasses.replace(work, controls=tuple(controls), notes=notes)
 
     def _max_batch(self, work: modes.Plan) -> int | None:
         """How many images of this size fit one batch under the pixel budget (None: no budget)."""

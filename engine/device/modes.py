@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from engine.client.errors import InputError
 from engine.client.limits import Limits, input_size, upscaled_size
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # torch loads with the worker, not with the API that checks r
     import torch
 
     from engine.device.pipelines import LoadedModel, StepCallback, Upscaler
+    from engine.device.pipelines.model import Control
 
 MASK_THRESHOLD = 128  # mask pixels at or above this repaint; alpha below 255 - this repaints
 T = TypeVar("T")
@@ -84,6 +85,7 @@ class Plan:
     height: int
     seeds: tuple[int, ...]
     notes: dict = field(default_factory=dict)  # recorded in every image's params
+    controls: tuple[Control, ...] = ()  # the request's ControlNets, loaded, their maps at the output size
 
     @property
     def sampling(self) -> Sampling:
@@ -145,7 +147,7 @@ class Txt2ImgPlan(Plan):
             shape = model.latent_shape(self.width, self.height)
             latents = torch.stack([variation_noise(self.seeds[i], self.variations[i], shape) for i in indices])
         seeds = [self.seeds[i] for i in indices]
-        return model.txt2img(width=self.width, height=self.height, latents=latents,
+        return model.txt2img(width=self.width, height=self.height, latents=latents, controls=self.controls,
                              **self.sampling.call_args(seeds, on_step))  # fmt: skip
 
     def image_params(self, index: int) -> dict:
@@ -168,7 +170,8 @@ class Img2ImgPlan(Plan):
 
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         seeds = [self.seeds[i] for i in indices]
-        return model.img2img(image=self.image, strength=self.strength, **self.sampling.call_args(seeds, on_step))
+        return model.img2img(image=self.image, strength=self.strength, controls=self.controls,
+                             **self.sampling.call_args(seeds, on_step))  # fmt: skip
 
     def image_params(self, index: int) -> dict:
         return super().image_params(index) | {"strength": self.strength}
@@ -182,7 +185,7 @@ class InpaintPlan(Img2ImgPlan):
 
     def run(self, model: LoadedModel, indices: list[int], on_step: StepCallback) -> list[Image.Image]:
         seeds = [self.seeds[i] for i in indices]
-        images = model.inpaint(image=self.image, mask=self.mask, strength=self.strength,
+        images = model.inpaint(image=self.image, mask=self.mask, strength=self.strength, controls=self.controls,
                                **self.sampling.call_args(seeds, on_step))  # fmt: skip
         return [paste_back(im, self.image, self.mask) for im in images]
 
@@ -340,6 +343,20 @@ def grow_canvas(
     pixels = np.pad(np.asarray(_rgb(image)), (*pad, (0, 0)), mode="edge")
     grown = np.pad(np.asarray(mask), pad, mode="constant", constant_values=255)
     return Image.fromarray(pixels, "RGB"), Image.fromarray(grown, "L")
+
+
+def fit(control: Image.Image, width: int, height: int, resize: str = "crop") -> Image.Image:
+    """A control map at the output size, by A1111's resize modes: `crop` (its default "Crop and Resize": scaled
+    to cover, centre cropped), `just` (stretched), `fill` ("Resize and Fill": scaled to fit inside, padded
+    black, the colour of "nothing here" in a map)."""
+    size, lanczos = (width, height), Image.Resampling.LANCZOS
+    if control.size == size:
+        return control
+    if resize == "just":
+        return control.resize(size, lanczos)
+    if resize == "fill":
+        return ImageOps.pad(control, size, lanczos, color=(0, 0, 0))
+    return ImageOps.fit(control, size, lanczos)
 
 
 def paste_back(generated: Image.Image, original: Image.Image, mask: Image.Image) -> Image.Image:

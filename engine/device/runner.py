@@ -75,6 +75,7 @@ class Resolved:
     init: Image.Image | None = None
     mask: Image.Image | None = None
     parent: ImagePublic | None = None
+    controls: list[Image.Image] = field(default_factory=list)  # each control's map (preprocessed), in order
 
 
 class Stopwatch:

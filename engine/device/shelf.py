@@ -3,6 +3,7 @@
     <models_dir>/Stable-diffusion/   single files (.safetensors, .ckpt) and diffusers folders
     <models_dir>/Lora/               LoRAs (.safetensors): <lora:NAME:WEIGHT> in a prompt
     <models_dir>/embeddings/         textual inversions (.safetensors, .pt): NAME in a prompt
+    <models_dir>/ControlNet/         ControlNets (diffusers folders): --control_model NAME
     <models_dir>/configs/<family>/   (optional) a config folder for a non-standard architecture
 
 Requests name models by their shelf name (the path under its folder, without suffix),
@@ -25,7 +26,13 @@ from pathlib import Path
 from engine.client import prompts
 from engine.client.answers import ModelEntry, ModelList
 from engine.client.errors import UserError, clip_text
-from engine.device.families import NotACheckpoint, detect_file, detect_folder
+from engine.device.families import (
+    FAMILY_NAMES,
+    NotACheckpoint,
+    detect_controlnet_folder,
+    detect_file,
+    detect_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +63,7 @@ def builtin_addons_dir() -> Path:
 @dataclass(frozen=True)
 class Item:
     name: str
-    kind: str  # "checkpoint", "lora", "embedding"
+    kind: str  # "checkpoint", "lora", "embedding", "controlnet"
     path: Path | None  # None: the built-in model
     format: str  # "diffusers", "safetensors", "ckpt", "pt"
     size: int
@@ -89,6 +96,8 @@ class Shelf:
                     if path.suffix in ADDON_SUFFIXES[kind] and path.is_file():
                         name = path.relative_to(base / folder).with_suffix("").as_posix()
                         items[(kind, name)] = Item(name, kind, path, path.suffix[1:], path.stat().st_size)
+            for item in self._scan_controlnets(base / "ControlNet"):
+                items[("controlnet", item.name)] = item
         with self._lock:
             self._items = items
         return self.listing()
@@ -114,6 +123,54 @@ class Shelf:
                     found.append(Item(name, "checkpoint", path, path.suffix[1:], size, None, str(e)))
         return found
 
+    @staticmethod
+    def _scan_controlnets(folder: Path) -> list[Item]:
+        found = []
+        for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+            name = path.relative_to(folder).with_suffix("").as_posix()
+            if path.is_dir() and (path / "config.json").exists():
+                try:
+                    family = FAMILY_NAMES[detect_controlnet_folder(path)]
+                    found.append(Item(name, "controlnet", path, "diffusers", _folder_size(path), family))
+                except NotACheckpoint as e:
+                    found.append(Item(name, "controlnet", path, "diffusers", 0, None, str(e)))
+            elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and not (path.parent / "config.json").exists():
+                found.append(Item(name, "controlnet", path, path.suffix[1:], path.stat().st_size, None,
+                                  "a single-file ControlNet: this version loads ControlNets as diffusers folders "
+                                  "(config.json + weights)"))  # fmt: skip
+        return found
+
+    def controlnet_for(self, name: str | None, family: str) -> Item:
+        """The ControlNet a control uses on a model of `family` (a label such as "SD 1.x"): the one named,
+        which must fit, or the first on the shelf that does."""
+        if name is not None:
+            item = self.find("controlnet", name)
+            if item.family != family:
+                raise UnknownModel(f"ControlNet {item.name!r} steers {item.family} models, and this model is {family}; "
+                                   "pick one made for it with --control_model")  # fmt: skip
+            return item
+        for item in self.items("controlnet"):
+            if item.family == family and item.problem is None:
+                return item
+        raise UnknownModel(f"no ControlNet on the shelf fits this {family} model; put one in models/ControlNet/ "
+                           "(a diffusers folder) and name it with --control_model")  # fmt: skip
+
+    def check_controls(self, names: list[str | None], model: str) -> None:
+        """At submit: each control's ControlNet (None: the shelf's pick) is on the shelf and fits `model`
+        (when the model is on the shelf too; a path's family is known once it loads)."""
+        try:
+            family = self.find("checkpoint", model).family
+        except UnknownModel:
+            family = None
+        for i, name in enumerate(names):
+            try:
+                if family is not None:
+                    self.controlnet_for(name, family.removesuffix(" inpainting"))
+                elif name is not None:
+                    self.find("controlnet", name)
+            except UnknownModel as e:
+                raise UnknownModel(f"control {i + 1}: {e}") from None
+
     def items(self, kind: str) -> list[Item]:
         with self._lock:
             return [item for (k, _), item in sorted(self._items.items()) if k == kind]
@@ -123,7 +180,7 @@ class Shelf:
             item = self._items.get((kind, name))
         if item is None:
             known = ", ".join(i.name for i in self.items(kind)) or "none"
-            what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding"}[kind]
+            what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding", "controlnet": "ControlNet"}[kind]
             raise UnknownModel(f"unknown {what} {clip_text(name)!r}; available: {known}")
         if item.problem:
             raise UnknownModel(f"model {clip_text(name)!r} cannot be used: {item.problem}")
@@ -191,6 +248,7 @@ class Shelf:
             checkpoints=[entry(i) for i in self.items("checkpoint")],
             loras=[entry(i) for i in self.items("lora")],
             embeddings=[entry(i) for i in self.items("embedding")],
+            controlnets=[entry(i) for i in self.items("controlnet")],
         )
 
     def _read_hashes(self) -> dict[str, str]:

@@ -27,6 +27,7 @@ from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.client.answers import Job, ModelEntry
+from engine.client.controls import A1111_MODULES, A1111_RESIZE
 from engine.client.dream_args import explain
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
 from engine.client.schema import DreamRequest, Requester
@@ -35,8 +36,8 @@ from gallery.files import BadImage
 
 PREFIX = "/sdapi/v1"
 SOURCE = "a1111"
-# Other fields clients send (enable_hr, restore_faces, styles, alwayson_scripts, ...) are accepted and
-# ignored, as A1111 treats them as optional; the README lists them.
+# Other fields clients send (enable_hr, restore_faces, styles, other alwayson_scripts, ...) are accepted
+# and ignored, as A1111 treats them as optional; the README lists them. ControlNet units are not ignored.
 
 
 class A1111Error(Exception):
@@ -92,6 +93,123 @@ class Img2ImgBody(_Body):
     mask: str | None = None
     inpainting_mask_invert: int = 0
     resize_mode: int = Field(default=0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
+
+
+class ControlNetUnitBody(BaseModel):
+    """One unit of `alwayson_scripts.controlnet.args`, as the ControlNet extension takes it (webuiapi's
+    ControlNetUnit.to_dict). `low_vram` and `hr_option` are memory and hires-pass hints that change nothing here."""
+
+    model_config = ConfigDict(extra="allow")
+
+    enabled: bool = True
+    image: str | dict | None = None  # base64, or {"image": ..., "mask": ...}
+    input_image: str | None = None  # the older name
+    mask: str | None = None
+    module: str = "none"
+    model: str = "None"
+    weight: float = 1.0
+    resize_mode: str | int = "Crop and Resize"
+    processor_res: int = 512
+    threshold_a: float = -1
+    threshold_b: float = -1
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    control_mode: str | int = "Balanced"
+    pixel_perfect: bool = False
+
+
+class DetectBody(BaseModel):
+    """POST /controlnet/detect."""
+
+    model_config = ConfigDict(extra="allow")
+
+    controlnet_module: str = "none"
+    controlnet_input_images: list[str] = Field(default_factory=list)
+    controlnet_images: list[str] = Field(default_factory=list)  # webuiapi's name
+    controlnet_processor_res: int = 512
+    controlnet_threshold_a: float = -1
+    controlnet_threshold_b: float = -1
+
+
+# The extension's module names (and a few aliases its UI shows) -> our control types.
+MODULE_TYPES: dict[str, str] = {a: t for t, a in A1111_MODULES.items()} | {
+    "softedge_pidinet": "softedge", "softedge_hedsafe": "softedge", "hed": "softedge", "pidinet": "softedge",
+    "tile_colorfix": "tile", "blur_gaussian": "tile", "invert (from white bg & black line)": "invert",
+    "depth": "depth", "depth_zoe": "depth", "openpose_full": "openpose", "lineart": "lineart",
+}  # fmt: skip
+RESIZE_BY_NUMBER = ("Just Resize", "Crop and Resize", "Resize and Fill")  # its integer resize modes
+CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
+
+
+def control_type(module: str) -> str:
+    key = module.strip().lower()
+    if key not in MODULE_TYPES:
+        raise A1111Error(
+            f"ControlNet module {module!r} is not available here; use one of: {', '.join(A1111_MODULES.values())}"
+        )
+    return MODULE_TYPES[key]
+
+
+def controlnet_units(body: _Body) -> list[ControlNetUnitBody]:
+    """The enabled units of `alwayson_scripts.controlnet` (A1111 matches script names case-blind)."""
+    scripts = (body.model_extra or {}).get("alwayson_scripts") or {}
+    if not isinstance(scripts, dict):
+        raise A1111Error("alwayson_scripts must be an object of script names")
+    script = next((v for k, v in scripts.items() if str(k).lower() == "controlnet"), None)
+    if not script:
+        return []
+    args = script.get("args", []) if isinstance(script, dict) else script
+    if not isinstance(args, list):
+        raise A1111Error("alwayson_scripts.controlnet.args must be a list of units")
+    try:
+        units = [ControlNetUnitBody.model_validate(a) for a in args]
+    except ValidationError as e:
+        raise A1111Error(f"alwayson_scripts.controlnet: {explain(e)}") from None
+    return [u for u in units if u.enabled and (u.image or u.input_image)]
+
+
+def _named(value: str | int, names: tuple[str, ...]) -> str:
+    """The extension takes its enums by name or by number."""
+    return value if isinstance(value, str) else names[value] if 0 <= value < len(names) else str(value)
+
+
+async def control_fields(s: Services, units: list[ControlNetUnitBody], size: tuple[int, int] | None) -> list[dict]:
+    """Our controls for the extension's units: each image uploaded, its module and model translated."""
+    controls = []
+    for i, unit in enumerate(units):
+        what = f"alwayson_scripts.controlnet.args[{i}]"
+        picture = unit.image.get("image") if isinstance(unit.image, dict) else unit.image or unit.input_image
+        if unit.mask or (isinstance(unit.image, dict) and unit.image.get("mask")):
+            raise A1111Error(f"{what}.mask: a unit's own mask is not supported here; inpaint with img2img's mask")
+        mode = (
+            unit.control_mode
+            if isinstance(unit.control_mode, str)
+            else CONTROL_MODES[min(2, max(0, unit.control_mode))]
+        )
+        if mode != "Balanced":
+            raise A1111Error(f"{what}.control_mode: only 'Balanced' is supported here (got {mode!r})")
+        resize = (
+            unit.resize_mode
+            if isinstance(unit.resize_mode, str)
+            else RESIZE_BY_NUMBER[min(2, max(0, unit.resize_mode))]
+        )
+        if resize not in A1111_RESIZE:
+            raise A1111Error(f"{what}.resize_mode: one of {', '.join(A1111_RESIZE)} (got {resize!r})")
+        type_ = control_type(unit.module)
+        data = decode_b64_image(str(picture), f"{what}.image")
+        # The extension runs a preprocessor at processor_res (the short side); pixel perfect: the output's.
+        res = min(size) if unit.pixel_perfect and size else unit.processor_res
+        if type_ != "none" and res > 0:
+            data = await asyncio.to_thread(at_short_side, data, res)
+        controls.append({
+            "image": await asyncio.to_thread(upload, s, data), "type": type_,
+            "model": None if unit.model in ("None", "") else checkpoint_name(unit.model),
+            "weight": unit.weight, "start": unit.guidance_start, "end": unit.guidance_end,
+            "resize": A1111_RESIZE[resize],
+            "threshold_a": unit.threshold_a if unit.threshold_a >= 0 and type_ == "canny" else None,
+            "threshold_b": unit.threshold_b if unit.threshold_b >= 0 and type_ == "canny" else None,
+        })  # fmt: skip
+    return controls
 
 
 class ExtraBody(BaseModel):
@@ -176,7 +294,7 @@ class A1111:
             model=checkpoint_name(model) if model else None, preview=True,
             requester=Requester(source=SOURCE, user=client),
         )  # fmt: skip
-        if body.subseed_strength > 0 and not mode:
+        if body.subseed_strength > 0 and mode.get("mode") is None:
             fields.update(mode="variation", variation_amount=min(1.0, body.subseed_strength),
                           variation_seed=None if body.subseed < 0 else body.subseed)  # fmt: skip
         fields.update(mode)
@@ -244,7 +362,11 @@ def _state(request: Request) -> A1111:
 @router.post("/txt2img")
 async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
     s = _services(request)
-    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request)))
+    size = (body.width, body.height) if body.width and body.height else None
+    mode: dict[str, Any] = {}
+    if units := controlnet_units(body):
+        mode["controls"] = await control_fields(s, units, size)
+    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
 
@@ -261,6 +383,8 @@ async def img2img(body: Img2ImgBody, request: Request) -> dict:
         mask = decode_b64_image(body.mask, "mask")
         mask = resized(mask, size, body.resize_mode, invert=body.inpainting_mask_invert)
         mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask))
+    if units := controlnet_units(body):
+        mode["controls"] = await control_fields(s, units, size)
     job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
@@ -420,6 +544,23 @@ def title(model: ModelEntry) -> str:
     return f"{model.name} [{model.hash}]" if model.hash else model.name
 
 
+def at_short_side(data: bytes, side: int) -> bytes:
+    """The picture scaled so its shorter side is `side` (the extension's processor resolution)."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except OSError as e:
+        raise A1111Error(f"not an image this engine can read: {e}") from None
+    scale = side / min(image.size)
+    if scale == 1:
+        return data
+    image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.LANCZOS)  # fmt: skip
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def upload(s: Services, data: bytes) -> str:
     try:
         return s.inputs.save_upload(data).ref
@@ -463,3 +604,44 @@ def fill(image: Image.Image, size: tuple[int, int]) -> Image.Image:
         canvas.paste(fitted.crop((fw - 1, 0, fw, fh)).resize((w - x - fw, h)), (x + fw, 0))
     canvas.paste(fitted, (x, y))
     return canvas
+
+
+# The ControlNet extension's own routes (at the server's root, as the extension mounts them).
+controlnet_router = APIRouter(prefix="/controlnet", tags=["AUTOMATIC1111"])
+CONTROLNET_API_VERSION = 2  # what the extension's /controlnet/version answers (webuiapi checks it)
+
+
+@controlnet_router.get("/version")
+def controlnet_version() -> dict:
+    return {"version": CONTROLNET_API_VERSION}
+
+
+@controlnet_router.get("/model_list")
+def controlnet_model_list(request: Request) -> dict:
+    listing = _services(request).shelf.listing()
+    return {"model_list": [title(m) for m in listing.controlnets if m.problem is None]}
+
+
+@controlnet_router.get("/module_list")
+def controlnet_module_list() -> dict:
+    return {"module_list": list(A1111_MODULES.values())}
+
+
+@controlnet_router.post("/detect")
+async def controlnet_detect(body: DetectBody, request: Request) -> dict:
+    """The preprocessed maps of the images (what a unit with this module would steer with)."""
+    s = _services(request)
+    type_ = control_type(body.controlnet_module)
+    images = body.controlnet_input_images or body.controlnet_images
+    if not images:
+        raise A1111Error("controlnet_input_images: give at least one image (base64)")
+    maps = []
+    for i, picture in enumerate(images):
+        data = decode_b64_image(picture, f"controlnet_input_images[{i}]")
+        if type_ != "none" and body.controlnet_processor_res > 0:
+            data = await asyncio.to_thread(at_short_side, data, body.controlnet_processor_res)
+        threshold_a = body.controlnet_threshold_a if body.controlnet_threshold_a >= 0 and type_ == "canny" else None
+        threshold_b = body.controlnet_threshold_b if body.controlnet_threshold_b >= 0 and type_ == "canny" else None
+        preview = await asyncio.to_thread(s.inputs.preview_map, data, type_, threshold_a, threshold_b)
+        maps.append(base64.b64encode(preview).decode())
+    return {"images": maps, "info": "Success"}

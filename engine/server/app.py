@@ -59,11 +59,12 @@ def build_front(settings: Settings) -> Services:
     queue = SqliteJobQueue(db, max_queued_per_user=settings.max_queued_per_user,
                            model_affinity=settings.model_affinity, events=hub)  # fmt: skip
     shelf = Shelf(settings.shelf_dir, hash_cache=settings.home / "model-hashes.json")
-    log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s)", settings.shelf_dir,
-             *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding")))  # fmt: skip
-    inputs = Inputs(store, settings.uploads_dir)
+    log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s), %d ControlNet(s)", settings.shelf_dir,
+             *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding", "controlnet")))  # fmt: skip
+    inputs = Inputs(store, settings.uploads_dir, annotators=settings.shelf_dir / "annotators")
     runner = LateRunner()
-    jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf)
+    jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf,
+                      default_model=settings.model)  # fmt: skip
     return Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf, hub=hub,
                     runner=runner, load=build_backend_or_stop)  # fmt: skip
 

@@ -53,7 +53,7 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def is_a1111(request: Request) -> bool:
-    return request.url.path.startswith(request.app.state.a1111_prefix)
+    return request.url.path.startswith(request.app.state.a1111_prefixes)
 
 
 def error_for(

@@ -51,10 +51,12 @@ def create_app(services: Services) -> FastAPI:
     )
     app.state.services = services
     app.state.max_body_bytes = services.settings.max_body_bytes
-    app.state.a1111_prefix = services.settings.a1111_prefix + a1111.PREFIX
+    # Where A1111's error shape applies: its API and its ControlNet extension's routes.
+    app.state.a1111_prefixes = tuple(services.settings.a1111_prefix + p for p in (a1111.PREFIX, "/controlnet/"))
     app.state.a1111 = a1111.A1111()
     error_handlers.install(app)
     app.include_router(a1111.router, prefix=services.settings.a1111_prefix)
+    app.include_router(a1111.controlnet_router, prefix=services.settings.a1111_prefix)
     app.include_router(routes.router)
     _errors_as_json_in_openapi(app)
     return app
@@ -74,7 +76,7 @@ def _errors_as_json_in_openapi(app: FastAPI) -> None:
                 for operation in operations.values():
                     for status, response in operation.get("responses", {}).items():
                         if status[0] in "45":
-                            response["content"] = a1111_error if path.startswith(app.state.a1111_prefix) else error
+                            response["content"] = a1111_error if path.startswith(app.state.a1111_prefixes) else error
             app.openapi_schema = spec
         return app.openapi_schema
 

@@ -15,7 +15,7 @@ from engine.client.limits import Limits
 from engine.client.prompts import PromptError
 from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Scope
 from engine.device.runner import Runner
-from engine.device.shelf import Shelf, UnknownModel
+from engine.device.shelf import Shelf, UnknownModel, default_model_name
 from engine.server.inputs import Inputs
 from engine.server.queue import JobNotFound, JobQueue, JobRecord
 from engine.server.records import image_info
@@ -90,9 +90,10 @@ class JobService:
 
     def __init__(
         self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: LateRunner, limits: Limits,
-        shelf: Shelf | None = None,
+        shelf: Shelf | None = None, default_model: str | None = None,
     ) -> None:  # fmt: skip
         self.shelf = shelf
+        self.default_model = default_model_name(default_model)
         self.queue = queue
         self.store = store
         self.inputs = inputs
@@ -110,6 +111,8 @@ class JobService:
                     self.shelf.check_model(request.refiner, request.requester.source)
                 except UnknownModel as e:
                     raise UnknownModel(f"--refiner: {e}") from None
+            if request.controls:
+                self.shelf.check_controls([c.model for c in request.controls], request.model or self.default_model)
             try:
                 self.shelf.addons_of(request.prompt, request.negative_prompt)
             except PromptError as e:

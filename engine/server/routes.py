@@ -37,7 +37,8 @@ from engine.client.answers import (
 )
 from engine.client.errors import clip_text
 from engine.client.grid import tile
-from engine.client.schema import DreamRequest, Scope
+from engine.client.schema import ControlPreview, DreamRequest, Scope
+from engine.server.inputs import png_bytes
 from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery, TextSearchQuery
 from engine.server.records import image_record
 from engine.server.services import Services, ServicesDep
@@ -113,6 +114,13 @@ def submit(request: DreamRequest, s: ServicesDep) -> Accepted:
 async def upload(request: Request, s: ServicesDep) -> Upload:
     """An input image for img2img, inpaint (image or mask), outpaint or upscale; name it by `ref`."""
     return await asyncio.to_thread(s.inputs.save_upload, await request.body())
+
+
+@router.post("/v1/controls/preview", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+def control_preview(body: ControlPreview, s: ServicesDep) -> Response:
+    """The preprocessed map of a control (its image read by its type), as PNG: what the ControlNet will see."""
+    control_map = s.inputs.control_map(body.control, body.requester)
+    return Response(png_bytes(control_map), media_type="image/png")
 
 
 @router.get("/v1/dreams/{job_id}")

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
 
+import diffusers
+
 from engine.device.device import Device
 from engine.device.pipelines.model import LoadedModel, load_model
 from engine.device.pipelines.upscaler import Upscaler, load_upscaler
 from engine.device.runner import Affinity
-from engine.device.shelf import CHECKPOINT_SUFFIXES, Shelf, UnknownModel, default_model_name
+from engine.device.shelf import CHECKPOINT_SUFFIXES, Item, Shelf, UnknownModel, default_model_name
 
 log = logging.getLogger(__name__)
+MAX_CONTROLNETS = 4  # a request steers with up to MAX_CONTROLS; these are kept loaded between jobs
 
 
 class PipelineCache:
@@ -40,6 +44,7 @@ class PipelineCache:
         self._upscaler: Upscaler | None = None
         self._lock = threading.Lock()
         self._models: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first
+        self._controlnets: OrderedDict[Path, diffusers.ModelMixin] = OrderedDict()
         self.loading: str | None = None  # the model being loaded now (health reports it)
         self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
 
@@ -118,6 +123,26 @@ class PipelineCache:
         if evicted:
             self.device.free_memory()
 
+    def controlnet(self, item: Item) -> diffusers.ModelMixin:
+        """A ControlNet from the shelf (a diffusers folder; its config names its class), kept loaded with the
+        models: the most recent few stay (each is a fraction of its model's size)."""
+        assert item.path is not None
+        with self._lock:
+            if item.path in self._controlnets:
+                self._controlnets.move_to_end(item.path)
+                return self._controlnets[item.path]
+            started = time.perf_counter()
+            class_name = json.loads((item.path / "config.json").read_text()).get("_class_name", "ControlNetModel")
+            cls = getattr(diffusers, class_name, None)
+            if cls is None or not class_name.endswith("Model"):
+                raise UnknownModel(f"ControlNet {item.name!r} is a {class_name}, which this diffusers cannot load")
+            net = cls.from_pretrained(item.path, torch_dtype=self.device.dtype).to(self.device.torch_device)
+            self._controlnets[item.path] = net
+            while len(self._controlnets) > MAX_CONTROLNETS:
+                self._controlnets.popitem(last=False)
+            log.info("loaded ControlNet %s (%s) in %.1f s", item.name, item.family, time.perf_counter() - started)
+            return net
+
     def upscaler(self) -> Upscaler | None:
         """The configured upscaler pipeline (loaded on first use), or None."""
         if self.upscaler_ref is None:
@@ -129,6 +154,7 @@ class PipelineCache:
             return self._upscaler
 
     def unload(self) -> None:
+        self._controlnets.clear()
         if self._models:
             self._models.clear()
             self.device.free_memory()

@@ -4,11 +4,13 @@ first, a generator per seed, progress and cancel through callback_on_step_end.""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +18,11 @@ import torch
 from diffusers import (
     AutoPipelineForImage2Image,
     AutoPipelineForInpainting,
+    AutoPipelineForText2Image,
     DiffusionPipeline,
+    ModelMixin,
 )
+from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -38,6 +43,18 @@ log = logging.getLogger(__name__)
 
 
 StepCallback = Callable[[int, int, torch.Tensor], None]
+
+
+@dataclass(frozen=True)
+class Control:
+    """One ControlNet in a task: the loaded net, its map at the output size, how hard and over which share of
+    the steps it steers (diffusers' controlnet_conditioning_scale, control_guidance_start/end)."""
+
+    net: ModelMixin
+    image: Image.Image
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
 
 
 def effective_steps(steps: int, strength: float) -> int:
@@ -142,6 +159,7 @@ class LoadedModel:
         width: int,
         height: int,
         latents: torch.Tensor | None = None,
+        controls: Sequence[Control] = (),
         **common,
     ) -> list[Image.Image]:
         """`latents`: starting noise drawn by the caller (variations); None draws it from `seeds`."""
@@ -155,43 +173,80 @@ class LoadedModel:
             # An inpainting UNet also sees a masked image: give it nothing to keep (all masked, grey).
             blank = Image.new("RGB", (width, height), (127, 127, 127))
             full = Image.new("L", (width, height), 255)
-            return self._run(self._inpaint_pipe(), seeds=seeds, image=[blank] * len(seeds),
-                             mask_image=[full] * len(seeds), strength=1.0, width=width, height=height,
-                             latents=latents, **common)  # fmt: skip
-        return self._run(self.pipe, seeds=seeds, width=width, height=height, latents=latents, **common)
+            return self.inpaint(seeds=seeds, image=blank, mask=full, strength=1.0, latents=latents,
+                                controls=controls, **common)  # fmt: skip
+        pipe, control_inputs = self._controlled(AutoPipelineForText2Image, controls) if controls else (self.pipe, {})
+        return self._run(pipe, seeds=seeds, width=width, height=height, latents=latents, **control_inputs,
+                         **common)  # fmt: skip
 
     def img2img(
-        self, *, seeds: list[int], image: Image.Image, strength: float, steps: int, **common
-    ) -> list[Image.Image]:
+        self, *, seeds: list[int], image: Image.Image, strength: float, steps: int, controls: Sequence[Control] = (),
+        **common,
+    ) -> list[Image.Image]:  # fmt: skip
         self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
         if self.detected.inpainting:
             full = Image.new("L", image.size, 255)
-            return self.inpaint(seeds=seeds, image=image, mask=full, strength=strength, steps=steps, **common)
+            return self.inpaint(seeds=seeds, image=image, mask=full, strength=strength, steps=steps,
+                                controls=controls, **common)  # fmt: skip
         if self._img2img is None:
             self._img2img = self._task(AutoPipelineForImage2Image)
+        pipe, control_inputs = (
+            self._controlled(AutoPipelineForImage2Image, controls) if controls else (self._img2img, {})
+        )
         extra = {"width": image.width, "height": image.height} if self.flow else {}
-        return self._run(self._img2img, seeds=seeds, image=[image] * len(seeds), strength=strength,
-                         steps=effective_steps(steps, strength), **extra, **common)  # fmt: skip
+        return self._run(pipe, seeds=seeds, image=[image] * len(seeds), strength=strength,
+                         steps=effective_steps(steps, strength), **extra, **control_inputs, **common)  # fmt: skip
 
     def inpaint(
-        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, steps: int, **common
-    ) -> list[Image.Image]:
+        self, *, seeds: list[int], image: Image.Image, mask: Image.Image, strength: float, steps: int,
+        controls: Sequence[Control] = (), **common,
+    ) -> list[Image.Image]:  # fmt: skip
         """Repaint the white part of `mask`. A model without an inpainting UNet gets the standard
         masked-latent blending (diffusers does it when the UNet has 4 input channels)."""
         self.check_inputs(width=image.width, height=image.height, steps=steps, seeds=seeds)
         n = len(seeds)
-        return self._run(self._inpaint_pipe(), seeds=seeds, image=[image] * n, mask_image=[mask] * n,
+        pipe, control_inputs = (
+            self._controlled(AutoPipelineForInpainting, controls) if controls else (self._inpaint_pipe(), {})
+        )
+        return self._run(pipe, seeds=seeds, image=[image] * n, mask_image=[mask] * n,
                          strength=strength, width=image.width, height=image.height,
-                         steps=effective_steps(steps, strength), **common)  # fmt: skip
+                         steps=effective_steps(steps, strength), **control_inputs, **common)  # fmt: skip
+
+    def check_control(self, net: ModelMixin, name: str) -> None:
+        """A ControlNet's blocks must match the model's: one sentence naming both when they do not."""
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        mine = denoiser.config.get("cross_attention_dim") or denoiser.config.get("joint_attention_dim")
+        theirs = net.config.get("cross_attention_dim") or net.config.get("joint_attention_dim")
+        if mine != theirs:
+            raise InputError(f"ControlNet {name!r} does not fit model {self.name!r} ({self.family}): it was made for "
+                             f"a model with {theirs}-wide text conditioning, this one has {mine}")  # fmt: skip
+
+    def _controlled(self, auto: type, controls: Sequence[Control]) -> tuple[DiffusionPipeline, dict]:
+        """The task's ControlNet pipeline (sharing this model's components) and its control inputs."""
+        one = len(controls) == 1
+        net = controls[0].net if one else MultiControlNetModel([c.net for c in controls])
+        pipe = self._task(auto, controlnet=net)
+
+        def each(values: list) -> object:
+            return values[0] if one else values
+
+        # Text-to-image SD/SDXL pipelines take the map as `image`; the others (and SD3/FLUX) as `control_image`.
+        key = "control_image" if "control_image" in inspect.signature(type(pipe).__call__).parameters else "image"
+        return pipe, {
+            key: each([c.image for c in controls]),
+            "controlnet_conditioning_scale": each([c.weight for c in controls]),
+            "control_guidance_start": each([c.start for c in controls]),
+            "control_guidance_end": each([c.end for c in controls]),
+        }
 
     def _inpaint_pipe(self) -> DiffusionPipeline:
         if self._inpaint is None:
             self._inpaint = self._task(AutoPipelineForInpainting)
         return self._inpaint
 
-    def _task(self, auto: type) -> DiffusionPipeline:
+    def _task(self, auto: type, **components) -> DiffusionPipeline:
         try:
-            pipe = auto.from_pipe(self.pipe)
+            pipe = auto.from_pipe(self.pipe, **components)
         except ValueError as e:  # AutoPipeline has no such task for this family
             raise InputError(f"{self.family} models cannot do this ({e})") from e
         pipe.set_progress_bar_config(disable=True)
