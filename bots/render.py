@@ -29,7 +29,7 @@ def describe(job: Job) -> str:
         f" · model {req.model}" if req.model else ""
     )
     negative = f"\nnegative: {clip(req.negative_prompt, 300)}" if req.negative_prompt else ""
-    head = f"\n{params}{negative}{_lineage(req)}"
+    head = f"\n{params}{negative}{_lineage(req)}{_controls(req)}"
     return f"**{clip(req.prompt, MESSAGE_LIMIT - len(head) - 10)}**{head}"
 
 
@@ -44,6 +44,17 @@ def _lineage(req: DreamRequest) -> str:
         "upscale": f"x{req.upscale} upscale of {source}",
     }.get(req.mode) or f"{req.mode} of {source}" + (f" (strength {req.strength:g})" if req.strength else "")
     return f"\n{detail}"
+
+
+def _controls(req: DreamRequest) -> str:
+    """The ControlNets that steered a result, e.g. 'control: canny of #12 (weight 0.5)'."""
+    lines = []
+    for control in req.controls:
+        image = gallery_id(control.image)
+        source = f"#{image}" if image is not None else "an attached image"
+        weight = f" (weight {control.weight:g})" if control.weight != 1 else ""
+        lines.append(f"\ncontrol: {control.type} map of {source}{weight}")
+    return "".join(lines)
 
 
 def queued_text(request: DreamRequest, position: int, seed: int) -> str:

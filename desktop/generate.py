@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.control import ControlBox
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
@@ -137,6 +138,7 @@ class GeneratePanel(QWidget):
         self.choose_init.setToolTip("An init image from a file (or drop one here, or paste with Ctrl+V)")
         self.paint_mask = QPushButton("Paint mask…")
         self.clear_init = QPushButton("Clear")
+        self.control = ControlBox(link)
         self.generate_button = QPushButton("Generate  (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar()
@@ -182,6 +184,7 @@ class GeneratePanel(QWidget):
         left = QVBoxLayout(panel)
         left.setContentsMargins(0, 0, 0, 0)
         left.addLayout(form)
+        left.addWidget(self.control)
         left.addLayout(buttons)
         left.addWidget(self.progress)
         left.addWidget(self.state)
@@ -242,6 +245,7 @@ class GeneratePanel(QWidget):
             argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
             if self.mask_ref is not None:
                 argv += ["-M", self.mask_ref]
+        argv += self.control.argv()
         text = self.prompt.toPlainText().strip()
         try:
             return argv + split(text)
@@ -362,6 +366,11 @@ class GeneratePanel(QWidget):
             )
         else:
             self.model.setCurrentText("" if record.model in (None, engine_model) else record.model)
+        controls = record.params.get("controls") or []
+        if controls:  # the first control comes back in the box (the box holds one)
+            self.control.reuse(controls[0])
+        else:
+            self.control.clear_picture()
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -349,25 +349,27 @@ class FakeDiscord:
         }
 
     async def say(
-        self, guild_id: str, uid: str, content: str, *, attachment: bytes | None = None, reply_to: str | None = None
-    ) -> str:
-        """A user posts `content` in the guild's channel; returns the message id."""
+        self, guild_id: str, uid: str, content: str, *, attachment: bytes | None = None, reply_to: str | None = None,
+        attachments: Sequence[bytes] = (),
+    ) -> str:  # fmt: skip
+        """A user posts `content` in the guild's channel, with `attachment` or several `attachments`; returns the
+        message id."""
         mid = snowflake()
-        attachments = []
-        if attachment is not None:
+        files = []
+        for data in [attachment] if attachment is not None else list(attachments):
             aid = snowflake()
-            self.attachments[aid] = attachment
-            attachments.append(
+            self.attachments[aid] = data
+            files.append(
                 {
                     "id": aid,
                     "filename": "image.png",
-                    "size": len(attachment),
+                    "size": len(data),
                     "content_type": "image/png",
                     "url": f"{self.base}/attachments/{aid}/image.png",
                     "proxy_url": f"{self.base}/attachments/{aid}/image.png",
                 }
             )
-        data = message_object(mid, self.channel_of(guild_id), self.user(uid), content, attachments)
+        data = message_object(mid, self.channel_of(guild_id), self.user(uid), content, files)
         data |= {"guild_id": guild_id, "member": self._member(uid)}
         if reply_to is not None:
             data["message_reference"] = {"message_id": reply_to, "channel_id": self.channel_of(guild_id)}

@@ -23,6 +23,7 @@ from engine.client.answers import SearchResults
 from engine.client.launch import stop_engine
 from engine.client.settings import Settings
 from models.checker import judge
+from models.toyworld import control_disc
 from tests.conftest import ROOT, EngineProcess
 
 pytestmark = pytest.mark.slow
@@ -291,3 +292,27 @@ def test_the_model_box_lists_the_engines_shelf_and_its_choice_is_sent(qtbot, win
     box.setCurrentText("no-such-model")  # typed: the engine answers with what it has
     qtbot.mouseClick(window.generate.generate_button, Qt.MouseButton.LeftButton)
     qtbot.waitUntil(lambda: "unknown model 'no-such-model'" in window.generate.state.text(), timeout=WAIT)
+
+
+def test_the_control_box_shows_the_map_and_steers_and_reuse_brings_it_back(
+    qtbot, window: MainWindow, tmp_path: Path
+) -> None:
+    box = window.generate.control
+    disc = tmp_path / "disc.png"
+    control_disc(128).save(disc)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(disc))])
+    box.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                             Qt.KeyboardModifier.NoModifier))  # fmt: skip
+    qtbot.waitUntil(lambda: box.map.pixmap() is not None and not box.map.pixmap().isNull(), timeout=WAIT)
+    assert (box.ref or "").startswith("upload:") and "disc.png (128×128)" in box.picture.text()
+    box.type.setCurrentText("openpose")
+    qtbot.waitUntil(lambda: "annotators/body_pose_model.pth" in (box.problem or ""), timeout=WAIT)
+    box.type.setCurrentText("none")
+    qtbot.waitUntil(lambda: box.problem is None and not box.map.pixmap().isNull(), timeout=WAIT)
+    ids = generate(qtbot, window, '"a red circle on a blue background" -n 2 -S 1', 2)
+    record = window.link.client().image(ids[0])
+    assert record.params["controls"][0]["image"] == box.ref
+    box.clear_picture()
+    window.generate.reuse(record)
+    assert box.ref == record.params["controls"][0]["image"] and box.type.currentText() == "none"

@@ -15,11 +15,13 @@ from bots.bot import DreamBot
 from engine.client.clients import AsyncEngineClient
 from engine.client.settings import BotSettings, Settings
 from models.checker import judge
+from models.toyworld import control_disc
 from tests.conftest import EngineProcess
 from tests.fake_discord import FakeDiscord, Posted
 
 pytestmark = pytest.mark.slow
 A, B = "111", "222"
+RED = "a red circle on a blue background"
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +257,21 @@ async def test_an_attachment_is_the_init_image(world: World) -> None:
     assert [judge(im).colour for im in images].count("blue") >= 1
     bad = await world.fake.say(A, "7", "!dream anything", attachment=b"not an image at all")
     assert "the attached file image.png: not a readable image" in (await world.text_reply(bad)).content
+
+
+async def test_attachments_named_att1_att2_steer_as_controls(world: World) -> None:
+    disc = io.BytesIO()
+    control_disc(128).save(disc, format="PNG")
+    mid = await world.fake.say(A, "7", f'!dream "{RED}" --control att1 --control_type none -n 2 -S 1',
+                               attachments=[disc.getvalue()])  # fmt: skip
+    result = await world.result_for(mid)
+    assert "control: none map of an attached image" in result.content
+    assert "img2img" not in result.content  # a named attachment is a control, not the init image
+    ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:upscale:")]
+    record = await world.client.image(ids[0])
+    assert record.params["controls"][0]["model"] == "toy-silhouette"
+    missing = await world.fake.say(A, "7", f'!dream "{RED}" --control att2', attachments=[disc.getvalue()])
+    assert "--control att2: this message has 1 attached file(s)" in (await world.text_reply(missing)).content
 
 
 async def test_an_expired_interaction_token_falls_back_to_the_channel(world: World) -> None:

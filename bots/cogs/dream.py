@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import discord
@@ -18,6 +19,8 @@ from engine.client.samplers import SAMPLERS
 if TYPE_CHECKING:
     from bots.bot import DreamBot
 
+IMAGE_FLAGS = {"-I", "--init_img", "-M", "--init_mask", "--control"}  # flags whose value may be `att1`, `att2`...
+
 
 class DreamCog(commands.Cog, name="Dream"):
     """Dreaming in Discord."""
@@ -31,12 +34,25 @@ class DreamCog(commands.Cog, name="Dream"):
         who = requester_of(ctx.guild, ctx.channel, ctx.author)
         reply = MessageReply(ctx.message)
         async with replying_errors(reply.send):
-            argv = split(args)
-            if ctx.message.attachments and not {"-I", "--init_img"} & set(argv):
-                # An attached picture is the init image: img2img, or inpaint/outpaint with their flags.
-                argv += ["-I", await self._upload(ctx.message.attachments[0])]
+            argv = await self._attached(split(args), ctx.message.attachments)
             request = parse_argv(argv, requester=who)
             await self.bot.flow.run(request, reply, ctx.channel, ctx.author)
+
+    async def _attached(self, argv: list[str], attachments: list[discord.Attachment]) -> list[str]:
+        """The command with its attachments as image references: `att1`, `att2`... after -I, -M or --control name
+        them in order; without such names, the first attached picture is the init image (img2img, or
+        inpaint/outpaint with their flags)."""
+        argv, named = list(argv), False
+        for i, word in enumerate(argv[:-1]):
+            number = re.fullmatch(r"att([0-9]+)", argv[i + 1].strip().lower())
+            if word in IMAGE_FLAGS and number:
+                k = int(number[1])
+                if not 1 <= k <= len(attachments):
+                    raise DreamArgsError(f"{word} {argv[i + 1]}: this message has {len(attachments)} attached file(s)")
+                argv[i + 1], named = await self._upload(attachments[k - 1]), True
+        if attachments and not named and not {"-I", "--init_img"} & set(argv):
+            argv += ["-I", await self._upload(attachments[0])]
+        return argv
 
     async def _upload(self, attachment: discord.Attachment) -> str:
         """Send an attachment to the engine; its reference, or a DreamArgsError saying what is wrong."""
@@ -133,6 +149,9 @@ class DreamCog(commands.Cog, name="Dream"):
         if listing.embeddings:
             lines.append("**Embeddings** — write `embedding:NAME` in a prompt")
             lines += entries([(m.name, m.family) for m in listing.embeddings])
+        if controlnets := [m for m in listing.controlnets if m.problem is None]:
+            lines.append("**ControlNets** — steer with a picture: `--control att1 --control_model NAME`")
+            lines += entries([(m.name, m.family) for m in controlnets])
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
 
     @commands.command(name="models", help="the models, LoRAs and embeddings you can use here")

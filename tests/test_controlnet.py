@@ -1,0 +1,337 @@
+"""ControlNet: the grammar, the preprocessors, the shelf, every family's plumbing, and the toy ControlNet's effect
+through the CLI, the native API and AUTOMATIC1111's ControlNet extension API (the real `webuiapi` client)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import webuiapi
+from PIL import Image, ImageDraw
+
+from engine.client.dream_args import DreamArgsError, format_request, parse
+from engine.client.errors import InputError
+from engine.client.schema import DreamRequest
+from engine.device.device import Device
+from engine.device.modes import fit
+from engine.device.pipelines import PipelineCache
+from engine.device.pipelines.model import Control
+from engine.device.shelf import Shelf, UnknownModel
+from engine.server.control_maps import preprocess
+from gallery.files import a1111_parameters
+from gallery.schemas import ImageCreate
+from models.checker import shape_centre
+from models.toyworld import control_disc
+from tests.conftest import ROOT, EngineProcess, free_port
+from tests.tiny_pipeline import family_pipeline
+
+TOKEN = "s3cret-token"
+RED = "a red circle on a blue background"
+CENTRE = (11, 32)  # control_disc's: the middle of the left third, half way down
+
+
+def near(image: Image.Image, centre: tuple[float, float] = CENTRE, within: float = 10.0) -> bool:
+    found = shape_centre(image)
+    return found is not None and float(np.hypot(found[0] - centre[0], found[1] - centre[1])) <= within
+
+
+# --------------------------------------------------------------------------- the grammar
+def test_control_groups_parse_in_order_and_format_back() -> None:
+    request = parse(f'"{RED}" --control 12 --control_type Canny --control_weight 0.5 --control 13 --control_end 0.5')
+    first, second = request.controls
+    assert (first.image, first.type, first.weight, first.end) == ("gallery:12", "canny", 0.5, 1.0)
+    assert (second.image, second.type, second.weight, second.end) == ("gallery:13", "none", 1.0, 0.5)
+    assert parse(format_request(request)) == request
+    assert request.mode == "txt2img" and parse(f'"{RED}" --control 12 -I 3').mode == "img2img"
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        ("--control_weight 1", "put it after the --control IMAGE"),
+        ("--control 1 --control_weight 3", "--control_weight (weight): input should be less than or equal to 2"),
+        ("--control 1 --control_start 0.6 --control_end 0.5", "start (0.6) must come before its end (0.5)"),
+        ("--control 1 --control_type foo", "unknown control type 'foo'; choose one of none, canny"),
+        ("--control 1 --control_weight 1 --control_weight 2", "given twice for one --control"),
+        ("--control 1 -I 2 -U 2", "a ControlNet steers txt2img, img2img, inpaint and variations, not upscale"),
+        ("--control 1 --control 2 --control 3 --control 4 --control 5", "at most 4 items"),
+    ],
+)
+def test_bad_controls_are_one_sentence_naming_the_flag(command: str, says: str) -> None:
+    with pytest.raises(DreamArgsError, match=None) as e:
+        parse(f'"{RED}" {command}')
+    assert says in str(e.value)
+
+
+# ---------------------------------------------------------------------- the preprocessors
+def picture(size: int = 128) -> Image.Image:
+    image = Image.new("RGB", (size, size), (240, 240, 240))
+    ImageDraw.Draw(image).ellipse([size // 8, size // 4, size // 2, 3 * size // 4], fill=(225, 35, 35))
+    return image
+
+
+def test_each_preprocessor_draws_its_map() -> None:
+    source = picture()
+    edges = np.asarray(preprocess(source, "canny"))[:, :, 0]
+    assert edges[64, 16] == 255 or edges[64, 15:18].max() == 255  # the disc's left edge
+    assert edges[64, 40] == 0 and edges[5, 5] == 0  # inside it and the background: no edge
+    soft = np.asarray(preprocess(source, "softedge"))[:, :, 0]
+    assert soft[64, 10:22].max() > 200 and soft[64, 40] < 20 and soft[5, 100] == 0
+    assert np.array_equal(np.asarray(preprocess(source, "invert")), 255 - np.asarray(source))
+    assert np.array_equal(np.asarray(preprocess(source, "none")), np.asarray(source))
+    tile = np.asarray(preprocess(source, "tile"), dtype=int)
+    assert np.abs(tile - np.asarray(source, dtype=int)).mean() < 10 and not np.array_equal(tile, np.asarray(source))
+    # canny's thresholds (A1111's threshold_a/b): above every gradient, nothing is an edge
+    with pytest.raises(InputError, match="the control map is empty"):
+        preprocess(source, "canny", threshold_a=250, threshold_b=255 * 8)
+
+
+def test_a_flat_picture_and_annotators_without_weights_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"empty \(one flat colour after canny\)"):
+        preprocess(Image.new("RGB", (64, 64), "white"), "canny")
+    with pytest.raises(InputError, match=r"annotators/dpt_hybrid-midas-501f0c75\.pt, which are not on the shelf"):
+        preprocess(picture(), "depth", annotators=tmp_path)
+
+
+@pytest.mark.parametrize(("resize", "corner", "middle"), [("crop", 255, 255), ("just", 255, 255), ("fill", 0, 255)])
+def test_maps_of_another_shape_fit_as_a1111_resizes(resize: str, corner: int, middle: int) -> None:
+    wide = Image.new("RGB", (200, 100), "white")
+    fitted = np.asarray(fit(wide, 64, 64, resize))
+    assert fitted.shape == (64, 64, 3)
+    assert (fitted[0, 0, 0], fitted[32, 32, 0]) == (corner, middle)  # fill pads black above and below
+
+
+# ----------------------------------------------------------------- the shelf and the families
+def save_controlnet(pipe, family: str, folder: Path) -> None:
+    """A tiny random-weight ControlNet of `family`'s own kind, built from its denoiser, as a diffusers folder."""
+    from diffusers import ControlNetModel, FluxControlNetModel, SD3ControlNetModel
+
+    torch.manual_seed(1)
+    if family == "flux":  # the shapes of tiny_pipeline's transformers, one block each
+        net = FluxControlNetModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                  attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                  pooled_projection_dim=32, axes_dims_rope=[4, 4, 8])  # fmt: skip
+    elif family == "sd3":
+        net = SD3ControlNetModel(sample_size=8, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+                                 num_attention_heads=4, joint_attention_dim=64, caption_projection_dim=32,
+                                 pooled_projection_dim=64, out_channels=16)  # fmt: skip
+    else:
+        levels = len(pipe.vae.config.block_out_channels)
+        net = ControlNetModel.from_unet(pipe.unet, conditioning_embedding_out_channels=(8, 16, 16, 16)[:levels])
+    with torch.no_grad():  # a new ControlNet's output layers start at zero (it steers nothing): wake them
+        for weight in net.parameters():
+            if not weight.any():
+                weight.normal_(0, 0.05)
+    net.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def family_shelf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shelf")
+    for family in ("sd1", "sdxl", "sd3", "flux"):
+        pipe = family_pipeline(root / "_build", family)
+        if family == "sd3":  # SD3 adds a ControlNet's output to blocks before its last one: it needs two
+            from diffusers import SD3Transformer2DModel
+
+            pipe.transformer = SD3Transformer2DModel(**{**pipe.transformer.config, "num_layers": 2})
+        pipe.save_pretrained(root / "Stable-diffusion" / f"tiny-{family}")
+        save_controlnet(pipe, family, root / "ControlNet" / f"tiny-{family}-canny")
+    (root / "ControlNet" / "stray.safetensors").write_bytes(b"not a ControlNet")
+    return root
+
+
+def test_the_shelf_lists_controlnets_by_family_and_picks_one_that_fits(family_shelf: Path) -> None:
+    shelf = Shelf(family_shelf)
+    listed = {m.name: m for m in shelf.listing().controlnets}
+    assert {n: listed[n].family for n in listed if n.startswith("tiny")} == {
+        "tiny-sd1-canny": "SD 1.x", "tiny-sdxl-canny": "SDXL", "tiny-sd3-canny": "SD3", "tiny-flux-canny": "FLUX",
+    }  # fmt: skip
+    assert listed["toy-silhouette"].family == "SD 1.x"  # the built-in one is always there
+    assert "diffusers folders" in (listed["stray"].problem or "")
+    assert shelf.controlnet_for(None, "SDXL").name == "tiny-sdxl-canny"
+    with pytest.raises(UnknownModel, match="'tiny-sdxl-canny' steers SDXL models, and this model is FLUX"):
+        shelf.controlnet_for("tiny-sdxl-canny", "FLUX")
+    with pytest.raises(UnknownModel, match="control 1: unknown ControlNet 'nope'; available: stray, tiny-flux-canny"):
+        shelf.check_controls(["nope"], "tiny-sd1")
+    shelf.check_controls([None, "tiny-sd1-canny"], "tiny-sd1")  # both fit: no error
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3", "flux"])
+def test_every_family_runs_its_controlnet_in_each_mode(family_shelf: Path, family: str, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = PipelineCache(Device("cpu"), None, shelf=Shelf(family_shelf))
+    model = cache.model(f"tiny-{family}")
+    net = cache.controlnet(cache.shelf.controlnet_for(None, model.family))
+    assert cache.controlnet(cache.shelf.controlnet_for(None, model.family)) is net  # cached
+    size = 64
+    control = Control(net, fit(picture(), size, size), weight=0.8, start=0.0, end=0.5)
+    common = dict(prompt="a red circle", negative_prompt="", steps=2, cfg_scale=5.0, sampler="k_euler", seeds=[3])
+    (plain,) = model.txt2img(width=size, height=size, **common)
+    (steered,) = model.txt2img(width=size, height=size, controls=[control], **common)
+    assert steered.size == (size, size) and steered.tobytes() != plain.tobytes()
+    # the model is untouched by a controlled call: the same seed still gives the plain image
+    assert model.txt2img(width=size, height=size, **common)[0].tobytes() == plain.tobytes()
+    if family in ("sd1", "sdxl"):  # diffusers has img2img and inpaint ControlNet pipelines for these
+        two = [control, Control(net, fit(picture(), size, size), weight=0.3)]
+        assert model.img2img(image=picture(size), strength=0.6, controls=two, **common)[0].size == (size, size)
+        mask = Image.new("L", (size, size), 0)
+        mask.paste(255, (16, 16, 48, 48))
+        assert model.inpaint(image=picture(size), mask=mask, strength=0.9, controls=[control], **common)[0].size == (
+            size, size,
+        )  # fmt: skip
+
+
+def test_a_controlnet_of_another_width_is_one_sentence_naming_both(family_shelf: Path) -> None:
+    cache = PipelineCache(Device("cpu"), None, shelf=Shelf(family_shelf))
+    toy = cache.model(None)
+    tiny = cache.controlnet(cache.shelf.find("controlnet", "tiny-sd1-canny"))
+    with pytest.raises(InputError, match="ControlNet 'tiny-sd1-canny' does not fit model 'dreamhall-toy-sd'"):
+        toy.check_control(tiny, "tiny-sd1-canny")
+
+
+def test_the_infotext_carries_each_control_as_a1111s_extension_writes_it() -> None:
+    record = ImageCreate(job_id="j", index=0, width=64, height=64, seed=1, prompt=RED, negative_prompt="", steps=20,
+                         cfg_scale=7.5, sampler="Euler a", model="toy", mode="txt2img", source="cli",
+                         params={"controlnets": [{"module": "canny", "model": "toy-silhouette", "hash": None,
+                                                  "weight": 0.5, "start": 0.0, "end": 0.8}]})  # fmt: skip
+    assert ('ControlNet 0: "Module: canny, Model: toy-silhouette, Weight: 0.5, Guidance Start: 0, Guidance End: 0.8"'
+            in a1111_parameters(record))  # fmt: skip
+
+
+# ------------------------------------------------------------------- the toy ControlNet's effect
+def test_the_toy_controlnet_puts_the_shape_where_the_map_says() -> None:
+    cache = PipelineCache(Device("cpu"), None)
+    model = cache.model(None)
+    net = cache.controlnet(cache.shelf.controlnet_for(None, model.family))
+    common = dict(prompt=RED, negative_prompt="", steps=20, cfg_scale=7.5, sampler="k_euler_a", seeds=list(range(8)))
+    steered = model.txt2img(width=64, height=64, controls=[Control(net, control_disc())], **common)
+    plain = model.txt2img(width=64, height=64, **common)
+    assert sum(near(im) for im in steered) >= 7, [shape_centre(im) for im in steered]
+    assert sum(near(im) for im in plain) <= 3  # without the map the toy draws its shapes anywhere
+    # the same map at 128 px fits the 64 px output; its outline through canny steers as well
+    outline = fit(preprocess(control_disc(128), "canny"), 64, 64)
+    assert sum(near(im) for im in model.txt2img(width=64, height=64, controls=[Control(net, outline)], **common)) >= 6
+
+
+# ---------------------------------------------------------------------------- a real engine
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    port = free_port()
+    proc = EngineProcess(tmp_path_factory.mktemp("controlnet-home"), None, DREAMHALL_TCP_PORT=str(port),
+                         DREAMHALL_TOKEN=TOKEN).start()  # fmt: skip
+    proc.port = port  # type: ignore[attr-defined]
+    yield proc
+    proc.stop()
+
+
+def dreamhall(engine: EngineProcess, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=180)  # fmt: skip
+
+
+def test_the_cli_steers_with_a_file_and_the_image_remembers_it(engine: EngineProcess, tmp_path: Path) -> None:
+    left = tmp_path / "left.png"
+    control_disc().save(left)
+    done = dreamhall(engine, "dream", RED, "--control", str(left), "--control_type", "none", "-S", "1", "-n", "4",
+                     "-i", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    images = json.loads(done.stdout)["images"]
+    assert sum(near(Image.open(i["path"])) for i in images) >= 3
+    first = Image.open(images[0]["path"])
+    assert 'ControlNet 0: "Module: none, Model: toy-silhouette, Weight: 1' in first.info["parameters"]
+    with engine.client() as client:
+        record = client.image(images[0]["id"])
+        (control,) = record.params["controls"]
+        assert control["model"] == "toy-silhouette" and control["image"].startswith("upload:")
+        # reusing its parameters remakes it, byte for byte (the control's upload is kept)
+        again = client.wait(client.submit(DreamRequest.from_params(record.params)).id)
+        assert Path(again.images[0].path).read_bytes() == Path(images[0]["path"]).read_bytes()
+
+
+def test_bad_controls_are_refused_before_anything_is_queued(engine: EngineProcess, tmp_path: Path) -> None:
+    flat, text = tmp_path / "flat.png", tmp_path / "notes.png"
+    Image.new("RGB", (64, 64), "white").save(flat)
+    text.write_text("not a picture")
+    cases = [
+        (["--control", str(flat), "--control_type", "canny"], "control 1: the control map is empty"),
+        (["--control", str(text)], "--control: notes.png: not a readable image"),
+        (["--control", str(flat), "--control_model", "nope"], "control 1: unknown ControlNet 'nope'"),
+        (["--control", str(flat), "--control_type", "openpose"], "annotators/body_pose_model.pth"),
+        (["--control", "999999"], "image 999999 is not in the gallery"),
+    ]
+    with engine.client() as client:
+        before = len(client.queue().queued)
+        for args, says in cases:
+            done = dreamhall(engine, "dream", RED, *args)
+            assert done.returncode != 0 and says in done.stderr, (args, done.stderr)
+            assert "Traceback" not in done.stderr
+        assert len(client.queue().queued) == before and client.health().status == "ok"
+
+
+def test_the_preview_route_shows_the_map_before_a_job(engine: EngineProcess) -> None:
+    with engine.client() as client:
+        ref = client.upload(_png(picture()))
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket)), base_url="http://engine") as http:
+            shown = http.post("/v1/controls/preview", json={"control": {"image": ref.ref, "type": "canny"}})
+            assert shown.status_code == 200 and shown.headers["content-type"] == "image/png"
+            assert np.array_equal(np.asarray(Image.open(io.BytesIO(shown.content))),
+                                  np.asarray(preprocess(picture(), "canny")))  # fmt: skip
+            empty = http.post("/v1/controls/preview", json={"control": {"image": client.upload(
+                _png(Image.new("RGB", (64, 64), "white"))).ref, "type": "canny"}})  # fmt: skip
+            assert empty.status_code == 422 and "the control map is empty" in empty.json()["error"]
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture
+def api(engine: EngineProcess) -> webuiapi.WebUIApi:
+    return webuiapi.WebUIApi(host="127.0.0.1", port=engine.port, username="alice", password=TOKEN)  # type: ignore[attr-defined]
+
+
+def test_webuiapis_controlnet_unit_steers_txt2img(api: webuiapi.WebUIApi) -> None:
+    unit = webuiapi.ControlNetUnit(image=control_disc(128), module="none", model="toy-silhouette", weight=1.0)
+    result = api.txt2img(prompt=RED, seed=1, steps=20, width=64, height=64, batch_size=4, controlnet_units=[unit])
+    assert sum(near(im) for im in result.images) >= 3
+    assert 'ControlNet 0: "Module: none, Model: toy-silhouette' in result.info["infotexts"][0]
+    # webuiapi's defaults are canny thresholds 64/64 and "Resize and Fill"; a canny unit on the picture steers too
+    canny = webuiapi.ControlNetUnit(image=control_disc(128), module="canny", model="None", processor_res=64)
+    assert api.txt2img(prompt=RED, seed=1, steps=20, width=64, height=64, controlnet_units=[canny]).images
+
+
+def test_the_extensions_routes(api: webuiapi.WebUIApi, engine: EngineProcess) -> None:
+    assert api.controlnet_version() == 2
+    assert "toy-silhouette" in api.controlnet_model_list()
+    assert {"none", "canny", "softedge_hed", "invert", "tile_resample"} <= set(api.controlnet_module_list())
+    detected = api.controlnet_detect([picture()], module="canny", processor_res=128, threshold_a=100, threshold_b=200)
+    (shown,) = detected.images  # webuiapi decodes the maps
+    assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(preprocess(picture(), "canny")))
+
+
+def test_the_extensions_bad_units_are_a1111_errors(engine: EngineProcess) -> None:
+    url = f"http://127.0.0.1:{engine.port}"  # type: ignore[attr-defined]
+    unit = {"image": base64.b64encode(_png(control_disc())).decode(), "module": "none", "model": "None"}
+    cases = [
+        ({**unit, "module": "reference_only"}, "ControlNet module 'reference_only' is not available here"),
+        ({**unit, "control_mode": "ControlNet is more important"}, "only 'Balanced' is supported"),
+        ({**unit, "image": "%%%"}, "is not base64 image data"),
+        ({**unit, "weight": 5}, "less than or equal to 2"),
+    ]
+    for bad, says in cases:
+        body = {"prompt": RED, "steps": 2, "alwayson_scripts": {"ControlNet": {"args": [bad]}}}
+        answer = httpx.post(f"{url}/sdapi/v1/txt2img", json=body, auth=("alice", TOKEN), timeout=60)
+        assert answer.status_code == 422 and says in answer.json()["detail"], answer.text
+    detect = httpx.post(f"{url}/controlnet/detect", json={"controlnet_module": "canny"}, auth=("alice", TOKEN))
+    assert detect.status_code == 422 and "give at least one image" in detect.json()["detail"]
