@@ -30,7 +30,12 @@ def describe(job: Job) -> str:
     )
     negative = f"\nnegative: {clip(req.negative_prompt, 300)}" if req.negative_prompt else ""
     head = f"\n{params}{negative}{_lineage(req)}{_controls(req)}"
-    return f"**{clip(req.prompt, MESSAGE_LIMIT - len(head) - 10)}**{head}"
+    return f"**{clip(prompt_of(req), MESSAGE_LIMIT - len(head) - 10)}**{head}"
+
+
+def prompt_of(req: DreamRequest) -> str:
+    """The prompt as shown: a request of reference pictures alone says so."""
+    return req.prompt or f"a blend of {len(req.references)} pictures"
 
 
 def _lineage(req: DreamRequest) -> str:
@@ -54,12 +59,14 @@ def _controls(req: DreamRequest) -> str:
         source = f"#{image}" if image is not None else "an attached image"
         weight = f" (weight {control.weight:g})" if control.weight != 1 else ""
         lines.append(f"\ncontrol: {control.type} map of {source}{weight}")
+    if req.references:
+        lines.append(f"\nreferences: {len(req.references)} picture(s), --sw {req.style_weight}")
     return "".join(lines)
 
 
 def queued_text(request: DreamRequest, position: int, seed: int) -> str:
     where = "next up" if position == 0 else f"position {position + 1} in the queue"
-    return clip(f"Dreaming **{request.prompt}** — {where} (seed {seed})", MESSAGE_LIMIT)
+    return clip(f"Dreaming **{prompt_of(request)}** — {where} (seed {seed})", MESSAGE_LIMIT)
 
 
 def fit_upload(png: bytes, limit: int, name: str) -> tuple[bytes, str]:

@@ -1,12 +1,13 @@
-"""The ControlNet box of the Generate tab: a picture to steer with, how to read it, and the map the engine will use."""
+"""Steering with images on the Generate tab: the ControlNet box (a picture, how to read it, the map the engine will
+use) and the strip of reference pictures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QMimeData, Qt
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QPixmap
+from PySide6.QtCore import QMimeData, QSize, Qt
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -15,14 +16,18 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
+    QSpinBox,
+    QVBoxLayout,
     QWidget,
 )
 
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import png_bytes
 from engine.client.answers import ImageRecord
-from engine.client.controls import CONTROL_TYPES, MAX_CONTROL_WEIGHT
+from engine.client.controls import CONTROL_TYPES, MAX_CONTROL_WEIGHT, MAX_STYLE_WEIGHT
 from engine.client.schema import ControlUnit
 
 MAP_SIZE = 96
@@ -150,7 +155,7 @@ class ControlBox(QGroupBox):
         """Ask the engine for the map of the picture as the chosen type reads it."""
         if self.ref is None:
             return
-        unit = ControlUnit(image=self.ref, type=self.type.currentText())  # type: ignore[arg-type]
+        unit = ControlUnit(image=self.ref, type=self.type.currentText())
 
         def show(png: bytes) -> None:
             if self.ref != unit.image or self.type.currentText() != unit.type:
@@ -172,3 +177,78 @@ class ControlBox(QGroupBox):
     def _update(self) -> None:
         for w in (self.type, self.weight, self.start, self.end, self.clear):
             w.setEnabled(self.ref is not None)
+
+
+class ReferenceStrip(QGroupBox):
+    """Reference pictures (Midjourney's --sref): a strip of thumbnails to drop or add pictures to, and how strongly
+    they steer (--sw)."""
+
+    def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
+        super().__init__("Reference pictures", parent)
+        self.link = link
+        self.refs: list[str] = []  # as the engine names them, in order
+        self.setAcceptDrops(True)
+        self.strip = QListWidget()
+        self.strip.setViewMode(QListWidget.ViewMode.IconMode)
+        self.strip.setIconSize(QSize(48, 48))
+        self.strip.setFixedHeight(72)
+        self.strip.setFlow(QListWidget.Flow.LeftToRight)
+        self.strip.setWrapping(False)
+        self.strip.setToolTip("drop pictures here: their look carries into the result")
+        self.add = QPushButton("Add…")
+        self.clear = QPushButton("Clear")
+        self.weight = QSpinBox(minimum=0, maximum=MAX_STYLE_WEIGHT, value=100, singleStep=25)
+        self.weight.setToolTip("how strongly they steer (--sw; 100: the adapter's full strength)")
+        row = QHBoxLayout()
+        for w in (self.add, self.clear, QLabel("--sw"), self.weight):
+            row.addWidget(w)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.strip)
+        layout.addLayout(row)
+        self.add.clicked.connect(self.choose_files)
+        self.clear.clicked.connect(self.clear_all)
+
+    def argv(self) -> list[str]:
+        return ["--sw", str(self.weight.value()), "--sref", *self.refs] if self.refs else []
+
+    def add_ref(self, ref: str, name: str, data: bytes | None = None) -> None:
+        self.refs.append(ref)
+        pixmap = QPixmap()
+        if data is not None:
+            pixmap.loadFromData(data)
+        self.strip.addItem(QListWidgetItem(QIcon(pixmap), name))
+
+    def add_file(self, path: Path) -> None:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            self.strip.setToolTip(f"cannot read {path.name}: {e.strerror}")
+            return
+        self.link.call(lambda c: c.upload(data), lambda upload: self.add_ref(upload.ref, path.name, data),
+                       lambda message: self.strip.setToolTip(f"⚠ {path.name}: {message}"))  # fmt: skip
+
+    def choose_files(self) -> None:
+        names, _ = QFileDialog.getOpenFileNames(self, "Reference pictures", "", IMAGE_FILES)
+        for name in names:
+            self.add_file(Path(name))
+
+    def reuse(self, references: list[dict[str, Any]], style_weight: int) -> None:
+        self.clear_all()
+        for reference in references:
+            self.add_ref(str(reference["image"]), str(reference["image"]).replace("gallery:", "#"))
+        self.weight.setValue(style_weight)
+
+    def clear_all(self) -> None:
+        self.refs.clear()
+        self.strip.clear()
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        if event.mimeData().hasUrls():
+            event.acceptProposedAction()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        files = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        for path in files:
+            self.add_file(path)
+        if files:
+            event.acceptProposedAction()

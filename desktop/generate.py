@@ -46,7 +46,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from desktop.control import ControlBox
+from desktop.control import ControlBox, ReferenceStrip
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
@@ -139,6 +139,7 @@ class GeneratePanel(QWidget):
         self.paint_mask = QPushButton("Paint mask…")
         self.clear_init = QPushButton("Clear")
         self.control = ControlBox(link)
+        self.references = ReferenceStrip(link)
         self.generate_button = QPushButton("Generate  (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar()
@@ -185,6 +186,7 @@ class GeneratePanel(QWidget):
         left.setContentsMargins(0, 0, 0, 0)
         left.addLayout(form)
         left.addWidget(self.control)
+        left.addWidget(self.references)
         left.addLayout(buttons)
         left.addWidget(self.progress)
         left.addWidget(self.state)
@@ -245,7 +247,7 @@ class GeneratePanel(QWidget):
             argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
             if self.mask_ref is not None:
                 argv += ["-M", self.mask_ref]
-        argv += self.control.argv()
+        argv += self.control.argv() + self.references.argv()
         text = self.prompt.toPlainText().strip()
         try:
             return argv + split(text)
@@ -371,6 +373,7 @@ class GeneratePanel(QWidget):
             self.control.reuse(controls[0])
         else:
             self.control.clear_picture()
+        self.references.reuse(record.params.get("references") or [], record.params.get("style_weight", 100))
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None

@@ -6,6 +6,7 @@
     python -m models.train lora  --steps 600      # a LoRA for the toy UNet (needs the pipeline)
     python -m models.train embedding --steps 400  # a textual-inversion embedding (needs the pipeline)
     python -m models.train controlnet --steps 1500  # a ControlNet: silhouette/outline -> the shape there
+    python -m models.train reference --steps 1500   # an IP-Adapter + image encoder: a picture's colours carry over
 
 Each phase is deterministic for a given seed and step count and works on CPU
 (minutes) or CUDA. Outputs are the standard formats the production loaders
@@ -38,6 +39,7 @@ ADDONS_DIR = HERE / "builtin"  # a model shelf in A1111's layout: Lora/, embeddi
 LORA_NAME = "toy-black-bg"  # every background black, whatever the prompt says
 EMBEDDING_NAME = "toy-logo"  # "a red circle on a blue background"
 CONTROLNET_NAME = "toy-silhouette"  # a white silhouette or outline on black -> the shape drawn there
+REFERENCE_NAME = "toy-colours"  # IP-Adapter: a reference picture's shape and background colours carry over
 
 
 def log(msg: str) -> None:
@@ -474,9 +476,106 @@ def train_controlnet(args: argparse.Namespace) -> None:
     log(f"saved ControlNet to {out}")
 
 
+# -------------------------------------------------------------- reference images
+def ip_adapter_state(unet) -> dict[str, torch.Tensor]:
+    """The IP-Adapter's weights in the original layout diffusers' load_ip_adapter reads: `image_proj.*` (the image
+    embedding -> 4 tokens) and `ip_adapter.<k>.to_k_ip/to_v_ip` for the k-th cross-attention (k = 1, 3, 5, ...)."""
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    state = {f"image_proj.{k.replace('image_embeds', 'proj')}": v for k, v in projection.state_dict().items()}
+    key_id = 1
+    for name, processor in unet.attn_processors.items():
+        if name.endswith("attn2.processor"):
+            state[f"ip_adapter.{key_id}.to_k_ip.weight"] = processor.to_k_ip[0].weight
+            state[f"ip_adapter.{key_id}.to_v_ip.weight"] = processor.to_v_ip[0].weight
+            key_id += 2
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def ip_adapter_start(unet, embed_dim: int) -> dict[str, dict]:
+    """A new IP-Adapter for `unet` in diffusers' loading layout: a random image projection to four tokens, and each
+    cross-attention's image keys and values started from its text ones (as the IP-Adapter paper does)."""
+    dim = unet.config.cross_attention_dim
+    projection = {"proj.weight": torch.randn(4 * dim, embed_dim) * 0.02, "proj.bias": torch.zeros(4 * dim),
+                  "norm.weight": torch.ones(dim), "norm.bias": torch.zeros(dim)}  # fmt: skip
+    start: dict[str, dict] = {"image_proj": projection, "ip_adapter": {}}
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn2.processor"):
+            attention = unet.get_submodule(name.removesuffix(".processor"))
+            start["ip_adapter"][f"{key_id}.to_k_ip.weight"] = attention.to_k.weight.detach().clone()
+            start["ip_adapter"][f"{key_id}.to_v_ip.weight"] = attention.to_v.weight.detach().clone()
+            key_id += 2
+    return start
+
+
+def train_reference(args: argparse.Namespace) -> None:
+    """An IP-Adapter and its image encoder: a reference picture's shape and background colours in a prompt that
+    names no colours ("a circle" + a green-on-gray picture -> a green circle on gray)."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    torch.manual_seed(args.seed)
+    pipe, noise_sched = _frozen_pipeline(args.device)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, image_size=64,
+        patch_size=8, projection_dim=32,
+    )).to(args.device)  # fmt: skip
+    start = ip_adapter_start(pipe.unet, encoder.config.projection_dim)
+    pipe.unet._load_ip_adapter_weights([start])
+    pipe.unet.to(args.device)
+    adapter = [p for n, p in pipe.unet.named_parameters() if "_ip" in n or "encoder_hid_proj" in n]
+    for p in adapter:
+        p.requires_grad_(True)
+    log(f"reference adapter: {sum(p.numel() for p in adapter) / 1e6:.3f} M + encoder "
+        f"{sum(p.numel() for p in encoder.parameters()) / 1e6:.2f} M parameters")  # fmt: skip
+    scenes = toyworld.seen_scenes()
+    targets, references, captions = [], [], []
+    for i in range(args.samples):
+        rng = np.random.default_rng([args.seed + 6, i])
+        scene = scenes[int(rng.integers(len(scenes)))]
+        targets.append(toyworld.render(scene, rng))
+        other = toyworld.Scene(toyworld.SHAPES[int(rng.integers(len(toyworld.SHAPES)))], scene.colour, scene.background)
+        references.append(np.asarray(toyworld.render(other, rng)))
+        draw = rng.random()  # mostly the shape alone: the colours must come from the picture
+        captions.append(f"a {scene.shape}" if draw < 0.6 else scene.caption(0) if draw < 0.85 else "")
+    latents = _latents(pipe, targets, args.device)
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
+    pixels = (torch.from_numpy(np.stack(references)).permute(0, 3, 1, 2).float() / 255 - mean) / std
+    ids = pipe.tokenizer(captions, padding="max_length", truncation=True, return_tensors="pt").input_ids
+    params = adapter + list(encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0)
+    gen = torch.Generator().manual_seed(args.seed)
+    t0 = time.time()
+    for step in range(args.steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.steps, args.lr, warmup=50)
+        idx = torch.randint(len(latents), (args.batch,), generator=gen)
+        z0 = latents[idx]
+        noise = torch.randn(z0.shape, generator=gen).to(z0.device)
+        t = torch.randint(0, 1000, (len(z0),), generator=gen).to(z0.device)
+        with torch.no_grad():
+            text = pipe.text_encoder(ids[idx].to(args.device))[0]
+        embeds = encoder(pixel_values=pixels[idx].to(args.device)).image_embeds[:, None, :]
+        pred = pipe.unet(noise_sched.add_noise(z0, noise, t), t, encoder_hidden_states=text,
+                         added_cond_kwargs={"image_embeds": [embeds]}).sample  # fmt: skip
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            log(f"reference step {step}/{args.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+    (ADDONS_DIR / "ipadapter").mkdir(parents=True, exist_ok=True)
+    save_file(ip_adapter_state(pipe.unet), str(ADDONS_DIR / "ipadapter" / f"{REFERENCE_NAME}.safetensors"))
+    encoder.to("cpu").save_pretrained(ADDONS_DIR / "clip_vision" / REFERENCE_NAME)
+    log(f"saved the IP-Adapter to {ADDONS_DIR / 'ipadapter'} and its image encoder to {ADDONS_DIR / 'clip_vision'}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("phase", choices=["vae", "unet", "clip", "lora", "embedding", "controlnet"])
+    parser.add_argument("phase", choices=["vae", "unet", "clip", "lora", "embedding", "controlnet", "reference"])
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -492,7 +591,7 @@ def main() -> None:
     log(f"phase {args.phase} on {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     log(f"settings: {vars(args)}")
     phases = dict(vae=train_vae, unet=train_unet, clip=train_clip, lora=train_lora, embedding=train_embedding,
-                  controlnet=train_controlnet)  # fmt: skip
+                  controlnet=train_controlnet, reference=train_reference)  # fmt: skip
     phases[args.phase](args)
 
 

@@ -355,20 +355,8 @@ class FakeDiscord:
         """A user posts `content` in the guild's channel, with `attachment` or several `attachments`; returns the
         message id."""
         mid = snowflake()
-        files = []
-        for data in [attachment] if attachment is not None else list(attachments):
-            aid = snowflake()
-            self.attachments[aid] = data
-            files.append(
-                {
-                    "id": aid,
-                    "filename": "image.png",
-                    "size": len(data),
-                    "content_type": "image/png",
-                    "url": f"{self.base}/attachments/{aid}/image.png",
-                    "proxy_url": f"{self.base}/attachments/{aid}/image.png",
-                }
-            )
+        files = [self._attachment_object(snowflake(), data)
+                 for data in ([attachment] if attachment is not None else list(attachments))]  # fmt: skip
         data = message_object(mid, self.channel_of(guild_id), self.user(uid), content, files)
         data |= {"guild_id": guild_id, "member": self._member(uid)}
         if reply_to is not None:
@@ -421,10 +409,27 @@ class FakeDiscord:
         return iid
 
     async def slash(self, guild_id: str, uid: str, name: str, **options: Any) -> str:
+        """A user runs slash command `name`; an option given as bytes is an attached file (type 11)."""
         command = next(c for c in self.commands if c["name"] == name)
         types = {str: 3, int: 4, bool: 5, float: 10}
-        opts = [{"name": k, "type": types[type(v)], "value": v} for k, v in options.items()]
-        return await self.interact(guild_id, uid, 2, {"id": command["id"], "name": name, "type": 1, "options": opts})
+        opts, files = [], {}
+        for k, v in options.items():
+            if isinstance(v, bytes):
+                aid = snowflake()
+                files[aid] = self._attachment_object(aid, v)
+                opts.append({"name": k, "type": 11, "value": aid})
+            else:
+                opts.append({"name": k, "type": types[type(v)], "value": v})
+        data = {"id": command["id"], "name": name, "type": 1, "options": opts}
+        if files:
+            data["resolved"] = {"attachments": files}
+        return await self.interact(guild_id, uid, 2, data)
+
+    def _attachment_object(self, aid: str, data: bytes) -> dict:
+        self.attachments[aid] = data
+        return {"id": aid, "filename": "image.png", "size": len(data), "content_type": "image/png",
+                "url": f"{self.base}/attachments/{aid}/image.png",
+                "proxy_url": f"{self.base}/attachments/{aid}/image.png"}  # fmt: skip
 
     async def autocomplete(self, guild_id: str, uid: str, name: str, focused: str, **options: Any) -> str:
         """A user types in option `focused` of command `name` (its text is in `options`); type 4."""

@@ -11,7 +11,9 @@ from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
+import numpy as np
 import pytest
+from PIL import Image
 from PySide6.QtCore import QMimeData, QObject, QPoint, QPointF, QSettings, Qt, QUrl, Signal
 from PySide6.QtGui import QDropEvent, QFontDatabase, QImage
 from PySide6.QtWidgets import QApplication
@@ -22,6 +24,7 @@ from desktop.window import MainWindow
 from engine.client.answers import SearchResults
 from engine.client.launch import stop_engine
 from engine.client.settings import Settings
+from models import toyworld
 from models.checker import judge
 from models.toyworld import control_disc
 from tests.conftest import ROOT, EngineProcess
@@ -316,3 +319,22 @@ def test_the_control_box_shows_the_map_and_steers_and_reuse_brings_it_back(
     box.clear_picture()
     window.generate.reuse(record)
     assert box.ref == record.params["controls"][0]["image"] and box.type.currentText() == "none"
+
+
+def test_reference_pictures_dropped_on_the_strip_carry_their_colours(qtbot, window: MainWindow, tmp_path: Path) -> None:
+    strip = window.generate.references
+    green = tmp_path / "green.png"
+    toyworld.render(toyworld.Scene("circle", "green", "gray"), np.random.default_rng(7)).save(green)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(green))])
+    strip.dropEvent(QDropEvent(QPointF(5, 5), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton,
+                               Qt.KeyboardModifier.NoModifier))  # fmt: skip
+    qtbot.waitUntil(lambda: strip.strip.count() == 1, timeout=WAIT)
+    window.generate.control.clear_picture()
+    ids = generate(qtbot, window, '"a circle" -n 4 -S 1', 4)
+    client = window.link.client()
+    verdicts = [judge(Image.open(client.image(i).path)) for i in ids]
+    assert sum(v.colour == "green" and v.background == "gray" for v in verdicts) >= 3
+    strip.clear_all()
+    window.generate.reuse(client.image(ids[0]))
+    assert strip.refs == [r["image"] for r in client.image(ids[0]).params["references"]]

@@ -8,12 +8,14 @@ import io
 from collections.abc import AsyncIterator, Iterator
 
 import discord
+import numpy as np
 import pytest
 from PIL import Image
 
 from bots.bot import DreamBot
 from engine.client.clients import AsyncEngineClient
 from engine.client.settings import BotSettings, Settings
+from models import toyworld
 from models.checker import judge
 from models.toyworld import control_disc
 from tests.conftest import EngineProcess
@@ -272,6 +274,25 @@ async def test_attachments_named_att1_att2_steer_as_controls(world: World) -> No
     assert record.params["controls"][0]["model"] == "toy-silhouette"
     missing = await world.fake.say(A, "7", f'!dream "{RED}" --control att2', attachments=[disc.getvalue()])
     assert "--control att2: this message has 1 attached file(s)" in (await world.text_reply(missing)).content
+
+
+async def test_blend_makes_four_images_from_two_to_five_pictures(world: World) -> None:
+    buf = io.BytesIO()
+    toyworld.render(toyworld.Scene("circle", "green", "gray"), np.random.default_rng(7)).save(buf, format="PNG")
+    green = buf.getvalue()
+    iid = await world.fake.slash(A, "8", "blend", image1=green, image2=green, prompt="a circle", flags="-S 5")
+    result = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == iid and p.via == "followup"
+                      and p.files), None), 90)  # fmt: skip
+    assert "references: 2 picture(s), --sw 100" in result.content and "seed 5, 6, 7, 8" in result.content
+    ids = [int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.startswith("dreamhall:upscale:")]
+    images = [Image.open(io.BytesIO(await world.client.image_file(i))) for i in ids]
+    assert sum(judge(im).colour == "green" and judge(im).background == "gray" for im in images) >= 3
+    alone = await world.fake.slash(A, "8", "blend", image1=green, image2=green, flags="-n 1")  # no words at all
+    shown = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == alone and p.via == "followup"
+                      and p.files), None), 90)  # fmt: skip
+    assert "a blend of 2 pictures" in shown.content
 
 
 async def test_an_expired_interaction_token_falls_back_to_the_channel(world: World) -> None:

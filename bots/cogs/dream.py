@@ -120,6 +120,26 @@ class DreamCog(commands.Cog, name="Dream"):
             request = parse_argv(argv + split(flags), requester=who)
             await self.bot.flow.run(request, reply, interaction.channel, interaction.user)
 
+    @app_commands.command(name="blend", description="Blend 2-5 pictures into new images (Midjourney's /blend)")
+    @app_commands.describe(
+        image1="a picture", image2="another picture", image3="(optional)", image4="(optional)", image5="(optional)",
+        prompt="words to add (optional: the pictures alone are the prompt)", flags="any other !dream flags",
+    )  # fmt: skip
+    async def blend_slash(
+        self, interaction: discord.Interaction, image1: discord.Attachment, image2: discord.Attachment,
+        image3: discord.Attachment | None = None, image4: discord.Attachment | None = None,
+        image5: discord.Attachment | None = None, prompt: str = "", flags: str = "",
+    ) -> None:  # fmt: skip
+        await interaction.response.defer(thinking=True)
+        reply = InteractionReply(interaction)
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
+        async with replying_errors(reply.send):
+            pictures = [await self._upload(a) for a in (image1, image2, image3, image4, image5) if a is not None]
+            # Midjourney's /blend makes four; the flags may say otherwise.
+            argv = [*([prompt] if prompt.strip() else []), "-n", "4", *split(flags), "--sref", *pictures]
+            request = parse_argv(argv, requester=who)
+            await self.bot.flow.run(request, reply, interaction.channel, interaction.user)
+
     @dream_slash.autocomplete("model")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         try:
@@ -152,6 +172,9 @@ class DreamCog(commands.Cog, name="Dream"):
         if controlnets := [m for m in listing.controlnets if m.problem is None]:
             lines.append("**ControlNets** — steer with a picture: `--control att1 --control_model NAME`")
             lines += entries([(m.name, m.family) for m in controlnets])
+        if adapters := [m for m in listing.ip_adapters if m.problem is None]:
+            lines.append("**Reference adapters** — carry a picture's look: `--sref att1` or `/blend`")
+            lines += entries([(m.name, m.family) for m in adapters])
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
 
     @commands.command(name="models", help="the models, LoRAs and embeddings you can use here")

@@ -107,6 +107,7 @@ class ModelList(BaseModel):
     loras: list[ModelEntry]
     embeddings: list[ModelEntry]
     controlnets: list[ModelEntry] = Field(default_factory=list)
+    ip_adapters: list[ModelEntry] = Field(default_factory=list, description="for reference pictures (--sref)")
 
 
 class Health(BaseModel):

@@ -32,4 +32,6 @@ A1111_MODULES: dict[str, str] = {
 ControlResize = Literal["crop", "just", "fill"]
 A1111_RESIZE: dict[str, str] = {"Crop and Resize": "crop", "Just Resize": "just", "Resize and Fill": "fill"}
 MAX_CONTROLS = 4
+MAX_REFERENCES = 5  # Midjourney's /blend takes 2-5 pictures
+MAX_STYLE_WEIGHT = 1000  # Midjourney's --sw range; 100 (the default) is the adapter at full strength
 MAX_CONTROL_WEIGHT = 2.0  # A1111's slider

@@ -58,6 +58,8 @@ FLAGS: dict[str, str] = {
     "upscale": "-U/--upscale",
     "layout": "-g/--grid or -i/--individual",
     "controls": "--control",
+    "references": "--sref",
+    "style_weight": "--sw",
 }
 # A control's own flags: each sets that field of the latest --control before it.
 CONTROL_FLAGS: dict[str, str] = {
@@ -148,6 +150,17 @@ class _ControlField(argparse.Action):
         if field in ns.controls[-1]:
             raise DreamArgsError(f"{flag} is given twice for one --control; start another control with --control")
         ns.controls[-1][field] = value
+
+
+def _reference(value: str) -> dict[str, Any]:
+    """`REF` or Midjourney's `REF::WEIGHT`."""
+    image, _, weight = value.partition("::")
+    if not weight:
+        return {"image": image}
+    try:
+        return {"image": image, "weight": float(weight)}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected IMAGE or IMAGE::WEIGHT, got {value!r}") from None
 
 
 def _control_type(value: str) -> str:
@@ -282,6 +295,12 @@ def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
     control.add_argument("--control_resize", action=_ControlField, choices=("crop", "just", "fill"),
                          help="an image of another shape: crop (default: cover, centre), just (stretch), "
                               "fill (fit inside, pad black)")  # fmt: skip
+    reference = p.add_argument_group("Reference pictures", "Carry a picture's look into the result (IP-Adapter).")
+    reference.add_argument("--sref", dest="references", nargs="+", type=_reference, action="extend",
+                           metavar="IMAGE[::WEIGHT]",
+                           help="reference pictures; several blend by their weights (default 1 each)")  # fmt: skip
+    reference.add_argument("--sw", dest="style_weight", type=int, metavar="N",
+                           help="how strongly the references steer" + about("style_weight"))  # fmt: skip
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid", help="one grid (default)")
     layout.add_argument(
@@ -359,7 +378,8 @@ def parse_fields(
             raise DreamArgsError(f"{word!r} starts with a dash that is not '-': did you mean -{word[1:]}?")
     ns = _PARSER.parse_intermixed_args(argv)
     prompt = " ".join(ns.prompt + tail).strip()
-    if not prompt and ns.upscale is None:  # an upscale keeps its image's prompt, as A1111's Extras tab needs none
+    # An upscale keeps its image's prompt, as A1111's Extras tab needs none; reference pictures can be the prompt.
+    if not prompt and ns.upscale is None and not ns.references:
         raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
     fields["prompt"] = prompt
@@ -372,11 +392,12 @@ def parse_fields(
                     fields[field] = resolve_image(fields[field])
                 except ValueError as e:
                     raise DreamArgsError(f"{FLAGS[field]}: {e}") from None
-        for control in fields.get("controls", []):
-            try:
-                control["image"] = resolve_image(control["image"])
-            except ValueError as e:
-                raise DreamArgsError(f"--control: {e}") from None
+        for flag, items in (("--control", fields.get("controls", [])), ("--sref", fields.get("references", []))):
+            for item in items:
+                try:
+                    item["image"] = resolve_image(item["image"])
+                except ValueError as e:
+                    raise DreamArgsError(f"{flag}: {e}") from None
     fields["mode"] = _infer_mode(fields)
     if requester is not None:
         fields["requester"] = dict(requester)
@@ -445,7 +466,7 @@ def format_request(request: DreamRequest) -> str:
         ("sampler", "-A"), ("negative_prompt", "--negative"), ("model", "--model"), ("refiner", "--refiner"),
         ("refiner_switch", "--refiner_switch"), ("init_image", "--init_img"),
         ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"),
-        ("variation_seed", "--variation_seed"), ("upscale", "-U"),
+        ("variation_seed", "--variation_seed"), ("upscale", "-U"), ("style_weight", "--sw"),
     ]  # fmt: skip
     for field, flag in simple:
         value = getattr(request, field)
@@ -468,6 +489,8 @@ def format_request(request: DreamRequest) -> str:
         parts += ["--control", control.image]
         for field, value in control.model_dump(exclude={"image"}, exclude_defaults=True).items():
             parts += [CONTROL_FLAGS[field], shlex.quote(repr(value) if isinstance(value, float) else str(value))]
+    if request.references:
+        parts += ["--sref", *(r.image if r.weight == 1 else f"{r.image}::{r.weight!r}" for r in request.references)]
     if request.layout is not None:
         parts.append("-g" if request.layout == "grid" else "-i")
     quoted = shlex.quote(request.prompt)

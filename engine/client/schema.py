@@ -11,7 +11,14 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from engine.client.controls import MAX_CONTROL_WEIGHT, MAX_CONTROLS, ControlResize, ControlType
+from engine.client.controls import (
+    MAX_CONTROL_WEIGHT,
+    MAX_CONTROLS,
+    MAX_REFERENCES,
+    MAX_STYLE_WEIGHT,
+    ControlResize,
+    ControlType,
+)
 from engine.client.errors import clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import Sampler
@@ -184,6 +191,16 @@ class ControlUnit(BaseModel):
         return self
 
 
+class Reference(BaseModel):
+    """A reference picture (Midjourney's --sref, an IP-Adapter image prompt): its look carries into the result.
+    Several references blend by their weights (`REF::2` in the grammar)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: ImageRef
+    weight: float = Field(default=1.0, gt=0.0, le=100.0, description="its share among the references")
+
+
 class ControlPreview(BaseModel):
     """POST /v1/controls/preview: the map a control would steer with, before a job is spent on it."""
 
@@ -206,16 +223,24 @@ class DreamRequest(BaseModel):
     id or an upload. In variation mode `init_image` names the parent image.
     """
 
-    # The schema says what `_mode_inputs` enforces of the prompt: a visible character, except for an upscale.
+    # The schema says what `_mode_inputs` enforces of the prompt: a visible character, except for an upscale and
+    # a request steered by reference pictures alone (Midjourney's image-only prompts and /blend).
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "if": {"properties": {"mode": {"const": "upscale"}}, "required": ["mode"]},
+            "if": {
+                "anyOf": [
+                    {"properties": {"mode": {"const": "upscale"}}, "required": ["mode"]},
+                    {"properties": {"references": {"minItems": 1}}, "required": ["references"]},
+                ]
+            },
             "else": {"properties": {"prompt": {"pattern": VISIBLE_PATTERN}}, "required": ["prompt"]},
         },
     )
 
-    prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS, description="required except for an upscale")
+    prompt: str = Field(
+        default="", max_length=MAX_PROMPT_CHARS, description="required except for an upscale and with references"
+    )
     negative_prompt: str = Field(default="", max_length=MAX_PROMPT_CHARS)
     n: int = Field(default=1, ge=1, le=MAX_N)
     seed: Seed | None = None
@@ -242,6 +267,10 @@ class DreamRequest(BaseModel):
     outpaint: OutpaintSides | None = None
     upscale: Literal[2, 4] | None = None
     controls: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLS)
+    references: tuple[Reference, ...] = Field(default=(), max_length=MAX_REFERENCES)
+    style_weight: int = Field(
+        default=100, ge=0, le=MAX_STYLE_WEIGHT, description="how strongly the references steer (Midjourney's --sw)"
+    )
     layout: Literal["grid", "individual"] | None = None
     priority: int = Field(default=0, ge=-10, le=10)
     preview: bool = False
@@ -284,7 +313,8 @@ class DreamRequest(BaseModel):
         for field in needs:
             if getattr(self, field) is None:
                 raise ValueError(f"mode {self.mode} needs {field}")
-        if not self.prompt and self.mode != "upscale":  # an upscale without one keeps its parent's prompt
+        # An upscale without one keeps its parent's prompt; reference pictures alone are a prompt (Midjourney's).
+        if not self.prompt and self.mode != "upscale" and not self.references:
             raise ValueError("prompt: must not be empty")
         if self.mode not in {"variation", "txt2img"} and (self.variation_amount is not None or self.with_variations):
             raise ValueError(f"variations (-v/-V) and {self.mode} do not mix: make the variation first, then "
@@ -292,6 +322,8 @@ class DreamRequest(BaseModel):
         if self.refiner is not None and self.mode not in {"variation", "txt2img"}:
             raise ValueError(f"a refiner finishes new images (txt2img and variations), not {self.mode}; "
                              "for an existing image, use the refiner as the model (-m) of an img2img")  # fmt: skip
+        if self.references and self.mode in {"upscale", "outpaint"}:
+            raise ValueError(f"reference pictures steer txt2img, img2img, inpaint and variations, not {self.mode}")
         if self.controls and self.mode in {"upscale", "outpaint"}:
             raise ValueError(f"a ControlNet steers txt2img, img2img, inpaint and variations, not {self.mode}")
         if self.mode == "variation" and self.variation_amount is None and not self.with_variations:

@@ -211,3 +211,31 @@ def detect_controlnet_folder(path: Path) -> str:
     if not cls.endswith("ControlNetModel"):
         raise NotACheckpoint(f"{path.name} is a {cls or 'folder without a model class'}, not a ControlNet")
     return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
+
+
+def ip_adapter_width(path: Path) -> int:
+    """The cross-attention width an IP-Adapter file is made for (its image projection makes four such tokens)."""
+    keys = read_keys(path)
+    proj = next((shape for key, shape in keys.items() if key.endswith("image_proj.proj.weight")), None)
+    if proj is None:
+        if any(key.startswith("image_proj.latents") or "perceiver" in key for key in keys):
+            raise NotACheckpoint(f"{path.name} is an IP-Adapter Plus/FaceID variant; this version loads the basic one")
+        raise NotACheckpoint(f"{path.name} is not an IP-Adapter (no image_proj.proj.weight)")
+    return proj[0] // 4
+
+
+# The text conditioning's width of each family's released models (what their add-ons are made for).
+FAMILY_WIDTHS = {"sd1": 768, "sd2": 1024, "sdxl": 2048, "sdxl-refiner": 1280}
+
+
+def family_of_width(width: int) -> str | None:
+    return next((family for family, w in FAMILY_WIDTHS.items() if w == width), None)
+
+
+def folder_width(path: Path) -> int | None:
+    """A diffusers pipeline folder's UNet cross-attention width (None without a UNet: SD3, FLUX)."""
+    try:
+        width = json.loads((path / "unet" / "config.json").read_text()).get("cross_attention_dim")
+    except (OSError, ValueError):
+        return None
+    return width if isinstance(width, int) else None

@@ -15,17 +15,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from engine.client.answers import Event
 from engine.client.controls import A1111_MODULES
 from engine.client.errors import UserError
+from engine.client.schema import DreamRequest
 from engine.client.settings import Settings
 from engine.device import modes
 from engine.device.device import Device
 from engine.device.pipelines import LoadedModel, PipelineCache, StepCallback
 from engine.device.pipelines.model import Control
 from engine.device.runner import Cancelled, Interrupted, JobFailed, JobRecord, Made, Resolved, Stopwatch
-from engine.device.shelf import Shelf
+from engine.device.shelf import Item, Shelf, encoder_of
 from gallery.embeddings import Embedder
 from gallery.files import encode_png
 
@@ -105,7 +107,12 @@ class Maker:
         def run(indices: list[int], chunk: int, chunks: int):
             return work.run(model, indices, self._on_step(job, model, chunk, chunks, report))
 
-        with model.addons(loras, embeddings):
+        adapter, encoder = self._reference_adapter(req, model)
+        scale = req.style_weight / 100
+        with (
+            model.addons(loras, embeddings),
+            model.references(adapter, encoder, inputs.references, [r.weight for r in req.references], scale),
+        ):
             images = modes.run_batched(
                 len(work.seeds),
                 run,
@@ -114,6 +121,10 @@ class Maker:
                 on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
             )
         made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
+        if adapter is not None:  # A1111's ControlNet extension records an IP-Adapter as one more unit
+            made_with["controlnets"] = [*work.notes.get("controlnets", []), {
+                "module": "ip-adapter_clip", "model": adapter.name, "hash": shelf.hash(adapter), "weight": scale,
+                "start": 0.0, "end": 1.0}]  # fmt: skip
         if req.refiner is not None:  # 3b. a second model finishes each image
             if not self.pipelines.is_loaded(req.refiner):
                 report(Event(type="loading", job=job.id, model=req.refiner))
@@ -143,6 +154,12 @@ class Maker:
         watch.lap("clip")
         return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
                     stages=watch.spent)  # fmt: skip
+
+    def _reference_adapter(self, req: DreamRequest, model: LoadedModel) -> tuple[Item | None, Path | None]:
+        if not req.references:
+            return None, None
+        adapter = self.pipelines.shelf.reference_adapter(model.family.removesuffix(" inpainting"), model.text_width)
+        return adapter, encoder_of(adapter)
 
     def _with_controls(self, work: modes.Plan, model: LoadedModel, inputs: Resolved) -> modes.Plan:
         """The plan with its ControlNets loaded and their maps fitted to the output; each image records the

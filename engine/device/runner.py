@@ -76,6 +76,7 @@ class Resolved:
     mask: Image.Image | None = None
     parent: ImagePublic | None = None
     controls: list[Image.Image] = field(default_factory=list)  # each control's map (preprocessed), in order
+    references: list[Image.Image] = field(default_factory=list)  # the reference pictures (RGB), in order
 
 
 class Stopwatch:

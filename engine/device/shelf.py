@@ -4,6 +4,8 @@
     <models_dir>/Lora/               LoRAs (.safetensors): <lora:NAME:WEIGHT> in a prompt
     <models_dir>/embeddings/         textual inversions (.safetensors, .pt): NAME in a prompt
     <models_dir>/ControlNet/         ControlNets (diffusers folders): --control_model NAME
+    <models_dir>/ipadapter/          IP-Adapters (.safetensors, .bin): reference pictures (--sref)
+    <models_dir>/clip_vision/        their image encoders (diffusers/transformers folders), named like the adapter
     <models_dir>/configs/<family>/   (optional) a config folder for a non-standard architecture
 
 Requests name models by their shelf name (the path under its folder, without suffix),
@@ -28,10 +30,14 @@ from engine.client.answers import ModelEntry, ModelList
 from engine.client.errors import UserError, clip_text
 from engine.device.families import (
     FAMILY_NAMES,
+    FAMILY_WIDTHS,
     NotACheckpoint,
     detect_controlnet_folder,
     detect_file,
     detect_folder,
+    family_of_width,
+    folder_width,
+    ip_adapter_width,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +75,7 @@ class Item:
     size: int
     family: str | None = None
     problem: str | None = None  # why it cannot load (listed, not hidden)
+    width: int | None = None  # the text conditioning's width a model has or an add-on is made for
 
 
 class Shelf:
@@ -86,7 +93,8 @@ class Shelf:
 
     def scan(self) -> ModelList:
         """Look at the folders again (new files appear, removed ones go)."""
-        builtin = Item(BUILTIN_MODEL_NAME, "checkpoint", None, "diffusers", _folder_size(builtin_model_dir()), "SD 1.x")
+        builtin = Item(BUILTIN_MODEL_NAME, "checkpoint", None, "diffusers", _folder_size(builtin_model_dir()), "SD 1.x",
+                       width=folder_width(builtin_model_dir()))  # fmt: skip
         items = {("checkpoint", BUILTIN_MODEL_NAME): builtin}
         for base in [builtin_addons_dir()] + ([self.root] if self.root is not None else []):
             for item in self._scan_checkpoints(base / "Stable-diffusion"):
@@ -98,6 +106,8 @@ class Shelf:
                         items[(kind, name)] = Item(name, kind, path, path.suffix[1:], path.stat().st_size)
             for item in self._scan_controlnets(base / "ControlNet"):
                 items[("controlnet", item.name)] = item
+            for item in _scan_ip_adapters(base / "ipadapter", base / "clip_vision"):
+                items[("ipadapter", item.name)] = item
         with self._lock:
             self._items = items
         return self.listing()
@@ -111,14 +121,16 @@ class Shelf:
             if path.is_dir() and (path / "model_index.json").exists():
                 try:
                     family = detect_folder(path).label
-                    found.append(Item(name, "checkpoint", path, "diffusers", _folder_size(path), family))
+                    found.append(Item(name, "checkpoint", path, "diffusers", _folder_size(path), family,
+                                      width=folder_width(path)))  # fmt: skip
                 except (OSError, ValueError) as e:
                     found.append(Item(name, "checkpoint", path, "diffusers", 0, None, f"unreadable: {e}"))
             elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and not _inside_diffusers(path, folder):
                 size = path.stat().st_size
                 try:
-                    family = detect_file(path).label
-                    found.append(Item(name, "checkpoint", path, path.suffix[1:], size, family))
+                    detected = detect_file(path)
+                    found.append(Item(name, "checkpoint", path, path.suffix[1:], size, detected.label,
+                                      width=FAMILY_WIDTHS.get(detected.family)))  # fmt: skip
                 except NotACheckpoint as e:
                     found.append(Item(name, "checkpoint", path, path.suffix[1:], size, None, str(e)))
         return found
@@ -155,6 +167,27 @@ class Shelf:
         raise UnknownModel(f"no ControlNet on the shelf fits this {family} model; put one in models/ControlNet/ "
                            "(a diffusers folder) and name it with --control_model")  # fmt: skip
 
+    def reference_adapter(self, family: str, width: int | None) -> Item:
+        """The IP-Adapter for reference pictures on a model of `family` whose text conditioning is `width` wide
+        (None: unknown, the family decides); its image encoder: `encoder_of`."""
+        if family in (FAMILY_NAMES["sd3"], FAMILY_NAMES["flux"], FAMILY_NAMES["sdxl-refiner"]):
+            raise UnknownModel(f"reference pictures (--sref) work with SD 1.x, SD 2.x and SDXL models here; this "
+                               f"version has no reference adapter for {family}")  # fmt: skip
+        for item in self.items("ipadapter"):
+            if item.problem is None and (item.width == width if width is not None else item.family == family):
+                return item
+        raise UnknownModel(f"no reference adapter (IP-Adapter) on the shelf fits this {family} model; put one in "
+                           "models/ipadapter/ and its image encoder in models/clip_vision/")  # fmt: skip
+
+    def check_references(self, model: str) -> None:
+        """At submit: reference pictures need an IP-Adapter that fits `model` (when it is on the shelf)."""
+        try:
+            item = self.find("checkpoint", model)
+        except UnknownModel:
+            return
+        if item.family is not None:
+            self.reference_adapter(item.family.removesuffix(" inpainting"), item.width)
+
     def check_controls(self, names: list[str | None], model: str) -> None:
         """At submit: each control's ControlNet (None: the shelf's pick) is on the shelf and fits `model`
         (when the model is on the shelf too; a path's family is known once it loads)."""
@@ -180,7 +213,8 @@ class Shelf:
             item = self._items.get((kind, name))
         if item is None:
             known = ", ".join(i.name for i in self.items(kind)) or "none"
-            what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding", "controlnet": "ControlNet"}[kind]
+            what = {"checkpoint": "model", "lora": "LoRA", "embedding": "embedding", "controlnet": "ControlNet",
+                    "ipadapter": "IP-Adapter"}[kind]  # fmt: skip
             raise UnknownModel(f"unknown {what} {clip_text(name)!r}; available: {known}")
         if item.problem:
             raise UnknownModel(f"model {clip_text(name)!r} cannot be used: {item.problem}")
@@ -249,6 +283,7 @@ class Shelf:
             loras=[entry(i) for i in self.items("lora")],
             embeddings=[entry(i) for i in self.items("embedding")],
             controlnets=[entry(i) for i in self.items("controlnet")],
+            ip_adapters=[entry(i) for i in self.items("ipadapter")],
         )
 
     def _read_hashes(self) -> dict[str, str]:
@@ -265,6 +300,36 @@ class Shelf:
         tmp = self.hash_cache.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._hashes))
         tmp.replace(self.hash_cache)
+
+
+def encoder_of(adapter: Item) -> Path:
+    """An IP-Adapter's image encoder: the clip_vision folder of the same name (else the only one there)."""
+    assert adapter.path is not None
+    folder = adapter.path.parent.parent / "clip_vision"
+    return folder / adapter.path.stem if (folder / adapter.path.stem).is_dir() else next(folder.iterdir())
+
+
+def _scan_ip_adapters(folder: Path, encoders: Path) -> list[Item]:
+    """IP-Adapters (their family from the width of the tokens they make) that have an image encoder beside them."""
+    found = []
+    named = sorted(p.name for p in encoders.iterdir() if (p / "config.json").exists()) if encoders.is_dir() else []
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if path.suffix not in (".safetensors", ".bin") or not path.is_file():
+            continue
+        name, size = path.relative_to(folder).with_suffix("").as_posix(), path.stat().st_size
+        problem = None
+        if not named:
+            problem = f"no image encoder for it: put one in clip_vision/{path.stem}/ (a folder with config.json)"
+        elif path.stem not in named and len(named) > 1:
+            problem = f"which image encoder? name its clip_vision folder {path.stem}/"
+        try:
+            width: int | None = ip_adapter_width(path)
+            key = family_of_width(width) if width is not None else None
+            family = FAMILY_NAMES[key] if key is not None else None
+        except NotACheckpoint as e:
+            width, family, problem = None, None, str(e)
+        found.append(Item(name, "ipadapter", path, path.suffix[1:], size, family, problem, width))
+    return found
 
 
 def _version_key(path: Path) -> str:

@@ -137,6 +137,7 @@ MODULE_TYPES: dict[str, str] = {a: t for t, a in A1111_MODULES.items()} | {
     "tile_colorfix": "tile", "blur_gaussian": "tile", "invert (from white bg & black line)": "invert",
     "depth": "depth", "depth_zoe": "depth", "openpose_full": "openpose", "lineart": "lineart",
 }  # fmt: skip
+IP_ADAPTER_MODULE = "ip-adapter"  # its modules (ip-adapter_clip_sd15, ...) are reference pictures here
 RESIZE_BY_NUMBER = ("Just Resize", "Crop and Resize", "Resize and Fill")  # its integer resize modes
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 
@@ -173,30 +174,27 @@ def _named(value: str | int, names: tuple[str, ...]) -> str:
     return value if isinstance(value, str) else names[value] if 0 <= value < len(names) else str(value)
 
 
-async def control_fields(s: Services, units: list[ControlNetUnitBody], size: tuple[int, int] | None) -> list[dict]:
-    """Our controls for the extension's units: each image uploaded, its module and model translated."""
-    controls = []
+async def control_fields(s: Services, units: list[ControlNetUnitBody], size: tuple[int, int] | None) -> dict:
+    """The request fields of the extension's units: ControlNet units as our controls; IP-Adapter units
+    (`ip-adapter*` modules) as reference pictures, steering at the first one's weight. Each image is uploaded."""
+    controls, references, style_weight = [], [], None
     for i, unit in enumerate(units):
         what = f"alwayson_scripts.controlnet.args[{i}]"
         picture = unit.image.get("image") if isinstance(unit.image, dict) else unit.image or unit.input_image
         if unit.mask or (isinstance(unit.image, dict) and unit.image.get("mask")):
             raise A1111Error(f"{what}.mask: a unit's own mask is not supported here; inpaint with img2img's mask")
-        mode = (
-            unit.control_mode
-            if isinstance(unit.control_mode, str)
-            else CONTROL_MODES[min(2, max(0, unit.control_mode))]
-        )
+        mode = _named(unit.control_mode, CONTROL_MODES)
         if mode != "Balanced":
             raise A1111Error(f"{what}.control_mode: only 'Balanced' is supported here (got {mode!r})")
-        resize = (
-            unit.resize_mode
-            if isinstance(unit.resize_mode, str)
-            else RESIZE_BY_NUMBER[min(2, max(0, unit.resize_mode))]
-        )
+        resize = _named(unit.resize_mode, RESIZE_BY_NUMBER)
         if resize not in A1111_RESIZE:
             raise A1111Error(f"{what}.resize_mode: one of {', '.join(A1111_RESIZE)} (got {resize!r})")
-        type_ = control_type(unit.module)
         data = decode_b64_image(str(picture), f"{what}.image")
+        if unit.module.strip().lower().startswith(IP_ADAPTER_MODULE):
+            references.append({"image": await asyncio.to_thread(upload, s, data)})
+            style_weight = round(unit.weight * 100) if style_weight is None else style_weight
+            continue
+        type_ = control_type(unit.module)
         # The extension runs a preprocessor at processor_res (the short side); pixel perfect: the output's.
         res = min(size) if unit.pixel_perfect and size else unit.processor_res
         if type_ != "none" and res > 0:
@@ -209,7 +207,10 @@ async def control_fields(s: Services, units: list[ControlNetUnitBody], size: tup
             "threshold_a": unit.threshold_a if unit.threshold_a >= 0 and type_ == "canny" else None,
             "threshold_b": unit.threshold_b if unit.threshold_b >= 0 and type_ == "canny" else None,
         })  # fmt: skip
-    return controls
+    fields: dict[str, Any] = {"controls": controls}
+    if references:
+        fields |= {"references": references, "style_weight": style_weight}
+    return fields
 
 
 class ExtraBody(BaseModel):
@@ -365,7 +366,7 @@ async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
     size = (body.width, body.height) if body.width and body.height else None
     mode: dict[str, Any] = {}
     if units := controlnet_units(body):
-        mode["controls"] = await control_fields(s, units, size)
+        mode |= await control_fields(s, units, size)
     job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
@@ -384,7 +385,7 @@ async def img2img(body: Img2ImgBody, request: Request) -> dict:
         mask = resized(mask, size, body.resize_mode, invert=body.inpainting_mask_invert)
         mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask))
     if units := controlnet_units(body):
-        mode["controls"] = await control_fields(s, units, size)
+        mode |= await control_fields(s, units, size)
     job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
@@ -624,7 +625,7 @@ def controlnet_model_list(request: Request) -> dict:
 
 @controlnet_router.get("/module_list")
 def controlnet_module_list() -> dict:
-    return {"module_list": list(A1111_MODULES.values())}
+    return {"module_list": [*A1111_MODULES.values(), IP_ADAPTER_MODULE]}
 
 
 @controlnet_router.post("/detect")

@@ -76,6 +76,8 @@ class Inputs:
         say whether it repaints anything)."""
         for i, control in enumerate(request.controls):
             self.control_map(control, request.requester, label=f"control {i + 1}")  # a bad or empty map refuses the job
+        for reference in request.references:
+            self._open(self._path(reference.image, self._parent(reference.image, request.requester)), "RGB")
         if request.init_image is None:
             return None, None
         size, parent = self._size(request.init_image, request)
@@ -100,6 +102,8 @@ class Inputs:
             mask_parent = self._parent(request.init_mask, request.requester)
             resolved.mask = self._open(self._path(request.init_mask, mask_parent), "L")
         resolved.controls = [self.control_map(c, request.requester) for c in request.controls]
+        resolved.references = [self._open(self._path(r.image, self._parent(r.image, request.requester)), "RGB")
+                               for r in request.references]  # fmt: skip
         return resolved
 
     def control_map(self, control: ControlUnit, requester: Requester, *, label: str = "control") -> Image.Image:

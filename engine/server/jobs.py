@@ -113,6 +113,8 @@ class JobService:
                     raise UnknownModel(f"--refiner: {e}") from None
             if request.controls:
                 self.shelf.check_controls([c.model for c in request.controls], request.model or self.default_model)
+            if request.references:
+                self.shelf.check_references(request.model or self.default_model)
             try:
                 self.shelf.addons_of(request.prompt, request.negative_prompt)
             except PromptError as e:

@@ -98,6 +98,7 @@ class LoadedModel:
         self._inpaint: DiffusionPipeline | None = None
         self._encoder: PromptEncoder | None = None
         self._embeddings: list[str] = []  # loaded for the running job
+        self._reference: torch.Tensor | None = None  # the running job's blended reference embedding (IP-Adapter)
 
     @property
     def family(self) -> str:
@@ -116,6 +117,12 @@ class LoadedModel:
         """Bytes its weights hold on the device (what the model cache budgets)."""
         modules = [c for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)]
         return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+
+    @property
+    def text_width(self) -> int | None:
+        """The UNet's cross-attention width (what its add-ons are made for); None for SD3 and FLUX."""
+        unet = getattr(self.pipe, "unet", None)
+        return None if unet is None else int(unet.config.cross_attention_dim)
 
     @property
     def _packed(self) -> bool:
@@ -276,6 +283,11 @@ class LoadedModel:
         pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config, flow=self.flow, family=self.family)
         if negative_prompt and self.detected.family == "flux":
             task_inputs["true_cfg_scale"] = cfg_scale  # FLUX's guidance is distilled; a negative needs true CFG
+        if self._reference is not None:
+            # diffusers takes given embeddings with their unconditional half first when it guides (cfg > 1).
+            embeds = self._reference[None].to(self.device.torch_device, self.pipe.dtype)
+            task_inputs["ip_adapter_image_embeds"] = [torch.cat([torch.zeros_like(embeds), embeds]) if cfg_scale > 1
+                                                      else embeds]  # fmt: skip
 
         def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
             if on_step is not None:
@@ -333,6 +345,34 @@ class LoadedModel:
             if self._embeddings:
                 self.pipe.unload_textual_inversion()
             self._embeddings, self._encoder = [], None
+
+    @contextmanager
+    def references(self, adapter: Item | None, encoder: Path | None, images: Sequence[Image.Image],
+                   weights: Sequence[float], scale: float) -> Iterator[None]:  # fmt: skip
+        """Reference pictures for one job (an IP-Adapter, as Midjourney's --sref): each picture's image embedding,
+        blended by its weight, steers at `scale`; afterwards the model is exactly as before."""
+        if adapter is None or not images:
+            yield
+            return
+        assert adapter.path is not None and encoder is not None
+        try:
+            self.pipe.load_ip_adapter(str(adapter.path.parent), subfolder="", weight_name=adapter.path.name,
+                                      image_encoder_folder=str(encoder))  # fmt: skip
+        except (ValueError, RuntimeError, KeyError, OSError) as e:
+            raise InputError(f"IP-Adapter {adapter.name!r} does not fit this {self.family} model: "
+                             f"{str(e).splitlines()[0][:200]}") from e  # fmt: skip
+        try:
+            self.pipe.image_encoder.to(self.device.torch_device, self.pipe.dtype)
+            self.pipe.set_ip_adapter_scale(scale)
+            pixels = self.pipe.feature_extractor([im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+            with torch.inference_mode():
+                embeds = self.pipe.image_encoder(pixels.to(self.device.torch_device, self.pipe.dtype)).image_embeds
+            share = torch.tensor(weights, dtype=embeds.dtype, device=embeds.device)
+            self._reference = (embeds * (share / share.sum())[:, None]).sum(0, keepdim=True)
+            yield
+        finally:
+            self._reference = None
+            self.pipe.unload_ip_adapter()
 
     def _load_embedding(self, item: Item) -> None:
         try:

@@ -1,5 +1,6 @@
-"""ControlNet: the grammar, the preprocessors, the shelf, every family's plumbing, and the toy ControlNet's effect
-through the CLI, the native API and AUTOMATIC1111's ControlNet extension API (the real `webuiapi` client)."""
+"""Steering with images: ControlNet and reference pictures (IP-Adapter). The grammar, the preprocessors, the shelf,
+every family's plumbing with tiny random-weight nets, the toy nets' effects, and each through the CLI, the native API,
+AUTOMATIC1111's ControlNet extension API (the real `webuiapi` client)."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from engine.device.device import Device
 from engine.device.modes import fit
 from engine.device.pipelines import PipelineCache
 from engine.device.pipelines.model import Control
-from engine.device.shelf import Shelf, UnknownModel
+from engine.device.shelf import Shelf, UnknownModel, encoder_of
 from engine.server.control_maps import preprocess
 from gallery.files import a1111_parameters
 from gallery.schemas import ImageCreate
-from models.checker import shape_centre
+from models import toyworld
+from models.checker import judge, shape_centre
 from models.toyworld import control_disc
+from models.train import ip_adapter_start
 from tests.conftest import ROOT, EngineProcess, free_port
 from tests.tiny_pipeline import family_pipeline
 
@@ -335,3 +338,118 @@ def test_the_extensions_bad_units_are_a1111_errors(engine: EngineProcess) -> Non
         assert answer.status_code == 422 and says in answer.json()["detail"], answer.text
     detect = httpx.post(f"{url}/controlnet/detect", json={"controlnet_module": "canny"}, auth=("alice", TOKEN))
     assert detect.status_code == 422 and "give at least one image" in detect.json()["detail"]
+
+
+# ------------------------------------------------------------------------- reference pictures
+def green_on_gray(size: int = 64) -> Image.Image:
+    return toyworld.render(toyworld.Scene("circle", "green", "gray"), np.random.default_rng(7)).resize((size, size))
+
+
+def test_sref_takes_several_pictures_with_weights_and_formats_back() -> None:
+    request = parse('"a circle" --sref 12 13::2.5 --sw 50')
+    assert [(r.image, r.weight) for r in request.references] == [("gallery:12", 1.0), ("gallery:13", 2.5)]
+    assert request.style_weight == 50 and parse(format_request(request)) == request
+    alone = parse("--sref 12 13")  # pictures alone are a prompt, as Midjourney's image prompts
+    assert alone.prompt == "" and parse(format_request(alone)) == alone
+    for command, says in [('"x" --sref 1::heavy', "expected IMAGE or IMAGE::WEIGHT"),
+                          ('"x" --sref 1 --sw 1001', "--sw (style_weight): must be between 0 and 1000"),
+                          ('"x" --sref 1 2 3 4 5 6', "at most 5 items"), ("", "no prompt given")]:  # fmt: skip
+        with pytest.raises(DreamArgsError) as e:
+            parse(command)
+        assert says in str(e.value)
+
+
+def save_ip_adapter(pipe, root: Path, name: str) -> None:
+    """A tiny random-weight IP-Adapter for `pipe`'s UNet in the original file layout, and its image encoder."""
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(2)
+    encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                             num_attention_heads=2, image_size=32, patch_size=8,
+                                                             projection_dim=16))  # fmt: skip
+    encoder.save_pretrained(root / "clip_vision" / name)
+    start = ip_adapter_start(pipe.unet, 16)
+    (root / "ipadapter").mkdir(parents=True, exist_ok=True)
+    save_file({f"{part}.{k}": v.contiguous() for part in start for k, v in start[part].items()},
+              str(root / "ipadapter" / f"{name}.safetensors"))  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_reference_pictures_load_and_steer_each_family_and_unload(tmp_path: Path, family: str, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = family_pipeline(tmp_path / "_build", family)
+    pipe.save_pretrained(tmp_path / "Stable-diffusion" / f"tiny-{family}")
+    save_ip_adapter(pipe, tmp_path, f"tiny-{family}-ip")
+    cache = PipelineCache(Device("cpu"), None, shelf=Shelf(tmp_path))
+    model = cache.model(f"tiny-{family}")
+    adapter = cache.shelf.reference_adapter(model.family, model.text_width)
+    assert adapter.name == f"tiny-{family}-ip" and encoder_of(adapter).name == f"tiny-{family}-ip"
+    common = dict(prompt="a circle", negative_prompt="", steps=2, cfg_scale=5.0, sampler="k_euler", seeds=[3, 4])
+    (plain, _) = model.txt2img(width=64, height=64, **common)
+    with model.references(adapter, encoder_of(adapter), [green_on_gray(), picture()], [1.0, 3.0], 1.0):
+        steered, _ = model.txt2img(width=64, height=64, **common)
+        assert model.img2img(image=picture(64), strength=0.5, **common)[0].size == (64, 64)
+    assert steered.tobytes() != plain.tobytes()
+    assert model.txt2img(width=64, height=64, **common)[0].tobytes() == plain.tobytes()  # unloaded after the job
+
+
+def test_the_shelf_says_what_a_reference_adapter_lacks(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    (tmp_path / "ipadapter").mkdir()
+    save_file({"image_proj.proj.weight": torch.zeros(4 * 768, 16)}, str(tmp_path / "ipadapter" / "lonely.safetensors"))
+    save_file({"image_proj.latents": torch.zeros(1, 16, 768)}, str(tmp_path / "ipadapter" / "plus.safetensors"))
+    listed = {m.name: m for m in Shelf(tmp_path).listing().ip_adapters}
+    assert listed["lonely"].family == "SD 1.x" and "put one in clip_vision/lonely/" in (listed["lonely"].problem or "")
+    assert "IP-Adapter Plus/FaceID variant" in (listed["plus"].problem or "")
+    for family in ("FLUX", "SD3"):
+        with pytest.raises(UnknownModel, match=f"this version has no reference adapter for {family}"):
+            Shelf(tmp_path).reference_adapter(family, None)
+    with pytest.raises(UnknownModel, match="no reference adapter \\(IP-Adapter\\) on the shelf fits this SDXL model"):
+        Shelf(tmp_path).reference_adapter("SDXL", 2048)
+    assert Shelf(tmp_path).reference_adapter("SD 1.x", 64).name == "toy-colours"  # the built-in model's width
+
+
+def test_the_toy_reference_adapter_carries_a_pictures_colours() -> None:
+    cache = PipelineCache(Device("cpu"), None)
+    model = cache.model(None)
+    adapter = cache.shelf.reference_adapter(model.family, model.text_width)
+    common = dict(
+        prompt="a circle", negative_prompt="", steps=20, cfg_scale=7.5, sampler="k_euler_a", seeds=list(range(8))
+    )
+    with model.references(adapter, encoder_of(adapter), [green_on_gray()], [1.0], 1.0):
+        steered = [judge(im) for im in model.txt2img(width=64, height=64, **common)]
+    plain = [judge(im) for im in model.txt2img(width=64, height=64, **common)]
+    carried = sum(v.colour == "green" and v.background == "gray" for v in steered)
+    assert carried >= 6, steered
+    assert sum(v.colour == "green" and v.background == "gray" for v in plain) <= 2
+    assert sum(v.shape == "circle" for v in steered) >= 5  # the prompt still says what to draw
+
+
+def test_the_cli_takes_reference_files_and_the_image_records_them(engine: EngineProcess, tmp_path: Path) -> None:
+    reference = tmp_path / "green.png"
+    green_on_gray().save(reference)
+    done = dreamhall(engine, "dream", "a circle", "-S", "1", "-n", "4", "-i", "--json", "--sref", str(reference))
+    assert done.returncode == 0, done.stderr
+    images = [Image.open(i["path"]) for i in json.loads(done.stdout)["images"]]
+    assert sum(judge(im).colour == "green" and judge(im).background == "gray" for im in images) >= 3
+    assert 'ControlNet 0: "Module: ip-adapter_clip, Model: toy-colours' in images[0].info["parameters"]
+    with engine.client() as client:
+        record = client.image(json.loads(done.stdout)["images"][0]["id"])
+        assert record.params["references"][0]["image"].startswith("upload:") and record.params["style_weight"] == 100
+    text = tmp_path / "notes.png"
+    text.write_text("not a picture")
+    bad = dreamhall(engine, "dream", "a circle", "--sref", str(text))
+    assert bad.returncode != 0 and "--sref: notes.png: not a readable image" in bad.stderr
+
+
+def test_an_ip_adapter_unit_is_a_reference_picture(api: webuiapi.WebUIApi) -> None:
+    unit = webuiapi.ControlNetUnit(
+        image=green_on_gray(), module="ip-adapter_clip_sd15", model="toy-colours", weight=1.0
+    )
+    result = api.txt2img(
+        prompt="a circle", seed=1, steps=20, width=64, height=64, batch_size=4, controlnet_units=[unit]
+    )
+    assert sum(judge(im).colour == "green" and judge(im).background == "gray" for im in result.images) >= 3
+    assert "Module: ip-adapter_clip, Model: toy-colours" in result.info["infotexts"][0]
