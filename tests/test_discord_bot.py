@@ -15,6 +15,7 @@ from PIL import Image
 from bots.bot import DreamBot
 from engine.client.clients import AsyncEngineClient
 from engine.client.settings import BotSettings, Settings
+from engine.server.control_maps import preprocess
 from models import toyworld
 from models.checker import judge
 from models.toyworld import control_disc
@@ -274,6 +275,21 @@ async def test_attachments_named_att1_att2_steer_as_controls(world: World) -> No
     assert record.params["controls"][0]["model"] == "toy-silhouette"
     missing = await world.fake.say(A, "7", f'!dream "{RED}" --control att2', attachments=[disc.getvalue()])
     assert "--control att2: this message has 1 attached file(s)" in (await world.text_reply(missing)).content
+
+
+async def test_the_control_map_is_shown_before_a_dream(world: World) -> None:
+    buf = io.BytesIO()
+    control_disc(128).save(buf, format="PNG")
+    mid = await world.fake.say(A, "7", "!controlmap canny", attachment=buf.getvalue())
+    shown = await world.result_for(mid)
+    (png,) = shown.files.values()
+    shown_map = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert np.array_equal(shown_map, np.asarray(preprocess(control_disc(128), "canny")))  # the engine's own map
+    iid = await world.fake.slash(A, "8", "controlmap", image=buf.getvalue(), type="openpose")
+    refused = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == iid and p.via == "followup"), None)
+    )
+    assert "annotators/body_pose_model.pth" in refused.content
 
 
 async def test_blend_makes_four_images_from_two_to_five_pictures(world: World) -> None:

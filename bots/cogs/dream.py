@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import re
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
+from pydantic import ValidationError
 
 from bots import render, rules
-from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
+from bots.replies import InteractionReply, MessageReply, Reply, replying_errors, requester_of, scope_of
 from engine.client.answers import ModelList
 from engine.client.clients import EngineError, RequestRejected
+from engine.client.controls import CONTROL_TYPES
 from engine.client.dream_args import DreamArgsError, parse_argv, split
 from engine.client.samplers import SAMPLERS
+from engine.client.schema import ControlUnit, Requester
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -139,6 +143,35 @@ class DreamCog(commands.Cog, name="Dream"):
             argv = [*([prompt] if prompt.strip() else []), "-n", "4", *split(flags), "--sref", *pictures]
             request = parse_argv(argv, requester=who)
             await self.bot.flow.run(request, reply, interaction.channel, interaction.user)
+
+    @app_commands.command(name="controlmap", description="See the map a ControlNet would steer with, before a dream")
+    @app_commands.describe(image="a picture", type="how to read it (as --control_type)")
+    @app_commands.choices(type=[app_commands.Choice(name=t, value=t) for t in CONTROL_TYPES])
+    async def controlmap_slash(self, interaction: discord.Interaction, image: discord.Attachment,
+                               type: str = "canny") -> None:  # fmt: skip
+        await interaction.response.defer(thinking=True)
+        reply = InteractionReply(interaction)
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
+        async with replying_errors(reply.send):
+            await self._send_map(reply, await self._upload(image), type, who)
+
+    @commands.command(name="controlmap", help="the map a ControlNet would read: !controlmap canny (attach a picture)")
+    async def controlmap_command(self, ctx: commands.Context, type: str = "canny") -> None:
+        reply = MessageReply(ctx.message)
+        async with replying_errors(reply.send):
+            if not ctx.message.attachments:
+                raise DreamArgsError("attach the picture to read, e.g. !controlmap canny with a photo")
+            ref = await self._upload(ctx.message.attachments[0])
+            await self._send_map(reply, ref, type, requester_of(ctx.guild, ctx.channel, ctx.author))
+
+    async def _send_map(self, reply: Reply, ref: str, type: str, who: Requester) -> None:
+        try:
+            unit = ControlUnit(image=ref, type=type)  # type: ignore[arg-type]  # checked: a ValidationError says so
+        except ValidationError:
+            raise DreamArgsError(f"unknown control type {type!r}; choose one of {', '.join(CONTROL_TYPES)}") from None
+        png = await self.bot.engine.control_preview(unit, who)
+        await reply.send(f"The **{type}** map a ControlNet would steer with (`--control_type {type}`):",
+                         file=discord.File(io.BytesIO(png), filename=f"{type}-map.png"))  # fmt: skip
 
     @dream_slash.autocomplete("model")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
