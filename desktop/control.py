@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QMimeData, QSize, Qt
-from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication, QIcon, QPixmap
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QGuiApplication, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -24,8 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from desktop.drops import PictureDrops
 from desktop.engine_link import EngineLink
-from desktop.gallery_model import png_bytes
 from engine.client.answers import ImageRecord
 from engine.client.controls import CONTROL_TYPES, MAX_CONTROL_WEIGHT, MAX_STYLE_WEIGHT
 from engine.client.schema import ControlUnit
@@ -34,7 +34,7 @@ MAP_SIZE = 96
 IMAGE_FILES = "Images (*.png *.jpg *.jpeg *.webp)"
 
 
-class ControlBox(QGroupBox):
+class ControlBox(PictureDrops, QGroupBox):
     """One control: its picture (choose, drop or paste one), its type, weight and span of the steps, and the
     preprocessed map, fetched from the engine's preview route whenever the picture or the type changes."""
 
@@ -125,25 +125,8 @@ class ControlBox(QGroupBox):
         if name:
             self.set_file(Path(name))
 
-    def use_mime(self, mime: QMimeData) -> bool:
-        for url in mime.urls():
-            if url.isLocalFile():
-                self.set_file(Path(url.toLocalFile()))
-                return True
-        if mime.hasImage():
-            data = png_bytes(mime.imageData())
-            self.link.call(lambda c: c.upload(data), lambda upload: self.set_ref(upload.ref, "pasted picture"),
-                           self._show_problem)  # fmt: skip
-            return True
-        return False
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        if self.use_mime(event.mimeData()):
-            event.acceptProposedAction()
+    def use_picture(self, path: Path) -> None:
+        self.set_file(path)
 
     def clear_picture(self) -> None:
         self.ref, self.problem = None, None
@@ -179,7 +162,7 @@ class ControlBox(QGroupBox):
             w.setEnabled(self.ref is not None)
 
 
-class ReferenceStrip(QGroupBox):
+class ReferenceStrip(PictureDrops, QGroupBox):
     """Reference pictures (Midjourney's --sref): a strip of thumbnails to drop or add pictures to, and how strongly
     they steer (--sw)."""
 
@@ -242,13 +225,5 @@ class ReferenceStrip(QGroupBox):
         self.refs.clear()
         self.strip.clear()
 
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        files = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
-        for path in files:
-            self.add_file(path)
-        if files:
-            event.acceptProposedAction()
+    def use_picture(self, path: Path) -> None:
+        self.add_file(path)

@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import base64
 import getpass
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QMimeData, QRegularExpression, QSettings, QSize, Qt, Signal
+from PySide6.QtCore import QRegularExpression, QSettings, QSize, Qt, Signal
 from PySide6.QtGui import (
-    QDragEnterEvent,
-    QDropEvent,
     QGuiApplication,
     QKeySequence,
     QPixmap,
@@ -47,8 +44,8 @@ from PySide6.QtWidgets import (
 )
 
 from desktop.control import ControlBox, ReferenceStrip
+from desktop.drops import PictureDrops
 from desktop.engine_link import EngineLink
-from desktop.gallery_model import png_bytes
 from desktop.mask import MaskEditor
 from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
@@ -87,7 +84,7 @@ def requester() -> Requester:
     return Requester(source="desktop", user=getpass.getuser())
 
 
-class GeneratePanel(QWidget):
+class GeneratePanel(PictureDrops, QWidget):
     """Prompt, parameters, Generate/Cancel, progress with previews, and the results of the last job."""
 
     image_done = Signal(object)  # ImageInfo, as each image of a job finishes
@@ -231,8 +228,9 @@ class GeneratePanel(QWidget):
     # --- building the request -----------------------------------------------------------
     def argv(self) -> list[str]:
         """The form as `!dream` flags, then the prompt box (whose own flags win)."""
-        argv: list[str] = ["-n", str(self.count.value()), "-s", str(self.steps.value()), "-C", f"{self.cfg.value():g}",
-                           "-A", self.sampler.currentText()]  # fmt: skip
+        # --sref takes every word up to the next flag: it goes first, so the form's flags end its list.
+        argv: list[str] = [*self.references.argv(), "-n", str(self.count.value()), "-s", str(self.steps.value()),
+                           "-C", f"{self.cfg.value():g}", "-A", self.sampler.currentText()]  # fmt: skip
         if not self.random_seed.isChecked() and self.seed.text():
             argv += ["-S", self.seed.text()]
         if self.width_box.value():
@@ -247,7 +245,7 @@ class GeneratePanel(QWidget):
             argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
             if self.mask_ref is not None:
                 argv += ["-M", self.mask_ref]
-        argv += self.control.argv() + self.references.argv()
+        argv += self.control.argv()
         text = self.prompt.toPlainText().strip()
         try:
             return argv + split(text)
@@ -403,31 +401,13 @@ class GeneratePanel(QWidget):
         if name:
             self.set_init_file(Path(name))
 
-    def use_mime(self, mime: QMimeData) -> bool:
-        """A dropped or pasted file or picture becomes the init image; False if there is none."""
-        for url in mime.urls():
-            if url.isLocalFile():
-                self.set_init_file(Path(url.toLocalFile()))
-                return True
-        if mime.hasImage():
-            # Pasted pixels have no file: keep them in one, for the mask brush to paint over.
-            with tempfile.NamedTemporaryFile(prefix="dreamhall-pasted-", suffix=".png", delete=False) as f:
-                f.write(png_bytes(mime.imageData()))
-            self.set_init_file(Path(f.name))
-            return True
-        return False
+    def use_picture(self, path: Path) -> None:
+        """A dropped or pasted picture becomes the init image."""
+        self.set_init_file(path)
 
     def paste_init(self) -> None:
         if not self.use_mime(QGuiApplication.clipboard().mimeData()):
             self.prompt.paste()  # no picture on the clipboard: an ordinary paste into the prompt
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        if event.mimeData().hasUrls() or event.mimeData().hasImage():
-            event.acceptProposedAction()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        if self.use_mime(event.mimeData()):
-            event.acceptProposedAction()
 
     def clear_init_image(self) -> None:
         self.init_ref = self.init_record = self.mask_ref = self.init_path = None

@@ -106,6 +106,18 @@ class EngineProcess:
         return code
 
 
+TOKEN = "s3cret-token"
+
+
+def start_tcp_engine(home: Path) -> EngineProcess:
+    """An engine on the built-in models that also listens on TCP with a token (as AUTOMATIC1111's API clients
+    reach it); its port is `.port`."""
+    port = free_port()
+    proc = EngineProcess(home, None, DREAMHALL_TCP_PORT=str(port), DREAMHALL_TOKEN=TOKEN).start()
+    proc.port = port  # type: ignore[attr-defined]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[EngineProcess]:
     """One engine shared by a test module, on the tiny pipeline."""

@@ -17,18 +17,14 @@ import webuiapi
 from PIL import Image
 
 from models.checker import judge
-from tests.conftest import ROOT, EngineProcess, free_port
+from tests.conftest import ROOT, TOKEN, EngineProcess, free_port, start_tcp_engine
 
-TOKEN = "s3cret-token"
 RED = "a red circle on a blue background"
 
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    port = free_port()
-    proc = EngineProcess(tmp_path_factory.mktemp("a1111-home"), None, DREAMHALL_TCP_PORT=str(port),
-                         DREAMHALL_TOKEN=TOKEN).start()  # fmt: skip
-    proc.port = port  # type: ignore[attr-defined]
+    proc = start_tcp_engine(tmp_path_factory.mktemp("a1111-home"))
     yield proc
     proc.stop()
 

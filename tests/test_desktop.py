@@ -63,7 +63,10 @@ def generate(qtbot, window: MainWindow, command: str, count: int) -> list[int]:
     panel.results.clear()  # so the last job's results can never pass for this one's
     panel.prompt.setPlainText(command)
     qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel.results.count() == count and panel.job_id is None, timeout=WAIT)
+    try:
+        qtbot.waitUntil(lambda: panel.results.count() == count and panel.job_id is None, timeout=WAIT)
+    except Exception as e:  # pytest-qt's TimeoutError
+        raise AssertionError(f"no {count} results; the panel says {panel.state.text()!r}") from e
     return [panel.results.item(i).data(Qt.ItemDataRole.UserRole) for i in range(count)]
 
 

@@ -269,7 +269,9 @@ def test_the_schema_says_what_the_engine_refuses(engine: EngineProcess) -> None:
     assert params["q"]["minLength"] == 1 and params["q"]["pattern"] == r"\S"
     assert params["after"]["pattern"].startswith("^(19|")  # applies to the string branch: from 1900
     dream = spec["components"]["schemas"]["DreamRequest"]
-    assert dream["if"]["properties"]["mode"] == {"const": "upscale"} and "prompt" in dream["else"]["required"]
+    without_prompt = dream["if"]["anyOf"]  # an upscale, or reference pictures alone, need no prompt
+    assert without_prompt[0]["properties"]["mode"] == {"const": "upscale"} and "prompt" in dream["else"]["required"]
+    assert without_prompt[1]["properties"]["references"] == {"minItems": 1}
     with raw(engine) as http:
         for bad in ({"q": " "}, {"q": "x", "after": "1899-12-31"}):
             assert http.get("/v1/search", params=bad).status_code == 422

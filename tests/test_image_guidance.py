@@ -34,10 +34,9 @@ from models import toyworld
 from models.checker import judge, shape_centre
 from models.toyworld import control_disc
 from models.train import ip_adapter_start
-from tests.conftest import ROOT, EngineProcess, free_port
+from tests.conftest import ROOT, TOKEN, EngineProcess, start_tcp_engine
 from tests.tiny_pipeline import family_pipeline
 
-TOKEN = "s3cret-token"
 RED = "a red circle on a blue background"
 CENTRE = (11, 32)  # control_disc's: the middle of the left third, half way down
 
@@ -228,10 +227,7 @@ def test_the_toy_controlnet_puts_the_shape_where_the_map_says() -> None:
 # ---------------------------------------------------------------------------- a real engine
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
-    port = free_port()
-    proc = EngineProcess(tmp_path_factory.mktemp("controlnet-home"), None, DREAMHALL_TCP_PORT=str(port),
-                         DREAMHALL_TOKEN=TOKEN).start()  # fmt: skip
-    proc.port = port  # type: ignore[attr-defined]
+    proc = start_tcp_engine(tmp_path_factory.mktemp("controlnet-home"))
     yield proc
     proc.stop()
 

@@ -166,7 +166,7 @@ class DreamCog(commands.Cog, name="Dream"):
 
     async def _send_map(self, reply: Reply, ref: str, type: str, who: Requester) -> None:
         try:
-            unit = ControlUnit(image=ref, type=type)  # type: ignore[arg-type]  # checked: a ValidationError says so
+            unit = ControlUnit(image=ref, type=type)  # an unknown type is a ValidationError, answered below
         except ValidationError:
             raise DreamArgsError(f"unknown control type {type!r}; choose one of {', '.join(CONTROL_TYPES)}") from None
         png = await self.bot.engine.control_preview(unit, who)
