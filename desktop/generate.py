@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -38,6 +39,7 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -192,7 +194,12 @@ class GeneratePanel(PictureDrops, QWidget):
         right.addWidget(self.preview, 1)
         right.addWidget(self.results)
         layout = QHBoxLayout(self)
-        layout.addWidget(panel)
+        # The form grew past a small window's height (ControlNet, references): it scrolls instead of growing the window.
+        form_scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        form_scroll.setWidget(panel)
+        form_scroll.setFixedWidth(PANEL_WIDTH + form_scroll.verticalScrollBar().sizeHint().width())
+        layout.addWidget(form_scroll)
         layout.addLayout(right, 1)
 
         self.generate_button.clicked.connect(self.generate)
