@@ -195,7 +195,8 @@ class GeneratePanel(PictureDrops, QWidget):
         right.addWidget(self.results)
         layout = QHBoxLayout(self)
         # The form grew past a small window's height (ControlNet, references): it scrolls instead of growing the window.
-        form_scroll = QScrollArea(widgetResizable=True, frameShape=QFrame.Shape.NoFrame)
+        form_scroll = QScrollArea(widgetResizable=True)
+        form_scroll.setFrameShape(QFrame.Shape.NoFrame)
         form_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         form_scroll.setWidget(panel)
         form_scroll.setFixedWidth(PANEL_WIDTH + form_scroll.verticalScrollBar().sizeHint().width())
