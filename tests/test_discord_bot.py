@@ -275,6 +275,11 @@ async def test_attachments_named_att1_att2_steer_as_controls(world: World) -> No
     assert record.params["controls"][0]["model"] == "toy-silhouette"
     missing = await world.fake.say(A, "7", f'!dream "{RED}" --control att2', attachments=[disc.getvalue()])
     assert "--control att2: this message has 1 attached file(s)" in (await world.text_reply(missing)).content
+    # --sref names several: a control and two references in one message, none of them the init image
+    both = await world.fake.say(A, "7", '!dream "a circle" --control att1 -n 1 -S 2 --sref att2 att3',
+                                attachments=[disc.getvalue(), disc.getvalue(), disc.getvalue()])  # fmt: skip
+    steered = await world.result_for(both)
+    assert "references: 2 picture(s)" in steered.content and "img2img" not in steered.content
 
 
 async def test_the_control_map_is_shown_before_a_dream(world: World) -> None:

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING
 import discord
 from discord import app_commands
 from discord.ext import commands
-from pydantic import ValidationError
 
 from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, Reply, replying_errors, requester_of, scope_of
 from engine.client.answers import ModelList
 from engine.client.clients import EngineError, RequestRejected
-from engine.client.controls import CONTROL_TYPES
+from engine.client.controls import CONTROL_TYPES, control_type_named
 from engine.client.dream_args import DreamArgsError, parse_argv, split
 from engine.client.samplers import SAMPLERS
 from engine.client.schema import ControlUnit, Requester
@@ -23,7 +22,8 @@ from engine.client.schema import ControlUnit, Requester
 if TYPE_CHECKING:
     from bots.bot import DreamBot
 
-IMAGE_FLAGS = {"-I", "--init_img", "-M", "--init_mask", "--control"}  # flags whose value may be `att1`, `att2`...
+LIST_FLAGS = {"--sref"}  # flags with several pictures
+IMAGE_FLAGS = {"-I", "--init_img", "-M", "--init_mask", "--control", *LIST_FLAGS}  # values may be `att1`, `att2`...
 
 
 class DreamCog(commands.Cog, name="Dream"):
@@ -43,17 +43,22 @@ class DreamCog(commands.Cog, name="Dream"):
             await self.bot.flow.run(request, reply, ctx.channel, ctx.author)
 
     async def _attached(self, argv: list[str], attachments: list[discord.Attachment]) -> list[str]:
-        """The command with its attachments as image references: `att1`, `att2`... after -I, -M or --control name
-        them in order; without such names, the first attached picture is the init image (img2img, or
-        inpaint/outpaint with their flags)."""
+        """The command with its attachments as image references: `att1`, `att2`... as the value of -I, -M or
+        --control, or among --sref's pictures, name them in order; without such names, the first attached picture
+        is the init image (img2img, or inpaint/outpaint with their flags)."""
         argv, named = list(argv), False
-        for i, word in enumerate(argv[:-1]):
-            number = re.fullmatch(r"att([0-9]+)", argv[i + 1].strip().lower())
-            if word in IMAGE_FLAGS and number:
+        flag: str | None = None  # the flag the word at hand may be a value of
+        for i, word in enumerate(argv):
+            number = re.fullmatch(r"att([0-9]+)", word.strip().lower())
+            if number and flag in IMAGE_FLAGS:
                 k = int(number[1])
                 if not 1 <= k <= len(attachments):
-                    raise DreamArgsError(f"{word} {argv[i + 1]}: this message has {len(attachments)} attached file(s)")
-                argv[i + 1], named = await self._upload(attachments[k - 1]), True
+                    raise DreamArgsError(f"{flag} {word}: this message has {len(attachments)} attached file(s)")
+                argv[i], named = await self._upload(attachments[k - 1]), True
+            if word.startswith("-"):
+                flag = word
+            elif flag not in LIST_FLAGS:
+                flag = None  # one value each, but --sref takes every picture up to the next flag
         if attachments and not named and not {"-I", "--init_img"} & set(argv):
             argv += ["-I", await self._upload(attachments[0])]
         return argv
@@ -166,9 +171,9 @@ class DreamCog(commands.Cog, name="Dream"):
 
     async def _send_map(self, reply: Reply, ref: str, type: str, who: Requester) -> None:
         try:
-            unit = ControlUnit(image=ref, type=type)  # an unknown type is a ValidationError, answered below
-        except ValidationError:
-            raise DreamArgsError(f"unknown control type {type!r}; choose one of {', '.join(CONTROL_TYPES)}") from None
+            unit = ControlUnit(image=ref, type=control_type_named(type))  # as --control_type reads it
+        except ValueError as e:
+            raise DreamArgsError(str(e)) from None
         png = await self.bot.engine.control_preview(unit, who)
         await reply.send(f"The **{type}** map a ControlNet would steer with (`--control_type {type}`):",
                          file=discord.File(io.BytesIO(png), filename=f"{type}-map.png"))  # fmt: skip

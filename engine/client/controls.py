@@ -10,6 +10,20 @@ from typing import Literal, get_args
 # "none": the image already is the map (a depth, pose or silhouette made elsewhere).
 ControlType = Literal["none", "canny", "softedge", "invert", "tile", "depth", "openpose", "lineart"]
 CONTROL_TYPES: tuple[str, ...] = get_args(ControlType)
+# Other names people write for them (the older HED and PiDiNet soft edges, a blur for tile).
+TYPE_ALIASES: dict[str, str] = {"hed": "softedge", "pidinet": "softedge", "blur": "tile"}
+
+
+def control_type_named(value: str) -> str:
+    """Our control type for a name as people write it ("Canny", "soft-edge", "hed"); a ValueError names the
+    choices."""
+    name = value.strip().lower().replace("-", "").replace("_", "")
+    name = TYPE_ALIASES.get(name, name)
+    if name not in CONTROL_TYPES:
+        raise ValueError(f"unknown control type {value!r}; choose one of {', '.join(CONTROL_TYPES)}")
+    return name
+
+
 # The annotators that need weights, and the file each reads from <models>/annotators/ (the names
 # of lllyasviel/Annotators, which A1111's ControlNet extension downloads).
 ANNOTATOR_FILES: dict[str, str] = {

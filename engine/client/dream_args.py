@@ -164,13 +164,12 @@ def _reference(value: str) -> dict[str, Any]:
 
 
 def _control_type(value: str) -> str:
-    from engine.client.controls import CONTROL_TYPES
+    from engine.client.controls import control_type_named
 
-    name = value.strip().lower().replace("-", "").replace("_", "")
-    name = {"softedge": "softedge", "hed": "softedge", "pidinet": "softedge", "blur": "tile"}.get(name, name)
-    if name not in CONTROL_TYPES:
-        raise argparse.ArgumentTypeError(f"unknown control type {value!r}; choose one of {', '.join(CONTROL_TYPES)}")
-    return name
+    try:
+        return control_type_named(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 @functools.cache

@@ -50,6 +50,12 @@ class Detected:
         return FAMILY_NAMES[self.family] + (" inpainting" if self.inpainting else "")
 
 
+def addon_family(label: str) -> str:
+    """The family whose add-ons (ControlNets, IP-Adapters) a model of this label takes: an inpainting model
+    takes its family's."""
+    return label.removesuffix(" inpainting")
+
+
 def read_keys(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a checkpoint file, without loading its weights where possible."""
     if path.suffix == ".safetensors":

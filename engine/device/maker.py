@@ -24,6 +24,7 @@ from engine.client.schema import DreamRequest
 from engine.client.settings import Settings
 from engine.device import modes
 from engine.device.device import Device
+from engine.device.families import addon_family
 from engine.device.pipelines import LoadedModel, PipelineCache, StepCallback
 from engine.device.pipelines.model import Control
 from engine.device.runner import Cancelled, Interrupted, JobFailed, JobRecord, Made, Resolved, Stopwatch
@@ -109,6 +110,11 @@ class Maker:
 
         adapter, encoder = self._reference_adapter(req, model)
         scale = req.style_weight / 100
+        if adapter is not None:  # A1111's ControlNet extension records an IP-Adapter as one more unit
+            ip_unit = {"module": "ip-adapter_clip", "model": adapter.name, "hash": shelf.hash(adapter), "weight": scale,
+                       "start": 0.0, "end": 1.0}  # fmt: skip
+            units = [*work.notes.get("controlnets", []), ip_unit]
+            work = dataclasses.replace(work, notes={**work.notes, "controlnets": units})
         with (
             model.addons(loras, embeddings),
             model.references(adapter, encoder, inputs.references, [r.weight for r in req.references], scale),
@@ -121,10 +127,6 @@ class Maker:
                 on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
             )
         made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
-        if adapter is not None:  # A1111's ControlNet extension records an IP-Adapter as one more unit
-            made_with["controlnets"] = [*work.notes.get("controlnets", []), {
-                "module": "ip-adapter_clip", "model": adapter.name, "hash": shelf.hash(adapter), "weight": scale,
-                "start": 0.0, "end": 1.0}]  # fmt: skip
         if req.refiner is not None:  # 3b. a second model finishes each image
             if not self.pipelines.is_loaded(req.refiner):
                 report(Event(type="loading", job=job.id, model=req.refiner))
@@ -158,14 +160,14 @@ class Maker:
     def _reference_adapter(self, req: DreamRequest, model: LoadedModel) -> tuple[Item | None, Path | None]:
         if not req.references:
             return None, None
-        adapter = self.pipelines.shelf.reference_adapter(model.family.removesuffix(" inpainting"), model.text_width)
+        adapter = self.pipelines.shelf.reference_adapter(addon_family(model.family), model.text_width)
         return adapter, encoder_of(adapter)
 
     def _with_controls(self, work: modes.Plan, model: LoadedModel, inputs: Resolved) -> modes.Plan:
         """The plan with its ControlNets loaded and their maps fitted to the output; each image records the
         ControlNet it used by name (so reusing its parameters picks the same one) and in A1111's form."""
         shelf = self.pipelines.shelf
-        family = model.family.removesuffix(" inpainting")
+        family = addon_family(model.family)
         controls, units, a1111 = [], [], []
         for unit, picture in zip(work.request.controls, inputs.controls, strict=True):
             item = shelf.controlnet_for(unit.model, family)

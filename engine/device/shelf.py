@@ -32,6 +32,7 @@ from engine.device.families import (
     FAMILY_NAMES,
     FAMILY_WIDTHS,
     NotACheckpoint,
+    addon_family,
     detect_controlnet_folder,
     detect_file,
     detect_folder,
@@ -186,7 +187,7 @@ class Shelf:
         except UnknownModel:
             return
         if item.family is not None:
-            self.reference_adapter(item.family.removesuffix(" inpainting"), item.width)
+            self.reference_adapter(addon_family(item.family), item.width)
 
     def check_controls(self, names: list[str | None], model: str) -> None:
         """At submit: each control's ControlNet (None: the shelf's pick) is on the shelf and fits `model`
@@ -198,7 +199,7 @@ class Shelf:
         for i, name in enumerate(names):
             try:
                 if family is not None:
-                    self.controlnet_for(name, family.removesuffix(" inpainting"))
+                    self.controlnet_for(name, addon_family(family))
                 elif name is not None:
                     self.find("controlnet", name)
             except UnknownModel as e:

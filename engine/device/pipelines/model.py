@@ -362,7 +362,6 @@ class LoadedModel:
             raise InputError(f"IP-Adapter {adapter.name!r} does not fit this {self.family} model: "
                              f"{str(e).splitlines()[0][:200]}") from e  # fmt: skip
         try:
-            self.pipe.image_encoder.to(self.device.torch_device, self.pipe.dtype)
             self.pipe.set_ip_adapter_scale(scale)
             pixels = self.pipe.feature_extractor([im.convert("RGB") for im in images], return_tensors="pt").pixel_values
             with torch.inference_mode():
