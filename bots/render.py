@@ -46,7 +46,8 @@ def _lineage(req: DreamRequest) -> str:
     source = f"#{parent}" if parent is not None else "the attached image"
     detail = {
         "variation": f"variations of {source} (amount {req.variation_amount:g})" if req.variation_amount else "",
-        "upscale": f"x{req.upscale} upscale of {source}",
+        "upscale": f"x{req.upscale or 0:g} upscale of {source}",
+        "outpaint": f"zoom out x{req.zoom_out:g} of {source}" if req.zoom_out else "",
     }.get(req.mode) or f"{req.mode} of {source}" + (f" (strength {req.strength:g})" if req.strength else "")
     return f"\n{detail}"
 

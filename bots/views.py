@@ -1,4 +1,5 @@
-"""The buttons under a result: U1-U4, V1-V4, reroll, remix and delete.
+"""The buttons under a result: U1-U4, V1-V4, reroll, remix and delete; under a single image, Midjourney's edit
+loop too: Vary (Subtle), Vary (Strong), Vary (Region), Zoom Out 2x and 1.5x, and Pan in four directions.
 
 Each button is a `DynamicItem` whose custom id carries the action and the
 image id (`dreamhall:<action>:<image id>`), so buttons keep working after the
@@ -18,7 +19,16 @@ from bots import render
 from bots.replies import InteractionReply, Reply, requester_of
 from engine.client.answers import ImageRecord, Job
 from engine.client.clients import AsyncEngineClient, EngineUnavailable, RequestRejected
-from engine.client.derived import VARIABLE_MODES, upscale_of, variation_of
+from engine.client.derived import (
+    VARIABLE_MODES,
+    box_mask,
+    pan_of,
+    region_of,
+    upscale_of,
+    variation_of,
+    vary_of,
+    zoom_out_of,
+)
 from engine.client.dream_args import DreamArgsError, format_request, parse
 from engine.client.schema import DreamRequest, Scope
 from engine.client.settings import Settings
@@ -42,7 +52,14 @@ def _bot(interaction: discord.Interaction) -> DreamBot:
     return cast(DreamBot, interaction.client)  # the client that runs these views is a bots.bot.DreamBot
 
 
-CUSTOM_ID = re.compile(r"dreamhall:(?P<action>upscale|variation|reroll|remix|delete):(?P<image_id>[0-9]+)")
+EDITS = {  # Midjourney's edit buttons: action -> label
+    "subtle": "Vary (Subtle)", "strong": "Vary (Strong)", "region": "Vary (Region)",
+    "zoom2": "Zoom Out 2x", "zoom15": "Zoom Out 1.5x",
+    "pan_left": "⬅️", "pan_right": "➡️", "pan_top": "⬆️", "pan_bottom": "⬇️",
+}  # fmt: skip
+ZOOM_FACTORS = {"zoom2": 2.0, "zoom15": 1.5}
+ACTIONS = ("upscale", "variation", "reroll", "remix", "delete", *EDITS)
+CUSTOM_ID = re.compile(rf"dreamhall:(?P<action>{'|'.join(ACTIONS)}):(?P<image_id>[0-9]+)")
 
 
 class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.pattern):
@@ -67,7 +84,8 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         return cls(match["action"], int(match["image_id"]), label=label or "", row=item.row or 0)
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        """The image must be in this server's gallery (a DM's: one made in DMs); delete is the owner's or a mod's."""
+        """The image must be in this server's gallery (a DM's: one made in DMs); its buttons are its owner's or a
+        moderator's (as Midjourney's): a job another user starts from them is theirs to start."""
         bot = _bot(interaction)
         who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
@@ -80,11 +98,10 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         except EngineUnavailable:
             await interaction.response.send_message(render.ENGINE_DOWN, ephemeral=True)
             return False
-        if self.action == "delete" and not (
-            self.image.user == str(interaction.user.id) or interaction.permissions.manage_messages
-        ):
+        if not (self.image.user == str(interaction.user.id) or interaction.permissions.manage_messages):
+            what = "delete them" if self.action == "delete" else "use their buttons"
             await interaction.response.send_message(
-                "Only the person who asked for these images, or a moderator, can delete them.", ephemeral=True
+                f"Only the person who asked for these images, or a moderator, can {what}.", ephemeral=True
             )
             return False
         return True
@@ -97,6 +114,9 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
             return
         if self.action == "remix":
             await self._remix(interaction, bot, self.image)
+            return
+        if self.action == "region":
+            await interaction.response.send_modal(RegionModal(self.image))
             return
         who = requester_of(interaction.guild, interaction.channel, interaction.user)
         try:
@@ -120,6 +140,12 @@ class ImageAction(discord.ui.DynamicItem[discord.ui.Button], template=CUSTOM_ID.
         if self.action == "upscale":
             return upscale_of(image, factor=2, requester=who)
         rules = bot.settings.bot
+        if self.action in ("subtle", "strong"):
+            return vary_of(image, how=self.action, n=min(4, rules.max_n), requester=who)
+        if self.action in ZOOM_FACTORS:
+            return zoom_out_of(image, factor=ZOOM_FACTORS[self.action], requester=who)
+        if self.action.startswith("pan_"):
+            return pan_of(image, side=self.action.removeprefix("pan_"), requester=who)
         return variation_of(image, amount=rules.variation_amount, n=min(4, rules.max_n), requester=who)
 
     @staticmethod
@@ -170,11 +196,58 @@ class RemixModal(discord.ui.Modal, title="Remix"):
         await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)
 
 
+class RegionModal(discord.ui.Modal, title="Vary (Region)"):
+    """Midjourney's Vary (Region): a box of the picture (in percent) repainted, with the prompt as it is or edited."""
+
+    def __init__(self, image: ImageRecord) -> None:
+        super().__init__(timeout=600)
+        self.image = image
+        self.box: discord.ui.TextInput[RegionModal] = discord.ui.TextInput(
+            label="Region: left, top, right, bottom in %", default="25, 25, 75, 75", max_length=40
+        )
+        self.prompt: discord.ui.TextInput[RegionModal] = discord.ui.TextInput(
+            label="Prompt for the region", style=discord.TextStyle.paragraph, default=(image.prompt or "")[:1000],
+            max_length=2000, required=False,
+        )  # fmt: skip
+        self.add_item(self.box)
+        self.add_item(self.prompt)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        bot = _bot(interaction)
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
+        try:
+            parts = [float(p) / 100 for p in self.box.value.replace("%", "").split(",")]
+            if len(parts) != 4:
+                raise ValueError("give four numbers: left, top, right, bottom in percent (e.g. 25, 25, 75, 75)")
+            mask = box_mask(self.image.width, self.image.height, (parts[0], parts[1], parts[2], parts[3]))
+            ref = (await bot.engine.upload(mask)).ref
+            request = region_of(self.image, mask=ref, prompt=self.prompt.value.strip() or None,
+                                n=min(4, bot.settings.bot.max_n), requester=who)  # fmt: skip
+        except (ValueError, RequestRejected) as e:
+            await interaction.response.send_message(f"⚠️ {str(e).removeprefix('could not convert string to float: ')}",
+                                                    ephemeral=True)  # fmt: skip
+            return
+        await interaction.response.defer(thinking=True)
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)
+
+
 def result_view(job: Job) -> discord.ui.View:
-    """U and V for the first four images (as Midjourney), then reroll, remix and delete.
+    """U and V for the first four images (as Midjourney), then reroll, remix and delete; a single image also gets
+    Midjourney's edit loop (Vary Subtle/Strong/Region, Zoom Out 2x and 1.5x, Pan), as after Midjourney's U.
 
     V only where there is seed noise to vary (txt2img and variations)."""
     view = discord.ui.View(timeout=None)
+    if len(job.images) == 1:
+        only = job.images[0].id
+        for row, actions in enumerate((("upscale", "subtle", "strong", "region"), ("zoom2", "zoom15"),
+                                       ("pan_left", "pan_right", "pan_top", "pan_bottom"))):  # fmt: skip
+            for action in actions:
+                label = "Upscale (2x)" if action == "upscale" else EDITS[action]
+                view.add_item(ImageAction(action, only, label=label, row=row))
+        view.add_item(ImageAction("reroll", only, emoji="🔄", row=3))
+        view.add_item(ImageAction("remix", only, emoji="🎨", label="Remix", row=3))
+        view.add_item(ImageAction("delete", only, emoji="❌", row=3))
+        return view
     for k, image in enumerate(job.images[:4], start=1):
         view.add_item(ImageAction("upscale", image.id, label=f"U{k}", row=0))
     if job.request.mode in VARIABLE_MODES:

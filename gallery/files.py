@@ -29,15 +29,33 @@ def a1111_parameters(image: ImageCreate) -> str:
     lines = [image.prompt]
     if image.negative_prompt:
         lines.append(f"Negative prompt: {image.negative_prompt}")
+    p = image.params
+    hires = p.get("hires") or {}
     fields = [
         ("Steps", image.steps),
         ("Sampler", image.sampler),
         ("CFG scale", _num(image.cfg_scale)),
         ("Seed", image.seed),
-        ("Size", f"{image.width}x{image.height}"),
+        # with the hires fix, A1111's Size is the first pass's (its Hires fields say how it grew)
+        ("Size", f"{p['width']}x{p['height']}" if hires and p.get("width") else f"{image.width}x{image.height}"),
         ("Model hash", image.params.get("model_hash")),
         ("Model", image.model),
-        ("Denoising strength", _num(image.params.get("strength"))),  # what A1111 writes for img2img and inpaint
+        ("Denoising strength", _num(p.get("strength") or hires.get("strength"))),  # img2img, inpaint, hires fix
+        ("Clip skip", p.get("clip_skip") if (p.get("clip_skip") or 1) > 1 else None),
+        ("Tiling", "True" if p.get("tiling") else None),
+        ("Mask blur", p.get("mask_blur") or None),
+        ("Masked content", _FILLS.get(p.get("inpaint_fill") or "original")),
+        ("Inpaint area", "Only masked" if p.get("inpaint_full_res") else None),
+        ("Masked area padding", p.get("inpaint_padding") if p.get("inpaint_full_res") else None),
+        ("Seed resize from", "{}x{}".format(*p["seed_resize_from"]) if p.get("seed_resize_from") else None),
+        ("Eta", _num(p.get("eta"))),
+        ("Hires upscale", _num(hires.get("scale")) if hires and not hires.get("width") else None),
+        ("Hires resize", f"{hires['width']}x{hires['height']}" if hires.get("width") and hires.get("height") else None),
+        ("Hires steps", hires.get("steps") or None),
+        ("Hires upscaler", p.get("hires_upscaler") if hires else None),
+        ("Hires prompt", _quote(hires.get("prompt"))),
+        ("Hires negative prompt", _quote(hires.get("negative_prompt"))),
+        ("Template", _quote(p.get("prompt_template"))),
         ("Lora hashes", _hashes(image.params.get("loras"))),
         ("TI hashes", _hashes(image.params.get("embeddings"))),
         ("Refiner", image.params.get("refiner")),
@@ -46,6 +64,17 @@ def a1111_parameters(image: ImageCreate) -> str:
     ]
     lines.append(", ".join(f"{k}: {v}" for k, v in fields if v is not None))
     return "\n".join(lines)
+
+
+# A1111's "Masked content" for our inpaint_fill (it writes nothing for "original", its default)
+_FILLS = {"fill": "fill", "noise": "latent noise", "nothing": "latent nothing"}
+
+
+def _quote(text: str | None) -> str | None:
+    """A1111's quoting of a field with a comma, a colon or a newline in it (json.dumps)."""
+    if not text:
+        return None
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
 
 
 def _hashes(addons: list[dict] | None) -> str | None:

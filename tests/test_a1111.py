@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 import webuiapi
 from PIL import Image
@@ -67,10 +68,10 @@ def test_img2img_inpaint_upscale_and_png_info(api) -> None:
     mask = Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     painted = api.img2img(images=[blue], mask_image=mask, prompt=RED, denoising_strength=1.0, seed=5, steps=8,
-                          width=64, height=64)  # fmt: skip
+                          width=64, height=64, mask_blur=0)  # fmt: skip
     right = painted.images[0].convert("RGB").crop((32, 0, 64, 64))
     assert right.tobytes() == blue.crop((32, 0, 64, 64)).tobytes()  # the black half of the mask is kept
-    inverted = api.img2img(images=[blue], mask_image=mask, inpainting_mask_invert=1, prompt=RED,
+    inverted = api.img2img(images=[blue], mask_image=mask, inpainting_mask_invert=1, prompt=RED, mask_blur=0,
                            denoising_strength=1.0, seed=5, steps=8, width=64, height=64)  # fmt: skip
     assert inverted.images[0].convert("RGB").crop((0, 0, 32, 64)).tobytes() == blue.crop((0, 0, 32, 64)).tobytes()
     big = api.extra_single_image(image=out.images[0], upscaling_resize=2)
@@ -125,7 +126,9 @@ def test_progress_while_running_then_interrupt(engine: EngineProcess, api) -> No
     assert Image.open(io.BytesIO(base64.b64decode(seen["current_image"]))).size[0] > 0
     api.interrupt()
     slow.join(timeout=120)
-    assert not slow.is_alive() and answer["r"].images == [] and answer["r"].info["interrupted"]
+    # A1111's interrupt: the images as far as they got (aiyabot's ❌ expects them), and info says so
+    assert not slow.is_alive() and answer["r"].info["interrupted"]
+    assert answer["r"].images and all(im.size == (256, 256) for im in answer["r"].images)
     with engine.client() as client:
         cancelled = [j for j in client.queue().running if j.request.requester.user == "alice"]
     assert cancelled == []
@@ -257,3 +260,76 @@ def test_resize_modes_and_subseeds(api) -> None:
     varied = api.txt2img(prompt=RED, seed=9, subseed=100, subseed_strength=0.3, batch_size=2, steps=4, width=64,
                          height=64)  # fmt: skip
     assert varied.info["all_seeds"] == [9, 9] and varied.info["all_subseeds"] == [100, 101]
+
+
+def test_hires_fix_styles_clip_skip_and_what_is_not_honoured(engine: EngineProcess, api) -> None:
+    """Nothing accepted and ignored: the hires fix draws at twice the size, a style changes the prompt as A1111's
+    styles.csv does, clip skip changes the picture, and what cannot be honoured is said in `info.warnings`."""
+    hires = api.txt2img(prompt=RED, seed=11, steps=4, width=64, height=64, enable_hr=True, hr_scale=2,
+                        hr_upscaler="Lanczos", hr_second_pass_steps=3, denoising_strength=0.5)  # fmt: skip
+    assert hires.images[0].size == (128, 128)
+    text = hires.info["infotexts"][0]
+    for words in ("Hires upscale: 2", "Hires steps: 3", "Hires upscaler: Lanczos", "Denoising strength: 0.5",
+                  "Size: 64x64"):  # fmt: skip
+        assert words in text, (words, text)
+    plain = api.txt2img(prompt=RED, seed=11, steps=4, width=64, height=64)
+    assert plain.images[0].size == (64, 64) and not plain.info["warnings"]
+
+    (engine.home / "styles.csv").write_text(
+        'name,prompt,negative_prompt\nframed,"{prompt}, framed","blurry"\nsuffix,on paper,\n'
+    )  # fmt: skip
+    assert api.get_prompt_styles()[0] == {"name": "framed", "prompt": "{prompt}, framed", "negative_prompt": "blurry"}
+    styled = api.txt2img(prompt=RED, styles=["framed", "suffix"], seed=11, steps=4, width=64, height=64)
+    info = styled.info
+    assert info["prompt"] == f"{RED}, framed, on paper" and info["negative_prompt"] == "blurry"
+    assert info["styles"] == ["framed", "suffix"] and styled.images[0].tobytes() != plain.images[0].tobytes()
+    unknown = httpx.post(f"http://127.0.0.1:{engine.port}/sdapi/v1/txt2img", auth=("alice", TOKEN),  # type: ignore[attr-defined]
+                         json={"prompt": RED, "styles": ["nope"], "steps": 2, "width": 64, "height": 64})  # fmt: skip
+    assert unknown.status_code == 422 and "no style named 'nope'" in unknown.json()["detail"]
+
+    skipped = api.txt2img(prompt=RED, seed=11, steps=4, width=64, height=64,
+                          override_settings={"CLIP_stop_at_last_layers": 2})  # fmt: skip
+    assert skipped.info["clip_skip"] == 2 and "Clip skip: 2" in skipped.info["infotexts"][0]
+    assert skipped.images[0].tobytes() != plain.images[0].tobytes()
+
+    faces = api.txt2img(prompt=RED, seed=11, steps=2, width=64, height=64, restore_faces=True, s_churn=0.5,
+                        override_settings={"sd_vae": "x.pt"})  # fmt: skip
+    said = " ".join(faces.info["warnings"])
+    assert "no face restorer" in said and "s_churn" in said and "override_settings.sd_vae" in said
+
+
+def test_soft_mask_any_upscale_factor_and_a1111_lists(engine: EngineProcess, api) -> None:
+    blue = Image.new("RGB", (64, 64), (30, 60, 200))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+
+    def seam(blur: int) -> int:
+        """The largest step between neighbouring columns across the mask's edge (x 24..40), as grey levels."""
+        out = api.img2img(images=[blue], mask_image=mask, prompt="a white background", denoising_strength=1.0,
+                          seed=5, steps=6, width=64, height=64, mask_blur=blur, inpaint_full_res=False,
+                          inpainting_fill=1)  # fmt: skip
+        cols = np.asarray(out.images[0].convert("RGB"), dtype=float).mean(axis=0)
+        jumps = np.abs(np.diff(cols[24:41], axis=0)).sum(axis=1)
+        return int(jumps.max())
+
+    hard, soft = seam(0), seam(8)
+    assert soft < hard / 2, (hard, soft)  # mask_blur=8 feathers the seam instead of a cut
+
+    for factor, size in ((3, (192, 192)), (1.5, (96, 96)), (1, (64, 64))):
+        made = api.extra_single_image(image=blue, upscaling_resize=factor, upscaler_1="Lanczos")
+        assert made.image.size == size, factor
+    same = api.extra_single_image(image=blue, upscaling_resize=1)
+    assert same.image.convert("RGB").tobytes() == blue.tobytes()  # x1: the image as it is
+    plain = api.extra_single_image(image=blue, upscaling_resize=2, upscaler_1="Nearest").image.convert("RGB")
+    assert plain.tobytes() == blue.resize((128, 128), Image.Resampling.NEAREST).tobytes()  # a resample, not a pass
+    named = httpx.post(f"http://127.0.0.1:{engine.port}/sdapi/v1/extra-single-image", auth=("alice", TOKEN),  # type: ignore[attr-defined]
+                       json={"image": b64_png(blue), "upscaling_resize": 2, "upscaler_1": "ESRGAN_4x"},
+                       timeout=120)  # fmt: skip
+    assert named.status_code == 200 and "ESRGAN_4x is not on this engine" in named.json()["html_info"]
+    too_big = httpx.post(f"http://127.0.0.1:{engine.port}/sdapi/v1/extra-single-image", auth=("alice", TOKEN),  # type: ignore[attr-defined]
+                         json={"image": b64_png(blue), "upscaling_resize": 5})  # fmt: skip
+    assert too_big.status_code == 422 and "1 to 4" in too_big.json()["detail"]
+
+    assert {"Lanczos", "Nearest", "None"} <= {u["name"] for u in api.get_upscalers()}
+    embedding = api.get_embeddings()["loaded"]["toy-logo"]
+    assert embedding["shape"] == 64 and embedding["vectors"] == 2

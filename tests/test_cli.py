@@ -36,7 +36,8 @@ def test_help_is_the_one_grammar_and_errors_speak_cli() -> None:
         out = subprocess.run([sys.executable, "-m", "cli", command, "--help"], capture_output=True, text=True,
                              cwd=ROOT, timeout=60)  # fmt: skip
         assert out.returncode == 0
-        for flag in ("-n N, --iterations N", "-S SEED", "--outpaint", "-U 2|4", "prompt", "(1–150)"):
+        flags = ("-n N, --iterations N", "-S SEED", "--outpaint", "-U FACTOR", "--hr SCALE", "--style NAME", "prompt")
+        for flag in (*flags, "(1–150)"):
             assert flag in out.stdout, (command, flag)
         assert f"dreamhall {command}" in out.stdout and "!dream" not in out.stdout
     bad = subprocess.run([sys.executable, "-m", "cli", "dream", "-n", "4"], capture_output=True, text=True,

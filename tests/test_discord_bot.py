@@ -492,3 +492,49 @@ async def test_models_autocomplete_and_server_model_rules(world: World) -> None:
     iid = await world.fake.autocomplete(A, "5", "dream", "model", prompt="a red circle", model="")
     answer = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
     assert answer.payload["choices"] == []  # the engine has none of this server's models
+
+
+async def test_midjourneys_edit_loop_under_a_single_image(world: World) -> None:
+    """Under one image: Vary (Subtle/Strong/Region), Zoom Out 2x/1.5x and Pan, each a job of its own linked to it."""
+    result = await world.result_for(await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 8 -s 4'))
+    actions = [c.split(":")[1] for c in result.custom_ids]
+    assert actions == ["upscale", "subtle", "strong", "region", "zoom2", "zoom15", "pan_left", "pan_right",
+                       "pan_top", "pan_bottom", "reroll", "remix", "delete"]  # fmt: skip
+    parent_id = int(result.custom_ids[0].rsplit(":", 1)[1])
+
+    async def press(action: str) -> Posted:
+        return await follow_up_result(world, await world.fake.click(A, "7", result, f"dreamhall:{action}:{parent_id}"))
+
+    zoomed = await press("zoom2")
+    assert png_sizes(zoomed) == [(64, 64)]  # zoomed out, back at the picture's size
+    [child] = [await world.client.image(int(c.rsplit(":", 1)[1])) for c in zoomed.custom_ids if ":upscale:" in c]
+    assert child.parent_id == parent_id and child.relation == "outpaint" and child.params["zoom_out"] == 2.0
+    panned = await press("pan_left")
+    assert png_sizes(panned) == [(96, 64)]  # the canvas grew by half to the left
+    [child] = [await world.client.image(int(c.rsplit(":", 1)[1])) for c in panned.custom_ids if ":upscale:" in c]
+    assert child.parent_id == parent_id and child.params["outpaint"]["left"] == 32
+    subtle = await press("subtle")
+    assert "variations of" in subtle.content and "(amount 0.15)" in subtle.content
+
+    iid = await world.fake.click(A, "7", result, f"dreamhall:region:{parent_id}")
+    modal = await world.fake.wait_for(lambda: world.fake.answer_to(iid))
+    assert modal.payload["type"] == 9
+    fields = {f["label"]: f for c in modal.payload["components"] for f in _text_inputs(c)}
+    box = fields["Region: left, top, right, bottom in %"]
+    submitted = await world.fake.submit_modal(A, "7", modal, {box["custom_id"]: "0, 0, 50, 100"})
+    region = await follow_up_result(world, submitted)
+    children = [await world.client.image(int(c.rsplit(":", 1)[1])) for c in region.custom_ids if ":upscale:" in c]
+    assert children and all(c.parent_id == parent_id and c.relation == "inpaint" for c in children)
+    original = Image.open(io.BytesIO(await world.client.image_file(parent_id))).convert("RGB")
+    varied = Image.open(io.BytesIO(await world.client.image_file(children[0].id))).convert("RGB")
+    right = (48, 0, 64, 64)  # outside the region and its feather (a 4 px blur reaches ~12 px): kept
+    assert varied.crop(right).tobytes() == original.crop(right).tobytes()
+    other = await world.fake.click(A, "99", result, f"dreamhall:zoom15:{parent_id}")
+    assert "Only the person" in (await world.fake.wait_for(lambda: world.fake.answer_to(other))).payload["content"]
+
+
+def _text_inputs(component: dict) -> list[dict]:
+    if component.get("type") == 4:
+        return [component]
+    nested = component.get("components") or ([component["component"]] if "component" in component else [])
+    return [i for c in nested for i in _text_inputs(c)]

@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from engine.client.dream_args import DreamArgsError, format_request, parse, parse_argv
 from engine.client.samplers import SAMPLERS
-from engine.client.schema import DreamRequest, OutpaintSides, Requester, VariationWeight, image_seed, resolve_size
+from engine.client.schema import (
+    DreamRequest,
+    HiresFix,
+    OutpaintSides,
+    Requester,
+    VariationWeight,
+    image_seed,
+    resolve_size,
+)
 
 
 def test_the_classic_command() -> None:
@@ -102,7 +110,14 @@ def test_seed_convention_wraps_at_2_32() -> None:
         ("x -i -g", "not allowed with argument"),
         ("x --ar 16x9", "--ar: expected W:H"),
         ("x -V 12", "-V/--with_variations: expected seed:weight"),
-        ("x -U 3 -I 1", "-U/--upscale (upscale)"),
+        ("x -U 5 -I 1", "-U/--upscale (upscale): must be between 1 and 4"),
+        ("x --hr_steps 10", "--hr_steps belongs to the hires fix: add --hr SCALE"),
+        ("x --hr 5", "--hr (hires scale): input should be less than or equal to 4"),
+        ("x --mask_blur 4", "a txt2img has no mask"),
+        ("x --clip_skip 13", "--clip_skip (clip_skip): must be between 1 and 12"),
+        ("x -I 1 --hr 2", "the hires fix (--hr) upscales new images"),
+        ("x --upscaler Lanczos", "--upscaler names what makes an upscale (-U)"),
+        ("x --seed_resize_from 64", "--seed_resize_from: expected WIDTHxHEIGHT"),
         ("x --ar 16:9 -W 512 -H 512", "aspect ratio or both width and height"),
     ],
 )
@@ -172,7 +187,26 @@ def requests(draw: st.DrawFn) -> DreamRequest:
         sides = st.integers(0, 128).map(lambda v: v * 8)
         fields["outpaint"] = OutpaintSides(left=draw(sides), right=draw(sides), top=draw(sides), bottom=8)
     if mode == "upscale":
-        fields["upscale"] = draw(st.sampled_from([2, 4]))
+        fields["upscale"] = draw(st.sampled_from([1, 1.5, 2, 3, 4]))
+        fields["upscaler"] = draw(st.sampled_from([None, "Lanczos", "Nearest", "Detail", "R-ESRGAN 4x+"]))
+    if mode in {"inpaint", "outpaint"}:
+        fields["mask_blur"] = draw(st.integers(0, 64))
+        fields["inpaint_fill"] = draw(st.sampled_from(["original", "fill", "noise", "nothing"]))
+        fields["inpaint_full_res"] = draw(st.booleans())
+        fields["inpaint_padding"] = draw(st.integers(0, 256))
+    if mode in {"txt2img", "variation"} and draw(st.booleans()):
+        fields["hires"] = HiresFix(
+            scale=draw(st.floats(1, 4, allow_nan=False)),
+            steps=draw(st.integers(0, 150)),
+            strength=draw(st.floats(0.01, 1)),
+            upscaler=draw(st.sampled_from(["Lanczos", "Nearest"])),
+        )
+        fields["seed_resize_from"] = draw(st.one_of(st.none(), st.tuples(sizes, sizes)))
+    fields["clip_skip"] = draw(st.integers(1, 12))
+    fields["tiling"] = draw(st.booleans())
+    fields["styles"] = tuple(draw(st.lists(st.sampled_from(["cinematic", "oil painting", "-odd"]), max_size=3)))
+    if fields["sampler"] == "ddim":
+        fields["eta"] = draw(st.one_of(st.none(), st.floats(0, 1, allow_nan=False)))
     if mode == "variation":
         fields["variation_amount"] = draw(st.floats(0, 1, allow_nan=False))
         fields["variation_seed"] = draw(st.one_of(st.none(), st.integers(0, 2**32 - 1)))

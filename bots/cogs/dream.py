@@ -87,6 +87,10 @@ class DreamCog(commands.Cog, name="Dream"):
         model="-m (see /models)",
         negative="what to avoid (-N)",
         individual="separate images instead of a grid (-i)",
+        style="a style of the engine's styles.csv (--style)",
+        hires="the hires fix: draw, upscale by this factor, repaint (--hr)",
+        clip_skip="stop the text encoder early (--clip_skip)",
+        tiling="a seamless picture that tiles (--tiling)",
         flags="any other !dream flags, e.g. --ar 16:9",
     )
     @app_commands.choices(sampler=[app_commands.Choice(name=s, value=s) for s in SAMPLERS])
@@ -104,6 +108,10 @@ class DreamCog(commands.Cog, name="Dream"):
         model: str | None = None,
         negative: str | None = None,
         individual: bool = False,
+        style: str | None = None,
+        hires: float | None = None,
+        clip_skip: int | None = None,
+        tiling: bool = False,
         flags: str = "",
     ) -> None:
         await interaction.response.defer(thinking=True)
@@ -118,11 +126,16 @@ class DreamCog(commands.Cog, name="Dream"):
             ("-A", sampler),
             ("-m", model),
             ("-N", negative),
+            ("--style", style),
+            ("--hr", hires),
+            ("--clip_skip", clip_skip),
         ):
             if value is not None:
                 argv += [flag, str(value)]
         if individual:
             argv.append("-i")
+        if tiling:
+            argv.append("--tiling")
         reply = InteractionReply(interaction)
         who = requester_of(interaction.guild, interaction.channel, interaction.user)
         async with replying_errors(reply.send):
@@ -177,6 +190,14 @@ class DreamCog(commands.Cog, name="Dream"):
         png = await self.bot.engine.control_preview(unit, who)
         await reply.send(f"The **{type}** map a ControlNet would steer with (`--control_type {type}`):",
                          file=discord.File(io.BytesIO(png), filename=f"{type}-map.png"))  # fmt: skip
+
+    @dream_slash.autocomplete("style")
+    async def _style_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        try:
+            names = [s.name for s in await self.bot.engine.styles()]
+        except EngineError:
+            return []
+        return [app_commands.Choice(name=n, value=n) for n in names if current.lower() in n.lower()][:25]
 
     @dream_slash.autocomplete("model")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

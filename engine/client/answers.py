@@ -99,6 +99,17 @@ class ModelEntry(BaseModel):
     size: int
     hash: str | None = None
     problem: str | None = Field(default=None, description="why it cannot be used, if it cannot")
+    filename: str | None = Field(default=None, description="its file or folder, relative to the shelf")
+    width: int | None = Field(default=None, description="an embedding's vector width (what A1111 calls its shape)")
+    vectors: int | None = Field(default=None, description="an embedding's number of vectors")
+
+
+class PromptStyle(BaseModel):
+    """A style of the engine's styles.csv (A1111's): `{prompt}` in `prompt` is where the user's prompt goes."""
+
+    name: str
+    prompt: str
+    negative_prompt: str
 
 
 class ModelList(BaseModel):

@@ -35,6 +35,7 @@ from engine.client.answers import (
     ImportResult,
     Job,
     ModelList,
+    PromptStyle,
     QueueState,
     ReconcileReport,
     SearchResults,
@@ -74,6 +75,10 @@ def _model(model: type[M]) -> Callable[[httpx.Response], M]:
     return lambda response: model.model_validate(check(response).json())
 
 
+def _list(model: type[M]) -> Callable[[httpx.Response], list[M]]:
+    return lambda response: [model.model_validate(item) for item in check(response).json()]
+
+
 def _bytes(response: httpx.Response) -> bytes:
     return check(response).content
 
@@ -103,6 +108,10 @@ class _Endpoints:
 
     def health(self) -> Answer[Health]:
         return self._do(Call("GET", "/v1/health", _model(Health)))
+
+    def styles(self) -> Answer[list[PromptStyle]]:
+        """The styles `--style` takes (the engine's styles.csv)."""
+        return self._do(Call("GET", "/v1/styles", _list(PromptStyle)))
 
     def models(self, *, scan: bool = False) -> Answer[ModelList]:
         if scan:

@@ -54,12 +54,31 @@ FLAGS: dict[str, str] = {
     "variation_amount": "-v/--variation_amount",
     "variation_seed": "--variation_seed",
     "outpaint": "--outpaint",
+    "zoom_out": "--zoom",
     "with_variations": "-V/--with_variations",
     "upscale": "-U/--upscale",
     "layout": "-g/--grid or -i/--individual",
     "controls": "--control",
     "references": "--sref",
     "style_weight": "--sw",
+    "upscaler": "--upscaler",
+    "hires": "--hr",
+    "clip_skip": "--clip_skip",
+    "tiling": "--tiling",
+    "mask_blur": "--mask_blur",
+    "inpaint_fill": "--inpaint_fill",
+    "inpaint_full_res": "--inpaint_full_res",
+    "inpaint_padding": "--inpaint_padding",
+    "seed_resize_from": "--seed_resize_from",
+    "eta": "--eta",
+    "styles": "--style",
+}
+# The hires fix's own flags: each sets that field of --hr.
+HIRES_FLAGS: dict[str, str] = {
+    "scale": "--hr",
+    "steps": "--hr_steps",
+    "strength": "--hr_strength",
+    "upscaler": "--hr_upscaler",
 }
 # A control's own flags: each sets that field of the latest --control before it.
 CONTROL_FLAGS: dict[str, str] = {
@@ -150,6 +169,14 @@ class _ControlField(argparse.Action):
         if field in ns.controls[-1]:
             raise DreamArgsError(f"{flag} is given twice for one --control; start another control with --control")
         ns.controls[-1][field] = value
+
+
+def _size(value: str) -> tuple[int, int]:
+    try:
+        w, h = (int(p) for p in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 512x512, got {value!r}") from None
+    return w, h
 
 
 def _reference(value: str) -> dict[str, Any]:
@@ -271,7 +298,33 @@ def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
         metavar="PX|SIDE:PX,...",
         help="grow -I by pixels on every side, or on some: left:64,top:32",
     )
-    p.add_argument("-U", "--upscale", type=int, metavar="2|4", help="make -I 2 or 4 times larger")
+    p.add_argument("--zoom", dest="zoom_out", type=float, metavar="FACTOR",
+                   help="zoom out of -I: it shrinks inside a new border the model paints (1.1–4)")  # fmt: skip
+    p.add_argument("-U", "--upscale", type=float, metavar="FACTOR",
+                   help="make -I larger by this factor (1–4, e.g. 2 or 1.5)")  # fmt: skip
+    p.add_argument("--upscaler", metavar="NAME",
+                   help="what upscales: Lanczos, Nearest (plain resamples), Detail (Lanczos + an img2img detail "
+                        "pass); default: the engine's")  # fmt: skip
+    hires = p.add_argument_group("Hires fix", "Draw at the asked size, upscale, then repaint at the larger size "
+                                 "over the same seed (AUTOMATIC1111's hires fix).")  # fmt: skip
+    hires.add_argument("--hr", dest="hr_scale", type=float, metavar="SCALE", help="the hires fix's factor (1–4)")
+    hires.add_argument("--hr_steps", type=int, metavar="N", help="its steps (default: as many as -s)")
+    hires.add_argument("--hr_strength", type=float, metavar="S", help="how much it repaints (default 0.7)")
+    hires.add_argument("--hr_upscaler", metavar="NAME", help="Lanczos (default) or Nearest")
+    look = p.add_argument_group("More AUTOMATIC1111 options")
+    look.add_argument("--style", dest="styles", action="append", metavar="NAME",
+                      help="a style from the engine's styles.csv (repeat for several)")  # fmt: skip
+    look.add_argument("--clip_skip", type=int, metavar="N", help="stop the text encoder N-1 layers early (1–12)")
+    look.add_argument("--tiling", action="store_const", const=True, help="a seamless picture that tiles")
+    look.add_argument("--seed_resize_from", type=_size, metavar="WxH",
+                      help="draw the seed's noise at this size (keeps its composition at another size)")  # fmt: skip
+    look.add_argument("--eta", type=float, help="DDIM's eta (with -A ddim)")
+    look.add_argument("--mask_blur", type=int, metavar="PX", help="inpaint: feather the mask (0–64 px)")
+    look.add_argument("--inpaint_fill", choices=("original", "fill", "noise", "nothing"),
+                      help="inpaint: what the masked part starts from (default original)")  # fmt: skip
+    look.add_argument("--inpaint_full_res", action="store_const", const=True,
+                      help="inpaint a crop around the mask at full size, then paste it back")  # fmt: skip
+    look.add_argument("--inpaint_padding", type=int, metavar="PX", help="pixels around the mask in that crop (32)")
     control = p.add_argument_group(
         "ControlNet",
         "Steer the picture with an image: --control IMAGE, then its own flags. Repeat the group for several "
@@ -381,6 +434,12 @@ def parse_fields(
     if not prompt and ns.upscale is None and not ns.references:
         raise DreamArgsError('no prompt given; write it first, e.g. !dream "a red circle on a blue background" -n 4')
     fields = {k: v for k, v in vars(ns).items() if v is not None and k not in {"prompt", "negative"}}
+    hires = {field: fields.pop(f"hr_{field}") for field in HIRES_FLAGS if f"hr_{field}" in fields}
+    if hires:
+        if "scale" not in hires:
+            flag = HIRES_FLAGS[next(iter(hires))]
+            raise DreamArgsError(f"{flag} belongs to the hires fix: add --hr SCALE (e.g. --hr 2)")
+        fields["hires"] = hires
     fields["prompt"] = prompt
     if ns.negative:
         fields["negative_prompt"] = ", ".join(ns.negative)
@@ -408,7 +467,7 @@ def _infer_mode(fields: dict[str, Any]) -> str:
         return "upscale"
     if fields.get("variation_amount") is not None or fields.get("with_variations"):
         return "variation"
-    if fields.get("outpaint") is not None:
+    if fields.get("outpaint") is not None or fields.get("zoom_out") is not None:
         return "outpaint"
     if fields.get("init_mask") is not None:
         return "inpaint"
@@ -443,6 +502,8 @@ def explain_errors(errors: Sequence[Mapping[str, Any]]) -> str:
         return msg
     if field == "controls" and len(loc) > 1 and loc[1] in CONTROL_FLAGS:
         label = f"{CONTROL_FLAGS[loc[1]]} ({loc[1]})"
+    elif field == "hires" and len(loc) > 1 and loc[1] in HIRES_FLAGS:
+        label = f"{HIRES_FLAGS[loc[1]]} (hires {loc[1]})"
     elif field in FLAGS:
         label = FLAGS[field] if field == "prompt" else f"{FLAGS[field]} ({field})"
     else:
@@ -466,6 +527,8 @@ def format_request(request: DreamRequest) -> str:
         ("refiner_switch", "--refiner_switch"), ("init_image", "--init_img"),
         ("strength", "-f"), ("init_mask", "--init_mask"), ("variation_amount", "-v"),
         ("variation_seed", "--variation_seed"), ("upscale", "-U"), ("style_weight", "--sw"),
+        ("upscaler", "--upscaler"), ("zoom_out", "--zoom"), ("clip_skip", "--clip_skip"), ("eta", "--eta"),
+        ("mask_blur", "--mask_blur"), ("inpaint_fill", "--inpaint_fill"), ("inpaint_padding", "--inpaint_padding"),
     ]  # fmt: skip
     for field, flag in simple:
         value = getattr(request, field)
@@ -479,6 +542,17 @@ def format_request(request: DreamRequest) -> str:
             parts += [flag, shlex.quote(text)]
     if request.aspect_ratio is not None:
         parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
+    for flag, on in (("--tiling", request.tiling), ("--inpaint_full_res", request.inpaint_full_res)):
+        if on:
+            parts.append(flag)
+    if request.seed_resize_from is not None:
+        parts += ["--seed_resize_from", "{}x{}".format(*request.seed_resize_from)]
+    for style in request.styles:
+        parts.append(f"--style={shlex.quote(style)}")  # `=`: a name may start with a dash
+    if request.hires is not None:  # its size, prompt and negative are A1111's alone (hr_resize_x, hr_prompt...)
+        hires = request.hires.model_dump(exclude_defaults=True, include=set(HIRES_FLAGS) - {"scale"})
+        for field, value in {"scale": request.hires.scale, **hires}.items():
+            parts += [HIRES_FLAGS[field], shlex.quote(repr(value) if isinstance(value, float) else str(value))]
     if request.outpaint is not None:
         sides = request.outpaint.model_dump()
         parts += ["--outpaint", ",".join(f"{k}:{v}" for k, v in sides.items() if v)]

@@ -30,6 +30,10 @@ class _Sides(Protocol):
     def bottom(self) -> int: ...
 
 
+class _Hires(Protocol):
+    def size(self, width: int, height: int) -> tuple[int, int]: ...
+
+
 class DreamRequest(Protocol):
     """The fields of engine.client.schema.DreamRequest that decide its size (that module imports this one)."""
 
@@ -42,9 +46,13 @@ class DreamRequest(Protocol):
     @property
     def height(self) -> int | None: ...
     @property
-    def upscale(self) -> int | None: ...
+    def upscale(self) -> float | None: ...
     @property
     def outpaint(self) -> _Sides | None: ...
+    @property
+    def hires(self) -> _Hires | None: ...
+    @property
+    def zoom_out(self) -> float | None: ...
 
 
 def fit8(v: float) -> int:
@@ -71,15 +79,23 @@ def input_size(request: DreamRequest, init: tuple[int, int]) -> tuple[int, int]:
     return fit8(w * scale), fit8(h * scale)
 
 
-def upscaled_size(factor: int, init: tuple[int, int]) -> tuple[int, int]:
-    return fit8(init[0] * factor), fit8(init[1] * factor)
+def upscaled_size(factor: float, init: tuple[int, int]) -> tuple[int, int]:
+    """Exactly `factor` times the image, as A1111 upscales (a generative pass runs at the multiple of 8 below)."""
+    return max(1, round(init[0] * factor)), max(1, round(init[1] * factor))
 
 
 def outpainted_size(request: DreamRequest, init: tuple[int, int]) -> tuple[int, int]:
-    assert request.outpaint is not None
     w, h = input_size(request, init)
+    if request.zoom_out is not None:
+        return w, h  # the picture keeps its size: it shrinks inside its new border
+    assert request.outpaint is not None
     o = request.outpaint
     return w + o.left + o.right, h + o.top + o.bottom
+
+
+def zoom_border(side: int, factor: float) -> int:
+    """Pixels added on each side of a `side`-pixel picture so it is `factor` times larger (a multiple of 8)."""
+    return max(8, round(side * (factor - 1) / 2 / 8) * 8)
 
 
 @dataclass(frozen=True)
@@ -109,12 +125,18 @@ class Limits:
     def check_output(self, request: DreamRequest, init: tuple[int, int] | None) -> None:
         """The output size of a mode that starts from an image of size `init` (the job service checks the count
         and -W/-H before it looks at the inputs)."""
-        if init is None or request.mode in ("txt2img", "variation"):
-            return  # their size is -W/-H (checked) or the model's native size
+        if request.mode in ("txt2img", "variation"):
+            # their size is -W/-H (checked) or the model's native size; the hires pass's is checked when known
+            if request.hires is not None and request.width is not None and request.height is not None:
+                w, h = request.hires.size(request.width, request.height)
+                self.check_made(f"the hires fix would make a {w}x{h} image", w, h)
+            return
+        if init is None:
+            return
         if request.mode == "upscale":
             assert request.upscale is not None
             w, h = upscaled_size(request.upscale, init)
-            self.check_made(f"a x{request.upscale} upscale of a {init[0]}x{init[1]} image would be {w}x{h}", w, h)
+            self.check_made(f"a x{request.upscale:g} upscale of a {init[0]}x{init[1]} image would be {w}x{h}", w, h)
         elif request.mode == "outpaint":
             w, h = outpainted_size(request, init)
             self.check_made(f"outpainting would make a {w}x{h} image", w, h)

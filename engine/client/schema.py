@@ -22,6 +22,7 @@ from engine.client.controls import (
 from engine.client.errors import clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import Sampler
+from engine.client.upscalers import MAX_FACTOR, MIN_FACTOR
 from gallery.schemas import tenant_conditions
 
 MAX_SEED = 2**32 - 1
@@ -32,6 +33,8 @@ Mode = Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscal
 Source = Literal["cli", "discord", "desktop", "api", "a1111"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+InpaintFill = Literal["original", "fill", "noise", "nothing"]  # A1111's inpainting_fill 1, 0, 2, 3
+MAX_STYLES = 8
 Size = Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
 
 # How far a "variations" button wanders from its parent (the bot's V buttons, the desktop's Variations).
@@ -161,6 +164,38 @@ class OutpaintSides(BaseModel):
         return self
 
 
+class HiresFix(BaseModel):
+    """A1111's hires fix: the first pass at the asked size, an upscale, then an img2img pass over the same seed at
+    the larger size (`scale`, or exactly `width`x`height`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scale: float = Field(default=2.0, ge=MIN_FACTOR, le=MAX_FACTOR, description="the second pass's size factor")
+    width: Size | None = Field(default=None, description="exact width of the second pass (A1111's hr_resize_x)")
+    height: Size | None = Field(default=None, description="exact height of the second pass (A1111's hr_resize_y)")
+    steps: int = Field(default=0, ge=0, le=150, description="the second pass's steps; 0: as many as the first")
+    strength: float = Field(default=0.7, gt=0.0, le=1.0, description="how much the second pass repaints")
+    upscaler: str = Field(default="Lanczos", max_length=200, description="Lanczos or Nearest (the resample between)")
+    prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS, description="the second pass's prompt")
+    negative_prompt: str | None = Field(default=None, max_length=MAX_PROMPT_CHARS)
+
+    @field_validator("width", "height")
+    @classmethod
+    def _round_to_8(cls, v: int | None) -> int | None:
+        return None if v is None else int(round(v / 8) * 8)
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """The second pass's size for a first pass of `width`x`height` (A1111: a lone hr_resize_x/y keeps
+        the aspect ratio)."""
+        if self.width and self.height:
+            return self.width, self.height
+        if self.width:
+            return self.width, round8(height * self.width / width)
+        if self.height:
+            return round8(width * self.height / height), self.height
+        return round8(width * self.scale), round8(height * self.scale)
+
+
 class ControlUnit(BaseModel):
     """One ControlNet: its image, how to read it (`type`), which ControlNet, and how hard and when it steers.
 
@@ -265,7 +300,37 @@ class DreamRequest(BaseModel):
     variation_seed: Seed | None = None
     with_variations: tuple[VariationWeight, ...] | None = None
     outpaint: OutpaintSides | None = None
-    upscale: Literal[2, 4] | None = None
+    zoom_out: float | None = Field(
+        default=None, ge=1.1, le=4.0,
+        description="Midjourney's Zoom Out: -I shrunk by this factor inside its own frame, the border painted",
+    )  # fmt: skip
+    upscale: float | None = Field(
+        default=None, ge=MIN_FACTOR, le=MAX_FACTOR, description="upscale -I by this factor (1 returns it as it is)"
+    )
+    upscaler: str | None = Field(
+        default=None, max_length=200, description="Lanczos, Nearest, Detail, or None: the engine's (see README)"
+    )
+    hires: HiresFix | None = None
+    clip_skip: int = Field(default=1, ge=1, le=12, description="stop the text encoder this many layers early (A1111)")
+    tiling: bool = Field(default=False, description="seamless: the picture tiles (circular padding)")
+    mask_blur: int = Field(default=0, ge=0, le=64, description="feather the inpaint mask by this many pixels")
+    inpaint_fill: InpaintFill = Field(default="original", description="what the masked part starts from")
+    inpaint_full_res: bool = Field(default=False, description="inpaint a crop around the mask at full size")
+    inpaint_padding: int = Field(default=32, ge=0, le=256, description="pixels around the mask in that crop")
+    seed_resize_from: tuple[Size, Size] | None = Field(
+        default=None, description="draw the noise at this size, so a seed keeps its composition at another size"
+    )
+    eta: float | None = Field(default=None, ge=0.0, le=1.0, description="DDIM's eta (noise added per step)")
+    styles: tuple[Annotated[str, Field(min_length=1, max_length=200)], ...] = Field(
+        default=(), max_length=MAX_STYLES, description="styles from the engine's styles.csv, applied in order"
+    )
+    prompts: tuple[Annotated[str, Field(max_length=MAX_PROMPT_CHARS * 4)], ...] | None = Field(
+        default=None, max_length=MAX_N,
+        description="set by the engine: each image's prompt, styles applied and wildcards chosen by its seed",
+    )  # fmt: skip
+    styled_negative_prompt: str | None = Field(
+        default=None, max_length=MAX_PROMPT_CHARS * 4, description="set by the engine: the negative with its styles"
+    )
     controls: tuple[ControlUnit, ...] = Field(default=(), max_length=MAX_CONTROLS)
     references: tuple[Reference, ...] = Field(default=(), max_length=MAX_REFERENCES)
     style_weight: int = Field(
@@ -307,7 +372,7 @@ class DreamRequest(BaseModel):
         needs = {
             "img2img": ("init_image",),
             "inpaint": ("init_image", "init_mask"),
-            "outpaint": ("init_image", "outpaint"),
+            "outpaint": ("init_image", "zoom_out" if self.outpaint is None else "outpaint"),
             "upscale": ("init_image", "upscale"),
         }.get(self.mode, ())
         for field in needs:
@@ -326,6 +391,24 @@ class DreamRequest(BaseModel):
             raise ValueError(f"reference pictures steer txt2img, img2img, inpaint and variations, not {self.mode}")
         if self.controls and self.mode in {"upscale", "outpaint"}:
             raise ValueError(f"a ControlNet steers txt2img, img2img, inpaint and variations, not {self.mode}")
+        if self.zoom_out is not None and (self.mode != "outpaint" or self.outpaint is not None):
+            raise ValueError("--zoom paints a border around -I (an outpaint of its own): give it without --outpaint")
+        if self.hires is not None and self.mode not in {"variation", "txt2img"}:
+            raise ValueError(f"the hires fix (--hr) upscales new images (txt2img and variations), not {self.mode}; "
+                             "for an existing image, use -U")  # fmt: skip
+        if self.seed_resize_from is not None and self.mode not in {"variation", "txt2img"}:
+            raise ValueError(f"seed_resize_from draws new noise (txt2img and variations), not {self.mode}")
+        masked = self.mode in {"inpaint", "outpaint"}
+        if not masked and (self.mask_blur or self.inpaint_fill != "original" or self.inpaint_full_res):
+            raise ValueError(f"mask_blur, inpaint_fill and inpaint_full_res shape an inpaint's mask; "
+                             f"a {self.mode} has no mask")  # fmt: skip
+        if self.upscaler is not None and self.mode != "upscale":
+            raise ValueError(f"--upscaler names what makes an upscale (-U), not a {self.mode}; "
+                             "the hires fix has --hr_upscaler")  # fmt: skip
+        if self.eta is not None and self.sampler != "ddim":
+            raise ValueError(f"eta applies to the DDIM sampler (-A ddim), not {self.sampler}")
+        if self.prompts is not None and len(self.prompts) != self.n:
+            raise ValueError(f"prompts: one per image ({self.n}), got {len(self.prompts)}")
         if self.mode == "variation" and self.variation_amount is None and not self.with_variations:
             raise ValueError("mode variation needs variation_amount or with_variations")
         if self.aspect_ratio is not None and self.width is not None and self.height is not None:

@@ -54,14 +54,21 @@ class Maker:
         self.max_batch_pixels = max_batch_pixels
         self.between_steps = between_steps or (lambda: None)
         self._cancel: set[str] = set()
+        self._finish: set[str] = set()
         self._stopping = threading.Event()
 
     def cancel(self, job_id: str) -> None:
         """Stop this job at its next step (if it runs here), and store nothing of it."""
         self._cancel.add(job_id)
 
+    def finish(self, job_id: str) -> None:
+        """End this job's sampling at its next step and keep its images as far as they got (A1111's interrupt):
+        the batch running now is decoded as it is, later batches and passes (hires fix, refiner) are skipped."""
+        self._finish.add(job_id)
+
     def forget(self, job_id: str) -> None:
         self._cancel.discard(job_id)
+        self._finish.discard(job_id)
 
     def stop(self) -> None:
         """Stop the running job at its next step; it goes back to the queue."""
@@ -102,10 +109,15 @@ class Maker:
             work = self._with_controls(work, model, inputs)
         watch.lap("plan")
         # 3. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
-        loras, embeddings = shelf.addons_of(req.prompt, req.negative_prompt)
+        # LoRA tags and embeddings as the prompts were resolved (a style or a wildcard may bring them): a tag
+        # that one image's wildcard chose applies to the whole job, which is one set of weights
+        prompts = " ".join(dict.fromkeys(work.prompt_of(i) for i in range(len(work.seeds))))
+        loras, embeddings = shelf.addons_of(prompts, work.sampling.negative_prompt)
         started = time.perf_counter()
 
         def run(indices: list[int], chunk: int, chunks: int):
+            if job.id in self._finish and chunk > 0:
+                return []  # interrupted: the images made so far are the job's
             return work.run(model, indices, self._on_step(job, model, chunk, chunks, report))
 
         adapter, encoder = self._reference_adapter(req, model)
@@ -127,7 +139,11 @@ class Maker:
                 on_retry=lambda batch: log.warning("job %s: out of memory, retrying in batches of %d", job.id, batch),
             )
         made_with = ({"model_hash": model.hash} if model.hash else {}) | shelf.made_with(loras, embeddings)
-        if req.refiner is not None:  # 3b. a second model finishes each image
+        if req.hires is not None and job.id not in self._finish:  # 3b. A1111's hires fix: upscale, then repaint
+            with model.addons(loras, embeddings):
+                images = modes.hires(model, images, work, lambda i: self._on_step(job, model, i, len(images), report))
+            made_with["hires_upscaler"] = modes.hires_note(req.hires)
+        if req.refiner is not None and job.id not in self._finish:  # 3c. a second model finishes each image
             if not self.pipelines.is_loaded(req.refiner):
                 report(Event(type="loading", job=job.id, model=req.refiner))
             refiner = self.pipelines.model(req.refiner)
@@ -139,6 +155,8 @@ class Maker:
                  work.width, work.height, req.steps, time.perf_counter() - started)  # fmt: skip
         if job.id in self._cancel:
             raise Cancelled()  # asked for during the last step: store nothing
+        if job.id in self._finish:
+            made_with["interrupted"] = True  # the images as far as they got (A1111's interrupt)
         # 4. safety flags, 5. records and PNG bytes, 6. CLIP vectors
         flags = model.safety_flags(images)
         watch.lap("safety")
@@ -198,12 +216,14 @@ class Maker:
     ) -> StepCallback:
         last_preview, last_event = [0.0], [0.0]
 
-        def on_step(step: int, total: int, latents) -> None:
+        def on_step(step: int, total: int, latents) -> bool:
             self.between_steps()
             if job.id in self._cancel:
                 raise Cancelled()
             if self._stopping.is_set():
                 raise Interrupted()
+            if job.id in self._finish:
+                return True
             done, all_steps = chunk_no * total + step, chunks * total
             preview = None
             now = time.monotonic()
@@ -212,9 +232,10 @@ class Maker:
                 picture = model.preview(latents)
                 preview = data_url(picture) if picture is not None else None
             if preview is None and step < total and now - last_event[0] < STEP_EVENT_INTERVAL_S:
-                return  # the next step's event says more; a chunk's last step and previews always go
+                return False  # the next step's event says more; a chunk's last step and previews always go
             last_event[0] = now
             report(Event(type="step", job=job.id, step=done, total=all_steps, preview=preview))
+            return False
 
         return on_step
 

@@ -120,6 +120,9 @@ class MakerActor:
     def cancel(self, job_id: str) -> None:
         self.maker.cancel(job_id)
 
+    def finish(self, job_id: str) -> None:
+        self.maker.finish(job_id)
+
     def stop(self) -> None:
         self.maker.stop()
 
@@ -235,6 +238,11 @@ class RayWorkers(Seats):
         for seat, actor in zip(self.seats, self.actors):
             if seat.job == job_id:
                 actor.cancel.remote(job_id)
+
+    def finish(self, job_id: str) -> None:
+        for seat, actor in zip(self.seats, self.actors):
+            if seat.job == job_id:
+                actor.finish.remote(job_id)
 
     # --- the dispatchers --------------------------------------------------------------------
     def _dispatch(self, i: int) -> None:

@@ -202,6 +202,9 @@ class Runner(Protocol):
     def cancel(self, job_id: str) -> None:
         """Stop this running job at its next step."""
 
+    def finish(self, job_id: str) -> None:
+        """End this running job's sampling at its next step, keeping its images as far as they got."""
+
     def progress_of(self, job_id: str) -> Progress | None:
         """The running job's progress, or None if it is not running here."""
 

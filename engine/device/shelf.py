@@ -276,8 +276,11 @@ class Shelf:
     def listing(self) -> ModelList:
         def entry(item: Item) -> ModelEntry:
             known = self.hash(item, compute=item.kind != "checkpoint")
+            filename = item.path.name if item.path is not None else None  # its name and suffix: no local paths
+            vectors = embedding_vectors(item) if item.kind == "embedding" else None
             return ModelEntry(name=item.name, family=item.family, format=item.format, size=item.size, hash=known,
-                              problem=item.problem)  # fmt: skip
+                              problem=item.problem, filename=filename, width=vectors[1] if vectors else None,
+                              vectors=vectors[0] if vectors else None)  # fmt: skip
 
         return ModelList(
             checkpoints=[entry(i) for i in self.items("checkpoint")],
@@ -346,3 +349,21 @@ def _inside_diffusers(path: Path, root: Path) -> bool:
     return any(
         (parent / "model_index.json").exists() for parent in path.parents if parent != root and root in parent.parents
     )
+
+
+def embedding_vectors(item: Item) -> tuple[int, int] | None:
+    """An embedding's (vectors, width) from its safetensors header alone (A1111's `vectors` and `shape`); None for
+    pickles, which this side of the engine does not open."""
+    if item.path is None or item.path.suffix != ".safetensors":
+        return None
+    try:
+        with item.path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(min(size, 1 << 20)))
+    except (OSError, ValueError):
+        return None
+    shapes = [v["shape"] for k, v in sorted(header.items()) if k != "__metadata__" and isinstance(v, dict)]
+    if not shapes or not 1 <= len(shapes[0]) <= 2:
+        return None
+    shape = shapes[0]
+    return (1, shape[0]) if len(shape) == 1 else (shape[0], shape[1])

@@ -127,6 +127,10 @@ class Worker(Seats):
         if self.seat.job == job_id:
             self.maker.cancel(job_id)
 
+    def finish(self, job_id: str) -> None:
+        if self.seat.job == job_id:
+            self.maker.finish(job_id)
+
     def workers(self) -> list[WorkerInfo]:
         info = self.seat.info()
         return [info.model_copy(update={"loading": self.pipelines.loading, "loaded": self.pipelines.loaded()})]

@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, ImageOps
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from engine.client import upscalers
 from engine.client.answers import Job, ModelEntry
 from engine.client.controls import A1111_MODULES, A1111_RESIZE
 from engine.client.dream_args import explain
@@ -36,8 +37,12 @@ from gallery.files import BadImage
 
 PREFIX = "/sdapi/v1"
 SOURCE = "a1111"
-# Other fields clients send (enable_hr, restore_faces, styles, other alwayson_scripts, ...) are accepted
-# and ignored, as A1111 treats them as optional; the README lists them. ControlNet units are not ignored.
+# Every field A1111 honours is honoured here or named in the answer's `info.warnings` (restore_faces without a
+# face restorer, other scripts, other settings): nothing a client asks for is dropped without a word.
+# The sampler options A1111 passes to k-diffusion, at their no-op values (what webuiapi sends by default).
+NEUTRAL_SAMPLER_OPTIONS = {"s_churn": 0.0, "s_tmin": 0.0, "s_noise": 1.0}
+FACE_RESTORER_DIRS = ("GFPGAN", "Codeformer")
+HONOURED_SETTINGS = {"sd_model_checkpoint", "CLIP_stop_at_last_layers"}
 
 
 class A1111Error(Exception):
@@ -81,10 +86,91 @@ class _Body(BaseModel):
     n_iter: int = Field(default=1, ge=1)
     override_settings: dict[str, Any] = Field(default_factory=dict)
     send_images: bool = True
+    styles: list[str] | None = None
+    restore_faces: bool | None = False
+    tiling: bool | None = False
+    clip_skip: int | None = None  # SillyTavern's; A1111 itself takes override_settings.CLIP_stop_at_last_layers
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = -1
+    script_name: str | None = None
+
+    def common_fields(self) -> dict[str, Any]:
+        """The request fields every A1111 body maps to the same way."""
+        fields: dict[str, Any] = {"styles": tuple(self.styles or ()), "tiling": bool(self.tiling)}
+        skip = self.override_settings.get("CLIP_stop_at_last_layers", self.clip_skip)
+        if skip is not None:
+            fields["clip_skip"] = skip
+        if self.seed_resize_from_w > 0 and self.seed_resize_from_h > 0:
+            fields["seed_resize_from"] = (self.seed_resize_from_w, self.seed_resize_from_h)
+        return fields
+
+    def warnings(self, shelf_dir: Any) -> list[str]:
+        """What this engine cannot honour of the body, each in one sentence (the answer's `info.warnings`)."""
+        out = []
+        if self.restore_faces and (shelf_dir is None or not any((shelf_dir / d).is_dir() for d in FACE_RESTORER_DIRS)):
+            out.append("restore_faces: no face restorer on this engine's shelf (models/GFPGAN or models/Codeformer); "
+                       "faces are as the model drew them")  # fmt: skip
+        elif self.restore_faces:
+            out.append("restore_faces: this engine does not run face restorers yet; faces are as the model drew them")
+        for name, neutral in NEUTRAL_SAMPLER_OPTIONS.items():
+            value = getattr(self, name)
+            if value is not None and value != neutral:
+                out.append(f"{name}: the samplers here do not take it; sampled as with {name}={neutral:g}")
+        if self.eta is not None and self.eta != 1 and sampler_key(self.sampler_name or self.sampler_index,
+                                                                   self.scheduler) != "ddim":  # fmt: skip
+            out.append("eta: only the DDIM sampler takes it here; ancestral samplers sampled as with eta=1")
+        for key in sorted(set(self.override_settings) - HONOURED_SETTINGS):
+            out.append(f"override_settings.{key}: not a setting of this engine; left as it is")
+        if self.script_name:
+            out.append(f"script_name: script {self.script_name!r} is not on this engine; nothing ran it")
+        scripts = (self.model_extra or {}).get("alwayson_scripts") or {}
+        for name in scripts if isinstance(scripts, dict) else ():
+            if str(name).lower() != "controlnet" and scripts[name]:
+                out.append(f"alwayson_scripts.{name}: not on this engine; nothing ran it")
+        return out
 
 
 class Txt2ImgBody(_Body):
-    pass
+    enable_hr: bool = False
+    denoising_strength: float | None = None  # the hires pass's (0.7 without one)
+    hr_scale: float = 2.0
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+
+    def hires(self) -> dict[str, Any] | None:
+        if not self.enable_hr:
+            return None
+        return {
+            "scale": self.hr_scale, "steps": self.hr_second_pass_steps, "upscaler": self.hr_upscaler or "Lanczos",
+            "strength": 0.7 if self.denoising_strength is None else self.denoising_strength,
+            "width": self.hr_resize_x or None, "height": self.hr_resize_y or None,
+            "prompt": self.hr_prompt or None, "negative_prompt": self.hr_negative_prompt or None,
+        }  # fmt: skip
+
+    def warnings(self, shelf_dir: Any) -> list[str]:
+        out = super().warnings(shelf_dir)
+        if self.enable_hr and self.hr_checkpoint_name not in (None, "", "Use same checkpoint"):
+            out.append("hr_checkpoint_name: the hires pass runs on the first pass's model here")
+        if self.enable_hr and self.hr_sampler_name not in (None, "", "Use same sampler", self.sampler_name):
+            out.append("hr_sampler_name: the hires pass runs with the first pass's sampler here")
+        if self.enable_hr and self.hr_upscaler and not upscalers.is_resample(self.hr_upscaler):
+            out.append(f"hr_upscaler: {self.hr_upscaler!r} is not on this engine; the hires fix upscaled with Lanczos")
+        if self.firstphase_width or self.firstphase_height:
+            out.append("firstphase_width/height: the old hires fix's sizes; use width/height and hr_scale")
+        return out
 
 
 class Img2ImgBody(_Body):
@@ -93,6 +179,23 @@ class Img2ImgBody(_Body):
     mask: str | None = None
     inpainting_mask_invert: int = 0
     resize_mode: int = Field(default=0, ge=0, le=3)  # just resize, crop and resize, resize and fill, latent
+    # A1111's API defaults (its UI's differ: "whole picture", "original")
+    mask_blur: int | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = Field(default=0, ge=0, le=3)  # fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(default=0, ge=0)
+
+    def mask_fields(self) -> dict[str, Any]:
+        return {
+            "mask_blur": self.mask_blur if self.mask_blur is not None else max(self.mask_blur_x, self.mask_blur_y),
+            "inpaint_fill": INPAINTING_FILLS[self.inpainting_fill], "inpaint_full_res": self.inpaint_full_res,
+            "inpaint_padding": self.inpaint_full_res_padding,
+        }  # fmt: skip
+
+
+INPAINTING_FILLS = ("fill", "original", "noise", "nothing")  # A1111's inpainting_fill by number
 
 
 class ControlNetUnitBody(BaseModel):
@@ -217,7 +320,15 @@ class ExtraBody(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     image: str
+    resize_mode: int = Field(default=0, ge=0, le=1)  # 0: by upscaling_resize, 1: to upscaling_resize_w x _h
     upscaling_resize: float = 2
+    upscaling_resize_w: int = Field(default=512, ge=1)
+    upscaling_resize_h: int = Field(default=512, ge=1)
+    upscaler_1: str | None = None
+    upscaler_2: str | None = None
+    extras_upscaler_2_visibility: float = 0
+    gfpgan_visibility: float = 0
+    codeformer_visibility: float = 0
 
 
 class ImageBody(BaseModel):
@@ -293,8 +404,10 @@ class A1111:
             width=body.width, height=body.height, sampler=sampler_key(body.sampler_name or body.sampler_index,
                                                                       body.scheduler),
             model=checkpoint_name(model) if model else None, preview=True,
-            requester=Requester(source=SOURCE, user=client),
+            requester=Requester(source=SOURCE, user=client), **body.common_fields(),
         )  # fmt: skip
+        if body.eta is not None and fields["sampler"] == "ddim":
+            fields["eta"] = body.eta
         if body.subseed_strength > 0 and mode.get("mode") is None:
             fields.update(mode="variation", variation_amount=min(1.0, body.subseed_strength),
                           variation_seed=None if body.subseed < 0 else body.subseed)  # fmt: skip
@@ -314,7 +427,8 @@ class A1111:
         return await asyncio.to_thread(s.jobs.get, accepted.id)
 
     def answer(self, s: Services, body: _Body, job: Job) -> dict:
-        """A1111's `images`, `parameters` and `info` (a JSON string) for a finished job."""
+        """A1111's `images`, `parameters` and `info` (a JSON string) for a finished job: an interrupted one
+        answers its images as far as they got, as A1111 does."""
         if job.status == "failed":
             raise A1111Error(job.error or "the job failed", 500)
         records = [s.store.get(i.id) for i in job.images]
@@ -323,9 +437,12 @@ class A1111:
         seeds = [r.seed for r in records]
         subseeds = [i.variation_seed if i.variation_seed is not None else body.subseed for i in job.images]
         first = records[0] if records else None
+        prompts = [r.prompt for r in records] or [body.prompt]
+        negatives = [r.negative_prompt for r in records] or [body.negative_prompt]
+        req = job.request
         info: dict[str, Any] = {
-            "prompt": body.prompt, "all_prompts": [body.prompt] * len(files),
-            "negative_prompt": body.negative_prompt, "all_negative_prompts": [body.negative_prompt] * len(files),
+            "prompt": prompts[0], "all_prompts": prompts,
+            "negative_prompt": negatives[0], "all_negative_prompts": negatives,
             "seed": seeds[0] if seeds else body.seed, "all_seeds": seeds,
             "subseed": subseeds[0] if subseeds else body.subseed, "all_subseeds": subseeds,
             "subseed_strength": body.subseed_strength, "width": first.width if first else body.width,
@@ -334,10 +451,15 @@ class A1111:
             "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": first.model if first else None,
             "sd_model_hash": first.params.get("model_hash") if first else None,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": job.request.strength,
-            "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts, "styles": [],
-            "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
-            "is_using_inpainting_conditioning": False, "interrupted": job.status == "cancelled",
+            "seed_resize_from_w": req.seed_resize_from[0] if req.seed_resize_from else -1,
+            "seed_resize_from_h": req.seed_resize_from[1] if req.seed_resize_from else -1,
+            "denoising_strength": req.hires.strength if req.hires else req.strength,
+            "extra_generation_params": {"Hires upscale": req.hires.scale} if req.hires else {},
+            "index_of_first_image": 0, "infotexts": infotexts, "styles": list(req.styles),
+            "job_timestamp": job.created_at.strftime("%Y%m%d%H%M%S"), "clip_skip": req.clip_skip,
+            "is_using_inpainting_conditioning": False,
+            "interrupted": job.status == "cancelled" or any(r.params.get("interrupted") for r in records),
+            "warnings": body.warnings(s.shelf.root),
         }  # fmt: skip
         images = [base64.b64encode(f).decode() for f in files] if body.send_images else []
         return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
@@ -364,7 +486,7 @@ def _state(request: Request) -> A1111:
 async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
     s = _services(request)
     size = (body.width, body.height) if body.width and body.height else None
-    mode: dict[str, Any] = {}
+    mode: dict[str, Any] = {"hires": body.hires()}
     if units := controlnet_units(body):
         mode |= await control_fields(s, units, size)
     job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
@@ -383,7 +505,7 @@ async def img2img(body: Img2ImgBody, request: Request) -> dict:
     if body.mask is not None:
         mask = decode_b64_image(body.mask, "mask")
         mask = resized(mask, size, body.resize_mode, invert=body.inpainting_mask_invert)
-        mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask))
+        mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask), **body.mask_fields())
     if units := controlnet_units(body):
         mode |= await control_fields(s, units, size)
     job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
@@ -392,17 +514,51 @@ async def img2img(body: Img2ImgBody, request: Request) -> dict:
 
 @router.post("/extra-single-image")
 async def extra_single_image(body: ExtraBody, request: Request) -> dict:
+    """A1111's Extras upscale: by any factor in [1, 4] (1 answers the image as it is), by the named upscaler
+    (`None`: the engine's own; what ran is said in `html_info`)."""
     s = _services(request)
-    if body.upscaling_resize not in (2, 4):
-        raise A1111Error(f"upscaling_resize: this engine upscales x2 or x4 (got {body.upscaling_resize:g})")
-    init = await asyncio.to_thread(upload, s, decode_b64_image(body.image, "image"))
-    request_ = DreamRequest(mode="upscale", init_image=init, upscale=int(body.upscaling_resize),
-                            requester=Requester(source=SOURCE, user=A1111.client(request)))  # fmt: skip
+    data = decode_b64_image(body.image, "image")
+    factor = body.upscaling_resize
+    if body.resize_mode == 1:  # to a size: the factor that covers it, as A1111 does, then the exact size
+        with Image.open(io.BytesIO(data)) as probe:
+            factor = max(body.upscaling_resize_w / probe.width, body.upscaling_resize_h / probe.height)
+    if not upscalers.MIN_FACTOR <= factor <= upscalers.MAX_FACTOR:
+        raise A1111Error(f"upscaling_resize: this engine upscales by 1 to 4 (got {factor:g})")
+    init = await asyncio.to_thread(upload, s, data)
+    name = None if body.upscaler_1 in (None, "", "None") else body.upscaler_1
+    try:
+        request_ = DreamRequest(mode="upscale", init_image=init, upscale=factor, upscaler=name,
+                                requester=Requester(source=SOURCE, user=A1111.client(request)))  # fmt: skip
+    except ValidationError as e:
+        raise A1111Error(explain(e)) from None
     job = await _state(request).run(s, request_)
     if job.status != "done" or not job.images:
         raise A1111Error(job.error or f"the upscale {job.status}", 500)
-    data = s.store.file_path(s.store.get(job.images[0].id)).read_bytes()
-    return {"image": base64.b64encode(data).decode(), "html_info": ""}
+    record = s.store.get(job.images[0].id)
+    data = s.store.file_path(record).read_bytes()
+    notes = [f"Upscaler: {record.params.get('upscaler')}"]
+    if body.upscaler_2 not in (None, "", "None") and body.extras_upscaler_2_visibility > 0:
+        notes.append("upscaler_2: a second upscaler is not blended in here")
+    if body.gfpgan_visibility > 0 or body.codeformer_visibility > 0:
+        notes.append("gfpgan/codeformer: no face restorer on this engine")
+    if body.resize_mode == 1:
+        with Image.open(io.BytesIO(data)) as made:
+            if made.size != (body.upscaling_resize_w, body.upscaling_resize_h):
+                image = ImageOps.fit(made, (body.upscaling_resize_w, body.upscaling_resize_h), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                image.save(buf, format="PNG", pnginfo=_png_text(made.info))
+                data = buf.getvalue()
+    return {"image": base64.b64encode(data).decode(), "html_info": "<p>" + "<br>".join(notes) + "</p>"}
+
+
+def _png_text(info: dict) -> Any:
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    for key, value in info.items():
+        if isinstance(key, str) and isinstance(value, str):
+            meta.add_text(key, value)
+    return meta
 
 
 @router.post("/png-info")
@@ -456,7 +612,7 @@ def set_options(options: dict[str, Any], request: Request) -> None:
 def sd_models(request: Request) -> list[dict]:
     listing = _services(request).shelf.listing()
     return [{"title": title(m), "model_name": m.name, "hash": m.hash,
-             "sha256": None, "filename": m.name, "config": None}
+             "sha256": None, "filename": m.filename or m.name, "config": None}
             for m in listing.checkpoints if m.problem is None]  # fmt: skip
 
 
@@ -472,8 +628,12 @@ def schedulers() -> list[dict]:
 
 
 @router.get("/upscalers")
-def upscalers() -> list[dict]:
-    return [{"name": "Lanczos", "model_name": None, "model_path": None, "model_url": None, "scale": 4}]
+def list_upscalers(request: Request) -> list[dict]:
+    """A1111's upscaler list: None (the engine's own), the plain resamples, the detail pass, and the configured
+    upscaler pipeline when there is one."""
+    s = _services(request)
+    names = ["None", *upscalers.NAMED] + ([s.settings.upscaler] if s.settings.upscaler else [])
+    return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4} for n in names]
 
 
 @router.get("/loras")
@@ -485,8 +645,8 @@ def loras(request: Request) -> list[dict]:
 @router.get("/embeddings")
 def embeddings(request: Request) -> dict:
     listing = _services(request).shelf.listing()
-    loaded = {m.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": None,
-                       "vectors": None} for m in listing.embeddings}  # fmt: skip
+    loaded = {m.name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": m.width,
+                       "vectors": m.vectors} for m in listing.embeddings}  # fmt: skip
     return {"loaded": loaded, "skipped": {}}
 
 
@@ -495,8 +655,15 @@ def scripts() -> dict:
     return {"txt2img": [], "img2img": []}
 
 
-for path in ("latent-upscale-modes", "sd-vae", "sd-modules", "prompt-styles", "face-restorers"):
+for path in ("latent-upscale-modes", "sd-vae", "sd-modules", "face-restorers"):
     router.add_api_route(f"/{path}", lambda: [], methods=["GET"], name=path)
+
+
+@router.get("/prompt-styles")
+def prompt_styles(request: Request) -> list[dict]:
+    """The styles of the engine's styles.csv, as A1111 lists them."""
+    return [{"name": st.name, "prompt": st.prompt, "negative_prompt": st.negative_prompt}
+            for st in _services(request).prompting.styles()]  # fmt: skip
 
 
 @router.get("/cmd-flags")
@@ -534,7 +701,7 @@ def interrupt(request: Request) -> None:
     client = A1111.client(request)
     for job in s.jobs.queue_state().running:
         if job.request.requester.source == SOURCE and job.request.requester.user == client:
-            s.jobs.cancel(job.id)
+            s.jobs.interrupt(job.id)  # its images as far as they got, as A1111 answers
 
 
 router.add_api_route("/skip", interrupt, methods=["POST"], name="skip")

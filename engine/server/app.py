@@ -31,6 +31,7 @@ from engine.server.http import create_app
 from engine.server.inputs import Inputs
 from engine.server.jobs import JobService, LateRunner
 from engine.server.middleware import DeclaredBodyLimit, TokenGuard
+from engine.server.prompting import Prompting
 from engine.server.queue import SqliteJobQueue
 from engine.server.services import Backend, Services
 from gallery.db import open_gallery_db
@@ -63,10 +64,11 @@ def build_front(settings: Settings) -> Services:
              *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding", "controlnet")))  # fmt: skip
     inputs = Inputs(store, settings.uploads_dir, annotators=settings.shelf_dir / "annotators")
     runner = LateRunner()
+    prompting = Prompting(settings.home)
     jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf,
-                      default_model=settings.model)  # fmt: skip
+                      default_model=settings.model, prompting=prompting)  # fmt: skip
     return Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf, hub=hub,
-                    runner=runner, load=build_backend_or_stop)  # fmt: skip
+                    runner=runner, prompting=prompting, load=build_backend_or_stop)  # fmt: skip
 
 
 def build_backend_or_stop(front: Services) -> Backend:

@@ -17,6 +17,7 @@ from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Scope
 from engine.device.runner import Runner
 from engine.device.shelf import Shelf, UnknownModel, default_model_name
 from engine.server.inputs import Inputs
+from engine.server.prompting import Prompting
 from engine.server.queue import JobNotFound, JobQueue, JobRecord
 from engine.server.records import image_info
 from gallery.schemas import ImagePublic
@@ -44,6 +45,10 @@ class LateRunner:
     def cancel(self, job_id: str) -> None:
         if self._runner is not None:  # before that, nothing runs: a queued job's cancel is the queue's
             self._runner.cancel(job_id)
+
+    def finish(self, job_id: str) -> None:
+        if self._runner is not None:
+            self._runner.finish(job_id)
 
     def progress_of(self, job_id: str) -> Progress | None:
         return None if self._runner is None else self._runner.progress_of(job_id)
@@ -90,9 +95,10 @@ class JobService:
 
     def __init__(
         self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: LateRunner, limits: Limits,
-        shelf: Shelf | None = None, default_model: str | None = None,
+        shelf: Shelf | None = None, default_model: str | None = None, prompting: Prompting | None = None,
     ) -> None:  # fmt: skip
         self.shelf = shelf
+        self.prompting = prompting
         self.default_model = default_model_name(default_model)
         self.queue = queue
         self.store = store
@@ -115,16 +121,25 @@ class JobService:
                 self.shelf.check_controls([c.model for c in request.controls], request.model or self.default_model)
             if request.references:
                 self.shelf.check_references(request.model or self.default_model)
-            try:
-                self.shelf.addons_of(request.prompt, request.negative_prompt)
-            except PromptError as e:
-                raise InputError(f"prompt: {e}") from e
         parent, init_size = self.inputs.check(request)
         # The size the plan will make, by the rule the plan itself uses: refused now, with a sentence naming
         # the limit, rather than failing after the 202.
         self.limits.check_output(request, init_size)
         request = settle(request, parent)
         seed = request.seed if request.seed is not None else draw_seed()
+        if self.prompting is not None:  # styles and wildcards: each image's prompt, chosen by its seed
+            request = self.prompting.settle(request, seed)
+        elif request.styles:
+            raise InputError("--style: this engine has no styles (no styles.csv)")
+        if self.shelf is not None:  # LoRA tags and embeddings, as styles and wildcards resolved the prompt
+            prompts = " ".join(dict.fromkeys(request.prompts or (request.prompt,)))
+            negative = (
+                request.negative_prompt if request.styled_negative_prompt is None else request.styled_negative_prompt
+            )
+            try:
+                self.shelf.addons_of(prompts, negative)
+            except PromptError as e:
+                raise InputError(f"prompt: {e}") from e
         record, position = self.queue.put(request, seed=seed)
         self.runner.wake()
         return Accepted(id=record.id, status=record.status, position=position, seed=seed)
@@ -135,6 +150,15 @@ class JobService:
         if record.status == "cancelled":
             self.runner.cancel(job_id)
         return self.view(record)
+
+    def interrupt(self, job_id: str) -> Job:
+        """A1111's interrupt: a running job ends at its next step and keeps its images as far as they got
+        (their params say `interrupted`); a queued one is cancelled."""
+        record = self.queue.get(job_id)
+        if record.status == "running":
+            self.runner.finish(job_id)
+            return self.view(record)
+        return self.cancel(job_id)
 
     def get(self, job_id: str, scope: Scope | None = None) -> Job:
         """A job; with a scope, only a job asked for from inside it (else JobNotFound, as if there were none)."""

@@ -29,6 +29,7 @@ from engine.client.answers import (
     ImportResult,
     Job,
     ModelList,
+    PromptStyle,
     QueueState,
     ReconcileReport,
     SearchResult,
@@ -97,6 +98,13 @@ def health(s: ServicesDep) -> Health:
 def models(s: ServicesDep) -> ModelList:
     """The model shelf: checkpoints (by the names requests use), LoRAs and embeddings."""
     return s.shelf.listing().model_copy(update={"default": s.default_model()})
+
+
+@router.get("/v1/styles")
+def styles(s: ServicesDep) -> list[PromptStyle]:
+    """The styles of the engine's styles.csv, for --style (A1111's format)."""
+    return [PromptStyle(name=st.name, prompt=st.prompt, negative_prompt=st.negative_prompt)
+            for st in s.prompting.styles()]  # fmt: skip
 
 
 @router.post("/v1/models/scan")

@@ -19,6 +19,7 @@ from engine.server.errors import EngineStarting
 from engine.server.events import EventHub
 from engine.server.inputs import Inputs
 from engine.server.jobs import JobService, LateRunner
+from engine.server.prompting import Prompting
 from engine.server.queue import JobQueue
 from gallery.store import ImageStore
 
@@ -54,6 +55,7 @@ class Services:
     shelf: Shelf
     hub: EventHub
     runner: LateRunner  # the job service's runner: jobs queue until the backend's workers attach
+    prompting: Prompting
     load: Callable[[Services], Backend] | None = None
     backend: Backend | None = None
     failed: str | None = None

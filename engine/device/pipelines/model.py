@@ -42,7 +42,9 @@ from engine.device.shelf import Item
 log = logging.getLogger(__name__)
 
 
-StepCallback = Callable[[int, int, torch.Tensor], None]
+# Called after each step with (step, total, latents); answering True ends the sampling there and decodes what
+# the latents hold (A1111's interrupt: the images as far as they got).
+StepCallback = Callable[[int, int, torch.Tensor], bool | None]
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,9 @@ class LoadedModel:
         cfg_scale: float,
         sampler: Sampler,
         on_step: StepCallback | None = None,
+        clip_skip: int = 1,
+        tiling: bool = False,
+        eta: float | None = None,
         **task_inputs,
     ) -> list[Image.Image]:
         # CPU generators: the same seed draws the same noise on any device.
@@ -289,21 +294,72 @@ class LoadedModel:
             task_inputs["ip_adapter_image_embeds"] = [torch.cat([torch.zeros_like(embeds), embeds]) if cfg_scale > 1
                                                       else embeds]  # fmt: skip
 
+        if eta is not None:
+            if "eta" not in inspect.signature(type(pipe).__call__).parameters or sampler != "ddim":
+                raise InputError(f"eta applies to the DDIM sampler of SD 1.x/2.x and SDXL models (got {sampler} "
+                                 f"on a {self.family} model)")  # fmt: skip
+            task_inputs["eta"] = eta
+
         def step_end(pipe, step: int, timestep, tensors: dict) -> dict:
-            if on_step is not None:
-                on_step(step + 1, pipe.num_timesteps, tensors["latents"])
+            if on_step is not None and on_step(step + 1, pipe.num_timesteps, tensors["latents"]):
+                pipe._interrupt = True  # diffusers skips the remaining steps and decodes the latents as they are
             return tensors
 
-        out = pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
-            **self._conditioning(prompt, negative_prompt, len(seeds)),
-            num_inference_steps=steps,
-            guidance_scale=cfg_scale,
-            generator=generators,
-            callback_on_step_end=step_end,
-            callback_on_step_end_tensor_inputs=["latents"],
-            **task_inputs,
-        )
+        with self._clip_skip(clip_skip):
+            conditioning = self._conditioning(prompt, negative_prompt, len(seeds))
+        with self._tiling(tiling):
+            out = pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
+                **conditioning,
+                num_inference_steps=steps,
+                guidance_scale=cfg_scale,
+                generator=generators,
+                callback_on_step_end=step_end,
+                callback_on_step_end_tensor_inputs=["latents"],
+                **task_inputs,
+            )
         return list(out.images)
+
+    @contextmanager
+    def _clip_skip(self, skip: int) -> Iterator[None]:
+        """A1111's clip skip: the CLIP text encoders stop `skip - 1` layers early (the encoder's own final norm
+        still applies, as A1111 does; SDXL counts back from the penultimate layer it already uses)."""
+        if skip == 1:
+            yield
+            return
+        if self.flow:
+            raise InputError(f"clip skip applies to the CLIP text encoders of SD 1.x/2.x and SDXL, not {self.family}")
+        found = (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))
+        encoders = [getattr(e, "text_model", e).encoder for e in found if e is not None]  # transformers 4 and 5
+        kept = [e.layers for e in encoders]
+        if any(skip > len(layers) for layers in kept):
+            raise InputError(f"clip skip {skip}: this model's text encoder has {min(map(len, kept))} layers")
+        try:
+            for encoder, layers in zip(encoders, kept):
+                encoder.layers = layers[: len(layers) - (skip - 1)]
+            yield
+        finally:
+            for encoder, layers in zip(encoders, kept):
+                encoder.layers = layers
+
+    @contextmanager
+    def _tiling(self, on: bool) -> Iterator[None]:
+        """Seamless pictures (A1111's tiling): every convolution of the denoiser and the VAE pads circularly, so
+        the left edge continues the right one and the top the bottom."""
+        if not on:
+            yield
+            return
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        convs = [m for part in (denoiser, self.pipe.vae) for m in part.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not convs:
+            raise InputError(f"tiling needs a convolutional model; {self.family} has none to wrap around")
+        modes = [conv.padding_mode for conv in convs]
+        try:
+            for conv in convs:
+                conv.padding_mode = "circular"
+            yield
+        finally:
+            for conv, mode in zip(convs, modes):
+                conv.padding_mode = mode
 
     def _conditioning(self, prompt: str, negative_prompt: str, n: int) -> dict:
         """The pipeline's text inputs for `n` images: compel's embeddings (A1111 weights, past the
