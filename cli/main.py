@@ -6,6 +6,8 @@
     dreamhall dream "a blue circle" -I photo.png -f 0.6   (or -I 42: gallery image 42)
     dreamhall zoom "a red circle on a blue background" --frames 8 --out zoom.gif
     dreamhall search "green triangle" [--limit K] [--json]  |  --image PATH  |  --similar ID
+    dreamhall describe photo.png | ID        four candidate prompts (Midjourney's /describe)
+    dreamhall edit ID zoom-2 | pan-left | vary-subtle ...   Midjourney's edit loop
     dreamhall gallery import DIR | reindex | check [--repair]
     dreamhall gallery list [--limit N] [--source cli] | show ID | open ID|last
 
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 from cli.common import Exit, fail, load_settings
 from cli.dream import GrammarHelp, cmd_dream, cmd_zoom
+from cli.edit import EDITS, cmd_describe, cmd_edit
 from cli.gallery import cmd_gallery, cmd_models, cmd_search
 
 
@@ -127,6 +130,16 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--lora", help="only images made with this LoRA")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
+    describe = sub.add_parser("describe", help="four candidate prompts for a picture (Midjourney's /describe)")
+    describe.add_argument("image", help="a picture file, or a gallery image id")
+    describe.add_argument("--json", action="store_true")
+    describe.add_argument("--no-autostart", action="store_true")
+    edit = sub.add_parser("edit", help="Midjourney's edit loop on a gallery image: vary, zoom out, pan")
+    edit.add_argument("image_id", type=int, metavar="ID")
+    edit.add_argument("action", choices=EDITS)
+    edit.add_argument("-n", type=int, default=4, help="vary: how many images (default 4)")
+    edit.add_argument("--json", action="store_true")
+    edit.add_argument("--no-autostart", action="store_true")
     gallery = sub.add_parser("gallery", help="list, show and open images; import, reindex, check and repair")
     gallery.add_argument("action", choices=["list", "show", "open", "import", "reindex", "check"])
     gallery.add_argument("target", nargs="?", help="show/open: an image id or `last`; import: the folder")
@@ -156,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_search(args, settings)
         if args.command == "models":
             return cmd_models(args, settings)
+        if args.command == "describe":
+            return cmd_describe(args, settings)
+        if args.command == "edit":
+            return cmd_edit(args, settings)
         if args.command == "gallery":
             if args.action == "import" and args.target is None:
                 return fail("gallery import needs a folder: dreamhall gallery import DIR")

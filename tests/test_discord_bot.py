@@ -496,7 +496,8 @@ async def test_models_autocomplete_and_server_model_rules(world: World) -> None:
 
 async def test_midjourneys_edit_loop_under_a_single_image(world: World) -> None:
     """Under one image: Vary (Subtle/Strong/Region), Zoom Out 2x/1.5x and Pan, each a job of its own linked to it."""
-    result = await world.result_for(await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 8 -s 4'))
+    mid = await world.fake.say(A, "7", '!dream "a red circle on a blue background" -S 8 -s 4')
+    result = await world.result_for(mid)
     actions = [c.split(":")[1] for c in result.custom_ids]
     assert actions == ["upscale", "subtle", "strong", "region", "zoom2", "zoom15", "pan_left", "pan_right",
                        "pan_top", "pan_bottom", "reroll", "remix", "delete"]  # fmt: skip

@@ -4,6 +4,9 @@ upscale factor and named upscalers, soft and cropped inpainting, through the gra
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +17,7 @@ from engine.client.clients import RequestRejected
 from engine.client.dream_args import parse
 from engine.client.schema import DreamRequest
 from models.checker import judge
-from tests.conftest import EngineProcess
+from tests.conftest import ROOT, EngineProcess
 
 pytestmark = pytest.mark.slow
 
@@ -117,3 +120,42 @@ def _png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def cli(engine: EngineProcess, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+
+
+def test_describe_names_the_colour_shape_and_background_of_a_built_in_image(engine: EngineProcess, tmp_path) -> None:
+    [(record, image)] = make(engine, f'"{RED_ON_BLUE}" -S 3220803958 -s 8')
+    assert judge(image).colour == "red" and judge(image).shape == "circle"  # what the model drew
+    picture = tmp_path / "red.png"
+    image.save(picture)
+    out = cli(engine, "describe", str(picture), "--json")
+    assert out.returncode == 0, out.stderr
+    described = json.loads(out.stdout)
+    first = described["prompts"][0]
+    assert "red circle" in first and "blue background" in first, described["prompts"]
+    assert len(described["prompts"]) == 4 and described["terms"]["subject"][0]["term"] == first
+    # a gallery image: the nearest other gallery prompt is among the candidates
+    text = cli(engine, "describe", str(record.id))
+    assert text.returncode == 0 and text.stdout.startswith("1. a red circle"), text.stdout
+    missing = cli(engine, "describe", str(tmp_path / "nope.png"))
+    assert missing.returncode != 0 and "cannot read" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_the_edit_loop_from_the_cli(engine: EngineProcess) -> None:
+    [(record, image)] = make(engine, f'"{RED_ON_BLUE}" -S 12 -s 6')
+    out = cli(engine, "edit", str(record.id), "zoom-2", "--json")
+    assert out.returncode == 0, out.stderr
+    [made] = json.loads(out.stdout)["images"]
+    assert (made["width"], made["height"]) == image.size
+    with engine.client() as client:
+        child = client.image(made["id"])
+    assert child.parent_id == record.id and child.relation == "outpaint" and child.params["zoom_out"] == 2.0
+    out = cli(engine, "edit", str(record.id), "pan-down", "--json")
+    [made] = json.loads(out.stdout)["images"]
+    assert (made["width"], made["height"]) == (64, 96)
+    out = cli(engine, "edit", str(record.id), "vary-strong", "-n", "2", "--json")
+    assert out.returncode == 0 and len(json.loads(out.stdout)["images"]) == 2

@@ -188,6 +188,20 @@ class SearchResult(BaseModel):
     score: float
 
 
+class DescribedTerm(BaseModel):
+    term: str
+    score: float
+
+
+class Description(BaseModel):
+    """POST /v1/describe: four candidate prompts for a picture (best first), how its vocabulary ranked, and
+    the nearest images of the gallery the asker may see (their prompts are candidates too)."""
+
+    prompts: list[str]
+    terms: dict[str, list[DescribedTerm]] = Field(default_factory=dict)
+    similar: list[SearchResult] = Field(default_factory=list)
+
+
 class SearchResults(BaseModel):
     """Best first."""
 

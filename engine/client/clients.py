@@ -28,6 +28,7 @@ from engine.client.answers import (
     TERMINAL_EVENTS,
     Accepted,
     CheckReport,
+    Description,
     Event,
     Health,
     ImagePage,
@@ -177,6 +178,13 @@ class _Endpoints:
         """Reverse image search with PNG/JPEG/WebP bytes."""
         options = {"content": image, "params": _search_params(limit, offset, filters), "headers": _BINARY}
         return self._do(Call("POST", "/v1/search/image", _model(SearchResults), options))
+
+    def describe(self, image: bytes | int, *, scope: Scope | None = None) -> Answer[Description]:
+        """Four candidate prompts for a picture (PNG/JPEG/WebP bytes, or a gallery image id)."""
+        if isinstance(image, int):
+            return self._do(Call("GET", f"/v1/images/{image}/describe", _model(Description), _scoped(scope)))
+        options = {"content": image, "headers": _BINARY, **_scoped(scope)}
+        return self._do(Call("POST", "/v1/describe", _model(Description), options))
 
     def similar(self, image_id: int, *, limit: int = 20, offset: int = 0, **filters: object) -> Answer[SearchResults]:
         params = _search_params(limit, offset, filters)

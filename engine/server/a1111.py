@@ -31,7 +31,8 @@ from engine.client.answers import Job, ModelEntry
 from engine.client.controls import A1111_MODULES, A1111_RESIZE
 from engine.client.dream_args import explain
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
-from engine.client.schema import DreamRequest, Requester
+from engine.client.schema import DreamRequest, Requester, Scope
+from engine.server.describing import describe_picture
 from engine.server.services import Services
 from gallery.files import BadImage
 
@@ -576,17 +577,25 @@ def png_info(body: ImageBody) -> dict:
     return {"info": text, "items": items, "parameters": {"tool": tool, **fields}}
 
 
+class InterrogateBody(ImageBody):
+    model: str = "clip"
+
+
 @router.post("/interrogate")
-async def interrogate(body: ImageBody, request: Request) -> dict:
-    """Not a captioning model: the prompt of the nearest image in the gallery (CLIP), which is
-    what this engine can honestly say about a picture."""
+async def interrogate(body: InterrogateBody, request: Request) -> dict:
+    """`clip`: the best prompt `describe` finds for the picture (vocabularies ranked by CLIP, and the prompts of
+    the nearest gallery images); `deepdanbooru`: its best terms as comma-separated tags."""
     s = _services(request)
+    if body.model not in ("clip", "deepdanbooru"):
+        raise A1111Error(f"model: interrogate with clip or deepdanbooru here (got {body.model!r})")
     try:
         image = Image.open(io.BytesIO(decode_b64_image(body.image, "image"))).convert("RGB")
     except OSError:
         raise A1111Error("image is not a picture this engine can read") from None
-    page = await asyncio.to_thread(s.search.by_image, image=image, limit=1)
-    return {"caption": page.results[0].image.prompt if page.results else ""}
+    described = await asyncio.to_thread(describe_picture, s, image, Scope())
+    if body.model == "deepdanbooru":
+        return {"caption": ", ".join(terms[0].term for terms in described.terms.values() if terms)}
+    return {"caption": described.prompts[0] if described.prompts else ""}
 
 
 @router.get("/options")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -89,6 +90,7 @@ def build_backend(front: Services) -> Backend:
     # The workers first: Ray forks its processes, which LanceDB's runtime (imported below) warns against.
     workers, embedder, device = _ray_workers(settings) if settings.backend == "ray" else _local_worker(front)
     from engine.server.front import Front
+    from gallery.describe import Describer
     from gallery.index import LanceIndex
     from gallery.indexer import Indexer
     from gallery.search import GallerySearch
@@ -108,9 +110,19 @@ def build_backend(front: Services) -> Backend:
         workers=workers,
         front=Front(queue=front.queue, store=store, inputs=front.inputs, events=front.hub, indexer=indexer),
         search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
+        describer=functools.cache(lambda: Describer(embedder, describe_vocabulary(settings))),
         indexer=indexer,
         upkeep=Upkeep(store=store, indexer=indexer),
     )
+
+
+def describe_vocabulary(settings: Settings) -> dict[str, list[str]]:
+    """The words `describe` ranks: the toy world's for the built-in CLIP, general ones for a real CLIP; the user's
+    `<home>/vocabulary/*.txt` add to them."""
+    from gallery.describe import VOCABULARY_DIR, read_vocabulary
+
+    return read_vocabulary(VOCABULARY_DIR / ("toy" if settings.clip_model is None else "general"),
+                           settings.home / "vocabulary")  # fmt: skip
 
 
 def _local_worker(front: Services) -> tuple[Runner, Embedder, str]:

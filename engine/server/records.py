@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from engine.client.answers import ImageInfo, ImageRecord
+from engine.client.answers import ImageInfo, ImageRecord, SearchResult, SearchResults
 from gallery.schemas import ImagePublic
+from gallery.search import SearchPage
 from gallery.store import ImageStore
 
 
@@ -19,4 +20,12 @@ def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
     path = str(store.file_path(image))
     return ImageInfo.model_validate(
         image.model_dump() | {"path": path, "seed": image.seed or 0, "variation_seed": variation_seed}
+    )
+
+
+def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
+    return SearchResults(
+        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
+        offset=page.offset,
+        limit=page.limit,
     )

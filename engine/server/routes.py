@@ -17,11 +17,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from PIL import Image
 
 from engine import __version__
 from engine.client.answers import (
     Accepted,
     CheckReport,
+    Description,
     Health,
     ImagePage,
     ImageRecord,
@@ -32,21 +34,20 @@ from engine.client.answers import (
     PromptStyle,
     QueueState,
     ReconcileReport,
-    SearchResult,
     SearchResults,
     Upload,
 )
 from engine.client.errors import clip_text
 from engine.client.grid import tile
 from engine.client.schema import ControlPreview, DreamRequest, Scope
+from engine.server.describing import describe_picture
 from engine.server.inputs import png_bytes
 from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery, TextSearchQuery
-from engine.server.records import image_record
+from engine.server.records import image_record, search_results
 from engine.server.services import Services, ServicesDep
 from gallery.files import decode_image
 from gallery.schemas import ImagePublic
-from gallery.search import SearchPage
-from gallery.store import ImageNotFound, ImageStore
+from gallery.store import ImageNotFound
 
 router = APIRouter()
 
@@ -57,14 +58,6 @@ def scoped_image(s: Services, image_id: ImageId, scope: Scope) -> ImagePublic:
     if not scope.allows(image):
         raise ImageNotFound(f"image {image_id} is not in this server's gallery")
     return image
-
-
-def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
-    return SearchResults(
-        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
-        offset=page.offset,
-        limit=page.limit,
-    )
 
 
 def _existing_job(job_id: str, s: ServicesDep) -> str:
@@ -199,6 +192,22 @@ async def search_image(request: Request, s: ServicesDep, query: Annotated[Search
     page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.limit, offset=query.offset,
                                    filters=query.filters())  # fmt: skip
     return search_results(page, s.store)
+
+
+@router.post("/v1/describe", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
+async def describe(request: Request, s: ServicesDep, scope: ScopeQuery) -> Description:
+    """Four candidate prompts for a picture (Midjourney's /describe), from the vocabularies ranked by CLIP and the
+    prompts of the nearest gallery images the asker may see."""
+    image = decode_image(await request.body())
+    return await asyncio.to_thread(describe_picture, s, image, scope)
+
+
+@router.get("/v1/images/{image_id}/describe")
+async def describe_gallery_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> Description:
+    record = scoped_image(s, image_id, scope)
+    with Image.open(s.store.file_path(record)) as im:
+        image = im.convert("RGB")
+    return await asyncio.to_thread(describe_picture, s, image, scope, record.id)
 
 
 @router.post("/v1/gallery/import", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})

@@ -25,6 +25,7 @@ from gallery.store import ImageStore
 
 if TYPE_CHECKING:  # the backend's modules import torch and LanceDB: the API answers before they are loaded
     from engine.server.front import Front
+    from gallery.describe import Describer
     from gallery.indexer import Indexer
     from gallery.search import GallerySearch
     from gallery.upkeep import Upkeep
@@ -39,6 +40,7 @@ class Backend:
     workers: Runner  # the local worker thread, or Ray workers
     front: Front  # what the workers claim jobs from and hand their images to
     search: GallerySearch
+    describer: Callable[[], Describer]  # built on first use: it embeds its whole vocabulary once
     indexer: Indexer
     upkeep: Upkeep
 
@@ -82,6 +84,10 @@ class Services:
     @property
     def search(self) -> GallerySearch:
         return self.ready().search
+
+    @property
+    def describer(self) -> Describer:
+        return self.ready().describer()
 
     @property
     def indexer(self) -> Indexer:
