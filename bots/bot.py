@@ -15,7 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots.flow import DreamFlow
-from bots.views import ImageAction
+from bots.views import DreamPrompt, ImageAction
 from engine.client.clients import AsyncEngineClient, EngineUnavailable
 from engine.client.settings import Settings
 
@@ -50,7 +50,7 @@ class DreamBot(commands.Bot):
                         "so until it does)", self.engine.where)  # fmt: skip
         await self.load_extension("bots.cogs.dream")
         await self.load_extension("bots.cogs.search")
-        self.add_dynamic_items(ImageAction)  # persistent buttons: they work across restarts
+        self.add_dynamic_items(ImageAction, DreamPrompt)  # persistent buttons: they work across restarts
         dev_guild = self.settings.bot.dev_guild
         if dev_guild is not None:
             # Guild commands appear at once; global ones can take an hour to propagate.

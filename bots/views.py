@@ -29,7 +29,7 @@ from engine.client.derived import (
     vary_of,
     zoom_out_of,
 )
-from engine.client.dream_args import DreamArgsError, format_request, parse
+from engine.client.dream_args import DreamArgsError, format_request, parse, parse_argv
 from engine.client.schema import DreamRequest, Scope
 from engine.client.settings import Settings
 
@@ -269,3 +269,44 @@ def image_ids_of(message: discord.Message | None) -> list[int]:
             if match and match["action"] == "upscale" and int(match["image_id"]) not in ids:
                 ids.append(int(match["image_id"]))
     return ids
+
+
+PROMPT_LINE = re.compile(r"^(?P<k>[1-4])\. (?P<prompt>.+)$", re.MULTILINE)
+
+
+class DreamPrompt(discord.ui.DynamicItem[discord.ui.Button], template=r"dreamhall:prompt:(?P<k>[1-4])"):
+    """A /describe answer's button k: dreams the k-th prompt of its own message (so it survives restarts)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__(discord.ui.Button(label=str(k), style=discord.ButtonStyle.primary,
+                                           custom_id=f"dreamhall:prompt:{k}"))  # fmt: skip
+        self.k = k
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction, item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> DreamPrompt:
+        return cls(int(match["k"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        text = interaction.message.content if interaction.message is not None else ""
+        prompt = next((m["prompt"] for m in PROMPT_LINE.finditer(text) if int(m["k"]) == self.k), None)
+        if prompt is None:
+            await interaction.response.send_message("⚠️ That prompt is no longer in the message.", ephemeral=True)
+            return
+        bot = _bot(interaction)
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
+        try:
+            request = parse_argv(["--", prompt.strip("*")], requester=who)
+        except DreamArgsError as e:
+            await interaction.response.send_message(f"⚠️ {e}", ephemeral=True)
+            return
+        await interaction.response.defer(thinking=True)
+        await bot.flow.run(request, InteractionReply(interaction), interaction.channel, interaction.user)
+
+
+def describe_view(count: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for k in range(1, count + 1):
+        view.add_item(DreamPrompt(k))
+    return view

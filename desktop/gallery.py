@@ -19,11 +19,13 @@ from PySide6.QtGui import (
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDialog,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QListView,
+    QMenu,
     QMessageBox,
     QPushButton,
     QSplitter,
@@ -35,10 +37,16 @@ from PySide6.QtWidgets import (
 from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
-from engine.client.answers import ImageRecord, SearchResults
-from engine.client.derived import VARIABLE_MODES, upscale_of, variation_of
+from desktop.mask import MaskEditor
+from engine.client.answers import Description, ImageRecord, SearchResults
+from engine.client.clients import EngineClient
+from engine.client.derived import VARIABLE_MODES, pan_of, region_of, upscale_of, variation_of, vary_of, zoom_out_of
 from engine.client.schema import DEFAULT_VARIATION_AMOUNT, IMPORTED_SOURCES, DreamRequest
 
+# Midjourney's edit loop, as the gallery's Edit menu offers it: label -> what _derive makes
+EDIT_ACTIONS = (("Vary (Subtle)", "subtle"), ("Vary (Strong)", "strong"), ("Zoom Out 2×", "zoom2"),
+                ("Zoom Out 1.5×", "zoom1.5"), ("Pan ⬅", "pan_left"), ("Pan ➡", "pan_right"), ("Pan ⬆", "pan_top"),
+                ("Pan ⬇", "pan_bottom"))  # fmt: skip
 SINCE = {"any time": None, "today": timedelta(days=1), "this week": timedelta(days=7), "this month": timedelta(days=31)}
 
 
@@ -73,7 +81,8 @@ class GalleryPanel(QWidget):
 
     reuse = Signal(object)  # ImageRecord: fill the Generate form
     use_as_init = Signal(object)  # ImageRecord
-    dream = Signal(object)  # DreamRequest: variations / upscale, run in the Generate tab
+    dream = Signal(object)  # DreamRequest: variations / upscale / the edit loop, run in the Generate tab
+    use_prompt = Signal(str)  # a prompt Describe found
     message = Signal(str)
 
     def __init__(self, link: EngineLink, parent: QWidget | None = None) -> None:
@@ -111,7 +120,7 @@ class GalleryPanel(QWidget):
         self.actions: dict[str, QPushButton] = {}
         grid = QGridLayout()
         names = ["Reuse parameters", "Copy seed", "Use as init image", "Variations", "Upscale ×2", "Similar",
-                 "Favourite", "Delete", "Open file", "Show in folder"]  # fmt: skip
+                 "Edit", "Describe", "Favourite", "Delete", "Open file", "Show in folder"]  # fmt: skip
         for k, name in enumerate(names):
             button = self.actions[name] = QPushButton(name, enabled=False)
             grid.addWidget(button, k // 2, k % 2)
@@ -145,6 +154,14 @@ class GalleryPanel(QWidget):
         a["Variations"].clicked.connect(lambda: self._derive("variation"))
         a["Upscale ×2"].clicked.connect(lambda: self._derive("upscale"))
         a["Similar"].clicked.connect(self.similar)
+        # Midjourney's edit loop, each a job of its own linked to this image
+        self.edits = QMenu(self)
+        for label, kind in EDIT_ACTIONS:
+            self.edits.addAction(label, lambda kind=kind: self._derive(kind))
+        self.edits.addAction("Vary (Region)…", self.vary_region)
+        a["Edit"].setMenu(self.edits)
+        self.described = QMenu(self)  # the prompts Describe found: picking one puts it in the prompt box
+        a["Describe"].clicked.connect(self.describe)
         a["Favourite"].clicked.connect(self.toggle_favourite)
         a["Delete"].clicked.connect(self.delete)
         a["Open file"].clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(self.current.path)))
@@ -243,11 +260,51 @@ class GalleryPanel(QWidget):
         if record is None:
             return
         request: DreamRequest
-        if kind == "variation":
-            request = variation_of(record, amount=DEFAULT_VARIATION_AMOUNT, n=4, requester=requester())
-        else:
-            request = upscale_of(record, factor=2, requester=requester())
+        who = requester()
+        try:
+            if kind == "variation":
+                request = variation_of(record, amount=DEFAULT_VARIATION_AMOUNT, n=4, requester=who)
+            elif kind in ("subtle", "strong"):
+                request = vary_of(record, how=kind, n=4, requester=who)
+            elif kind.startswith("zoom"):
+                request = zoom_out_of(record, factor=float(kind.removeprefix("zoom")), requester=who)
+            elif kind.startswith("pan_"):
+                request = pan_of(record, side=kind.removeprefix("pan_"), requester=who)
+            else:
+                request = upscale_of(record, factor=2, requester=who)
+        except ValueError as e:
+            self.message.emit(str(e))
+            return
         self.dream.emit(request)
+
+    def vary_region(self) -> None:
+        """Midjourney's Vary (Region): paint the part to repaint, then four takes on it."""
+        record = self.current
+        if record is None:
+            return
+        editor = MaskEditor(record.path, self)
+        if editor.exec() != QDialog.DialogCode.Accepted:
+            return
+        mask = editor.mask_png()
+
+        def send(client: EngineClient) -> DreamRequest:
+            return region_of(record, mask=client.upload(mask).ref, prompt=None, n=4, requester=requester())
+
+        self.link.call(send, self.dream.emit, self.message.emit)
+
+    def describe(self) -> None:
+        """Four prompts for the image (Midjourney's /describe); picking one puts it in the Generate tab."""
+        record = self.current
+        if record is None:
+            return
+        self.link.call(lambda c: c.describe(record.id), self._show_described, self.message.emit)
+
+    def _show_described(self, described: Description) -> None:
+        self.described.clear()
+        for prompt in described.prompts:
+            self.described.addAction(prompt, lambda prompt=prompt: self.use_prompt.emit(prompt))
+        button = self.actions["Describe"]
+        self.described.popup(button.mapToGlobal(button.rect().bottomLeft()))
 
     def toggle_favourite(self) -> None:
         record = self.current

@@ -48,6 +48,7 @@ from PySide6.QtWidgets import (
 from desktop.control import ControlBox, ReferenceStrip
 from desktop.drops import PictureDrops
 from desktop.engine_link import EngineLink
+from desktop.extras import ExtrasBox
 from desktop.mask import MaskEditor
 from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
@@ -139,6 +140,7 @@ class GeneratePanel(PictureDrops, QWidget):
         self.clear_init = QPushButton("Clear")
         self.control = ControlBox(link)
         self.references = ReferenceStrip(link)
+        self.extras = ExtrasBox(link)
         self.generate_button = QPushButton("Generate  (Ctrl+Enter)")
         self.cancel_button = QPushButton("Cancel", enabled=False)
         self.progress = QProgressBar()
@@ -186,6 +188,7 @@ class GeneratePanel(PictureDrops, QWidget):
         left.addLayout(form)
         left.addWidget(self.control)
         left.addWidget(self.references)
+        left.addWidget(self.extras)
         left.addLayout(buttons)
         left.addWidget(self.progress)
         left.addWidget(self.state)
@@ -253,7 +256,7 @@ class GeneratePanel(PictureDrops, QWidget):
             argv += ["-I", self.init_ref, "-f", f"{self.strength.value():g}"]
             if self.mask_ref is not None:
                 argv += ["-M", self.mask_ref]
-        argv += self.control.argv()
+        argv += self.control.argv() + self.extras.argv()
         text = self.prompt.toPlainText().strip()
         try:
             return argv + split(text)
@@ -380,6 +383,7 @@ class GeneratePanel(PictureDrops, QWidget):
         else:
             self.control.clear_picture()
         self.references.reuse(record.params.get("references") or [], record.params.get("style_weight", 100))
+        self.extras.reuse(record.params)
 
     def set_init_image(self, record: ImageRecord) -> None:
         self.init_ref, self.init_record, self.mask_ref = f"gallery:{record.id}", record, None

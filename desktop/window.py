@@ -44,6 +44,7 @@ class MainWindow(QMainWindow):
         self.gallery.reuse.connect(self._reuse)
         self.gallery.use_as_init.connect(self._use_as_init)
         self.gallery.dream.connect(self._dream)
+        self.gallery.use_prompt.connect(self._use_prompt)
 
         self.resize(1200, 800)
         geometry = self.qsettings.value("window/geometry")
@@ -72,6 +73,10 @@ class MainWindow(QMainWindow):
 
     def _use_as_init(self, record) -> None:
         self.generate.set_init_image(record)
+        self._focus(self.generate)
+
+    def _use_prompt(self, prompt: str) -> None:
+        self.generate.prompt.setPlainText(prompt)
         self._focus(self.generate)
 
     def _dream(self, request: DreamRequest) -> None:

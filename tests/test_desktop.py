@@ -341,3 +341,35 @@ def test_reference_pictures_dropped_on_the_strip_carry_their_colours(qtbot, wind
     strip.clear_all()
     window.generate.reuse(client.image(ids[0]))
     assert strip.refs == [r["image"] for r in client.image(ids[0]).params["references"]]
+
+
+def test_the_edit_menu_describe_and_the_extras_box(qtbot, window: MainWindow) -> None:
+    (parent,) = generate(qtbot, window, '"a red circle on a blue background" -n 1 -S 6 -s 8', 1)
+    gallery = window.gallery
+    window.show_view("gallery")
+    gallery.show_record(window.link.client().image(parent))
+    labels = [a.text() for a in gallery.edits.actions()]
+    assert labels[:4] == ["Vary (Subtle)", "Vary (Strong)", "Zoom Out 2×", "Zoom Out 1.5×"] and "Vary (Region)…" in labels
+    next(a for a in gallery.edits.actions() if a.text() == "Zoom Out 2×").trigger()
+    qtbot.waitUntil(lambda: window.generate.results.count() == 1 and window.generate.job_id is None, timeout=WAIT)
+    zoomed = window.link.client().image(window.generate.results.item(0).data(Qt.ItemDataRole.UserRole))
+    assert zoomed.parent_id == parent and zoomed.relation == "outpaint" and (zoomed.width, zoomed.height) == (64, 64)
+    # Describe: four prompts; picking the first puts it in the prompt box
+    window.show_view("gallery")
+    gallery.show_record(window.link.client().image(parent))
+    qtbot.mouseClick(gallery.actions["Describe"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: len(gallery.described.actions()) == 4, timeout=WAIT)
+    first = gallery.described.actions()[0]
+    assert "circle" in first.text()
+    gallery.described.hide()
+    first.trigger()
+    assert window.tabs.currentWidget() is window.generate and window.generate.prompt.toPlainText() == first.text()
+    # the extras box speaks the grammar: hires, clip skip, tiling
+    extras = window.generate.extras
+    extras.hires.setValue(2)
+    extras.clip_skip.setValue(2)
+    extras.tiling.setChecked(True)
+    request = window.generate.request()
+    assert request.hires is not None and request.hires.scale == 2 and request.clip_skip == 2 and request.tiling
+    extras.reuse({})
+    assert window.generate.request().hires is None

@@ -539,3 +539,19 @@ def _text_inputs(component: dict) -> list[dict]:
         return [component]
     nested = component.get("components") or ([component["component"]] if "component" in component else [])
     return [i for c in nested for i in _text_inputs(c)]
+
+
+async def test_describe_offers_four_prompts_and_each_button_dreams_one(world: World) -> None:
+    buf = io.BytesIO()
+    toyworld.render(toyworld.Scene("star", "yellow", "black"), np.random.default_rng(3)).save(buf, format="PNG")
+    iid = await world.fake.slash(A, "8", "describe", image=buf.getvalue())
+    answer = await world.fake.wait_for(
+        lambda: next((p for p in world.fake.posted.values() if p.interaction == iid and p.via == "followup"), None)
+    )
+    lines = answer.content.splitlines()
+    assert lines[1] == "1. a yellow star on a black background" and len(lines) == 5, answer.content
+    assert answer.custom_ids == [f"dreamhall:prompt:{k}" for k in range(1, 5)]
+    dreamed = await follow_up_result(world, await world.fake.click(A, "8", answer, "dreamhall:prompt:1"))
+    assert "a yellow star on a black background" in dreamed.content
+    text = await world.fake.say(A, "7", "!describe")
+    assert "Attach an image, reply to one" in (await world.text_reply(text)).content

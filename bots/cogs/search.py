@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from bots import render, rules
 from bots.replies import InteractionReply, MessageReply, replying_errors, scope_of
-from bots.views import image_ids_of
+from bots.views import describe_view, image_ids_of
 from engine.client.answers import SearchResults
 from engine.client.clients import RequestRejected
 from engine.client.grid import tile
@@ -142,6 +142,40 @@ class SearchCog(commands.Cog, name="Search"):
                 f"model {image.model}\n> {render.clip(image.prompt, 300)}"
             )
         return render.clip("\n".join(lines), render.MESSAGE_LIMIT)
+
+    async def _describe(self, scope: Scope, source: discord.Message | bytes | int | None, say) -> None:
+        """Four prompts for a picture (attached, a result message's first image, or an image id), each with a
+        button that dreams it."""
+        if isinstance(source, discord.Message) and image_ids_of(source):
+            source = image_ids_of(source)[0]
+        elif isinstance(source, discord.Message) and source.attachments:
+            source = await source.attachments[0].read()
+        if not isinstance(source, (bytes, int)):
+            await say("Attach an image, reply to one, or give an image id: !describe 42")
+            return
+        described = await self.bot.engine.describe(source, scope=scope)
+        lines = ["Prompts for this picture (press a number to dream it):"]
+        lines += [f"{k}. {render.clip(p, 400)}" for k, p in enumerate(described.prompts, start=1)]
+        await say(render.clip("\n".join(lines), render.MESSAGE_LIMIT), view=describe_view(len(described.prompts)))
+
+    @commands.command(name="describe", help="attach an image, or reply to one: four prompts for it")
+    async def describe_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
+        referenced = ctx.message.reference.resolved if ctx.message.reference else None
+        source = ctx.message if ctx.message.attachments else referenced if isinstance(referenced, discord.Message) \
+            else image_id  # fmt: skip
+        say = MessageReply(ctx.message).send
+        async with replying_errors(say):
+            await self._describe(scope_of(ctx.guild, ctx.channel, ctx.author), source, say)
+
+    @app_commands.command(name="describe", description="Four prompts for a picture (Midjourney's /describe)")
+    @app_commands.describe(image="a picture", image_id="or a gallery image id")
+    async def describe_slash(self, interaction: discord.Interaction, image: discord.Attachment | None = None,
+                             image_id: int | None = None) -> None:  # fmt: skip
+        await interaction.response.defer(thinking=True)
+        reply = InteractionReply(interaction)
+        scope = scope_of(interaction.guild, interaction.channel, interaction.user)
+        async with replying_errors(reply.send):
+            await self._describe(scope, await image.read() if image is not None else image_id, reply.send)
 
     @commands.command(name="info", help="reply to a result (or !info <image id>): its prompt, seed and parameters")
     async def info_command(self, ctx: commands.Context, image_id: int | None = None) -> None:
