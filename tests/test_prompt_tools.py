@@ -109,7 +109,9 @@ def test_soft_and_cropped_inpainting(engine: EngineProcess) -> None:
         ref = client.upload(_png(mask)).ref
     [(record, cropped)] = make(engine, f'"a yellow star" -I {parent.id} -M {ref} -S 1 -s 6 --inpaint_full_res '
                                        f"--inpaint_padding 8 --mask_blur 2 --inpaint_fill fill")  # fmt: skip
-    assert cropped.size == (64, 64) and "Inpaint area: Only masked" in cropped.info["parameters"]
+    text = cropped.info["parameters"]
+    assert cropped.size == (64, 64) and "Inpaint area: Only masked" in text and "Masked area padding: 8" in text
+    assert "Denoising strength: 0.75" in text and "Mask blur: 2" in text and "Masked content: fill" in text
     before, after = (np.asarray(im.convert("RGB"), dtype=int) for im in (image, cropped))
     assert (before[:24, :24] == after[:24, :24]).all()  # far from the mask: untouched
     assert np.abs(before[40:56, 40:56] - after[40:56, 40:56]).mean() > 10  # the masked square: repainted
