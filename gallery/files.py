@@ -31,6 +31,7 @@ def a1111_parameters(image: ImageCreate) -> str:
         lines.append(f"Negative prompt: {image.negative_prompt}")
     p = image.params
     hires = p.get("hires") or {}
+    resize = hires.get("width") or hires.get("height")  # A1111's hr_resize_x/y instead of a scale
     fields = [
         ("Steps", image.steps),
         ("Sampler", image.sampler),
@@ -49,8 +50,8 @@ def a1111_parameters(image: ImageCreate) -> str:
         ("Masked area padding", p.get("inpaint_padding") if p.get("inpaint_full_res") else None),
         ("Seed resize from", "{}x{}".format(*p["seed_resize_from"]) if p.get("seed_resize_from") else None),
         ("Eta", _num(p.get("eta"))),
-        ("Hires upscale", _num(hires.get("scale")) if hires and not hires.get("width") else None),
-        ("Hires resize", f"{hires['width']}x{hires['height']}" if hires.get("width") and hires.get("height") else None),
+        ("Hires upscale", _num(hires["scale"]) if hires and not resize else None),
+        ("Hires resize", f"{hires.get('width') or 0}x{hires.get('height') or 0}" if resize else None),
         ("Hires steps", hires.get("steps") or None),
         ("Hires upscaler", p.get("hires_upscaler") if hires else None),
         ("Hires prompt", _quote(hires.get("prompt"))),

@@ -272,6 +272,8 @@ def test_hires_fix_styles_clip_skip_and_what_is_not_honoured(engine: EngineProce
     for words in ("Hires upscale: 2", "Hires steps: 3", "Hires upscaler: Lanczos", "Denoising strength: 0.5",
                   "Size: 64x64"):  # fmt: skip
         assert words in text, (words, text)
+    resized = api.txt2img(prompt=RED, seed=11, steps=2, width=64, height=64, enable_hr=True, hr_resize_x=96)
+    assert resized.images[0].size == (96, 96) and "Hires resize: 96x0" in resized.info["infotexts"][0]
     plain = api.txt2img(prompt=RED, seed=11, steps=4, width=64, height=64)
     assert plain.images[0].size == (64, 64) and not plain.info["warnings"]
 

@@ -143,3 +143,32 @@ def test_impossible_inputs_are_clear_errors(fields: dict, init_size: tuple[int, 
     mask = Image.new("L", init_size, 0)
     with pytest.raises(InputError, match=message):
         modes.plan(ref_request(prompt="x", **fields), Resolved(init=init, mask=mask), job_seed=1, native_size=64)
+
+
+def test_seed_resize_lays_the_small_noise_over_the_centre() -> None:
+    """A1111's seed_resize_from: the seed's noise at the old size sits in the middle of the new size's noise."""
+    big = modes.variation_noise(7, [], (4, 12, 16), from_shape=(4, 8, 8))
+    small = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(7))
+    assert torch.equal(big[:, 2:10, 4:12], small)
+    plain = torch.randn((4, 12, 16), generator=torch.Generator("cpu").manual_seed(7))
+    assert torch.equal(big[:, :2], plain[:, :2]) and not torch.equal(big, plain)
+    shrunk = modes.variation_noise(7, [], (4, 8, 8), from_shape=(4, 12, 16))  # a larger old size: its centre
+    assert torch.equal(shrunk, plain[:, 2:10, 4:12])
+
+
+def test_only_masked_box_and_masked_content() -> None:
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (40, 40, 48, 48))
+    assert modes.masked_box(mask, 4, 64, 64) == (36, 36, 52, 52)  # grown by the padding, square like the output
+    wide = Image.new("L", (64, 32), 0)
+    wide.paste(255, (40, 8, 48, 16))
+    assert modes.masked_box(wide, 4, 64, 32) == (28, 4, 60, 20)  # widened to the output's 2:1
+    assert modes.masked_box(mask, 40, 64, 64) == (0, 0, 64, 64)  # never past the picture
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    assert modes.prefilled(image, mask, "original", 1) is image
+    grey = np.asarray(modes.prefilled(image, mask, "nothing", 1))
+    assert (grey[40:48, 40:48] == 127).all() and (grey[:40] == (200, 30, 30)).all()
+    filled = np.asarray(modes.prefilled(image, mask, "fill", 1)).astype(int)
+    assert np.abs(filled[44, 44] - (200, 30, 30)).max() < 10  # painted from the colours around it
+    noise = [np.asarray(modes.prefilled(image, mask, "noise", s)) for s in (1, 1, 2)]
+    assert (noise[0] == noise[1]).all() and not (noise[0] == noise[2]).all()  # seeded
