@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 from cli.common import Exit, engine_errors, fail
+from cli.organise import board_id, cmd_rate, cmd_tag
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,6 +94,10 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
     with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
         if args.action in {"list", "show", "open"}:
             return _look(engine, args)
+        if args.action == "tag":
+            return cmd_tag(engine, args)
+        if args.action == "rate":
+            return cmd_rate(engine, args)
         if args.action == "import":
             return _import(engine, Path(args.target))
         if args.action == "reindex":
@@ -124,12 +129,18 @@ def _look(engine: EngineClient, args: argparse.Namespace) -> int:
     """gallery list / show ID / open ID|last."""
     if args.action == "list":
         filters = _filters(args)
-        page = engine.images(limit=args.limit, **filters)
+        if args.board is not None:
+            filters["board"] = board_id(engine, args.board)
+        page = engine.images(limit=args.limit, tag=args.tag or None, sort=args.sort, **filters)
+        if args.json:
+            print(page.model_dump_json())
+            return 0
         for image in page.images:
             when = image.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
             print(f"#{image.id}  {when}  seed {image.seed}  {image.width}x{image.height}  {image.mode}  "
                   f"{image.prompt[:70]!r}")  # fmt: skip
-        print(f"{len(page.images)} of {page.total} image(s), newest first")
+        order = {"newest": "newest first", "rating": "best rated first", "favourites": "favourites first"}[args.sort]
+        print(f"{len(page.images)} of {page.total} image(s), {order}")
         return 0
     if args.target is None:
         return fail(f"gallery {args.action} needs an image id (or `last`): dreamhall gallery {args.action} 42")
@@ -149,6 +160,7 @@ def _look(engine: EngineClient, args: argparse.Namespace) -> int:
         ("prompt", image.prompt), ("negative", image.negative_prompt or "—"), ("seed", image.seed),
         ("size", f"{image.width}x{image.height}"), ("model", image.model), ("sampler", image.sampler),
         ("steps", image.steps), ("cfg", image.cfg_scale), ("mode", image.mode), ("lineage", lineage),
+        ("rating", "★" * image.rating if image.rating else "—"), ("tags", " ".join(image.tags) or "—"),
         ("made", f"{image.created_at.astimezone():%Y-%m-%d %H:%M} by {image.source}" + (f" ({image.user})"
                                                                                          if image.user else "")),
         ("file", image.path),

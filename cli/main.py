@@ -9,7 +9,9 @@
     dreamhall describe photo.png | ID        four candidate prompts (Midjourney's /describe)
     dreamhall edit ID zoom-2 | pan-left | vary-subtle ...   Midjourney's edit loop
     dreamhall gallery import DIR | reindex | check [--repair]
-    dreamhall gallery list [--limit N] [--source cli] | show ID | open ID|last
+    dreamhall gallery list [--limit N] [--source cli] [--board B] [--tag T] [--json] | show ID | open ID|last
+    dreamhall gallery tag ID TAG… [--remove] | rate ID 1-5
+    dreamhall board create|list|rename|delete|add|remove NAME [ID…]
 
 The `dream` arguments are the `!dream` grammar (engine.client.dream_args), the same
 as in Discord and the desktop prompt box.
@@ -39,6 +41,7 @@ from cli.common import Exit, fail, load_settings
 from cli.dream import GrammarHelp, cmd_dream, cmd_zoom
 from cli.edit import EDITS, cmd_describe, cmd_edit
 from cli.gallery import cmd_gallery, cmd_models, cmd_search
+from cli.organise import BOARD_ACTIONS, cmd_board
 
 
 def cmd_engine(args: argparse.Namespace, settings: Settings) -> int:
@@ -140,9 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("-n", type=int, default=4, help="vary: how many images (default 4)")
     edit.add_argument("--json", action="store_true")
     edit.add_argument("--no-autostart", action="store_true")
-    gallery = sub.add_parser("gallery", help="list, show and open images; import, reindex, check and repair")
-    gallery.add_argument("action", choices=["list", "show", "open", "import", "reindex", "check"])
-    gallery.add_argument("target", nargs="?", help="show/open: an image id or `last`; import: the folder")
+    board = sub.add_parser("board", help="boards: create, list, rename, delete, add and remove images")
+    board.add_argument("action", choices=BOARD_ACTIONS)
+    board.add_argument("values", nargs="*", help="the board's name, then a new name or image ids")
+    board.add_argument("--json", action="store_true")
+    board.add_argument("--no-autostart", action="store_true")
+    gallery = sub.add_parser("gallery", help="list, show and open images; tag and rate; import, reindex, check")
+    gallery.add_argument("action", choices=["list", "show", "open", "tag", "rate", "import", "reindex", "check"])
+    gallery.add_argument("target", nargs="?", help="show/open/tag/rate: an image id (or `last`); import: the folder")
+    gallery.add_argument("values", nargs="*", help="tag: the tags; rate: 1-5 (0 clears it)")
+    gallery.add_argument("--board", help="list: only images on this board of yours")
+    gallery.add_argument("--tag", action="append", default=[], help="list: only images with this tag (repeatable)")
+    gallery.add_argument("--sort", choices=["newest", "rating", "favourites"], default="newest")
+    gallery.add_argument("--remove", action="store_true", help="tag: take these tags off")
+    gallery.add_argument("--json", action="store_true", help="one JSON object instead of text")
     gallery.add_argument("--limit", type=int, default=20, help="list: how many (newest first)")
     gallery.add_argument("--guild")
     gallery.add_argument("--user")
@@ -169,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_search(args, settings)
         if args.command == "models":
             return cmd_models(args, settings)
+        if args.command == "board":
+            return cmd_board(args, settings)
         if args.command == "describe":
             return cmd_describe(args, settings)
         if args.command == "edit":

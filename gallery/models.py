@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, false
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -70,6 +70,7 @@ class ImageRow(Base):
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
     relation: Mapped[str | None] = mapped_column(String(16))
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
+    rating: Mapped[int | None] = mapped_column(Integer)  # 1-5, the owner's
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     worker: Mapped[str | None] = mapped_column(String(200))
     params: Mapped[dict] = mapped_column(JSON, default=dict)
@@ -85,3 +86,39 @@ class EmbeddingRow(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     clip_model: Mapped[str] = mapped_column(String(300), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class BoardRow(Base):
+    """A board (InvokeAI's word): a named set of images. `scope` says whose: `local` (the engine's owner: the CLI
+    and the desktop), `g:<guild>` (shared in a Discord server), `g:<guild>:u:<user>` (one member's), `dm:<user>`."""
+
+    __tablename__ = "boards"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(450))
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("scope", "name_key", name="uq_boards_scope_name"),)
+
+
+class BoardImageRow(Base):
+    __tablename__ = "board_images"
+
+    board_id: Mapped[int] = mapped_column(ForeignKey("boards.id", ondelete="CASCADE"), primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ImageTagRow(Base):
+    """A tag on an image: automatic (what made it) or a person's."""
+
+    __tablename__ = "image_tags"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(64), primary_key=True)
+    auto: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    __table_args__ = (Index("ix_image_tags_tag_image", "tag", "image_id"),)

@@ -51,6 +51,7 @@ class ImagePublic(ImageCreate):
     sha256: str
     path: str
     favourite: bool = False
+    rating: int | None = Field(default=None, description="1-5, the owner's rating")
     created_at: UtcDateTime
     deleted_at: UtcDateTime | None = None
 
@@ -99,9 +100,35 @@ class SearchFilters(VectorFilters):
     min_width: int | None = Field(default=None, ge=1)
     min_height: int | None = Field(default=None, ge=1)
     lora: str | None = Field(default=None, description="only images made with this LoRA (by name)")
+    tags: list[str] = Field(default_factory=list, description="only images with every one of these tags")
+    board: int | None = Field(default=None, description="only images on this board (its visibility checked before)")
+    min_rating: int | None = Field(default=None, ge=1, le=5)
+
+    @property
+    def sqlite_only(self) -> bool:
+        """Whether it narrows by what only SQLite knows (tags, boards, ratings): a vector query cannot apply it."""
+        return bool(self.tags) or self.board is not None or self.min_rating is not None
 
     def vector_filters(self) -> VectorFilters:
         return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))
+
+
+class BoardPublic(BaseModel):
+    """A board as listed: its images' count and the newest one added (its cover)."""
+
+    id: int
+    name: str
+    shared: bool = Field(description="seen by the whole Discord server (else by its creator only)")
+    owner: str | None = None
+    count: int = 0
+    cover: int | None = None
+    created_at: UtcDateTime
+
+
+class TagCount(BaseModel):
+    tag: str
+    count: int
+    auto: bool = Field(description="automatic (what made the image) rather than a person's")
 
 
 class ImportResult(BaseModel):

@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from gallery.schemas import ImagePublic, SearchFilters
 from gallery.store import GalleryError, ImageStore
+from gallery.tags import tag_of, unique
 
 if TYPE_CHECKING:  # torch and LanceDB load with the engine's backend, not with whoever imports this
     import numpy as np
@@ -30,6 +31,7 @@ if TYPE_CHECKING:  # torch and LanceDB load with the engine's backend, not with 
 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 200
+SQLITE_CANDIDATES = 10_000  # a tag or board narrows a text search to at most this many newest images first
 KEYWORD_BONUS = 1.0  # above any cosine: a prompt that says every word of the query outranks CLIP alone
 # Searches repeat (the same words again, the next page, a Discord channel's favourite query), and a CLIP
 # text embedding costs more than the rest of a search on a CPU (ViT-B-32: ~57 ms against ~15).
@@ -49,6 +51,12 @@ class SearchPage(BaseModel):
     results: list[SearchHit]
     offset: int
     limit: int
+
+
+def split_tags(query: str) -> tuple[str, list[str]]:
+    """`tag:NAME` words out of a search text: the rest, and the tags (as gallery.tags spells them)."""
+    tags = [tag_of(t) for t in re.findall(r"(?:^|\s)tag:(\S+)", query)]
+    return re.sub(r"(?:^|\s)tag:\S+", " ", query).strip(), tags
 
 
 def phrases_of(query: str) -> list[str]:
@@ -88,8 +96,16 @@ class GallerySearch:
         if len(query) > MAX_QUERY_CHARS:
             raise SearchError(f"the search text is too long ({len(query)} characters; at most {MAX_QUERY_CHARS})")
         filters = filters or SearchFilters()
+        query, tags = split_tags(query)  # `tag:portrait` in the search box is a filter, not words
+        if tags:
+            filters = filters.model_copy(update={"tags": unique([*filters.tags, *tags])})
         depth = self._depth(limit, offset)
+        if not query:  # tags alone: the newest images that have them
+            images, _ = self.store.page(filters=filters, limit=limit, offset=offset)
+            return SearchPage(results=[SearchHit(image=i, score=1.0) for i in images], offset=offset, limit=limit)
         vector = self._text_vector(query)
+        if filters.sqlite_only:  # tags, a board, a rating: rank what SQLite lets through, by CLIP and by words
+            return self._within(query, vector, limit, offset, filters)
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
@@ -106,6 +122,17 @@ class GallerySearch:
             allowed = set(self.store.keyword_ids(phrase, filters=filters, k=max(depth, 10_000)))
             scores = {i: s for i, s in scores.items() if i in allowed}
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        return self._page(ranked, limit, offset, filters)
+
+    def _within(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters) -> SearchPage:
+        """A text search among the images that SQLite-only filters let through (the newest SQLITE_CANDIDATES)."""
+        candidates, _ = self.store.page(filters=filters, limit=SQLITE_CANDIDATES, offset=0)
+        ids = [i.id for i in candidates]
+        cosines = self.index.scores(vector, ids, filters=filters.vector_filters()) if ids else {}
+        words = fts_query(query)
+        keyword = set(self.store.keyword_ids(words, filters=filters, k=SQLITE_CANDIDATES)) if words else set()
+        scores = {i: cosines.get(i, 0.0) + (KEYWORD_BONUS if i in keyword else 0.0) for i in ids}
+        ranked = sorted(((i, s) for i, s in scores.items() if s >= self.min_score), key=lambda kv: -kv[1])
         return self._page(ranked, limit, offset, filters)
 
     def by_image(self, *, image: Image.Image, limit: int = 20, offset: int = 0,

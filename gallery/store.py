@@ -20,8 +20,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gallery.files import write_content_addressed
-from gallery.models import ImageRow
+from gallery.models import ImageRow, ImageTagRow
 from gallery.schemas import ImageCreate, ImagePublic, SearchFilters
+from gallery.tags import auto_tags
 
 # Every live image whose (job, index) an earlier live image already has: the later copies.
 DUPLICATES_SQL = """
@@ -85,7 +86,9 @@ class ImageStore(ABC):
         """The live images among `image_ids`, in the order given."""
 
     @abstractmethod
-    def page(self, *, filters: SearchFilters, limit: int, offset: int) -> tuple[list[ImagePublic], int]:
+    def page(
+        self, *, filters: SearchFilters, limit: int, offset: int, sort: str = "newest"
+    ) -> tuple[list[ImagePublic], int]:
         """Live images newest first that pass `filters`, and how many pass in all."""
 
     @abstractmethod
@@ -144,14 +147,19 @@ class SqliteImageStore(ImageStore):
                         select(ImageRow).where(ImageRow.job_id.in_(job_ids), ImageRow.deleted_at.is_(None))
                     )
                 } if job_ids else {}  # fmt: skip
-                rows = []
+                rows, new = [], []
                 for info, sha, rel in stored:
                     row = existing.get((info.job_id, info.index)) if info.job_id is not None else None
                     if row is None:
                         row = ImageRow(**info.model_dump(), sha256=sha, path=rel)
                         session.add(row)
+                        new.append(row)
                     rows.append(row)
                 session.flush()
+                for row in new:  # what made it, as tags (gallery.tags)
+                    tags = auto_tags(model=row.model, sampler=row.sampler, mode=row.mode, source=row.source,
+                                     width=row.width, height=row.height, params=row.params or {})  # fmt: skip
+                    session.add_all(ImageTagRow(image_id=row.id, tag=t, auto=True) for t in tags)
                 return [ImagePublic.model_validate(r) for r in rows]
         except (OSError, SQLAlchemyError) as e:
             raise StorageError(f"could not store {len(items)} image(s): {e}") from e
@@ -195,11 +203,14 @@ class SqliteImageStore(ImageStore):
             found = {r.id: ImagePublic.model_validate(r) for r in rows}
         return [found[i] for i in image_ids if i in found]
 
-    def page(self, *, filters: SearchFilters, limit: int, offset: int) -> tuple[list[ImagePublic], int]:
+    def page(
+        self, *, filters: SearchFilters, limit: int, offset: int, sort: str = "newest"
+    ) -> tuple[list[ImagePublic], int]:
         where, params = filter_sql(filters, "i")
+        order = SORTS[sort]
         with Session(self.engine) as session:
             total = session.execute(text(f"SELECT count(*) FROM images AS i WHERE {where}"), params).scalar_one()
-            sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit OFFSET :offset")
+            sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset")
             ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
         return self.get_many(ids), total
 
@@ -250,6 +261,14 @@ class SqliteImageStore(ImageStore):
             session.execute(update(ImageRow).where(ImageRow.id.in_(image_ids)).values(deleted_at=datetime.now(UTC)))
 
 
+# How a listing may be ordered: newest first, best rated first, favourites first (then newest).
+SORTS = {
+    "newest": "i.id DESC",
+    "rating": "i.rating IS NULL, i.rating DESC, i.id DESC",
+    "favourites": "i.favourite DESC, i.id DESC",
+}
+
+
 def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     """WHERE conditions on the images table for `filters` (always excluding deleted images)."""
     conds, params = [f"{alias}.deleted_at IS NULL"], {}
@@ -273,6 +292,18 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.min_height is not None:
         conds.append(f"{alias}.height >= :f_min_h")
         params["f_min_h"] = filters.min_height
+    for k, tag in enumerate(filters.tags):
+        tagged = f"t{k}"
+        conds.append(f"EXISTS (SELECT 1 FROM image_tags AS {tagged} WHERE {tagged}.image_id = {alias}.id "
+                     f"AND {tagged}.tag = :f_tag{k})")  # fmt: skip
+        params[f"f_tag{k}"] = tag
+    if filters.board is not None:
+        conds.append(f"EXISTS (SELECT 1 FROM board_images AS b WHERE b.image_id = {alias}.id "
+                     "AND b.board_id = :f_board)")  # fmt: skip
+        params["f_board"] = filters.board
+    if filters.min_rating is not None:
+        conds.append(f"{alias}.rating >= :f_min_rating")
+        params["f_min_rating"] = filters.min_rating
     if filters.lora is not None:
         conds.append(f"EXISTS (SELECT 1 FROM json_each({alias}.params, '$.loras') AS l "
                      "WHERE json_extract(l.value, '$.name') = :f_lora)")  # fmt: skip

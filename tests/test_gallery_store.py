@@ -10,7 +10,7 @@ from sqlalchemy import inspect, text
 
 from gallery.db import connect, downgrade, open_gallery_db, upgrade
 from gallery.files import a1111_parameters, encode_png, read_text_chunks
-from gallery.schemas import ImageCreate
+from gallery.schemas import ImageCreate, SearchFilters
 from gallery.store import SqliteImageStore
 
 
@@ -115,3 +115,25 @@ def test_storing_a_jobs_images_again_is_idempotent_and_check_finds_old_twins(tmp
         conn.execute(insert(ImageRow).values(**row))
     twins = store.duplicates()
     assert len(twins) == 1 and twins[0] > first[-1].id
+
+
+def test_an_old_gallery_upgrades_in_place_with_automatic_tags(tmp_path: Path) -> None:
+    """A gallery at revision 0004 (before boards and tags) keeps every row and gets its images' automatic tags."""
+    engine = open_gallery_db(tmp_path / "g.db")
+    store = SqliteImageStore(engine, tmp_path / "images")
+    downgrade(engine, "0004")
+    assert "image_tags" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:  # a row as the older engine wrote it
+        conn.execute(text(
+            "INSERT INTO images (job_id, \"index\", sha256, path, width, height, seed, prompt, negative_prompt, mode, "
+            "source, favourite, nsfw, params, created_at, model, sampler) VALUES (NULL, 0, 'x', 'x.png', 96, 64, 1, "
+            "'an old fox', '', 'txt2img', 'discord', 0, 0, '{\"loras\": [{\"name\": \"Ink Wash\"}]}', "
+            "'2026-11-01 10:00:00', 'toy', 'Euler a')"
+        ))  # fmt: skip
+    upgrade(engine)
+    (old,) = store.page(filters=SearchFilters(tags=["landscape"]), limit=10, offset=0)[0]
+    assert old.prompt == "an old fox" and old.rating is None
+    with engine.connect() as conn:
+        tags = set(conn.execute(text("SELECT tag FROM image_tags WHERE image_id = :i"), {"i": old.id}).scalars())
+    assert tags == {"mode:txt2img", "source:discord", "landscape", "small", "model:toy", "sampler:euler-a",
+                    "lora:ink-wash"}  # fmt: skip

@@ -3,7 +3,7 @@ the model shelf, errors. The requests they answer are in engine.client.schema.""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,10 +11,12 @@ from engine.client.schema import DreamRequest, JobStatus
 from engine.client.states import TERMINAL
 
 # The gallery's own records (pure pydantic) are the wire records too: one family, never copied.
+from gallery.schemas import BoardPublic as BoardPublic
 from gallery.schemas import CheckReport as CheckReport
 from gallery.schemas import ImagePublic, UtcDateTime
 from gallery.schemas import ImportResult as ImportResult
 from gallery.schemas import ReconcileReport as ReconcileReport
+from gallery.schemas import TagCount as TagCount
 
 
 class Upload(BaseModel):
@@ -164,6 +166,7 @@ class ImageRecord(ImagePublic):
     """An image of the gallery as clients see it: enough to show it, explain it, and make it again."""
 
     path: str = Field(description="absolute path on the engine's machine")
+    tags: list[str] = Field(default_factory=list, description="people's tags first, then the automatic ones")
 
 
 class ImagePage(BaseModel):
@@ -180,7 +183,8 @@ class ImageUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    favourite: bool
+    favourite: bool | None = None
+    rating: int | None = Field(default=None, ge=0, le=5, description="1-5; 0 clears it")
 
 
 class SearchResult(BaseModel):
@@ -208,3 +212,29 @@ class SearchResults(BaseModel):
     results: list[SearchResult]
     offset: int
     limit: int
+
+
+class BoardCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    shared: bool = Field(default=False, description="in a Discord server: the whole server sees it")
+
+
+class BoardRename(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+
+
+class BoardImages(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(min_length=1, max_length=1000)
+
+
+class TagChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    add: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
+    remove: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from engine.client.answers import (
     TERMINAL_EVENTS,
     Accepted,
+    BoardPublic,
     CheckReport,
     Description,
     Event,
@@ -40,6 +41,7 @@ from engine.client.answers import (
     QueueState,
     ReconcileReport,
     SearchResults,
+    TagCount,
     Upload,
 )
 from engine.client.errors import EngineError as EngineError
@@ -78,6 +80,14 @@ def _model(model: type[M]) -> Callable[[httpx.Response], M]:
 
 def _list(model: type[M]) -> Callable[[httpx.Response], list[M]]:
     return lambda response: [model.model_validate(item) for item in check(response).json()]
+
+
+def _str_list(response: httpx.Response) -> list[str]:
+    return [str(item) for item in check(response).json()]
+
+
+def _who(who: Requester) -> dict[str, Any]:
+    return {"params": who.model_dump(include={"source", "user", "guild"}, exclude_none=True)}
 
 
 def _bytes(response: httpx.Response) -> bytes:
@@ -152,6 +162,48 @@ class _Endpoints:
     def set_favourite(self, image_id: int, favourite: bool) -> Answer[ImageRecord]:
         body = {"favourite": favourite}
         return self._do(Call("PATCH", f"/v1/images/{image_id}", _model(ImageRecord), {"json": body}))
+
+    def rate(self, image_id: int, rating: int) -> Answer[ImageRecord]:
+        """1-5; 0 clears the rating."""
+        return self._do(Call("PATCH", f"/v1/images/{image_id}", _model(ImageRecord), {"json": {"rating": rating}}))
+
+    def tag(self, image_id: int, add: list[str], remove: list[str] | None = None, *,
+            scope: Scope | None = None) -> Answer[list[str]]:  # fmt: skip
+        """A person's tags on and off an image; its tags after."""
+        options = {"json": {"add": add, "remove": remove or []}, **_scoped(scope)}
+        return self._do(Call("POST", f"/v1/images/{image_id}/tags", _str_list, options))
+
+    def tags(self, prefix: str = "", *, limit: int = 20, **filters: object) -> Answer[list[TagCount]]:
+        """The most used tags (of the images `filters` let through) that start with `prefix`."""
+        params = {k: v for k, v in {**filters, "prefix": prefix, "limit": limit}.items() if v is not None}
+        return self._do(Call("GET", "/v1/tags", _list(TagCount), {"params": params}))
+
+    # --- boards: `who` is the asker (the bot's member; the CLI's and the desktop's local user) ---------------
+    def boards(self, who: Requester) -> Answer[list[BoardPublic]]:
+        return self._do(Call("GET", "/v1/boards", _list(BoardPublic), _who(who)))
+
+    def board(self, board_id: int, who: Requester) -> Answer[BoardPublic]:
+        return self._do(Call("GET", f"/v1/boards/{board_id}", _model(BoardPublic), _who(who)))
+
+    def create_board(self, name: str, who: Requester, *, shared: bool = False) -> Answer[BoardPublic]:
+        options = {"json": {"name": name, "shared": shared}, **_who(who)}
+        return self._do(Call("POST", "/v1/boards", _model(BoardPublic), options))
+
+    def rename_board(self, board_id: int, name: str, who: Requester) -> Answer[BoardPublic]:
+        options = {"json": {"name": name}, **_who(who)}
+        return self._do(Call("PATCH", f"/v1/boards/{board_id}", _model(BoardPublic), options))
+
+    def delete_board(self, board_id: int, who: Requester) -> Answer[BoardPublic]:
+        """The board goes; its images stay."""
+        return self._do(Call("DELETE", f"/v1/boards/{board_id}", _model(BoardPublic), _who(who)))
+
+    def board_add(self, board_id: int, image_ids: list[int], who: Requester) -> Answer[BoardPublic]:
+        options = {"json": {"image_ids": image_ids}, **_who(who)}
+        return self._do(Call("POST", f"/v1/boards/{board_id}/images", _model(BoardPublic), options))
+
+    def board_remove(self, board_id: int, image_ids: list[int], who: Requester) -> Answer[BoardPublic]:
+        options = {"json": {"image_ids": image_ids}, **_who(who)}
+        return self._do(Call("POST", f"/v1/boards/{board_id}/images/remove", _model(BoardPublic), options))
 
     def delete_image(self, image_id: int) -> Answer[ImageRecord]:
         return self._do(Call("DELETE", f"/v1/images/{image_id}", _model(ImageRecord)))

@@ -35,6 +35,7 @@ from engine.server.middleware import DeclaredBodyLimit, TokenGuard
 from engine.server.prompting import Prompting
 from engine.server.queue import SqliteJobQueue
 from engine.server.services import Backend, Services
+from gallery.boards import Organiser
 from gallery.db import open_gallery_db
 from gallery.store import SqliteImageStore
 
@@ -69,7 +70,8 @@ def build_front(settings: Settings) -> Services:
     jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf,
                       default_model=settings.model, prompting=prompting)  # fmt: skip
     return Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf, hub=hub,
-                    runner=runner, prompting=prompting, load=build_backend_or_stop)  # fmt: skip
+                    runner=runner, prompting=prompting, organiser=Organiser(db, store),
+                    load=build_backend_or_stop)  # fmt: skip
 
 
 def build_backend_or_stop(front: Services) -> Backend:

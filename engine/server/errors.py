@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from engine.client.errors import UserError
 from engine.server.queue import JobNotFound, TooManyQueued
+from gallery.boards import BoardDenied, BoardExists, BoardNotFound
 from gallery.files import BadImage
 from gallery.search import SearchError
 from gallery.store import ImageNotFound
+from gallery.tags import BadName
 
 
 class EngineStarting(RuntimeError):
@@ -22,6 +24,10 @@ class EngineStarting(RuntimeError):
 USER_ERRORS: dict[type[Exception], int] = {
     JobNotFound: 404,
     ImageNotFound: 404,
+    BoardNotFound: 404,
+    BoardDenied: 403,
+    BoardExists: 409,
+    BadName: 422,
     SearchError: 422,
     BadImage: 422,
     UserError: 422,  # InputError, UnknownModel, PromptError, SamplerError, ModelLoadError, ...

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from engine import __version__
-from engine.server import a1111, error_handlers, routes
+from engine.server import a1111, error_handlers, organise, routes
 from engine.server.services import Services
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(a1111.router, prefix=services.settings.a1111_prefix)
     app.include_router(a1111.controlnet_router, prefix=services.settings.a1111_prefix)
     app.include_router(routes.router)
+    app.include_router(organise.router)
     _errors_as_json_in_openapi(app)
     return app
 

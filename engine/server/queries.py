@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
-from engine.client.schema import MAX_ID, Scope
+from engine.client.schema import MAX_ID, Scope, Source
+from gallery.boards import Who
 from gallery.schemas import SearchFilters
-from gallery.search import MAX_LIMIT, MAX_QUERY_CHARS
+from gallery.search import MAX_LIMIT, MAX_QUERY_CHARS, SearchError
+from gallery.tags import BadName, tag_of
 
 ImageId = Annotated[int, Path(ge=1, le=MAX_ID, description="a gallery image id")]
 MAX_OFFSET = 10**9  # past any gallery; a larger one is a mistake, not a page
@@ -58,12 +60,22 @@ class FilterQuery(BaseModel):
     min_width: int | None = Field(default=None, ge=1, le=MAX_FILTER_SIDE)
     min_height: int | None = Field(default=None, ge=1, le=MAX_FILTER_SIDE)
     lora: str | None = Field(default=None, max_length=200, description="only images made with this LoRA")
+    tag: list[Annotated[str, Field(max_length=200)]] = Field(
+        default_factory=list, max_length=8, description="only images with every one of these tags"
+    )
+    board: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images on this board")
+    min_rating: int | None = Field(default=None, ge=1, le=5)
 
     def filters(self) -> SearchFilters:
+        try:
+            tags = [tag_of(t) for t in self.tag]
+        except BadName as e:
+            raise SearchError(f"tag: {e}") from None
         return SearchFilters(guild=self.guild, user=self.user, source=self.source, model=self.model,
                              created_after=self.after, created_before=self.before, dm_of=self.dm_of,
                              favourites=self.favourites, min_width=self.min_width,
-                             min_height=self.min_height, lora=self.lora)  # fmt: skip
+                             min_height=self.min_height, lora=self.lora, tags=tags, board=self.board,
+                             min_rating=self.min_rating)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):
@@ -71,6 +83,7 @@ class BrowseQuery(FilterQuery):
 
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
+    sort: Literal["newest", "rating", "favourites"] = "newest"
 
 
 class SearchQuery(FilterQuery):
@@ -86,3 +99,20 @@ class TextSearchQuery(SearchQuery):
 
 
 ScopeQuery = Annotated[Scope, Query()]
+
+
+class WhoQuery(BaseModel):
+    """Who is asking, for boards: the engine's owner (any source but discord), or a Discord member (`guild`) or
+    DM user (no `guild`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Source = "api"
+    user: str | None = Field(default=None, max_length=200)
+    guild: str | None = Field(default=None, max_length=200)
+
+    def who(self) -> Who:
+        return Who(user=self.user, guild=self.guild, discord=self.source == "discord")
+
+
+WhoParams = Annotated[WhoQuery, Query()]

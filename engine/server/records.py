@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from engine.client.answers import ImageInfo, ImageRecord, SearchResult, SearchResults
+from engine.client.schema import Scope
 from gallery.schemas import ImagePublic
 from gallery.search import SearchPage
-from gallery.store import ImageStore
+from gallery.store import ImageNotFound, ImageStore
 
 
 def image_record(image: ImagePublic, store: ImageStore) -> ImageRecord:
@@ -29,3 +30,11 @@ def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
         offset=page.offset,
         limit=page.limit,
     )
+
+
+def scoped_image(store: ImageStore, image_id: int, scope: Scope) -> ImagePublic:
+    """An image, if the requester's scope (a guild, or a DM user) may see it; else as if it did not exist."""
+    image = store.get(image_id)
+    if not scope.allows(image):
+        raise ImageNotFound(f"image {image_id} is not in this server's gallery")
+    return image

@@ -39,25 +39,15 @@ from engine.client.answers import (
 )
 from engine.client.errors import clip_text
 from engine.client.grid import tile
-from engine.client.schema import ControlPreview, DreamRequest, Scope
+from engine.client.schema import ControlPreview, DreamRequest
 from engine.server.describing import describe_picture
 from engine.server.inputs import png_bytes
 from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery, TextSearchQuery
-from engine.server.records import image_record, search_results
+from engine.server.records import image_record, scoped_image, search_results
 from engine.server.services import Services, ServicesDep
 from gallery.files import decode_image
-from gallery.schemas import ImagePublic
-from gallery.store import ImageNotFound
 
 router = APIRouter()
-
-
-def scoped_image(s: Services, image_id: ImageId, scope: Scope) -> ImagePublic:
-    """An image, if the requester's scope (a guild, or a DM user) may see it; else as if it did not exist."""
-    image = s.store.get(image_id)
-    if not scope.allows(image):
-        raise ImageNotFound(f"image {image_id} is not in this server's gallery")
-    return image
 
 
 def _existing_job(job_id: str, s: ServicesDep) -> str:
@@ -158,19 +148,30 @@ def queue_state(s: ServicesDep, scope: ScopeQuery) -> QueueState:
 @router.get("/v1/images")
 def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
     """The gallery newest first (what a gallery grid pages through); same filters as search."""
-    images, total = s.store.page(filters=query.filters(), limit=query.limit, offset=query.offset)
-    return ImagePage(images=[image_record(i, s.store) for i in images], total=total, offset=query.offset,
-                     limit=query.limit)  # fmt: skip
+    images, total = s.store.page(filters=query.filters(), limit=query.limit, offset=query.offset, sort=query.sort)
+    return ImagePage(images=with_tags(s, [image_record(i, s.store) for i in images]), total=total,
+                     offset=query.offset, limit=query.limit)  # fmt: skip
 
 
 @router.get("/v1/images/{image_id}")
 def get_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> ImageRecord:
-    return image_record(scoped_image(s, image_id, scope), s.store)
+    return with_tags(s, [image_record(scoped_image(s.store, image_id, scope), s.store)])[0]
+
+
+def with_tags(s: Services, records: list[ImageRecord]) -> list[ImageRecord]:
+    """The records with their tags (one query for the page)."""
+    tags = s.organiser.tags_of([r.id for r in records])
+    return [r.model_copy(update={"tags": tags[r.id]}) for r in records]
 
 
 @router.patch("/v1/images/{image_id}")
 def update_image(image_id: ImageId, update: ImageUpdate, s: ServicesDep) -> ImageRecord:
-    return image_record(s.store.set_favourite(image_id, update.favourite), s.store)
+    """Favourite and rate an image (1-5; 0 clears the rating)."""
+    if update.favourite is not None:
+        s.store.set_favourite(image_id, update.favourite)
+    if update.rating is not None:
+        s.organiser.rate(image_id, update.rating or None)
+    return with_tags(s, [image_record(s.store.get(image_id), s.store)])[0]
 
 
 @router.delete("/v1/images/{image_id}")
@@ -204,7 +205,7 @@ async def describe(request: Request, s: ServicesDep, scope: ScopeQuery) -> Descr
 
 @router.get("/v1/images/{image_id}/describe")
 async def describe_gallery_image(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> Description:
-    record = scoped_image(s, image_id, scope)
+    record = scoped_image(s.store, image_id, scope)
     with Image.open(s.store.file_path(record)) as im:
         image = im.convert("RGB")
     return await asyncio.to_thread(describe_picture, s, image, scope, record.id)
@@ -234,4 +235,4 @@ def similar(image_id: ImageId, s: ServicesDep, query: Annotated[SearchQuery, Que
 
 @router.get("/v1/images/{image_id}/file", response_class=FileResponse)
 def image_file(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> FileResponse:
-    return FileResponse(s.store.file_path(scoped_image(s, image_id, scope)), media_type="image/png")
+    return FileResponse(s.store.file_path(scoped_image(s.store, image_id, scope)), media_type="image/png")

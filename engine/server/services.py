@@ -21,6 +21,7 @@ from engine.server.inputs import Inputs
 from engine.server.jobs import JobService, LateRunner
 from engine.server.prompting import Prompting
 from engine.server.queue import JobQueue
+from gallery.boards import Organiser
 from gallery.store import ImageStore
 
 if TYPE_CHECKING:  # the backend's modules import torch and LanceDB: the API answers before they are loaded
@@ -58,6 +59,7 @@ class Services:
     hub: EventHub
     runner: LateRunner  # the job service's runner: jobs queue until the backend's workers attach
     prompting: Prompting
+    organiser: Organiser
     load: Callable[[Services], Backend] | None = None
     backend: Backend | None = None
     failed: str | None = None

@@ -1,0 +1,113 @@
+"""Boards, tags and ratings through a real engine: the CLI's forms, the API's answers to bad input, the tenant rule."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from engine.client.clients import RequestRejected
+from engine.client.dream_args import parse
+from engine.client.schema import Requester, Scope
+from tests.conftest import ROOT, EngineProcess
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
+    proc = EngineProcess(tmp_path_factory.mktemp("organise"), None).start()
+    yield proc
+    assert proc.stop() == 0
+
+
+def cli(engine: EngineProcess, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), *argv],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+
+
+def made(engine: EngineProcess, command: str, who: Requester | None = None) -> list[int]:
+    with engine.client() as client:
+        job = client.wait(client.submit(parse(command, requester=who)).id)
+        assert job.status == "done", job.error
+        return [i.id for i in job.images]
+
+
+def test_boards_tags_and_ratings_from_the_cli(engine: EngineProcess) -> None:
+    ids = made(engine, '"a red circle on a blue background" -n 3 -S 1 -s 4 -W 64 -H 96')
+    assert cli(engine, "board", "create", "Red things").returncode == 0
+    out = cli(engine, "board", "add", "red THINGS", str(ids[0]), str(ids[1]))  # names are matched case-blind
+    assert out.returncode == 0 and "now holds 2 image(s)" in out.stdout, out.stderr
+    listed = json.loads(cli(engine, "board", "list", "--json").stdout)
+    assert [(b["name"], b["count"], b["cover"]) for b in listed] == [("Red things", 2, ids[1])]
+    page = json.loads(cli(engine, "gallery", "list", "--board", "Red things", "--json").stdout)
+    assert sorted(i["id"] for i in page["images"]) == ids[:2] and page["total"] == 2
+    # tags: a person's, and the automatic ones (what made it)
+    tagged = json.loads(cli(engine, "gallery", "tag", str(ids[2]), "Sunset", "for the poster", "--json").stdout)
+    assert tagged["tags"][:2] == ["for-the-poster", "sunset"]
+    assert {"portrait", "small", "mode:txt2img", "source:api", "sampler:euler-a"} <= set(tagged["tags"])
+    found = json.loads(cli(engine, "search", "tag:sunset", "--json").stdout)["results"]
+    assert [r["id"] for r in found] == [ids[2]]
+    found = json.loads(cli(engine, "search", "red circle tag:sunset", "--json").stdout)["results"]
+    assert [r["id"] for r in found] == [ids[2]]  # words among the tagged images only
+    page = json.loads(cli(engine, "gallery", "list", "--tag", "portrait", "--tag", "sunset", "--json").stdout)
+    assert [i["id"] for i in page["images"]] == [ids[2]]
+    assert cli(engine, "gallery", "tag", str(ids[2]), "sunset", "--remove").returncode == 0
+    assert json.loads(cli(engine, "search", "tag:sunset", "--json").stdout)["results"] == []
+    # ratings, and the best rated first
+    assert "★★★★★" in cli(engine, "gallery", "rate", str(ids[1]), "5").stdout
+    assert cli(engine, "gallery", "rate", str(ids[0]), "2").returncode == 0
+    page = json.loads(cli(engine, "gallery", "list", "--sort", "rating", "--json", "--limit", "2").stdout)
+    assert [i["id"] for i in page["images"]] == [ids[1], ids[0]]
+    bad = cli(engine, "gallery", "rate", str(ids[0]), "6")
+    assert bad.returncode != 0 and "1-5" in bad.stderr and "Traceback" not in bad.stderr
+    # removing and deleting never deletes images
+    assert cli(engine, "board", "remove", "Red things", str(ids[0])).returncode == 0
+    assert cli(engine, "board", "delete", "Red things").returncode == 0
+    with engine.client() as client:
+        assert [client.image(i).id for i in ids] == ids
+    missing = cli(engine, "board", "add", "Red things", str(ids[0]))
+    assert missing.returncode != 0 and "no board named 'Red things'" in missing.stderr
+
+
+def test_boards_keep_to_their_server_and_their_member(engine: EngineProcess) -> None:
+    alice = Requester(source="discord", user="alice", guild="g1")
+    bob = Requester(source="discord", user="bob", guild="g1")
+    eve = Requester(source="discord", user="eve", guild="g2")
+    [mine] = made(engine, '"a green square on a white background" -S 3 -s 4', alice)
+    [theirs] = made(engine, '"a green square on a white background" -S 3 -s 4', eve)
+    with engine.client() as client:
+        shared = client.create_board("Greens", alice, shared=True)
+        personal = client.create_board("Private", alice)
+        assert client.board_add(shared.id, [mine], bob).count == 1  # a shared board: any member adds
+        with pytest.raises(RequestRejected, match=r"image \d+ is not in this server's gallery") as info:
+            client.board_add(shared.id, [theirs], alice)  # another server's image
+        assert info.value.status == 404
+        assert [b.name for b in client.boards(bob)] == ["Greens"]  # alice's own board is hers
+        with pytest.raises(RequestRejected, match="no board") as info:
+            client.board(personal.id, bob)
+        assert info.value.status == 404
+        with pytest.raises(RequestRejected, match="no board"):
+            client.board(shared.id, eve)  # another server: as if it did not exist
+        with pytest.raises(RequestRejected, match="only the member who made it") as info:
+            client.delete_board(shared.id, bob)
+        assert info.value.status == 403
+        with pytest.raises(RequestRejected, match="already a board named 'GREENS'") as info:
+            client.create_board("ＧＲＥＥＮＳ", alice, shared=True)  # NFKC and case: the same name
+        assert info.value.status == 409
+        with pytest.raises(RequestRejected, match="at most 100 characters"):
+            client.create_board("x" * 150, alice)
+        page = client.images(guild="g1", board=shared.id)
+        assert [i.id for i in page.images] == [mine] and page.images[0].tags
+        assert [t.tag for t in client.tags("mode:", guild="g1")] == ["mode:txt2img"]
+        with pytest.raises(RequestRejected) as info:
+            client.tag(theirs, ["mine"], scope=Scope(guild="g1"))  # another server's image
+        assert info.value.status == 404
+        with pytest.raises(RequestRejected, match="is not a tag"):
+            client.tag(mine, ["two, tags"])
+        with pytest.raises(RequestRejected) as info:
+            client.rate(mine, 9)
+        assert info.value.status == 422
