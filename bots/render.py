@@ -29,7 +29,8 @@ def describe(job: Job) -> str:
         f" · model {req.model}" if req.model else ""
     )
     negative = f"\nnegative: {clip(req.negative_prompt, 300)}" if req.negative_prompt else ""
-    head = f"\n{params}{negative}{_lineage(req)}{_controls(req)}"
+    found = f"\nfound in the gallery, made {job.found:%Y-%m-%d %H:%M} UTC (--fresh draws anew)" if job.found else ""
+    head = f"\n{params}{negative}{_lineage(req)}{_controls(req)}{found}"
     return f"**{clip(prompt_of(req), MESSAGE_LIMIT - len(head) - 10)}**{head}"
 
 
@@ -65,7 +66,9 @@ def _controls(req: DreamRequest) -> str:
     return "".join(lines)
 
 
-def queued_text(request: DreamRequest, position: int, seed: int) -> str:
+def queued_text(request: DreamRequest, position: int | None, seed: int) -> str:
+    if position is None:  # answered from the gallery: nothing waits
+        return clip(f"Found **{prompt_of(request)}** in the gallery (seed {seed})", MESSAGE_LIMIT)
     where = "next up" if position == 0 else f"position {position + 1} in the queue"
     return clip(f"Dreaming **{prompt_of(request)}** — {where} (seed {seed})", MESSAGE_LIMIT)
 

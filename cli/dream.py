@@ -127,6 +127,9 @@ def cmd_dream(args: argparse.Namespace, extra: list[str]) -> int:
     except DreamArgsError as e:
         return fail_args(e)
     job_id = accepted["id"]
+    if accepted.get("found"):  # find before draw: nothing was queued
+        made = accepted["found"][:16].replace("T", " ")
+        say(f"found in the gallery, made {made} (--fresh draws anew)")
     images: list[dict[str, Any]] = []  # the stream says everything: each image, then how the job ended
     end: dict[str, Any] = {}
     with engine_errors():
@@ -154,7 +157,8 @@ def cmd_dream(args: argparse.Namespace, extra: list[str]) -> int:
             grid_path.write_bytes(wire.call("GET", f"/v1/dreams/{job_id}/grid"))
     if args.json:
         keys = ("id", "path", "seed", "variation_seed", "width", "height")
-        out: dict[str, Any] = {"job": job_id, "images": [{k: i.get(k) for k in keys} for i in images]}
+        out: dict[str, Any] = {"job": job_id, "images": [{k: i.get(k) for k in keys} for i in images],
+                               "found": accepted.get("found")}  # fmt: skip
         if grid_path is not None:
             out["grid"] = str(grid_path)
         print(json.dumps(out))

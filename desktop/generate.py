@@ -104,6 +104,7 @@ class GeneratePanel(PictureDrops, QWidget):
         self.init_path: str | None = None  # its file on this machine (the mask brush paints over it)
         self.init_name = ""
         self.mask_ref: str | None = None
+        self.found: str | None = None  # the running job was answered from the gallery: when its images were made
         self.setAcceptDrops(True)
 
         self.prompt = QPlainTextEdit(
@@ -292,7 +293,14 @@ class GeneratePanel(PictureDrops, QWidget):
         self.cancel_button.setEnabled(True)
         if self.random_seed.isChecked():
             self.seed.setText(str(accepted.seed))
-        self.show_state("Next up." if accepted.position == 0 else f"Queued: position {accepted.position + 1}.")
+        self.found = None
+        if accepted.found is not None:
+            self.found = f"found in the gallery, made {accepted.found.astimezone():%Y-%m-%d %H:%M} (--fresh draws anew)"
+            self.show_state(self.found[0].upper() + self.found[1:] + ".")
+        elif accepted.position == 0:
+            self.show_state("Next up.")
+        else:
+            self.show_state(f"Queued: position {(accepted.position or 0) + 1}.")
         self.link.follow(accepted.id, self._event, self._ended)
 
     def _failed(self, message: str) -> None:
@@ -316,7 +324,7 @@ class GeneratePanel(PictureDrops, QWidget):
             self._add_result(event.image)
         elif event.type == "done":
             self.progress.setValue(self.progress.maximum())
-            self.show_state(f"Done: {self.results.count()} image(s).")
+            self.show_state(f"Done: {self.results.count()} image(s)" + (f", {self.found}." if self.found else "."))
         elif event.type in {"failed", "cancelled"}:
             self.show_state(f"⚠ The job {event.type}" + (f": {event.error}" if event.error else "."))
         if event.type in {"done", "failed", "cancelled"}:

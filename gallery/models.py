@@ -39,6 +39,7 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    found: Mapped[list | None] = mapped_column(JSON)  # answered from the gallery: these images' ids
 
     __table_args__ = (Index("ix_jobs_queue_key_claim_seq", "queue_key", "claim_seq"),)
 
@@ -71,6 +72,8 @@ class ImageRow(Base):
     relation: Mapped[str | None] = mapped_column(String(16))
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
     rating: Mapped[int | None] = mapped_column(Integer)  # 1-5, the owner's
+    # what determines its pixels, hashed (engine.server.repeats): a repeated request is answered from it
+    repeat_key: Mapped[str | None] = mapped_column(String(64), index=True)
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     worker: Mapped[str | None] = mapped_column(String(200))
     params: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -38,6 +38,7 @@ class ImageCreate(BaseModel):
     parent_id: int | None = None
     relation: str | None = None
     nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
+    repeat_key: str | None = Field(default=None, description="what determines its pixels, hashed (find before draw)")
     worker: str | None = Field(default=None, description="the engine worker that made it (None: imported)")
     params: dict[str, Any] = Field(default_factory=dict, description="the full request, as JSON")
 

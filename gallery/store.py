@@ -110,6 +110,10 @@ class ImageStore(ABC):
         """Every image row's file: id -> (relative path, deleted)."""
 
     @abstractmethod
+    def find_repeats(self, keys: list[str], filters: SearchFilters) -> dict[str, ImagePublic]:
+        """The live images with these repeat keys that `filters` lets through (the oldest for each key)."""
+
+    @abstractmethod
     def find_by_sha(self, sha256: str) -> int | None:
         """A live image with these bytes, if there is one."""
 
@@ -240,6 +244,18 @@ class SqliteImageStore(ImageStore):
         with Session(self.engine) as session:
             rows = session.execute(select(ImageRow.id, ImageRow.path, ImageRow.deleted_at)).all()
         return {r.id: (r.path, r.deleted_at is not None) for r in rows}
+
+    def find_repeats(self, keys: list[str], filters: SearchFilters) -> dict[str, ImagePublic]:
+        if not keys:
+            return {}
+        where, params = filter_sql(filters, "i")
+        wanted = ", ".join(f":k{n}" for n in range(len(keys)))
+        sql = text(f"SELECT i.repeat_key, min(i.id) FROM images AS i WHERE i.repeat_key IN ({wanted}) AND {where} "
+                   "GROUP BY i.repeat_key")  # fmt: skip
+        with Session(self.engine) as session:
+            rows = session.execute(sql, {**params, **{f"k{n}": k for n, k in enumerate(keys)}}).all()
+        images = {i.id: i for i in self.get_many([r[1] for r in rows])}
+        return {r[0]: images[r[1]] for r in rows if r[1] in images}
 
     def find_by_sha(self, sha256: str) -> int | None:
         with Session(self.engine) as session:

@@ -111,3 +111,35 @@ def test_boards_keep_to_their_server_and_their_member(engine: EngineProcess) -> 
         with pytest.raises(RequestRejected) as info:
             client.rate(mine, 9)
         assert info.value.status == 422
+
+
+def test_find_before_draw_answers_a_repeat_from_the_gallery(engine: EngineProcess, tmp_path) -> None:
+    command = ['"a purple star on a gray background"', "-n", "2", "-S", "77", "-s", "6", "--json"]
+    first = cli(engine, "dream", *command)
+    assert first.returncode == 0, first.stderr
+    drawn = json.loads(first.stdout)
+    assert drawn["found"] is None
+    again = cli(engine, "dream", *command)
+    repeat = json.loads(again.stdout)
+    assert [i["id"] for i in repeat["images"]] == [i["id"] for i in drawn["images"]]  # the same images, not copies
+    assert repeat["found"] and "found in the gallery, made" in again.stderr and repeat["job"] != drawn["job"]
+    with engine.client() as client:
+        job = client.job(repeat["job"])
+        assert job.status == "done" and job.found is not None and [i.id for i in job.images] == [
+            i["id"] for i in drawn["images"]]  # fmt: skip
+        assert client.queue().queued == []  # nothing was queued
+    fresh = json.loads(cli(engine, "dream", *command, "--fresh").stdout)
+    assert fresh["found"] is None and {i["id"] for i in fresh["images"]}.isdisjoint(i["id"] for i in drawn["images"])
+    # another seed, a changed knob, one image more: drawn (each image is keyed alone: after -n 3, seeds 77-79
+    # are all in the gallery, and `-S 78 -n 2` would be found)
+    for change in (["-S", "1000"], ["--clip_skip", "2"], ["-C", "5"], ["-n", "3"]):
+        other = json.loads(cli(engine, "dream", *command, *change).stdout)
+        assert other["found"] is None, change
+    # another server does not get this server's images, even for the same request
+    alice = Requester(source="discord", user="alice", guild="g9")
+    with engine.client() as client:
+        mine = client.wait(client.submit(parse('"a cyan circle" -S 5 -s 4', requester=alice)).id)
+        theirs = client.submit(parse('"a cyan circle" -S 5 -s 4', requester=alice.model_copy(update={"guild": "g8"})))
+        assert theirs.found is None
+        again_mine = client.submit(parse('"a cyan circle" -S 5 -s 4', requester=alice))
+        assert again_mine.found is not None and client.job(again_mine.id).images[0].id == mine.images[0].id

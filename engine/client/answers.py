@@ -62,6 +62,9 @@ class Job(BaseModel):
     created_at: UtcDateTime
     started_at: UtcDateTime | None = None
     finished_at: UtcDateTime | None = None
+    found: UtcDateTime | None = Field(
+        default=None, description="answered from the gallery: when its images were made (nothing was drawn)"
+    )
 
 
 class Accepted(BaseModel):
@@ -69,8 +72,12 @@ class Accepted(BaseModel):
 
     id: str
     status: JobStatus
-    position: int
+    position: int | None = Field(default=None, description="in the queue; None when answered from the gallery")
     seed: int
+    found: UtcDateTime | None = Field(
+        default=None, description="found in the gallery, made then: the job is done, nothing was queued (--fresh "
+        "draws anew)",
+    )  # fmt: skip
 
 
 class WorkerInfo(BaseModel):

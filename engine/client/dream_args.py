@@ -72,6 +72,7 @@ FLAGS: dict[str, str] = {
     "seed_resize_from": "--seed_resize_from",
     "eta": "--eta",
     "styles": "--style",
+    "fresh": "--fresh",
 }
 # The hires fix's own flags: each sets that field of --hr.
 HIRES_FLAGS: dict[str, str] = {
@@ -353,6 +354,8 @@ def _build_parser(about: Callable[[str], str] = lambda field: "") -> _Parser:
                            help="reference pictures; several blend by their weights (default 1 each)")  # fmt: skip
     reference.add_argument("--sw", dest="style_weight", type=int, metavar="N",
                            help="how strongly the references steer" + about("style_weight"))  # fmt: skip
+    p.add_argument("--fresh", action="store_const", const=True,
+                   help="draw anew even when the gallery already holds the very images this asks for")  # fmt: skip
     layout = p.add_mutually_exclusive_group()
     layout.add_argument("-g", "--grid", dest="layout", action="store_const", const="grid", help="one grid (default)")
     layout.add_argument(
@@ -542,7 +545,8 @@ def format_request(request: DreamRequest) -> str:
             parts += [flag, shlex.quote(text)]
     if request.aspect_ratio is not None:
         parts += ["--ar", f"{request.aspect_ratio[0]}:{request.aspect_ratio[1]}"]
-    for flag, on in (("--tiling", request.tiling), ("--inpaint_full_res", request.inpaint_full_res)):
+    for flag, on in (("--tiling", request.tiling), ("--inpaint_full_res", request.inpaint_full_res),
+                     ("--fresh", request.fresh)):  # fmt: skip
         if on:
             parts.append(flag)
     if request.seed_resize_from is not None:

@@ -337,6 +337,7 @@ class DreamRequest(BaseModel):
         default=100, ge=0, le=MAX_STYLE_WEIGHT, description="how strongly the references steer (Midjourney's --sw)"
     )
     layout: Literal["grid", "individual"] | None = None
+    fresh: bool = Field(default=False, description="draw it even when the gallery already holds these very images")
     priority: int = Field(default=0, ge=-10, le=10)
     preview: bool = False
     requester: Requester = Requester()

@@ -63,6 +63,7 @@ class JobRecord(BaseModel):
     queue_key: str
     priority: int
     error: str | None = None
+    found: list[int] | None = None  # answered from the gallery (find before draw): these images
     created_at: UtcDateTime
     started_at: UtcDateTime | None = None
     finished_at: UtcDateTime | None = None

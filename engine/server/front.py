@@ -29,7 +29,8 @@ from engine.server.events import EventSink
 from engine.server.inputs import Inputs
 from engine.server.queue import JobQueue
 from engine.server.records import image_info
-from gallery.schemas import ImagePublic
+from engine.server.repeats import content_hash_of, image_key
+from gallery.schemas import ImageCreate, ImagePublic
 from gallery.store import ImageStore
 
 if TYPE_CHECKING:  # LanceDB: not before Ray forks its processes (engine.device.ray_workers)
@@ -57,6 +58,13 @@ class Front:
     def fail(self, job_id: str, error: str) -> None:
         self.queue.fail(job_id, error)
 
+    def _keyed(self, items: list[tuple[ImageCreate, bytes]]) -> list[tuple[ImageCreate, bytes]]:
+        """Each record with its repeat key, so a request that repeats it can be answered from the gallery."""
+        content_of = content_hash_of(lambda image_id: next((i.sha256 for i in self.store.get_many([image_id])), None))
+        return [(record.model_copy(update={"repeat_key": image_key(
+            record.params, model=record.model, prompt=record.prompt, negative=record.negative_prompt, seed=record.seed,
+            content_of=content_of)}), png) for record, png in items]  # fmt: skip
+
     def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
         """One claimed job: inputs -> make (here, or on a worker elsewhere) -> store -> index -> announce -> done.
 
@@ -76,7 +84,7 @@ class Front:
             seat.loaded, seat.affinity = made.loaded, made.affinity
             if self.queue.get(job.id).status != "running":
                 raise Cancelled()  # cancelled as it finished: store nothing
-            images = self.store.add(made.items)
+            images = self.store.add(self._keyed(made.items))
             watch.lap("store")
             self._index(images, made.vectors)
             watch.lap("index")

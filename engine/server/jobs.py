@@ -20,8 +20,9 @@ from engine.server.inputs import Inputs
 from engine.server.prompting import Prompting
 from engine.server.queue import JobNotFound, JobQueue, JobRecord
 from engine.server.records import image_info
-from gallery.schemas import ImagePublic
-from gallery.store import ImageStore
+from engine.server.repeats import content_hash_of, request_keys
+from gallery.schemas import ImagePublic, SearchFilters
+from gallery.store import ImageNotFound, ImageStore
 
 
 def draw_seed() -> int:
@@ -140,9 +141,44 @@ class JobService:
                 self.shelf.addons_of(prompts, negative)
             except PromptError as e:
                 raise InputError(f"prompt: {e}") from e
+        found = None if request.fresh else self._found(request, seed)
+        if found is not None:  # find before you draw: every image is already in the asker's gallery
+            record = self.queue.put_found(request, seed=seed, image_ids=[i.id for i in found])
+            return Accepted(id=record.id, status=record.status, position=None, seed=seed, found=found[0].created_at)
         record, position = self.queue.put(request, seed=seed)
         self.runner.wake()
         return Accepted(id=record.id, status=record.status, position=position, seed=seed)
+
+    def _found(self, request: DreamRequest, seed: int) -> list[ImagePublic] | None:
+        """The asker's gallery images this request would make, in order, if it holds every one (an index lookup
+        by repeat key; engine.server.repeats says which requests can be found)."""
+        if self.shelf is None:
+            return None
+        try:
+            item = self.shelf.find("checkpoint", request.model or self.default_model)
+        except UnknownModel:
+            return None  # a path or a hub id: no hash to key it by
+        negative = request.negative_prompt if request.styled_negative_prompt is None else request.styled_negative_prompt
+        prompts = " ".join(dict.fromkeys(request.prompts or (request.prompt,)))
+        loras, embeddings = self.shelf.addons_of(prompts, negative)
+        keys = request_keys(request, seed=seed, model=item.name, model_hash=self.shelf.hash(item, compute=False),
+                            made_with=self.shelf.made_with(loras, embeddings), content_of=self.content_of)  # fmt: skip
+        if keys is None:
+            return None
+        scope = Scope.of(request.requester)
+        tenant = SearchFilters(guild=scope.guild, dm_of=scope.dm_of) if scope is not None else SearchFilters()
+        hits = self.store.find_repeats(keys, tenant)
+        return [hits[k] for k in keys] if all(k in hits for k in keys) else None
+
+    def content_of(self, ref: str) -> str | None:
+        """An input's content hash (find before draw compares inputs by content)."""
+        return content_hash_of(self._sha)(ref)
+
+    def _sha(self, image_id: int) -> str | None:
+        try:
+            return self.store.get(image_id).sha256
+        except ImageNotFound:
+            return None
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job (recorded at once); a finished job is returned as it is."""
@@ -172,7 +208,8 @@ class JobService:
         if record.status == "queued" and position is None:
             position = self.queue.position(record.id)
         progress = (self.runner.progress_of(record.id) if record.status == "running" else None) or Progress()
-        images = [image_info(i, self.store) for i in self.store.for_job(record.id)] if record.status == "done" else []
+        own = self._images(record) if record.status == "done" else []
+        images = [image_info(i, self.store) for i in own]
         return Job(
             id=record.id,
             status=record.status,
@@ -185,6 +222,7 @@ class JobService:
             created_at=record.created_at,
             started_at=record.started_at,
             finished_at=record.finished_at,
+            found=own[0].created_at if record.found and own else None,
         )
 
     def snapshot(self, job_id: str) -> list[Event]:
@@ -218,4 +256,8 @@ class JobService:
 
     def images_of(self, job_id: str) -> list[ImagePublic]:
         """A job's images (raises JobNotFound for an unknown job)."""
-        return self.store.for_job(self.queue.get(job_id).id)
+        return self._images(self.queue.get(job_id))
+
+    def _images(self, record: JobRecord) -> list[ImagePublic]:
+        """Its own images, or the gallery's it was answered with."""
+        return self.store.get_many(record.found) if record.found else self.store.for_job(record.id)

@@ -52,6 +52,10 @@ class JobQueue(ABC):
         """Persist a new job; return it and its queue position (raises TooManyQueued)."""
 
     @abstractmethod
+    def put_found(self, request: DreamRequest, *, seed: int, image_ids: list[int]) -> JobRecord:
+        """Persist a job answered at once from the gallery: done, pointing at these images, never queued."""
+
+    @abstractmethod
     def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
         """queued -> running for the next job in fair order; None when the queue is empty.
 

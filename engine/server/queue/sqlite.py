@@ -81,6 +81,7 @@ def _record(row: JobRow) -> JobRecord:
         queue_key=row.queue_key,
         priority=row.priority,
         error=row.error,
+        found=row.found,
         created_at=row.created_at,
         started_at=row.started_at,
         finished_at=row.finished_at,
@@ -143,6 +144,19 @@ class SqliteJobQueue(JobQueue):
             position = self.positions_of([job.id])[job.id]
         self._announce_positions()
         return record, position
+
+    def put_found(self, request: DreamRequest, *, seed: int, image_ids: list[int]) -> JobRecord:
+        r, now = request.requester, datetime.now(UTC)
+        values = {"id": uuid.uuid4().hex, "status": "done", "queue_key": r.queue_key, "priority": request.priority,
+                  "request": request.model_dump(mode="json"), "seed": seed, "source": r.source, "user": r.user,
+                  "guild": r.guild, "channel": r.channel, "created_at": now, "started_at": now, "finished_at": now,
+                  "found": image_ids}  # fmt: skip
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(_INSERT, values)
+        except SQLAlchemyError as e:
+            raise QueueError(f"could not record the job: {e}") from e
+        return self.get(values["id"])
 
     def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
         with self._lock:
