@@ -39,6 +39,8 @@ class ImageCreate(BaseModel):
     relation: str | None = None
     nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
     repeat_key: str | None = Field(default=None, description="what determines its pixels, hashed (find before draw)")
+    asked_size: list | None = Field(default=None, exclude=True, description="the request's width, height and aspect "
+                                    "ratio as asked: what its repeat key is made of, never stored")  # fmt: skip
     worker: str | None = Field(default=None, description="the engine worker that made it (None: imported)")
     params: dict[str, Any] = Field(default_factory=dict, description="the full request, as JSON")
 

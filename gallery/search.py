@@ -126,8 +126,7 @@ class GallerySearch:
 
     def _within(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters) -> SearchPage:
         """A text search among the images that SQLite-only filters let through (the newest SQLITE_CANDIDATES)."""
-        candidates, _ = self.store.page(filters=filters, limit=SQLITE_CANDIDATES, offset=0)
-        ids = [i.id for i in candidates]
+        ids = self.store.newest_ids(filters, SQLITE_CANDIDATES)
         cosines = self.index.scores(vector, ids, filters=filters.vector_filters()) if ids else {}
         words = fts_query(query)
         keyword = set(self.store.keyword_ids(words, filters=filters, k=SQLITE_CANDIDATES)) if words else set()

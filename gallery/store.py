@@ -92,6 +92,10 @@ class ImageStore(ABC):
         """Live images newest first that pass `filters`, and how many pass in all."""
 
     @abstractmethod
+    def newest_ids(self, filters: SearchFilters, limit: int) -> list[int]:
+        """The ids of the newest live images that pass `filters` (no records built: a search's candidates)."""
+
+    @abstractmethod
     def filter_ids(self, image_ids: list[int], filters: SearchFilters) -> set[int]:
         """Which of `image_ids` are live and pass `filters`."""
 
@@ -218,6 +222,12 @@ class SqliteImageStore(ImageStore):
             ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
         return self.get_many(ids), total
 
+    def newest_ids(self, filters: SearchFilters, limit: int) -> list[int]:
+        where, params = filter_sql(filters, "i")
+        sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit")
+        with self.engine.connect() as conn:
+            return list(conn.execute(sql, {**params, "limit": limit}).scalars())
+
     def filter_ids(self, image_ids: list[int], filters: SearchFilters) -> set[int]:
         if not image_ids:
             return set()
@@ -248,14 +258,19 @@ class SqliteImageStore(ImageStore):
     def find_repeats(self, keys: list[str], filters: SearchFilters) -> dict[str, ImagePublic]:
         if not keys:
             return {}
-        where, params = filter_sql(filters, "i")
+        # By the key's index alone, then the filters on those few rows: the planner must not walk a guild instead.
         wanted = ", ".join(f":k{n}" for n in range(len(keys)))
-        sql = text(f"SELECT i.repeat_key, min(i.id) FROM images AS i WHERE i.repeat_key IN ({wanted}) AND {where} "
-                   "GROUP BY i.repeat_key")  # fmt: skip
-        with Session(self.engine) as session:
-            rows = session.execute(sql, {**params, **{f"k{n}": k for n, k in enumerate(keys)}}).all()
-        images = {i.id: i for i in self.get_many([r[1] for r in rows])}
-        return {r[0]: images[r[1]] for r in rows if r[1] in images}
+        sql = text(f"SELECT id, repeat_key FROM images INDEXED BY ix_images_repeat_key WHERE repeat_key IN ({wanted}) "
+                   "ORDER BY id")  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(sql, {f"k{n}": k for n, k in enumerate(keys)}).all()
+        allowed = self.filter_ids([r[0] for r in rows], filters)
+        first: dict[str, int] = {}
+        for image_id, key in rows:
+            if image_id in allowed:
+                first.setdefault(key, image_id)
+        images = {i.id: i for i in self.get_many(list(first.values()))}
+        return {k: images[i] for k, i in first.items() if i in images}
 
     def find_by_sha(self, sha256: str) -> int | None:
         with Session(self.engine) as session:
@@ -308,14 +323,13 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.min_height is not None:
         conds.append(f"{alias}.height >= :f_min_h")
         params["f_min_h"] = filters.min_height
+    # Tags and boards as sets from their own indexes ((tag, image_id), (board_id, image_id)): SQLite then walks
+    # only their images, not the guild's.
     for k, tag in enumerate(filters.tags):
-        tagged = f"t{k}"
-        conds.append(f"EXISTS (SELECT 1 FROM image_tags AS {tagged} WHERE {tagged}.image_id = {alias}.id "
-                     f"AND {tagged}.tag = :f_tag{k})")  # fmt: skip
+        conds.append(f"{alias}.id IN (SELECT image_id FROM image_tags WHERE tag = :f_tag{k})")
         params[f"f_tag{k}"] = tag
     if filters.board is not None:
-        conds.append(f"EXISTS (SELECT 1 FROM board_images AS b WHERE b.image_id = {alias}.id "
-                     "AND b.board_id = :f_board)")  # fmt: skip
+        conds.append(f"{alias}.id IN (SELECT image_id FROM board_images WHERE board_id = :f_board)")
         params["f_board"] = filters.board
     if filters.min_rating is not None:
         conds.append(f"{alias}.rating >= :f_min_rating")

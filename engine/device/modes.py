@@ -123,10 +123,7 @@ class Plan:
         req = self.request
         params = req.model_dump(mode="json", exclude={"requester", "priority", "preview", "layout", "prompts",
                                                       "styled_negative_prompt", "fresh"})  # fmt: skip
-        # the size as asked (None: the model's): what a repeat of the request is compared by (engine.server.repeats)
-        asked = [req.width, req.height, list(req.aspect_ratio) if req.aspect_ratio else None]
-        params.update(n=1, seed=self.seeds[index], width=self.width, height=self.height, asked_size=asked,
-                      **self.notes)  # fmt: skip
+        params.update(n=1, seed=self.seeds[index], width=self.width, height=self.height, **self.notes)
         params.update(prompt=self.prompt_of(index), negative_prompt=self.sampling.negative_prompt)
         if req.prompts:
             params["prompt_template"] = req.prompt
@@ -160,6 +157,8 @@ class Plan:
                 relation=None if req.mode == "txt2img" else req.mode,
                 nsfw=nsfw[i],
                 worker=origin.worker,
+                # the size as asked (None: the model's): what a repeat of the request is compared by
+                asked_size=[req.width, req.height, list(req.aspect_ratio) if req.aspect_ratio else None],
                 params={**self.image_params(i), **made_with},
             )
             for i, img in enumerate(images)

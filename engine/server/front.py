@@ -61,9 +61,19 @@ class Front:
     def _keyed(self, items: list[tuple[ImageCreate, bytes]]) -> list[tuple[ImageCreate, bytes]]:
         """Each record with its repeat key, so a request that repeats it can be answered from the gallery."""
         content_of = content_hash_of(lambda image_id: next((i.sha256 for i in self.store.get_many([image_id])), None))
-        return [(record.model_copy(update={"repeat_key": image_key(
-            record.params, model=record.model, prompt=record.prompt, negative=record.negative_prompt, seed=record.seed,
-            content_of=content_of)}), png) for record, png in items]  # fmt: skip
+        keyed = []
+        for record, png in items:
+            repeat_key = image_key(
+                record.params,
+                asked=record.asked_size,
+                model=record.model,
+                prompt=record.prompt,
+                negative=record.negative_prompt,
+                seed=record.seed,
+                content_of=content_of,
+            )
+            keyed.append((record.model_copy(update={"repeat_key": repeat_key}), png))
+        return keyed
 
     def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
         """One claimed job: inputs -> make (here, or on a worker elsewhere) -> store -> index -> announce -> done.

@@ -51,17 +51,17 @@ def _fields(
             "knobs": {k: knobs.get(k) for k in KNOBS}}  # fmt: skip
 
 
-def image_key(params: Mapping[str, Any], *, model: str | None, prompt: str, negative: str, seed: int | None,
-              content_of: ContentOf) -> str | None:  # fmt: skip
+def image_key(params: Mapping[str, Any], *, asked: list | None, model: str | None, prompt: str, negative: str,
+              seed: int | None, content_of: ContentOf) -> str | None:  # fmt: skip
     """The repeat key of an image the engine made (None for one no request can repeat)."""
     request = _findable(params)
-    if request is None or seed is None or model is None or "asked_size" not in params or params.get("interrupted"):
+    if request is None or seed is None or model is None or asked is None or params.get("interrupted"):
         return None
     init, mask = (content_of(r) if r else None for r in (request.init_image, request.init_mask))
     if (request.init_image and init is None) or (request.init_mask and mask is None):
         return None
     fields = _fields(model=params.get("model_hash") or model, prompt=prompt, negative=negative, seed=seed,
-                     asked=list(params["asked_size"]), mode=request.mode, strength=params.get("strength"), init=init,
+                     asked=list(asked), mode=request.mode, strength=params.get("strength"), init=init,
                      mask=mask, addons=_addons(params), knobs=request.model_dump(mode="json"))  # fmt: skip
     return digest(fields)
 
