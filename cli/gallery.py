@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 from cli.common import Exit, engine_errors, fail
-from cli.organise import board_id, cmd_rate, cmd_tag
+from cli.organise import board_id, cmd_lineage, cmd_rate, cmd_tag
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -98,6 +98,8 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
             return cmd_tag(engine, args)
         if args.action == "rate":
             return cmd_rate(engine, args)
+        if args.action == "lineage":
+            return cmd_lineage(engine, args)
         if args.action == "import":
             return _import(engine, Path(args.target))
         if args.action == "reindex":
@@ -131,7 +133,8 @@ def _look(engine: EngineClient, args: argparse.Namespace) -> int:
         filters = _filters(args)
         if args.board is not None:
             filters["board"] = board_id(engine, args.board)
-        page = engine.images(limit=args.limit, tag=args.tag or None, sort=args.sort, **filters)
+        page = engine.images(limit=args.limit, tag=args.tag or None, sort=args.sort, derived_from=args.derived_from,
+                             **filters)  # fmt: skip
         if args.json:
             print(page.model_dump_json())
             return 0

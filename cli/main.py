@@ -10,7 +10,7 @@
     dreamhall edit ID zoom-2 | pan-left | vary-subtle ...   Midjourney's edit loop
     dreamhall gallery import DIR | reindex | check [--repair]
     dreamhall gallery list [--limit N] [--source cli] [--board B] [--tag T] [--json] | show ID | open ID|last
-    dreamhall gallery tag ID TAG… [--remove] | rate ID 1-5
+    dreamhall gallery tag ID TAG… [--remove] | rate ID 1-5 | lineage ID
     dreamhall board create|list|rename|delete|add|remove NAME [ID…]
 
 The `dream` arguments are the `!dream` grammar (engine.client.dream_args), the same
@@ -149,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--json", action="store_true")
     board.add_argument("--no-autostart", action="store_true")
     gallery = sub.add_parser("gallery", help="list, show and open images; tag and rate; import, reindex, check")
-    gallery.add_argument("action", choices=["list", "show", "open", "tag", "rate", "import", "reindex", "check"])
+    gallery.add_argument("action", choices=["list", "show", "open", "lineage", "tag", "rate", "import", "reindex",
+                                            "check"])  # fmt: skip
     gallery.add_argument("target", nargs="?", help="show/open/tag/rate: an image id (or `last`); import: the folder")
     gallery.add_argument("values", nargs="*", help="tag: the tags; rate: 1-5 (0 clears it)")
     gallery.add_argument("--board", help="list: only images on this board of yours")
+    gallery.add_argument("--derived-from", type=int, metavar="ID", help="list: only images made from image ID")
     gallery.add_argument("--tag", action="append", default=[], help="list: only images with this tag (repeatable)")
     gallery.add_argument("--sort", choices=["newest", "rating", "favourites"], default="newest")
     gallery.add_argument("--remove", action="store_true", help="tag: take these tags off")

@@ -104,3 +104,32 @@ def cmd_rate(engine: EngineClient, args: argparse.Namespace) -> int:
     print(json.dumps({"id": image.id, "rating": image.rating}) if args.json else
           f"#{image.id}: {'★' * (image.rating or 0) or 'no rating'}")  # fmt: skip
     return 0
+
+
+def cmd_lineage(engine: EngineClient, args: argparse.Namespace) -> int:
+    """Where an image came from (its parents, nearest first) and what was made from it, as a tree."""
+    if args.target is None:
+        return fail("gallery lineage needs an image id: dreamhall gallery lineage 42")
+    [image_id] = _ids([args.target])
+    lineage = engine.lineage(image_id)
+    if args.json:
+        print(lineage.model_dump_json())
+        return 0
+    image = engine.image(image_id)
+    line = [*reversed(lineage.ancestors)]
+    relations = [n.relation for n in line[1:]] + [image.relation]  # how each next one came from it
+    for node, relation in zip(line, relations, strict=True):
+        print(f"#{node.id}  {node.mode}  {node.prompt[:60]!r}")
+        print(f"  ↓ {relation}")
+    print(f"#{image_id}  {image.mode}  {image.prompt[:60]!r}  (this image)")
+    children: dict[int | None, list] = {}
+    for node in lineage.descendants:
+        children.setdefault(node.parent_id, []).append(node)
+
+    def show(parent: int, indent: str) -> None:
+        for node in children.get(parent, []):
+            print(f"{indent}└ {node.relation} #{node.id}  {node.prompt[:50]!r}")
+            show(node.id, indent + "  ")
+
+    show(image_id, "  ")
+    return 0

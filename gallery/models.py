@@ -68,7 +68,7 @@ class ImageRow(Base):
     user: Mapped[str | None] = mapped_column(String(200))
     guild: Mapped[str | None] = mapped_column(String(200), index=True)
     channel: Mapped[str | None] = mapped_column(String(200))
-    parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("images.id"), index=True)
     relation: Mapped[str | None] = mapped_column(String(16))
     favourite: Mapped[bool] = mapped_column(Boolean, default=False)
     rating: Mapped[int | None] = mapped_column(Integer)  # 1-5, the owner's

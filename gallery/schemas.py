@@ -106,11 +106,12 @@ class SearchFilters(VectorFilters):
     tags: list[str] = Field(default_factory=list, description="only images with every one of these tags")
     board: int | None = Field(default=None, description="only images on this board (its visibility checked before)")
     min_rating: int | None = Field(default=None, ge=1, le=5)
+    derived_from: int | None = Field(default=None, ge=1, description="only images made from this one, at any depth")
 
     @property
     def sqlite_only(self) -> bool:
-        """Whether it narrows by what only SQLite knows (tags, boards, ratings): a vector query cannot apply it."""
-        return bool(self.tags) or self.board is not None or self.min_rating is not None
+        """Whether it narrows by what only SQLite knows (tags, boards, ratings, lineage): a vector query cannot."""
+        return bool(self.tags) or any(v is not None for v in (self.board, self.min_rating, self.derived_from))
 
     def vector_filters(self) -> VectorFilters:
         return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))
@@ -126,6 +127,26 @@ class BoardPublic(BaseModel):
     count: int = 0
     cover: int | None = None
     created_at: UtcDateTime
+
+
+class LineageNode(BaseModel):
+    """One image of a lineage: how it came from its parent, and how far it is from the image asked about."""
+
+    id: int
+    parent_id: int | None
+    relation: str | None
+    depth: int = Field(description="ancestors: 1 = the parent; descendants: 1 = a child")
+    prompt: str
+    mode: str
+
+
+class Lineage(BaseModel):
+    """Where an image came from (its parents up to the first; one outside the asker's gallery ends the walk up) and
+    everything made from it that the asker may see."""
+
+    image_id: int
+    ancestors: list[LineageNode]
+    descendants: list[LineageNode]
 
 
 class TagCount(BaseModel):

@@ -53,10 +53,13 @@ class SearchPage(BaseModel):
     limit: int
 
 
-def split_tags(query: str) -> tuple[str, list[str]]:
-    """`tag:NAME` words out of a search text: the rest, and the tags (as gallery.tags spells them)."""
+def split_tags(query: str) -> tuple[str, list[str], int | None]:
+    """`tag:NAME` and `derived_from:ID` words out of a search text: the rest, the tags (as gallery.tags spells them)
+    and the image the results must be made from."""
     tags = [tag_of(t) for t in re.findall(r"(?:^|\s)tag:(\S+)", query)]
-    return re.sub(r"(?:^|\s)tag:\S+", " ", query).strip(), tags
+    origins = re.findall(r"(?:^|\s)derived_from:#?([0-9]{1,18})\b", query)
+    rest = re.sub(r"(?:^|\s)(?:tag:\S+|derived_from:#?[0-9]{1,18}\b)", " ", query).strip()
+    return rest, tags, int(origins[-1]) if origins else None
 
 
 def phrases_of(query: str) -> list[str]:
@@ -96,9 +99,11 @@ class GallerySearch:
         if len(query) > MAX_QUERY_CHARS:
             raise SearchError(f"the search text is too long ({len(query)} characters; at most {MAX_QUERY_CHARS})")
         filters = filters or SearchFilters()
-        query, tags = split_tags(query)  # `tag:portrait` in the search box is a filter, not words
+        query, tags, origin = split_tags(query)  # `tag:portrait`, `derived_from:42` in the search box are filters
         if tags:
             filters = filters.model_copy(update={"tags": unique([*filters.tags, *tags])})
+        if origin is not None:
+            filters = filters.model_copy(update={"derived_from": origin})
         depth = self._depth(limit, offset)
         if not query:  # tags alone: the newest images that have them
             images, _ = self.store.page(filters=filters, limit=limit, offset=offset)

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from gallery.files import write_content_addressed
 from gallery.models import ImageRow, ImageTagRow
-from gallery.schemas import ImageCreate, ImagePublic, SearchFilters
+from gallery.schemas import ImageCreate, ImagePublic, Lineage, LineageNode, SearchFilters
 from gallery.tags import auto_tags
 
 # Every live image whose (job, index) an earlier live image already has: the later copies.
@@ -90,6 +90,10 @@ class ImageStore(ABC):
         self, *, filters: SearchFilters, limit: int, offset: int, sort: str = "newest"
     ) -> tuple[list[ImagePublic], int]:
         """Live images newest first that pass `filters`, and how many pass in all."""
+
+    @abstractmethod
+    def lineage(self, image_id: int, filters: SearchFilters) -> Lineage:
+        """Its ancestors (nearest first) and its descendants (by depth), within `filters`."""
 
     @abstractmethod
     def newest_ids(self, filters: SearchFilters, limit: int) -> list[int]:
@@ -222,6 +226,31 @@ class SqliteImageStore(ImageStore):
             ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
         return self.get_many(ids), total
 
+    def lineage(self, image_id: int, filters: SearchFilters) -> Lineage:
+        self.get(image_id)
+        up = text("WITH RECURSIVE a(id, depth) AS (SELECT parent_id, 1 FROM images WHERE id = :start AND parent_id "
+                  "IS NOT NULL UNION SELECT i.parent_id, a.depth + 1 FROM images AS i JOIN a ON i.id = a.id WHERE "
+                  "i.parent_id IS NOT NULL AND a.depth < 64) SELECT id, depth FROM a")  # fmt: skip
+        down = text(f"{DESCENDANTS_SQL.format(start=':start')} SELECT id, min(depth) FROM d GROUP BY id")
+        with self.engine.connect() as conn:
+            ancestors: dict[int, int] = {r[0]: r[1] for r in conn.execute(up, {"start": image_id})}
+            descendants: dict[int, int] = {r[0]: r[1] for r in conn.execute(down, {"start": image_id})}
+        visible = self.filter_ids([*ancestors, *descendants], filters)
+        records = {i.id: i for i in self.get_many(sorted(visible))}
+
+        def nodes(depths: dict[int, int]) -> list[LineageNode]:
+            return [LineageNode(id=i, parent_id=records[i].parent_id, relation=records[i].relation, depth=d,
+                                prompt=records[i].prompt, mode=records[i].mode)
+                    for i, d in sorted(depths.items(), key=lambda kv: (kv[1], kv[0])) if i in records]  # fmt: skip
+
+        # an ancestor outside the asker's gallery ends the walk up: nothing beyond it is theirs to see
+        kept: list[LineageNode] = []
+        for node in nodes(ancestors):
+            if node.depth != len(kept) + 1:
+                break
+            kept.append(node)
+        return Lineage(image_id=image_id, ancestors=kept, descendants=nodes(descendants))
+
     def newest_ids(self, filters: SearchFilters, limit: int) -> list[int]:
         where, params = filter_sql(filters, "i")
         sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY i.id DESC LIMIT :limit")
@@ -292,6 +321,11 @@ class SqliteImageStore(ImageStore):
             session.execute(update(ImageRow).where(ImageRow.id.in_(image_ids)).values(deleted_at=datetime.now(UTC)))
 
 
+# Every image made from `start`, at any depth (through images.parent_id and its index), as the CTE `d(id, depth)`.
+DESCENDANTS_SQL = (
+    "WITH RECURSIVE d(id, depth) AS (SELECT id, 1 FROM images WHERE parent_id = {start} "
+    "UNION SELECT c.id, d.depth + 1 FROM images AS c JOIN d ON c.parent_id = d.id WHERE d.depth < 64)"
+)
 # How a listing may be ordered: newest first, best rated first, favourites first (then newest).
 SORTS = {
     "newest": "i.id DESC",
@@ -331,6 +365,9 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.board is not None:
         conds.append(f"{alias}.id IN (SELECT image_id FROM board_images WHERE board_id = :f_board)")
         params["f_board"] = filters.board
+    if filters.derived_from is not None:
+        conds.append(f"{alias}.id IN ({DESCENDANTS_SQL.format(start=':f_from')} SELECT id FROM d)")
+        params["f_from"] = filters.derived_from
     if filters.min_rating is not None:
         conds.append(f"{alias}.rating >= :f_min_rating")
         params["f_min_rating"] = filters.min_rating

@@ -143,3 +143,23 @@ def test_find_before_draw_answers_a_repeat_from_the_gallery(engine: EngineProces
         assert theirs.found is None
         again_mine = client.submit(parse('"a cyan circle" -S 5 -s 4', requester=alice))
         assert again_mine.found is not None and client.job(again_mine.id).images[0].id == mine.images[0].id
+
+
+def test_lineage_both_ways_and_derived_from(engine: EngineProcess) -> None:
+    [root] = made(engine, '"a blue square on a white background" -S 21 -s 4')
+    [child] = made(engine, f'"a blue square on a white background" -I {root} -f 0.5 -S 2 -s 4')
+    [grandchild] = made(engine, f"-I {child} -U 2 -s 4")
+    [other] = made(engine, f'"a red star" -I {root} -f 0.7 -S 3 -s 4')
+    with engine.client() as client:
+        tree = client.lineage(child)
+        assert [(n.id, n.depth) for n in tree.ancestors] == [(root, 1)]
+        assert [(n.id, n.relation, n.depth) for n in tree.descendants] == [(grandchild, "upscale", 1)]
+        down = client.lineage(root).descendants
+        assert sorted((n.id, n.depth) for n in down) == sorted([(child, 1), (other, 1), (grandchild, 2)])
+        assert [n.id for n in client.lineage(grandchild).ancestors] == [child, root]
+        page = client.images(derived_from=root)
+        assert sorted(i.id for i in page.images) == sorted([child, grandchild, other])
+    found = json.loads(cli(engine, "search", f"derived_from:{root} red star", "--json").stdout)["results"]
+    assert found and found[0]["id"] == other
+    text = cli(engine, "gallery", "lineage", str(grandchild)).stdout
+    assert f"#{root}" in text and "↓ img2img" in text and "↓ upscale" in text and text.rstrip().endswith("(this image)")

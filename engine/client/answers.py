@@ -15,6 +15,7 @@ from gallery.schemas import BoardPublic as BoardPublic
 from gallery.schemas import CheckReport as CheckReport
 from gallery.schemas import ImagePublic, UtcDateTime
 from gallery.schemas import ImportResult as ImportResult
+from gallery.schemas import Lineage as Lineage
 from gallery.schemas import ReconcileReport as ReconcileReport
 from gallery.schemas import TagCount as TagCount
 

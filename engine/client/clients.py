@@ -36,6 +36,7 @@ from engine.client.answers import (
     ImageRecord,
     ImportResult,
     Job,
+    Lineage,
     ModelList,
     PromptStyle,
     QueueState,
@@ -172,6 +173,10 @@ class _Endpoints:
         """A person's tags on and off an image; its tags after."""
         options = {"json": {"add": add, "remove": remove or []}, **_scoped(scope)}
         return self._do(Call("POST", f"/v1/images/{image_id}/tags", _str_list, options))
+
+    def lineage(self, image_id: int, *, scope: Scope | None = None) -> Answer[Lineage]:
+        """Where the image came from, and everything made from it."""
+        return self._do(Call("GET", f"/v1/images/{image_id}/lineage", _model(Lineage), _scoped(scope)))
 
     def tags(self, prefix: str = "", *, limit: int = 20, **filters: object) -> Answer[list[TagCount]]:
         """The most used tags (of the images `filters` let through) that start with `prefix`."""

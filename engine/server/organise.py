@@ -12,11 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from pydantic import Field
 
-from engine.client.answers import BoardCreate, BoardImages, BoardPublic, BoardRename, TagChange, TagCount
+from engine.client.answers import BoardCreate, BoardImages, BoardPublic, BoardRename, Lineage, TagChange, TagCount
 from engine.client.schema import MAX_ID
 from engine.server.queries import FilterQuery, ImageId, ScopeQuery, WhoParams
 from engine.server.records import scoped_image
 from engine.server.services import ServicesDep
+from gallery.schemas import SearchFilters
 
 router = APIRouter(tags=["boards and tags"])
 BoardId = Annotated[int, Path(ge=1, le=MAX_ID, description="a board id")]
@@ -69,6 +70,14 @@ def tag_image(image_id: ImageId, body: TagChange, s: ServicesDep, scope: ScopeQu
 class TagQuery(FilterQuery):
     prefix: str = Field(default="", max_length=64, description="only tags that start so")
     limit: int = Field(default=20, ge=1, le=200)
+
+
+@router.get("/v1/images/{image_id}/lineage")
+def lineage(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> Lineage:
+    """Where the image came from and everything made from it (variations, upscales, inpaints, outpaints, zooms),
+    as far as the asker's gallery goes."""
+    scoped_image(s.store, image_id, scope)
+    return s.store.lineage(image_id, SearchFilters(guild=scope.guild, dm_of=scope.dm_of))
 
 
 @router.get("/v1/tags")

@@ -65,6 +65,7 @@ class FilterQuery(BaseModel):
     )
     board: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images on this board")
     min_rating: int | None = Field(default=None, ge=1, le=5)
+    derived_from: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images made from this one")
 
     def filters(self) -> SearchFilters:
         try:
@@ -75,7 +76,7 @@ class FilterQuery(BaseModel):
                              created_after=self.after, created_before=self.before, dm_of=self.dm_of,
                              favourites=self.favourites, min_width=self.min_width,
                              min_height=self.min_height, lora=self.lora, tags=tags, board=self.board,
-                             min_rating=self.min_rating)  # fmt: skip
+                             min_rating=self.min_rating, derived_from=self.derived_from)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):
