@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 from cli.common import Exit, engine_errors, fail
-from cli.organise import board_id, cmd_lineage, cmd_rate, cmd_tag
+from cli.organise import board_id, cmd_lineage, cmd_rate, cmd_saved, cmd_tag, local_user, saved_id
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
@@ -58,12 +58,22 @@ def _filters(args: argparse.Namespace) -> dict:
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     from engine.client.launch import connect
 
+    if args.saved:
+        return cmd_saved(args, settings)
     if (args.query is None) == (args.image is None and args.similar is None):
         return fail('give search text, or --image PATH, or --similar ID (e.g. dreamhall search "green triangle")')
     filters = _filters(args)
     say = (lambda m: print(m, file=sys.stderr)) if args.json else print
     with engine_errors(), connect(settings, autostart=not args.no_autostart, say=say) as engine:
-        if args.image is not None:
+        if args.query is not None and args.query.startswith("@"):  # a saved search, run now
+            found = engine.run_search(saved_id(engine, args.query[1:]), local_user(), limit=args.limit)
+        elif args.save is not None:
+            if args.query is None:
+                return fail('--save keeps a text search: dreamhall search "red circle" --save reds')
+            saved = engine.save_search(args.save, args.query, local_user(), tag=args.tag or None, **filters)
+            say(f"saved as @{saved.name}")
+            found = engine.run_search(saved.id, local_user(), limit=args.limit)
+        elif args.image is not None:
             try:
                 data = Path(args.image).read_bytes()
             except OSError as e:
@@ -72,7 +82,7 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         elif args.similar is not None:
             found = engine.similar(args.similar, limit=args.limit, **filters)
         else:
-            found = engine.search(args.query, limit=args.limit, **filters)
+            found = engine.search(args.query, limit=args.limit, tag=args.tag or None, **filters)
     if args.json:
         rows = [{"id": r.image.id, "path": r.image.path, "score": r.score, "prompt": r.image.prompt,
                  "seed": r.image.seed} for r in found.results]  # fmt: skip

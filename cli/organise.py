@@ -133,3 +133,26 @@ def cmd_lineage(engine: EngineClient, args: argparse.Namespace) -> int:
 
     show(image_id, "  ")
     return 0
+
+
+def saved_id(engine: EngineClient, name: str) -> int:
+    key = " ".join(name.split()).casefold()
+    for saved in engine.saved_searches(local_user()):
+        if saved.name.casefold() == key:
+            return saved.id
+    raise Exit(fail(f"no saved search named {name!r} (dreamhall search --saved lists yours)"))
+
+
+def cmd_saved(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.client.launch import connect
+
+    with engine_errors(), connect(settings, autostart=not args.no_autostart) as engine:
+        saved = engine.saved_searches(local_user())
+    if args.json:
+        print(json.dumps([s.model_dump(mode="json") for s in saved]))
+        return 0
+    for s in saved:
+        print(f"@{s.name}  {s.query!r}" + (f"  {s.filters}" if s.filters else ""))
+    if not saved:
+        print('no saved searches yet: dreamhall search "red circle" --save reds')
+    return 0

@@ -15,8 +15,8 @@ from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gallery.models import BoardImageRow, BoardRow, ImageRow, ImageTagRow
-from gallery.schemas import BoardPublic, SearchFilters, TagCount
+from gallery.models import BoardImageRow, BoardRow, ImageRow, ImageTagRow, SavedSearchRow
+from gallery.schemas import BoardPublic, SavedSearch, SearchFilters, TagCount
 from gallery.store import GalleryError, ImageNotFound, ImageStore, filter_sql
 from gallery.tags import MAX_TAGS_PER_CALL, board_name, tag_of, unique
 
@@ -183,6 +183,51 @@ class Organiser:
                 ) -> BoardPublic:  # fmt: skip
         shared = scope == LOCAL or (scope.startswith("g:") and ":u:" not in scope)
         return BoardPublic(id=id_, name=name, shared=shared, owner=owner, count=n, cover=cover, created_at=created)
+
+    # --- saved searches ("smart boards"), scoped as boards --------------------------------------------------
+    def save_search(self, who: Who, name: str, query: str, filters: dict, *, shared: bool = False) -> SavedSearch:
+        name = board_name(name)
+        row = SavedSearchRow(scope=who.scope_for(shared), name=name, name_key=name.casefold(), owner=who.user,
+                             query=query, filters=filters)  # fmt: skip
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(row)
+                session.flush()
+                return self._search(row)
+        except IntegrityError:
+            raise BoardExists(f"there is already a saved search named {name!r} here") from None
+
+    def saved_searches(self, who: Who) -> list[SavedSearch]:
+        with Session(self.engine) as session:
+            rows = session.scalars(select(SavedSearchRow).where(SavedSearchRow.scope.in_(who.scopes()))
+                                   .order_by(SavedSearchRow.name_key))  # fmt: skip
+            return [self._search(r) for r in rows]
+
+    def saved_search(self, who: Who, name_or_id: str | int) -> SavedSearch:
+        with Session(self.engine) as session:
+            query = select(SavedSearchRow).where(SavedSearchRow.scope.in_(who.scopes()))
+            if isinstance(name_or_id, int):
+                query = query.where(SavedSearchRow.id == name_or_id)
+            else:
+                query = query.where(SavedSearchRow.name_key == board_name(name_or_id).casefold())
+            row = session.scalars(query).first()
+            if row is None:
+                raise BoardNotFound(f"no saved search {str(name_or_id)[:60]!r} here")
+            return self._search(row)
+
+    def delete_search(self, who: Who, name_or_id: str | int) -> SavedSearch:
+        saved = self.saved_search(who, name_or_id)
+        if who.discord and saved.owner != who.user:
+            raise BoardDenied(f"saved search {saved.name!r} is shared here; only the member who saved it can delete it")
+        with Session(self.engine) as session, session.begin():
+            session.execute(delete(SavedSearchRow).where(SavedSearchRow.id == saved.id))
+        return saved
+
+    @staticmethod
+    def _search(row: SavedSearchRow) -> SavedSearch:
+        shared = row.scope == LOCAL or (row.scope.startswith("g:") and ":u:" not in row.scope)
+        return SavedSearch(id=row.id, name=row.name, query=row.query, filters=row.filters or {}, shared=shared,
+                           owner=row.owner, created_at=row.created_at)  # fmt: skip
 
     # --- tags and ratings -----------------------------------------------------------------------------
     def tag(self, image_id: int, add: list[str], remove: list[str] | None = None) -> list[str]:

@@ -125,3 +125,20 @@ class ImageTagRow(Base):
     auto: Mapped[bool] = mapped_column(Boolean, default=False)
 
     __table_args__ = (Index("ix_image_tags_tag_image", "tag", "image_id"),)
+
+
+class SavedSearchRow(Base):
+    """A search saved by name ("smart board"): its text and filters, re-run as the gallery grows. Scoped as boards."""
+
+    __tablename__ = "saved_searches"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(450))
+    name: Mapped[str] = mapped_column(String(100))
+    name_key: Mapped[str] = mapped_column(String(100))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    query: Mapped[str] = mapped_column(Text)
+    filters: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("scope", "name_key", name="uq_saved_searches_scope_name"),)

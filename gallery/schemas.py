@@ -149,6 +149,18 @@ class Lineage(BaseModel):
     descendants: list[LineageNode]
 
 
+class SavedSearch(BaseModel):
+    """A search saved by name: its text (with any `tag:`/`derived_from:` words) and its filters."""
+
+    id: int
+    name: str
+    query: str
+    filters: dict[str, Any] = Field(default_factory=dict)
+    shared: bool
+    owner: str | None = None
+    created_at: UtcDateTime
+
+
 class TagCount(BaseModel):
     tag: str
     count: int

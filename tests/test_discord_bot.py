@@ -555,3 +555,17 @@ async def test_describe_offers_four_prompts_and_each_button_dreams_one(world: Wo
     assert "a yellow star on a black background" in dreamed.content
     text = await world.fake.say(A, "7", "!describe")
     assert "Attach an image, reply to one" in (await world.text_reply(text)).content
+
+
+async def test_search_at_a_saved_search_runs_it_in_this_server(world: World) -> None:
+    from engine.client.schema import Requester
+
+    mid = await world.fake.say(A, "7", '!dream "a cyan star on a black background" -S 41 -s 4')
+    result = await world.result_for(mid)
+    image_id = int(result.custom_ids[0].rsplit(":", 1)[1])
+    await world.client.save_search("Stars", "cyan star", Requester(source="discord", user="7", guild=A), shared=True)
+    asked = await world.fake.say(A, "8", "!search @stars")  # another member: a shared saved search
+    reply = await world.text_reply(asked)
+    assert "**@Stars**" in reply.content and f"#{image_id} " in reply.content
+    elsewhere = await world.fake.say(B, "8", "!search @stars")  # another server has no such saved search
+    assert "No saved search named @stars here." in (await world.text_reply(elsewhere)).content

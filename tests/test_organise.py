@@ -163,3 +163,27 @@ def test_lineage_both_ways_and_derived_from(engine: EngineProcess) -> None:
     assert found and found[0]["id"] == other
     text = cli(engine, "gallery", "lineage", str(grandchild)).stdout
     assert f"#{root}" in text and "↓ img2img" in text and "↓ upscale" in text and text.rstrip().endswith("(this image)")
+
+
+def test_saved_searches_rerun_as_the_gallery_grows(engine: EngineProcess) -> None:
+    [first] = made(engine, '"a yellow triangle on a black background" -S 31 -s 4')
+    saved = cli(engine, "search", "yellow triangle", "--save", "Yellows", "--json")
+    assert saved.returncode == 0 and "saved as @Yellows" in saved.stderr, saved.stderr
+    assert first in [r["id"] for r in json.loads(saved.stdout)["results"]]
+    [later] = made(engine, '"a yellow triangle on a white background" -S 32 -s 4')
+    again = json.loads(cli(engine, "search", "@yellows", "--json").stdout)["results"]
+    assert {first, later} <= {r["id"] for r in again}  # re-run: the newer image is found too
+    listed = json.loads(cli(engine, "search", "--saved", "--json").stdout)
+    assert [s["name"] for s in listed] == ["Yellows"]
+    missing = cli(engine, "search", "@nope")
+    assert missing.returncode != 0 and "no saved search named 'nope'" in missing.stderr
+    # a server's saved search runs within that server's gallery, whatever its filters say
+    alice = Requester(source="discord", user="alice", guild="g5")
+    with engine.client() as client:
+        theirs = client.save_search("All yellow", "yellow triangle", alice, shared=True, guild="g1")
+        assert client.run_search(theirs.id, alice).results == []  # g5 has no images; g1's are not its to see
+        with pytest.raises(RequestRejected, match="no saved search") as info:
+            client.run_search(theirs.id, Requester(source="discord", user="eve", guild="g6"))
+        assert info.value.status == 404
+        with pytest.raises(RequestRejected, match="filters"):
+            client.save_search("Bad", "x", alice, colour="red")

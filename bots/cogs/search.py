@@ -15,12 +15,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
-from bots.replies import InteractionReply, MessageReply, replying_errors, scope_of
+from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
 from bots.views import describe_view, image_ids_of
 from engine.client.answers import SearchResults
 from engine.client.clients import RequestRejected
 from engine.client.grid import tile
-from engine.client.schema import Scope
+from engine.client.schema import Requester, Scope
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
@@ -61,27 +61,38 @@ class SearchCog(commands.Cog, name="Search"):
             io.BytesIO(tile(blobs, size=256, max_cols=4)), "results.png"
         )
 
-    async def _text_search(self, scope: Scope, channel: object, text: str, say) -> None:
+    async def _text_search(self, scope: Scope, channel: object, text: str, say, who: Requester) -> None:
         text = text.strip().strip('"').strip()
         if not text:
-            await say('Give me something to look for: !search "red fox in snow"')
+            await say('Give me something to look for: !search "red fox in snow" (or a saved search: !search @name)')
             return
         async with replying_errors(say):
-            results = await self.bot.engine.search(text, limit=FETCHED, **scope.params())
-            title = f"Best matches for **{render.clip(text, 200)}**:"
+            if text.startswith("@"):  # a saved search ("smart board") of this server's or this member's
+                key = " ".join(text[1:].split()).casefold()
+                saved = [s for s in await self.bot.engine.saved_searches(who) if s.name.casefold() == key]
+                if not saved:
+                    await say(f"No saved search named {render.clip(text, 60)} here.")
+                    return
+                results = await self.bot.engine.run_search(saved[0].id, who, limit=FETCHED)
+                title = f"**@{saved[0].name}** ({render.clip(saved[0].query, 200)}), now:"
+            else:
+                results = await self.bot.engine.search(text, limit=FETCHED, **scope.params())
+                title = f"Best matches for **{render.clip(text, 200)}**:"
             content, file = await self._answer(results, title, channel, scope)
             await say(content, file=file or discord.utils.MISSING)
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
+        who = requester_of(ctx.guild, ctx.channel, ctx.author)
         await self._text_search(scope_of(ctx.guild, ctx.channel, ctx.author), ctx.channel, text,
-                                MessageReply(ctx.message).send)  # fmt: skip
+                                MessageReply(ctx.message).send, who)  # fmt: skip
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
     async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
         await interaction.response.defer(thinking=True)
         scope = scope_of(interaction.guild, interaction.channel, interaction.user)
-        await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send)
+        who = requester_of(interaction.guild, interaction.channel, interaction.user)
+        await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send, who)
 
     async def _similar(self, scope: Scope, channel: object, source: discord.Message | int | None) -> tuple:
         """Images like a gallery image (an id, or the first of a result message) or a message's attached picture."""

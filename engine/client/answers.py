@@ -17,6 +17,7 @@ from gallery.schemas import ImagePublic, UtcDateTime
 from gallery.schemas import ImportResult as ImportResult
 from gallery.schemas import Lineage as Lineage
 from gallery.schemas import ReconcileReport as ReconcileReport
+from gallery.schemas import SavedSearch as SavedSearch
 from gallery.schemas import TagCount as TagCount
 
 
@@ -246,3 +247,14 @@ class TagChange(BaseModel):
 
     add: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
     remove: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
+
+
+class SearchSave(BaseModel):
+    """POST /v1/searches: a search to save by name (its text may hold `tag:` and `derived_from:` words)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    q: str = Field(min_length=1, max_length=1000)
+    filters: dict[str, Any] = Field(default_factory=dict, description="as the search routes' query parameters")
+    shared: bool = False

@@ -41,6 +41,7 @@ from engine.client.answers import (
     PromptStyle,
     QueueState,
     ReconcileReport,
+    SavedSearch,
     SearchResults,
     TagCount,
     Upload,
@@ -182,6 +183,24 @@ class _Endpoints:
         """The most used tags (of the images `filters` let through) that start with `prefix`."""
         params = {k: v for k, v in {**filters, "prefix": prefix, "limit": limit}.items() if v is not None}
         return self._do(Call("GET", "/v1/tags", _list(TagCount), {"params": params}))
+
+    # --- saved searches ("smart boards"), scoped as boards ---------------------------------------------------
+    def saved_searches(self, who: Requester) -> Answer[list[SavedSearch]]:
+        return self._do(Call("GET", "/v1/searches", _list(SavedSearch), _who(who)))
+
+    def save_search(self, name: str, query: str, who: Requester, *, shared: bool = False,
+                    **filters: object) -> Answer[SavedSearch]:  # fmt: skip
+        body = {"name": name, "q": query, "shared": shared, "filters": {k: v for k, v in filters.items() if v}}
+        return self._do(Call("POST", "/v1/searches", _model(SavedSearch), {"json": body, **_who(who)}))
+
+    def delete_search(self, search_id: int, who: Requester) -> Answer[SavedSearch]:
+        return self._do(Call("DELETE", f"/v1/searches/{search_id}", _model(SavedSearch), _who(who)))
+
+    def run_search(self, search_id: int, who: Requester, *, limit: int = 20, offset: int = 0) -> Answer[SearchResults]:
+        """A saved search, run now within the asker's gallery."""
+        options = _who(who)
+        options["params"] |= {"limit": limit, "offset": offset}
+        return self._do(Call("GET", f"/v1/searches/{search_id}/results", _model(SearchResults), options))
 
     # --- boards: `who` is the asker (the bot's member; the CLI's and the desktop's local user) ---------------
     def boards(self, who: Requester) -> Answer[list[BoardPublic]]:

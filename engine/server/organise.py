@@ -10,17 +10,37 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
-from pydantic import Field
+from pydantic import Field, ValidationError
 
-from engine.client.answers import BoardCreate, BoardImages, BoardPublic, BoardRename, Lineage, TagChange, TagCount
+from engine.client.answers import (
+    BoardCreate,
+    BoardImages,
+    BoardPublic,
+    BoardRename,
+    Lineage,
+    SavedSearch,
+    SearchResults,
+    SearchSave,
+    TagChange,
+    TagCount,
+)
+from engine.client.dream_args import explain
 from engine.client.schema import MAX_ID
-from engine.server.queries import FilterQuery, ImageId, ScopeQuery, WhoParams
-from engine.server.records import scoped_image
+from engine.server.queries import FilterQuery, ImageId, ScopeQuery, WhoParams, WhoQuery
+from engine.server.records import scoped_image, search_results
 from engine.server.services import ServicesDep
 from gallery.schemas import SearchFilters
+from gallery.search import MAX_LIMIT, SearchError
 
 router = APIRouter(tags=["boards and tags"])
-BoardId = Annotated[int, Path(ge=1, le=MAX_ID, description="a board id")]
+BoardId = Annotated[int, Path(ge=1, le=MAX_ID, description="a board's (or a saved search's) id")]
+
+
+class WhoPageQuery(WhoQuery):
+    """Who asks, and which page of the results."""
+
+    limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
+    offset: int = Field(default=0, ge=0, le=10_000)
 
 
 @router.get("/v1/boards")
@@ -78,6 +98,40 @@ def lineage(image_id: ImageId, s: ServicesDep, scope: ScopeQuery) -> Lineage:
     as far as the asker's gallery goes."""
     scoped_image(s.store, image_id, scope)
     return s.store.lineage(image_id, SearchFilters(guild=scope.guild, dm_of=scope.dm_of))
+
+
+@router.get("/v1/searches")
+def saved_searches(s: ServicesDep, who: WhoParams) -> list[SavedSearch]:
+    return s.organiser.saved_searches(who.who())
+
+
+@router.post("/v1/searches", status_code=201)
+def save_search(body: SearchSave, s: ServicesDep, who: WhoParams) -> SavedSearch:
+    """Save a search by name ("smart board"): re-run later as the gallery grows."""
+    try:
+        filters = FilterQuery.model_validate(body.filters).model_dump(exclude_defaults=True, mode="json")
+    except ValidationError as e:
+        raise SearchError(f"filters: {explain(e)}") from None
+    return s.organiser.save_search(who.who(), body.name, body.q, filters, shared=body.shared)
+
+
+@router.delete("/v1/searches/{search_id}")
+def delete_search(search_id: BoardId, s: ServicesDep, who: WhoParams) -> SavedSearch:
+    return s.organiser.delete_search(who.who(), search_id)
+
+
+@router.get("/v1/searches/{search_id}/results")
+def run_saved_search(search_id: BoardId, s: ServicesDep, page: Annotated[WhoPageQuery, Query()]) -> SearchResults:
+    """The saved search run now, within the asker's gallery."""
+    asker = page.who()
+    saved = s.organiser.saved_search(asker, search_id)
+    filters = FilterQuery.model_validate(saved.filters).filters()
+    tenant = asker.tenant()
+    filters = filters.model_copy(
+        update={"guild": tenant.guild or filters.guild, "dm_of": tenant.dm_of or filters.dm_of}
+    )
+    found = s.search.by_text(query=saved.query, limit=page.limit, offset=page.offset, filters=filters)
+    return search_results(found, s.store)
 
 
 @router.get("/v1/tags")
