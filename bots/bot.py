@@ -50,6 +50,7 @@ class DreamBot(commands.Bot):
                         "so until it does)", self.engine.where)  # fmt: skip
         await self.load_extension("bots.cogs.dream")
         await self.load_extension("bots.cogs.search")
+        await self.load_extension("bots.cogs.organise")
         self.add_dynamic_items(ImageAction, DreamPrompt)  # persistent buttons: they work across restarts
         dev_guild = self.settings.bot.dev_guild
         if dev_guild is not None:

@@ -107,11 +107,14 @@ class SearchFilters(VectorFilters):
     board: int | None = Field(default=None, description="only images on this board (its visibility checked before)")
     min_rating: int | None = Field(default=None, ge=1, le=5)
     derived_from: int | None = Field(default=None, ge=1, description="only images made from this one, at any depth")
+    not_board: int | None = Field(default=None, ge=1, description="leave out this board's images (a member's Hidden)")
 
     @property
     def sqlite_only(self) -> bool:
         """Whether it narrows by what only SQLite knows (tags, boards, ratings, lineage): a vector query cannot."""
-        return bool(self.tags) or any(v is not None for v in (self.board, self.min_rating, self.derived_from))
+        return bool(self.tags) or any(
+            v is not None for v in (self.board, self.min_rating, self.derived_from, self.not_board)
+        )
 
     def vector_filters(self) -> VectorFilters:
         return VectorFilters(**self.model_dump(include=set(VectorFilters.model_fields)))

@@ -365,6 +365,9 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.board is not None:
         conds.append(f"{alias}.id IN (SELECT image_id FROM board_images WHERE board_id = :f_board)")
         params["f_board"] = filters.board
+    if filters.not_board is not None:
+        conds.append(f"{alias}.id NOT IN (SELECT image_id FROM board_images WHERE board_id = :f_not_board)")
+        params["f_not_board"] = filters.not_board
     if filters.derived_from is not None:
         conds.append(f"{alias}.id IN ({DESCENDANTS_SQL.format(start=':f_from')} SELECT id FROM d)")
         params["f_from"] = filters.derived_from

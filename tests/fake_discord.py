@@ -368,6 +368,14 @@ class FakeDiscord:
         await self.dispatch("MESSAGE_CREATE", data)
         return mid
 
+    async def react(self, guild_id: str, uid: str, message: Posted, emoji: str, *, remove: bool = False) -> None:
+        """A user adds (or takes back) a reaction on a message the bot posted."""
+        data = {"user_id": uid, "channel_id": message.channel_id, "message_id": message.id, "guild_id": guild_id,
+                "emoji": {"id": None, "name": emoji}, "type": 0, "burst": False}  # fmt: skip
+        if not remove:
+            data["member"] = self._member(uid)
+        await self.dispatch("MESSAGE_REACTION_REMOVE" if remove else "MESSAGE_REACTION_ADD", data)
+
     async def say_dm(self, uid: str, content: str) -> str:
         """A user writes to the bot in a direct message (no guild); returns the message id."""
         mid = snowflake()

@@ -569,3 +569,46 @@ async def test_search_at_a_saved_search_runs_it_in_this_server(world: World) -> 
     assert "**@Stars**" in reply.content and f"#{image_id} " in reply.content
     elsewhere = await world.fake.say(B, "8", "!search @stars")  # another server has no such saved search
     assert "No saved search named @stars here." in (await world.text_reply(elsewhere)).content
+
+
+async def test_reactions_mark_favourites_and_hide_and_boards_from_discord(world: World) -> None:
+    from engine.client.schema import Requester
+
+    mid = await world.fake.say(A, "7", '!dream "a purple triangle on a white background" -S 51 -s 4')
+    result = await world.result_for(mid)
+    image_id = int(result.custom_ids[0].rsplit(":", 1)[1])
+    member = Requester(source="discord", user="8", guild=A)
+
+    async def own(name: str) -> list[int]:
+        boards = {b.name: b for b in await world.client.boards(member)}
+        if name not in boards:
+            return []
+        return [i.id for i in (await world.client.images(guild=A, board=boards[name].id)).images]
+
+    await world.fake.react(A, "8", result, "⭐")
+    await until(lambda: own("Favourites"), [image_id])
+    await world.fake.react(A, "8", result, "⭐", remove=True)
+    await until(lambda: own("Favourites"), [])
+    # 👎 hides it from this member's searches, not from anyone else's
+    await world.fake.react(A, "8", result, "👎")
+    await until(lambda: own("Hidden"), [image_id])
+    theirs = await world.text_reply(await world.fake.say(A, "8", '!search "purple triangle"'))
+    mine = await world.text_reply(await world.fake.say(A, "7", '!search "purple triangle"'))
+    assert f"#{image_id} " not in theirs.content and f"#{image_id} " in mine.content
+    # a shared board, made and filled from Discord
+    made = await world.text_reply(await world.fake.say(A, "7", "!board create Triangles"))
+    assert "Board **Triangles** made" in made.content
+    added = await world.text_reply(await world.fake.say(A, "8", f"!board add triangles {image_id}"))
+    assert "**Triangles** now holds 1 image(s)" in added.content
+    listed = await world.text_reply(await world.fake.say(A, "8", "!board list"))
+    assert "**Triangles**: 1 image(s)" in listed.content and "Hidden** (yours)" in listed.content
+    elsewhere = await world.text_reply(await world.fake.say(B, "8", "!board show Triangles"))
+    assert "No board named Triangles here" in elsewhere.content
+
+
+async def until(fetch, expected, timeout: float = 60.0) -> None:
+    """Until the engine's answer is `expected` (the bot acts on a gateway event: nothing to wait on but the state)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (got := await fetch()) != expected:
+        assert asyncio.get_running_loop().time() < deadline, f"still {got!r}, expected {expected!r}"
+        await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
+from bots.cogs.organise import HIDDEN, own_board
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
 from bots.views import describe_view, image_ids_of
 from engine.client.answers import SearchResults
@@ -75,8 +76,9 @@ class SearchCog(commands.Cog, name="Search"):
                     return
                 results = await self.bot.engine.run_search(saved[0].id, who, limit=FETCHED)
                 title = f"**@{saved[0].name}** ({render.clip(saved[0].query, 200)}), now:"
-            else:
-                results = await self.bot.engine.search(text, limit=FETCHED, **scope.params())
+            else:  # leaving out what this member hid with 👎
+                hidden = await own_board(self.bot, who, HIDDEN, create=False)
+                results = await self.bot.engine.search(text, limit=FETCHED, not_board=hidden, **scope.params())
                 title = f"Best matches for **{render.clip(text, 200)}**:"
             content, file = await self._answer(results, title, channel, scope)
             await say(content, file=file or discord.utils.MISSING)

@@ -66,6 +66,7 @@ class FilterQuery(BaseModel):
     board: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images on this board")
     min_rating: int | None = Field(default=None, ge=1, le=5)
     derived_from: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images made from this one")
+    not_board: int | None = Field(default=None, ge=1, le=MAX_ID, description="leave out this board's images")
 
     def filters(self) -> SearchFilters:
         try:
@@ -76,7 +77,8 @@ class FilterQuery(BaseModel):
                              created_after=self.after, created_before=self.before, dm_of=self.dm_of,
                              favourites=self.favourites, min_width=self.min_width,
                              min_height=self.min_height, lora=self.lora, tags=tags, board=self.board,
-                             min_rating=self.min_rating, derived_from=self.derived_from)  # fmt: skip
+                             min_rating=self.min_rating, derived_from=self.derived_from,
+                             not_board=self.not_board)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):
