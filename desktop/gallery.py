@@ -38,6 +38,7 @@ from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
 from desktop.mask import MaskEditor
+from desktop.organise import BoardFilter, ImageOrganiser
 from engine.client.answers import Description, ImageRecord, SearchResults
 from engine.client.clients import EngineClient
 from engine.client.derived import VARIABLE_MODES, pan_of, region_of, upscale_of, variation_of, vary_of, zoom_out_of
@@ -98,9 +99,10 @@ class GalleryPanel(QWidget):
         self.since.addItems(list(SINCE))
         self.model_filter = QLineEdit(placeholderText="model")
         self.favourites = QCheckBox("favourites")
+        self.board = BoardFilter(link)
         self.count = QLabel("")
         bar = QHBoxLayout()
-        for w in (self.search, self.source, self.since, self.model_filter, self.favourites, self.count):
+        for w in (self.search, self.board, self.source, self.since, self.model_filter, self.favourites, self.count):
             bar.addWidget(w)
         bar.setStretch(0, 1)
 
@@ -128,6 +130,8 @@ class GalleryPanel(QWidget):
         side_layout = QVBoxLayout(side)
         side_layout.addWidget(self.picture)
         side_layout.addWidget(self.details, 1)
+        self.organiser = ImageOrganiser(link)
+        side_layout.addWidget(self.organiser)
         side_layout.addLayout(grid)
         self.splitter = QSplitter()
         self.splitter.addWidget(self.view)
@@ -143,6 +147,10 @@ class GalleryPanel(QWidget):
             combo.currentIndexChanged.connect(self.browse)
         self.model_filter.editingFinished.connect(self.browse)
         self.favourites.toggled.connect(self.browse)
+        self.board.currentIndexChanged.connect(self.browse)
+        self.organiser.changed.connect(self._updated)
+        self.organiser.boards_changed.connect(self.board.refresh)
+        self.organiser.message.connect(self.message.emit)
         self.view.selectionModel().currentChanged.connect(lambda index, _: self.show_record(index.data(RecordRole)))
         self.model.loaded.connect(lambda total: self.count.setText(f"{total} image(s)"))
         self.model.page_failed.connect(self.message.emit)
@@ -177,6 +185,7 @@ class GalleryPanel(QWidget):
             "model": self.model_filter.text().strip() or None,
             "after": datetime.now(UTC) - since if since else None,
             "favourites": True if self.favourites.isChecked() else None,
+            "board": self.board.board_id(),
         }
 
     def browse(self) -> None:
@@ -241,6 +250,7 @@ class GalleryPanel(QWidget):
         for button in self.actions.values():
             button.setEnabled(record is not None)
             button.setToolTip("")
+        self.organiser.show_record(record)
         if record is None:
             self.details.clear()
             self.picture.clear()

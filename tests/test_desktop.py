@@ -23,6 +23,7 @@ from desktop.mask import MaskEditor
 from desktop.window import MainWindow
 from engine.client.answers import SearchResults
 from engine.client.launch import stop_engine
+from engine.client.schema import Requester
 from engine.client.settings import Settings
 from models import toyworld
 from models.checker import judge
@@ -374,3 +375,24 @@ def test_the_edit_menu_describe_and_the_extras_box(qtbot, window: MainWindow) ->
     assert request.hires is not None and request.hires.scale == 2 and request.clip_skip == 2 and request.tiling
     extras.reuse({})
     assert window.generate.request().hires is None
+
+
+def test_rate_tag_and_board_an_image_then_list_the_board(qtbot, window: MainWindow) -> None:
+    (image_id,) = generate(qtbot, window, '"a yellow star on a gray background" -n 1 -S 61 -s 6', 1)
+    gallery = window.gallery
+    window.show_view("gallery")
+    gallery.show_record(window.link.client().image(image_id))
+    organiser = gallery.organiser
+    organiser.rating.setCurrentIndex(4)
+    organiser.rating.activated.emit(4)
+    qtbot.waitUntil(lambda: window.link.client().image(image_id).rating == 4, timeout=WAIT)
+    organiser.tag_edit.setText("desk, sunny")
+    qtbot.keyClick(organiser.tag_edit, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: "#sunny" in organiser.tags.text() and "#desk" in organiser.tags.text(), timeout=WAIT)
+    organiser.new_board.setText("Desk picks")
+    qtbot.keyClick(organiser.new_board, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: gallery.board.findText("Desk picks") >= 0, timeout=WAIT)  # the filter lists it
+    gallery.board.setCurrentText("Desk picks")
+    qtbot.waitUntil(lambda: gallery.model.total == 1 and gallery.model.record(0).id == image_id, timeout=WAIT)
+    # the same board from the CLI's side: the engine owner's boards are one set
+    assert [b.name for b in window.link.client().boards(Requester(source="cli", user="someone"))] == ["Desk picks"]
