@@ -31,13 +31,18 @@ def local_user() -> Requester:
     return Requester(source="cli", user=getpass.getuser())
 
 
-def board_id(engine: EngineClient, name: str) -> int:
-    """A board of the local user's by name (case-blind)."""
+def _named(items: list, name: str) -> int | None:
+    """The id of the item (a board, a saved search) with this name, matched as the engine does: case-blind."""
     key = " ".join(name.split()).casefold()
-    for board in engine.boards(local_user()):
-        if board.name.casefold() == key:
-            return board.id
-    raise Exit(fail(f"no board named {name!r} (dreamhall board list shows yours)"))
+    return next((item.id for item in items if item.name.casefold() == key), None)
+
+
+def board_id(engine: EngineClient, name: str) -> int:
+    """A board of the local user's by name."""
+    found = _named(engine.boards(local_user()), name)
+    if found is None:
+        raise Exit(fail(f"no board named {name!r} (dreamhall board list shows yours)"))
+    return found
 
 
 def _ids(values: list[str]) -> list[int]:
@@ -136,11 +141,10 @@ def cmd_lineage(engine: EngineClient, args: argparse.Namespace) -> int:
 
 
 def saved_id(engine: EngineClient, name: str) -> int:
-    key = " ".join(name.split()).casefold()
-    for saved in engine.saved_searches(local_user()):
-        if saved.name.casefold() == key:
-            return saved.id
-    raise Exit(fail(f"no saved search named {name!r} (dreamhall search --saved lists yours)"))
+    found = _named(engine.saved_searches(local_user()), name)
+    if found is None:
+        raise Exit(fail(f"no saved search named {name!r} (dreamhall search --saved lists yours)"))
+    return found
 
 
 def cmd_saved(args: argparse.Namespace, settings: Settings) -> int:

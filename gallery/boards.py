@@ -66,6 +66,11 @@ class Who:
         return SearchFilters(guild=self.guild) if self.guild is not None else SearchFilters(dm_of=self.user or "")
 
 
+def is_shared(scope: str) -> bool:
+    """Whether a board's (or saved search's) scope is seen by more than its creator: the owner's, or a server's."""
+    return scope == LOCAL or (scope.startswith("g:") and ":u:" not in scope)
+
+
 class Organiser:
     def __init__(self, engine: Engine, store: ImageStore) -> None:
         self.engine = engine
@@ -181,7 +186,7 @@ class Organiser:
     @staticmethod
     def _public(id_: int, name: str, scope: str, owner: str | None, created: datetime, n: int, cover: int | None
                 ) -> BoardPublic:  # fmt: skip
-        shared = scope == LOCAL or (scope.startswith("g:") and ":u:" not in scope)
+        shared = is_shared(scope)
         return BoardPublic(id=id_, name=name, shared=shared, owner=owner, count=n, cover=cover, created_at=created)
 
     # --- saved searches ("smart boards"), scoped as boards --------------------------------------------------
@@ -225,9 +230,8 @@ class Organiser:
 
     @staticmethod
     def _search(row: SavedSearchRow) -> SavedSearch:
-        shared = row.scope == LOCAL or (row.scope.startswith("g:") and ":u:" not in row.scope)
-        return SavedSearch(id=row.id, name=row.name, query=row.query, filters=row.filters or {}, shared=shared,
-                           owner=row.owner, created_at=row.created_at)  # fmt: skip
+        return SavedSearch(id=row.id, name=row.name, query=row.query, filters=row.filters or {},
+                           shared=is_shared(row.scope), owner=row.owner, created_at=row.created_at)  # fmt: skip
 
     # --- tags and ratings -----------------------------------------------------------------------------
     def tag(self, image_id: int, add: list[str], remove: list[str] | None = None) -> list[str]:

@@ -70,8 +70,7 @@ class OrganiseCog(commands.Cog, name="Boards"):
                 return
             guild = self.bot.get_guild(payload.guild_id) if payload.guild_id else None
             # a removal carries no member: the id is all a requester needs
-            who = Requester(source="discord", user=str(payload.user_id), guild=str(guild.id) if guild else None,
-                            channel=str(payload.channel_id))  # fmt: skip
+            who = requester_of(guild, channel, discord.Object(id=payload.user_id))
             with contextlib.suppress(RequestRejected):  # an image deleted since: nothing to mark
                 board = await own_board(self.bot, who, board_name, create=add)
                 if board is not None and add:

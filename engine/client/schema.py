@@ -342,6 +342,15 @@ class DreamRequest(BaseModel):
     preview: bool = False
     requester: Requester = Requester()
 
+    @property
+    def drawn_negative_prompt(self) -> str:
+        """The negative as drawn: with its styles, once the engine settled them."""
+        return self.negative_prompt if self.styled_negative_prompt is None else self.styled_negative_prompt
+
+    def drawn_prompts_text(self) -> str:
+        """Every distinct prompt the job draws, as one text (what its LoRA tags and embeddings are read from)."""
+        return " ".join(dict.fromkeys(self.prompts or (self.prompt,)))
+
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> DreamRequest:
         """The request that remakes an image alone, from its stored params (what it records beside the

@@ -111,8 +111,7 @@ class Maker:
         # 3. batches that fit, with the job's LoRAs and embeddings (unloaded after it)
         # LoRA tags and embeddings as the prompts were resolved (a style or a wildcard may bring them): a tag
         # that one image's wildcard chose applies to the whole job, which is one set of weights
-        prompts = " ".join(dict.fromkeys(work.prompt_of(i) for i in range(len(work.seeds))))
-        loras, embeddings = shelf.addons_of(prompts, work.sampling.negative_prompt)
+        loras, embeddings = shelf.addons_of(req.drawn_prompts_text(), req.drawn_negative_prompt)
         started = time.perf_counter()
 
         def run(indices: list[int], chunk: int, chunks: int):

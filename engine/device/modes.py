@@ -62,8 +62,7 @@ class Sampling:
 
     @classmethod
     def of(cls, req: DreamRequest, prompt: str | None = None) -> Sampling:
-        negative = req.negative_prompt if req.styled_negative_prompt is None else req.styled_negative_prompt
-        return cls(req.prompt if prompt is None else prompt, negative, req.steps, req.cfg_scale,
+        return cls(req.prompt if prompt is None else prompt, req.drawn_negative_prompt, req.steps, req.cfg_scale,
                    req.sampler, req.clip_skip, req.tiling, req.eta)  # fmt: skip
 
     def call_args(self, seeds: list[int], on_step: StepCallback) -> dict:

@@ -29,7 +29,7 @@ from engine.server.events import EventSink
 from engine.server.inputs import Inputs
 from engine.server.queue import JobQueue
 from engine.server.records import image_info
-from engine.server.repeats import content_hash_of, image_key
+from engine.server.repeats import content_in, image_key
 from gallery.schemas import ImageCreate, ImagePublic
 from gallery.store import ImageStore
 
@@ -60,7 +60,7 @@ class Front:
 
     def _keyed(self, items: list[tuple[ImageCreate, bytes]]) -> list[tuple[ImageCreate, bytes]]:
         """Each record with its repeat key, so a request that repeats it can be answered from the gallery."""
-        content_of = content_hash_of(lambda image_id: next((i.sha256 for i in self.store.get_many([image_id])), None))
+        content_of = content_in(self.store)
         keyed = []
         for record, png in items:
             repeat_key = image_key(

@@ -20,9 +20,9 @@ from engine.server.inputs import Inputs
 from engine.server.prompting import Prompting
 from engine.server.queue import JobNotFound, JobQueue, JobRecord
 from engine.server.records import image_info
-from engine.server.repeats import content_hash_of, request_keys
+from engine.server.repeats import content_in, request_keys
 from gallery.schemas import ImagePublic, SearchFilters
-from gallery.store import ImageNotFound, ImageStore
+from gallery.store import ImageStore
 
 
 def draw_seed() -> int:
@@ -132,16 +132,14 @@ class JobService:
             request = self.prompting.settle(request, seed)
         elif request.styles:
             raise InputError("--style: this engine has no styles (no styles.csv)")
+        made_with: dict = {}
         if self.shelf is not None:  # LoRA tags and embeddings, as styles and wildcards resolved the prompt
-            prompts = " ".join(dict.fromkeys(request.prompts or (request.prompt,)))
-            negative = (
-                request.negative_prompt if request.styled_negative_prompt is None else request.styled_negative_prompt
-            )
             try:
-                self.shelf.addons_of(prompts, negative)
+                loras, embeddings = self.shelf.addons_of(request.drawn_prompts_text(), request.drawn_negative_prompt)
             except PromptError as e:
                 raise InputError(f"prompt: {e}") from e
-        found = None if request.fresh else self._found(request, seed)
+            made_with = self.shelf.made_with(loras, embeddings)
+        found = None if request.fresh else self._found(request, seed, made_with)
         if found is not None:  # find before you draw: every image is already in the asker's gallery
             record = self.queue.put_found(request, seed=seed, image_ids=[i.id for i in found])
             return Accepted(id=record.id, status=record.status, position=None, seed=seed, found=found[0].created_at)
@@ -149,36 +147,24 @@ class JobService:
         self.runner.wake()
         return Accepted(id=record.id, status=record.status, position=position, seed=seed)
 
-    def _found(self, request: DreamRequest, seed: int) -> list[ImagePublic] | None:
+    def _found(self, request: DreamRequest, seed: int, made_with: dict) -> list[ImagePublic] | None:
         """The asker's gallery images this request would make, in order, if it holds every one (an index lookup
-        by repeat key; engine.server.repeats says which requests can be found)."""
+        by repeat key; engine.server.repeats says which requests can be found). `made_with`: its add-ons, as an
+        image records them."""
         if self.shelf is None:
             return None
         try:
             item = self.shelf.find("checkpoint", request.model or self.default_model)
         except UnknownModel:
             return None  # a path or a hub id: no hash to key it by
-        negative = request.negative_prompt if request.styled_negative_prompt is None else request.styled_negative_prompt
-        prompts = " ".join(dict.fromkeys(request.prompts or (request.prompt,)))
-        loras, embeddings = self.shelf.addons_of(prompts, negative)
         keys = request_keys(request, seed=seed, model=item.name, model_hash=self.shelf.hash(item, compute=False),
-                            made_with=self.shelf.made_with(loras, embeddings), content_of=self.content_of)  # fmt: skip
+                            made_with=made_with, content_of=content_in(self.store))  # fmt: skip
         if keys is None:
             return None
         scope = Scope.of(request.requester)
         tenant = SearchFilters(guild=scope.guild, dm_of=scope.dm_of) if scope is not None else SearchFilters()
         hits = self.store.find_repeats(keys, tenant)
         return [hits[k] for k in keys] if all(k in hits for k in keys) else None
-
-    def content_of(self, ref: str) -> str | None:
-        """An input's content hash (find before draw compares inputs by content)."""
-        return content_hash_of(self._sha)(ref)
-
-    def _sha(self, image_id: int) -> str | None:
-        try:
-            return self.store.get(image_id).sha256
-        except ImageNotFound:
-            return None
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job (recorded at once); a finished job is returned as it is."""

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.client.schema import DEFAULT_STRENGTH, DreamRequest, gallery_id, image_seed
+from gallery.store import ImageStore
 
 # Bump when the pipeline's arithmetic changes (a scheduler, the noise, the VAE's decode): older images are then
 # no longer answers to new requests.
@@ -74,7 +75,7 @@ def request_keys(request: DreamRequest, *, seed: int, model: str, model_hash: st
     init, mask = (content_of(r) if r else None for r in (request.init_image, request.init_mask))
     if (request.init_image and init is None) or (request.init_mask and mask is None):
         return None
-    negative = request.negative_prompt if request.styled_negative_prompt is None else request.styled_negative_prompt
+    negative = request.drawn_negative_prompt
     strength = None if request.mode == "txt2img" else request.strength or DEFAULT_STRENGTH[request.mode]
     asked = [request.width, request.height, list(request.aspect_ratio) if request.aspect_ratio else None]
     knobs = request.model_dump(mode="json")
@@ -100,13 +101,15 @@ def _findable(params: Mapping[str, Any]) -> DreamRequest | None:
         return None
 
 
-def content_hash_of(store_sha: Callable[[int], str | None]) -> ContentOf:
-    """An image reference's content hash: an upload names its own; a gallery image's is its file's."""
+def content_in(store: ImageStore) -> ContentOf:
+    """An image reference's content hash: an upload names its own; a gallery image's is its file's (None when the
+    gallery no longer has it)."""
 
     def content_of(ref: str) -> str | None:
         if ref.startswith("upload:"):
             return ref.removeprefix("upload:")
         image_id = gallery_id(ref)
-        return None if image_id is None else store_sha(image_id)
+        found = store.get_many([image_id]) if image_id is not None else []
+        return found[0].sha256 if found else None
 
     return content_of
