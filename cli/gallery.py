@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, get_args
 from engine.client.errors import RequestRejected
 
 if TYPE_CHECKING:
+    from engine.client.answers import CheckReport, ImageRecord
     from engine.client.clients import EngineClient
     from engine.client.settings import Settings
 
@@ -78,21 +79,31 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
                 data = Path(args.image).read_bytes()
             except OSError as e:
                 return fail(f"cannot read {args.image}: {e.strerror}")
-            found = engine.search_image(data, limit=args.limit, **filters)
+            found = engine.search_image(data, limit=args.limit, stacks=args.stacks or None, **filters)
         elif args.similar is not None:
             found = engine.similar(args.similar, limit=args.limit, **filters)
         else:
-            found = engine.search(args.query, limit=args.limit, tag=args.tag or None, **filters)
+            found = engine.search(args.query, limit=args.limit, tag=args.tag or None, stacks=args.stacks or None,
+                                  **filters)  # fmt: skip
     if args.json:
         rows = [{"id": r.image.id, "path": r.image.path, "score": r.score, "prompt": r.image.prompt,
-                 "seed": r.image.seed} for r in found.results]  # fmt: skip
+                 "seed": r.image.seed, "stack_key": r.image.stack_key, "stack_size": r.image.stack_size}
+                for r in found.results]  # fmt: skip
         print(json.dumps({"results": rows}))
     elif not found.results:
         print("no matches")
     else:
         for r in found.results:
-            print(f"{r.score:6.3f}  #{r.image.id}  seed {r.image.seed}  {r.image.prompt!r}  {r.image.path}")
+            print(f"{r.score:6.3f}  #{r.image.id}  seed {r.image.seed}  {r.image.prompt!r}  {r.image.path}"
+                  f"{_stack_note(r.image)}")  # fmt: skip
     return 0
+
+
+def _stack_note(image: ImageRecord) -> str:
+    """How a stacked listing says there is more under an image, and how to see it."""
+    if not image.stack_size or image.stack_size < 2:
+        return ""
+    return f"  [stack of {image.stack_size}: --stack {image.stack_key}]"
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -116,7 +127,16 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
             result = engine.reindex()
             print(f"re-embedded {result.embedded} image(s); {len(result.unreadable)} unreadable")
             return 0
-        report = engine.check_gallery(repair=args.repair)
+        report = engine.check_gallery(repair=args.repair, similar_window=args.similar_window)
+    if args.json:
+        print(report.model_dump_json())
+    else:
+        _print_check(report)
+    consistent = report.consistent
+    return 0 if consistent or report.repaired else 1
+
+
+def _print_check(report: CheckReport) -> None:
     print(f"{report.rows} images, {report.files} files, {report.vectors} vectors")
     problems = [
         (report.missing_files, "image(s) whose file is missing or unreadable"),
@@ -131,10 +151,20 @@ def cmd_gallery(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {len(items)} {what}")
     if report.repaired:
         print("repaired")
-    consistent = not any(len(items) for items, _ in problems)
-    if consistent:
+    if not any(len(items) for items, _ in problems):
         print("all consistent")
-    return 0 if consistent or report.repaired else 1
+    if report.hashed:
+        print(f"  hashed {report.hashed} older image(s) to find duplicates")
+    # listed for a person to decide: neither kind is ever merged or deleted by --repair
+    if report.same_pictures:
+        print(f"{len(report.same_pictures)} group(s) of the same picture (same pixels or perceptual hash):")
+        for group in report.same_pictures:
+            print("  " + " = ".join(f"#{i}" for i in group))
+    if report.similar:
+        print(f"{len(report.similar)} group(s) of similar, different pictures among the newest "
+              f"{report.similar_window} (CLIP):")  # fmt: skip
+        for group in report.similar:
+            print("  " + " ~ ".join(f"#{i}" for i in group))
 
 
 def _look(engine: EngineClient, args: argparse.Namespace) -> int:
@@ -144,14 +174,14 @@ def _look(engine: EngineClient, args: argparse.Namespace) -> int:
         if args.board is not None:
             filters["board"] = board_id(engine, args.board)
         page = engine.images(limit=args.limit, tag=args.tag or None, sort=args.sort, derived_from=args.derived_from,
-                             **filters)  # fmt: skip
+                             stacks=args.stacks or None, stack=args.stack, **filters)  # fmt: skip
         if args.json:
             print(page.model_dump_json())
             return 0
         for image in page.images:
             when = image.created_at.astimezone().strftime("%Y-%m-%d %H:%M")
             print(f"#{image.id}  {when}  seed {image.seed}  {image.width}x{image.height}  {image.mode}  "
-                  f"{image.prompt[:70]!r}")  # fmt: skip
+                  f"{image.prompt[:70]!r}{_stack_note(image)}")  # fmt: skip
         order = {"newest": "newest first", "rating": "best rated first", "favourites": "favourites first"}[args.sort]
         print(f"{len(page.images)} of {page.total} image(s), {order}")
         return 0

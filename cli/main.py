@@ -132,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model", dest="model_filter", help="only images of this model")
     search.add_argument("--lora", help="only images made with this LoRA")
     search.add_argument("--tag", action="append", default=[], help="only images with this tag (repeatable)")
+    search.add_argument("--stacks", action="store_true", help="one result per stack (images differing only by seed)")
     search.add_argument("--save", metavar="NAME", help="save this search by name, then run it (run it later: @NAME)")
     search.add_argument("--saved", action="store_true", help="list your saved searches")
     search.add_argument("--json", action="store_true")
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--board", help="list: only images on this board of yours")
     gallery.add_argument("--derived-from", type=int, metavar="ID", help="list: only images made from image ID")
     gallery.add_argument("--tag", action="append", default=[], help="list: only images with this tag (repeatable)")
+    gallery.add_argument("--stacks", action="store_true", help="list: one image per stack (a job's images, and "
+                         "images that differ only by seed or variation), with the stack's size")  # fmt: skip
+    gallery.add_argument("--stack", metavar="KEY", help="list: the images of one stack (its key, from --stacks)")
     gallery.add_argument("--sort", choices=["newest", "rating", "favourites"], default="newest")
     gallery.add_argument("--remove", action="store_true", help="tag: take these tags off")
     gallery.add_argument("--json", action="store_true", help="one JSON object instead of text")
@@ -168,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--source", help="only images from this source: cli, discord, desktop, api, ...")
     gallery.add_argument("--model", dest="model_filter", help="only images of this model")
     gallery.add_argument("--lora", help="list: only images made with this LoRA")
-    gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent")
+    gallery.add_argument("--repair", action="store_true", help="check: fix what is inconsistent (never merges "
+                         "duplicates or similar pictures: it lists them)")  # fmt: skip
+    gallery.add_argument("--similar-window", type=int, metavar="N", help="check: compare the newest N images for "
+                         "similar pictures (default 2000)")  # fmt: skip
     gallery.add_argument("--no-autostart", action="store_true")
     return parser
 

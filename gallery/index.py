@@ -95,6 +95,10 @@ class VectorIndex(ABC):
         where `filters` allow: a guild's ids in its own table)."""
 
     @abstractmethod
+    def vectors(self, image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of these images that have one: (ids, vectors), in no particular order."""
+
+    @abstractmethod
     def clear(self) -> None:
         """Drop every vector (a reindex starts from here)."""
 
@@ -368,25 +372,31 @@ class LanceIndex(VectorIndex):
     def scores(
         self, vector: np.ndarray, image_ids: list[int], *, filters: VectorFilters | None = None
     ) -> dict[int, float]:
+        ids, vectors = self._vectors_of(set(image_ids), self._in_scope(filters))
+        unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
+        return dict(zip(ids.tolist(), (vectors @ unit).tolist()))
+
+    def vectors(self, image_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        return self._vectors_of(set(image_ids), self._in_scope(None))
+
+    def _vectors_of(self, rest: set[int], shards: list[Shard]) -> tuple[np.ndarray, np.ndarray]:
         self.flush()
-        rest = set(image_ids)
-        found: dict[int, float] = {}
-        for shard in self._in_scope(filters):
+        all_ids, all_vectors = [np.empty(0, dtype=np.int64)], [np.empty((0, self.dim), dtype=np.float32)]
+        for shard in shards:
             if not rest:
                 break
             ids, vectors = shard.ids, shard.vectors
-            if ids is not None and vectors is not None:  # in memory: a product over the few rows asked for
+            if ids is not None and vectors is not None:  # in memory: the few rows asked for
                 rows = np.flatnonzero(np.isin(ids, list(rest)))
                 ids, vectors = ids[rows], vectors[rows]
-            else:  # their vectors by id (the shard's id index), then the same product: half a flat query's time
+            else:  # their vectors by id (the shard's id index): half a flat query's time
                 result = shard.table.search().where(ids_in(rest)).select(["image_id", "vector"]).to_arrow()
                 ids = result.column("image_id").to_numpy()
                 vectors = result.column("vector").combine_chunks().flatten().to_numpy().reshape(-1, self.dim)
-            unit = vector / max(float(np.linalg.norm(vector)), 1e-12)
-            hits = dict(zip(ids.tolist(), (vectors @ unit).tolist()))
-            found |= hits
-            rest -= hits.keys()
-        return found
+            all_ids.append(ids)
+            all_vectors.append(vectors)
+            rest -= set(ids.tolist())
+        return np.concatenate(all_ids), np.concatenate(all_vectors)
 
     def to_arrow(self) -> pa.Table:
         """Every row of every shard."""

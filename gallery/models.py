@@ -74,6 +74,9 @@ class ImageRow(Base):
     rating: Mapped[int | None] = mapped_column(Integer)  # 1-5, the owner's
     # what determines its pixels, hashed (engine.server.repeats): a repeated request is answered from it
     repeat_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    # images that differ only by seed or variation share it (gallery.stacks): listings collapse them
+    stack_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    phash: Mapped[str | None] = mapped_column(String(16))  # perceptual hash (gallery.likeness): true duplicates
     nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     worker: Mapped[str | None] = mapped_column(String(200))
     params: Mapped[dict] = mapped_column(JSON, default=dict)

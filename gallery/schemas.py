@@ -39,6 +39,8 @@ class ImageCreate(BaseModel):
     relation: str | None = None
     nsfw: bool = Field(default=False, description="flagged by the model's own safety checker")
     repeat_key: str | None = Field(default=None, description="what determines its pixels, hashed (find before draw)")
+    stack_key: str | None = Field(default=None, description="shared by images that differ only by seed or variation")
+    phash: str | None = Field(default=None, description="perceptual hash (64 bits, hex): near-identical pictures")
     asked_size: list | None = Field(default=None, exclude=True, description="the request's width, height and aspect "
                                     "ratio as asked: what its repeat key is made of, never stored")  # fmt: skip
     worker: str | None = Field(default=None, description="the engine worker that made it (None: imported)")
@@ -108,12 +110,14 @@ class SearchFilters(VectorFilters):
     min_rating: int | None = Field(default=None, ge=1, le=5)
     derived_from: int | None = Field(default=None, ge=1, description="only images made from this one, at any depth")
     not_board: int | None = Field(default=None, ge=1, description="leave out this board's images (a member's Hidden)")
+    stack: str | None = Field(default=None, description="only the images of this stack (a stacked listing's expansion)")
 
     @property
     def sqlite_only(self) -> bool:
-        """Whether it narrows by what only SQLite knows (tags, boards, ratings, lineage): a vector query cannot."""
+        """Whether it narrows by what only SQLite knows (tags, boards, ratings, lineage, stacks): a vector query
+        cannot."""
         return bool(self.tags) or any(
-            v is not None for v in (self.board, self.min_rating, self.derived_from, self.not_board)
+            v is not None for v in (self.board, self.min_rating, self.derived_from, self.not_board, self.stack)
         )
 
     def vector_filters(self) -> VectorFilters:
@@ -190,6 +194,14 @@ class CheckReport(BaseModel):
     missing_vectors: int
     orphan_vectors: int
     duplicates: list[int] = Field(default=[], description="rows repeating an earlier row's job and image index")
+    same_pictures: list[list[int]] = Field(
+        default=[], description="true duplicates: the same pixels, or perceptual hashes within a few bits (listed, "
+        "never merged)")  # fmt: skip
+    similar: list[list[int]] = Field(
+        default=[], description="similar but different pictures (close CLIP vectors) among the newest images"
+    )
+    similar_window: int = Field(default=0, description="how many of the newest images were compared for `similar`")
+    hashed: int = Field(default=0, description="older images whose perceptual hash this check computed")
     repaired: bool = False
 
     @property

@@ -20,8 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from gallery.files import write_content_addressed
+from gallery.likeness import perceptual_hash
 from gallery.models import ImageRow, ImageTagRow
 from gallery.schemas import ImageCreate, ImagePublic, Lineage, LineageNode, SearchFilters
+from gallery.stacks import stack_key
 from gallery.tags import auto_tags
 
 # Every live image whose (job, index) an earlier live image already has: the later copies.
@@ -92,6 +94,24 @@ class ImageStore(ABC):
         """Live images newest first that pass `filters`, and how many pass in all."""
 
     @abstractmethod
+    def stacked_page(
+        self, *, filters: SearchFilters, limit: int, offset: int, sort: str = "newest"
+    ) -> tuple[list[tuple[ImagePublic, int]], int]:
+        """As `page`, one image per stack (the first in `sort` order) with the stack's size under `filters`."""
+
+    @abstractmethod
+    def stack_sizes(self, images: list[ImagePublic], filters: SearchFilters) -> dict[int, int]:
+        """For each of `images`, how many live images that pass `filters` share its stack (1: alone)."""
+
+    @abstractmethod
+    def likeness_rows(self) -> list[tuple[int, str, str | None]]:
+        """Every live image's (id, sha256, perceptual hash)."""
+
+    @abstractmethod
+    def set_phashes(self, hashes: dict[int, str]) -> None:
+        """Store perceptual hashes computed after the fact (images older than the column)."""
+
+    @abstractmethod
     def lineage(self, image_id: int, filters: SearchFilters) -> Lineage:
         """Its ancestors (nearest first) and its descendants (by depth), within `filters`."""
 
@@ -160,10 +180,13 @@ class SqliteImageStore(ImageStore):
                     )
                 } if job_ids else {}  # fmt: skip
                 rows, new = [], []
-                for info, sha, rel in stored:
+                for (info, sha, rel), (_, png) in zip(stored, items, strict=True):
                     row = existing.get((info.job_id, info.index)) if info.job_id is not None else None
                     if row is None:
-                        row = ImageRow(**info.model_dump(), sha256=sha, path=rel)
+                        fields = info.model_dump()
+                        fields["stack_key"] = info.stack_key or stack_key(info)
+                        fields["phash"] = info.phash or perceptual_hash(png)
+                        row = ImageRow(**fields, sha256=sha, path=rel)
                         session.add(row)
                         new.append(row)
                     rows.append(row)
@@ -225,6 +248,54 @@ class SqliteImageStore(ImageStore):
             sql = text(f"SELECT i.id FROM images AS i WHERE {where} ORDER BY {order} LIMIT :limit OFFSET :offset")
             ids = list(session.execute(sql, {**params, "limit": limit, "offset": offset}).scalars())
         return self.get_many(ids), total
+
+    def stacked_page(
+        self, *, filters: SearchFilters, limit: int, offset: int, sort: str = "newest"
+    ) -> tuple[list[tuple[ImagePublic, int]], int]:
+        # Walk the listing in order and keep each stack's first image: a job's images sit together, so a page
+        # reads little more than its own rows (no GROUP BY over the whole guild).
+        where, params = filter_sql(filters, "i")
+        sql = text(f"SELECT i.id, coalesce(i.stack_key, 'id:' || i.id) FROM images AS i WHERE {where} "
+                   f"ORDER BY {SORTS[sort]} LIMIT :limit OFFSET :offset")  # fmt: skip
+        seen: set[str] = set()
+        tops: list[int] = []
+        chunk, position = max(4 * (offset + limit), 256), 0
+        with self.engine.connect() as conn:
+            total = conn.execute(text(f"SELECT count(*) FROM images AS i WHERE {where}"), params).scalar_one()
+            while len(tops) < offset + limit:
+                rows = conn.execute(sql, {**params, "limit": chunk, "offset": position}).all()
+                for image_id, key in rows:
+                    if key not in seen:
+                        seen.add(key)
+                        tops.append(image_id)
+                if len(rows) < chunk:
+                    break
+                position += chunk
+        images = self.get_many(tops[offset : offset + limit])
+        sizes = self.stack_sizes(images, filters)
+        return [(image, sizes[image.id]) for image in images], total
+
+    def stack_sizes(self, images: list[ImagePublic], filters: SearchFilters) -> dict[int, int]:
+        keys = sorted({i.stack_key for i in images if i.stack_key})
+        counts: dict[str, int] = {}
+        if keys:
+            where, params = filter_sql(filters, "i")
+            wanted = ", ".join(f":s{n}" for n in range(len(keys)))
+            sql = text(f"SELECT i.stack_key, count(*) FROM images AS i INDEXED BY ix_images_stack_key "
+                       f"WHERE i.stack_key IN ({wanted}) AND {where} GROUP BY i.stack_key")  # fmt: skip
+            with self.engine.connect() as conn:
+                counts = dict(conn.execute(sql, {**params, **{f"s{n}": k for n, k in enumerate(keys)}}).all())
+        return {i.id: max(counts.get(i.stack_key, 1), 1) if i.stack_key else 1 for i in images}
+
+    def likeness_rows(self) -> list[tuple[int, str, str | None]]:
+        sql = text("SELECT id, sha256, phash FROM images WHERE deleted_at IS NULL")
+        with self.engine.connect() as conn:
+            return [(r[0], r[1], r[2]) for r in conn.execute(sql)]
+
+    def set_phashes(self, hashes: dict[int, str]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text("UPDATE images SET phash = :h WHERE id = :i"),
+                         [{"i": i, "h": h} for i, h in hashes.items()])  # fmt: skip
 
     def lineage(self, image_id: int, filters: SearchFilters) -> Lineage:
         self.get(image_id)
@@ -371,6 +442,9 @@ def filter_sql(filters: SearchFilters, alias: str = "i") -> tuple[str, dict]:
     if filters.derived_from is not None:
         conds.append(f"{alias}.id IN ({DESCENDANTS_SQL.format(start=':f_from')} SELECT id FROM d)")
         params["f_from"] = filters.derived_from
+    if filters.stack is not None:
+        conds.append(f"{alias}.stack_key = :f_stack")
+        params["f_stack"] = filters.stack
     if filters.min_rating is not None:
         conds.append(f"{alias}.rating >= :f_min_rating")
         params["f_min_rating"] = filters.min_rating

@@ -12,6 +12,7 @@ from PIL import Image
 from gallery.files import decode_image
 from gallery.importers import read_metadata
 from gallery.indexer import Indexer
+from gallery.likeness import SIMILAR_WINDOW, duplicate_groups, perceptual_hash, similar_groups
 from gallery.schemas import CheckReport, ImageCreate, ImportResult
 from gallery.store import ImageStore
 
@@ -56,7 +57,7 @@ class Upkeep:
         self.indexer.index_images([stored])
         return ImportResult(id=stored.id, status="added", tool=tool)
 
-    def check(self, *, repair: bool = False) -> CheckReport:
+    def check(self, *, repair: bool = False, similar_window: int = SIMILAR_WINDOW) -> CheckReport:
         images_dir = self.store.images_dir
         rows = self.store.paths()
         live = {i: path for i, (path, deleted) in rows.items() if not deleted}
@@ -73,9 +74,30 @@ class Upkeep:
             temp_files=temp, missing_vectors=len(live_ids - have), orphan_vectors=len(have - live_ids),
             duplicates=self.store.duplicates(),
         )  # fmt: skip
+        self._likeness(report, {i: p for i, p in live.items() if i not in set(missing)}, similar_window)
         if repair and not report.consistent:
             self._repair(report, images_dir)
         return report
+
+    def _likeness(self, report: CheckReport, readable: dict[int, str], window: int) -> None:
+        """True duplicates and similar pictures: listed apart, never merged (repair leaves them alone)."""
+        rows = self.store.likeness_rows()
+        hashed: dict[int, str] = {}
+        for image_id, _, phash in rows:  # images older than the column: hashed once, here
+            if phash is None and image_id in readable:
+                try:
+                    hashed[image_id] = perceptual_hash((self.store.images_dir / readable[image_id]).read_bytes())
+                except (OSError, ValueError):
+                    continue
+        if hashed:
+            self.store.set_phashes(hashed)
+            rows = [(i, sha, hashed.get(i, phash)) for i, sha, phash in rows]
+        report.hashed = len(hashed)
+        report.same_pictures = duplicate_groups(rows)
+        newest = sorted((i for i, _, _ in rows), reverse=True)[:window]
+        ids, vectors = self.indexer.index.vectors(newest)
+        report.similar = similar_groups(ids, vectors, apart_from=report.same_pictures)
+        report.similar_window = len(newest)
 
     def _repair(self, report: CheckReport, images_dir: Path) -> None:
         if report.duplicates:

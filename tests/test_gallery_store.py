@@ -137,3 +137,28 @@ def test_an_old_gallery_upgrades_in_place_with_automatic_tags(tmp_path: Path) ->
         tags = set(conn.execute(text("SELECT tag FROM image_tags WHERE image_id = :i"), {"i": old.id}).scalars())
     assert tags == {"mode:txt2img", "source:discord", "landscape", "small", "model:toy", "sampler:euler-a",
                     "lora:ink-wash"}  # fmt: skip
+    ((stacked, size),) = store.stacked_page(filters=SearchFilters(), limit=10, offset=0)[0]  # 0009: a stack alone
+    assert stacked.id == old.id and stacked.stack_key is None and size == 1
+
+
+def test_duplicate_groups_find_every_pair_within_the_bits() -> None:
+    """Multi-index hashing must find exactly the pairs a brute-force comparison finds."""
+    import random
+
+    from gallery.likeness import DUPLICATE_BITS, duplicate_groups
+
+    rng = random.Random(5)
+    hashes = [rng.getrandbits(64) for _ in range(200)]
+    for n in range(60):  # near copies: up to one bit past the limit
+        base = hashes[n]
+        for bit in rng.sample(range(64), n % (DUPLICATE_BITS + 2)):
+            base ^= 1 << bit
+        hashes.append(base)
+    rows = [(i, f"sha{i}", f"{h:016x}") for i, h in enumerate(hashes)] + [(999, "sha0", None)]  # same bytes as #0
+    pairs = {(a, b) for a in range(len(hashes)) for b in range(a + 1, len(hashes))
+             if (hashes[a] ^ hashes[b]).bit_count() <= DUPLICATE_BITS}  # fmt: skip
+    grouped = {(a, b) for g in duplicate_groups(rows) for a in g for b in g if a < b}
+    assert pairs and pairs <= grouped
+    assert (0, 999) in grouped
+    too_far = {(n, 200 + n) for n in range(60) if n % (DUPLICATE_BITS + 2) == DUPLICATE_BITS + 1}
+    assert too_far and not too_far & grouped  # one bit past the limit: different pictures

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -187,3 +188,53 @@ def test_saved_searches_rerun_as_the_gallery_grows(engine: EngineProcess) -> Non
         assert info.value.status == 404
         with pytest.raises(RequestRejected, match="filters"):
             client.save_search("Bad", "x", alice, colour="red")
+
+
+def test_stacks_fold_seed_only_differences_and_expand(engine: EngineProcess) -> None:
+    bob = Requester(source="discord", user="bob", guild="stacks")
+    first = made(engine, '"a green circle on a white background" -n 3 -S 100 -s 4', bob)
+    [again] = made(engine, '"a green circle on a white background" -S 500 -s 4', bob)  # only the seed differs
+    [other] = made(engine, '"a green circle on a white background" -S 100 -s 5', bob)  # another step count
+    with engine.client() as client:
+        page = client.images(guild="stacks", stacks=True)
+        assert [(i.id, i.stack_size) for i in page.images] == [(other, 1), (again, 4)]
+        assert page.total == 5  # images, not stacks
+        stack = client.images(guild="stacks", stack=page.images[1].stack_key)
+        assert sorted(i.id for i in stack.images) == sorted([*first, again])
+        plain = client.images(guild="stacks")
+        assert all(i.stack_size is None for i in plain.images) and len(plain.images) == 5
+        found = client.search("green circle", guild="stacks", stacks=True)
+        assert sorted(r.image.stack_size for r in found.results) == [1, 4]
+        assert len(client.search("green circle", guild="stacks").results) == 5
+    listed = cli(engine, "gallery", "list", "--guild", "stacks", "--stacks")
+    assert f"#{again}" in listed.stdout and f"[stack of 4: --stack {page.images[1].stack_key}]" in listed.stdout
+    assert f"#{first[0]}" not in listed.stdout
+
+
+def test_gallery_check_lists_duplicates_apart_from_similar(engine: EngineProcess) -> None:
+    from PIL import Image, ImageOps
+
+    ids = made(engine, '"a red circle on a blue background" -n 2 -S 7 -s 4')
+    with engine.client() as client:
+        picture = Image.open(client.image(ids[0]).path).convert("RGB")
+
+    def imported(image: Image.Image, fmt: str) -> int:
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, quality=85)
+        with engine.client() as client:
+            return client.import_image(buf.getvalue(), filename=f"copy.{fmt.lower()}").id
+
+    jpeg = imported(picture, "JPEG")  # re-encoded: other bytes, the same picture
+    small = imported(picture.resize((picture.width // 2, picture.height // 2)), "PNG")
+    mirrored = imported(ImageOps.mirror(picture), "PNG")  # the same subject and look, another picture
+    report = json.loads(cli(engine, "gallery", "check", "--json").stdout)
+    same = [g for g in report["same_pictures"] if ids[0] in g]
+    assert same == [sorted([ids[0], jpeg, small])]
+    assert all(ids[1] not in g and mirrored not in g for g in report["same_pictures"])  # another seed; a mirror
+    assert [ids[0], mirrored] in report["similar"]  # similar, not the same: listed apart
+    assert all(ids[1] not in g for g in report["similar"])
+    text = cli(engine, "gallery", "check").stdout
+    assert f"#{ids[0]} = #{jpeg} = #{small}" in text and f"#{ids[0]} ~ #{mirrored}" in text
+    with engine.client() as client:  # never merged: --repair leaves every copy in place
+        client.check_gallery(repair=True)
+        assert {i.id for i in client.images(limit=1000).images} >= {ids[0], jpeg, small, mirrored}

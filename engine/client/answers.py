@@ -176,6 +176,8 @@ class ImageRecord(ImagePublic):
 
     path: str = Field(description="absolute path on the engine's machine")
     tags: list[str] = Field(default_factory=list, description="people's tags first, then the automatic ones")
+    stack_size: int | None = Field(default=None, description="stacked listings and searches: how many images of "
+                                   "the listing share its stack (expand with stack=its stack_key)")  # fmt: skip
 
 
 class ImagePage(BaseModel):

@@ -270,8 +270,9 @@ class _Endpoints:
         options = {"content": data, "params": {"filename": filename}, "timeout": 120}
         return self._do(Call("POST", "/v1/gallery/import", _model(ImportResult), options))
 
-    def check_gallery(self, *, repair: bool = False) -> Answer[CheckReport]:
-        options = {"params": {"repair": repair}, "timeout": None}
+    def check_gallery(self, *, repair: bool = False, similar_window: int | None = None) -> Answer[CheckReport]:
+        params = {"repair": repair} | ({"similar_window": similar_window} if similar_window is not None else {})
+        options = {"params": params, "timeout": None}
         return self._do(Call("POST", "/v1/gallery/check", _model(CheckReport), options))
 
     def reindex(self) -> Answer[ReconcileReport]:

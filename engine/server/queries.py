@@ -67,6 +67,7 @@ class FilterQuery(BaseModel):
     min_rating: int | None = Field(default=None, ge=1, le=5)
     derived_from: int | None = Field(default=None, ge=1, le=MAX_ID, description="only images made from this one")
     not_board: int | None = Field(default=None, ge=1, le=MAX_ID, description="leave out this board's images")
+    stack: str | None = Field(default=None, max_length=64, description="only this stack's images (its expansion)")
 
     def filters(self) -> SearchFilters:
         try:
@@ -78,7 +79,7 @@ class FilterQuery(BaseModel):
                              favourites=self.favourites, min_width=self.min_width,
                              min_height=self.min_height, lora=self.lora, tags=tags, board=self.board,
                              min_rating=self.min_rating, derived_from=self.derived_from,
-                             not_board=self.not_board)  # fmt: skip
+                             not_board=self.not_board, stack=self.stack)  # fmt: skip
 
 
 class BrowseQuery(FilterQuery):
@@ -87,6 +88,8 @@ class BrowseQuery(FilterQuery):
     limit: int = Field(default=100, ge=1, le=1000)
     offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
     sort: Literal["newest", "rating", "favourites"] = "newest"
+    stacks: bool = Field(default=False, description="one image per stack (images that differ only by seed or "
+                         "variation), with its stack_size; `stack=KEY` lists a stack")  # fmt: skip
 
 
 class SearchQuery(FilterQuery):
@@ -94,6 +97,12 @@ class SearchQuery(FilterQuery):
 
     limit: int = Field(default=20, ge=1, le=MAX_LIMIT)
     offset: int = Field(default=0, ge=0, le=10_000)
+    stacks: bool = Field(default=False, description="one result per stack (its best), with its stack_size")
+
+    @property
+    def wanted(self) -> int:
+        """How many results to ask the search for: more when stacks will fold some away."""
+        return min(self.limit * 3, MAX_LIMIT) if self.stacks else self.limit
 
 
 class TextSearchQuery(SearchQuery):

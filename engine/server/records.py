@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from engine.client.answers import ImageInfo, ImageRecord, SearchResult, SearchResults
 from engine.client.schema import Scope
-from gallery.schemas import ImagePublic
-from gallery.search import SearchPage
+from gallery.schemas import ImagePublic, SearchFilters
+from gallery.search import SearchHit, SearchPage
 from gallery.store import ImageNotFound, ImageStore
 
 
@@ -24,12 +24,21 @@ def image_info(image: ImagePublic, store: ImageStore) -> ImageInfo:
     )
 
 
-def search_results(page: SearchPage, store: ImageStore) -> SearchResults:
-    return SearchResults(
-        results=[SearchResult(image=image_record(h.image, store), score=h.score) for h in page.results],
-        offset=page.offset,
-        limit=page.limit,
-    )
+def search_results(
+    page: SearchPage, store: ImageStore, *, stacks_within: SearchFilters | None = None, limit: int | None = None
+) -> SearchResults:
+    """The page as clients see it; with `stacks_within`, one hit per stack (the best), sized within those filters,
+    cut to `limit`."""
+    hits, sizes = page.results, {}
+    if stacks_within is not None:
+        firsts: dict[str, SearchHit] = {}
+        for hit in hits:
+            firsts.setdefault(hit.image.stack_key or f"id:{hit.image.id}", hit)
+        hits = list(firsts.values())[: limit or page.limit]
+        sizes = store.stack_sizes([h.image for h in hits], stacks_within)
+    results = [SearchResult(image=image_record(h.image, store).model_copy(update={"stack_size": sizes.get(h.image.id)}),
+                            score=h.score) for h in hits]  # fmt: skip
+    return SearchResults(results=results, offset=page.offset, limit=limit or page.limit)
 
 
 def scoped_image(store: ImageStore, image_id: int, scope: Scope) -> ImagePublic:

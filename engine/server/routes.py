@@ -46,6 +46,7 @@ from engine.server.queries import BrowseQuery, ImageId, ScopeQuery, SearchQuery,
 from engine.server.records import image_record, scoped_image, search_results
 from engine.server.services import Services, ServicesDep
 from gallery.files import decode_image
+from gallery.likeness import SIMILAR_WINDOW
 
 router = APIRouter()
 
@@ -148,9 +149,14 @@ def queue_state(s: ServicesDep, scope: ScopeQuery) -> QueueState:
 @router.get("/v1/images")
 def list_images(s: ServicesDep, query: Annotated[BrowseQuery, Query()]) -> ImagePage:
     """The gallery newest first (what a gallery grid pages through); same filters as search."""
-    images, total = s.store.page(filters=query.filters(), limit=query.limit, offset=query.offset, sort=query.sort)
-    return ImagePage(images=with_tags(s, [image_record(i, s.store) for i in images]), total=total,
-                     offset=query.offset, limit=query.limit)  # fmt: skip
+    filters = query.filters()
+    if query.stacks:
+        stacked, total = s.store.stacked_page(filters=filters, limit=query.limit, offset=query.offset, sort=query.sort)
+        records = [image_record(i, s.store).model_copy(update={"stack_size": n}) for i, n in stacked]
+    else:
+        images, total = s.store.page(filters=filters, limit=query.limit, offset=query.offset, sort=query.sort)
+        records = [image_record(i, s.store) for i in images]
+    return ImagePage(images=with_tags(s, records), total=total, offset=query.offset, limit=query.limit)
 
 
 @router.get("/v1/images/{image_id}")
@@ -183,16 +189,17 @@ def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
 
 @router.get("/v1/search")
 def search_text(s: ServicesDep, query: Annotated[TextSearchQuery, Query()]) -> SearchResults:
-    page = s.search.by_text(query=query.q, limit=query.limit, offset=query.offset, filters=query.filters())
-    return search_results(page, s.store)
+    filters = query.filters()
+    page = s.search.by_text(query=query.q, limit=query.wanted, offset=query.offset, filters=filters)
+    return search_results(page, s.store, stacks_within=filters if query.stacks else None, limit=query.limit)
 
 
 @router.post("/v1/search/image", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
 async def search_image(request: Request, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
-    image = decode_image(await request.body())
-    page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.limit, offset=query.offset,
-                                   filters=query.filters())  # fmt: skip
-    return search_results(page, s.store)
+    image, filters = decode_image(await request.body()), query.filters()
+    page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.wanted, offset=query.offset,
+                                   filters=filters)  # fmt: skip
+    return search_results(page, s.store, stacks_within=filters if query.stacks else None, limit=query.limit)
 
 
 @router.post("/v1/describe", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
@@ -218,8 +225,14 @@ async def gallery_import(request: Request, s: ServicesDep, filename: str = "") -
 
 
 @router.post("/v1/gallery/check")
-def gallery_check(s: ServicesDep, repair: bool = False) -> CheckReport:
-    return s.upkeep.check(repair=repair)
+def gallery_check(
+    s: ServicesDep,
+    repair: bool = False,
+    similar_window: Annotated[int, Query(ge=0, le=20_000, description="newest images compared for `similar`")] = (
+        SIMILAR_WINDOW
+    ),
+) -> CheckReport:
+    return s.upkeep.check(repair=repair, similar_window=similar_window)
 
 
 @router.post("/v1/gallery/reindex")
