@@ -38,8 +38,8 @@ from desktop.engine_link import EngineLink
 from desktop.gallery_model import THUMB, GalleryModel, RecordRole, png_bytes
 from desktop.generate import requester
 from desktop.mask import MaskEditor
-from desktop.organise import BoardFilter, ImageOrganiser
-from engine.client.answers import Description, ImageRecord, SearchResults
+from desktop.organise import BoardFilter, ImageOrganiser, LineageDialog, SavedSearches
+from engine.client.answers import Description, ImageRecord, Lineage, SearchResults
 from engine.client.clients import EngineClient
 from engine.client.derived import VARIABLE_MODES, pan_of, region_of, upscale_of, variation_of, vary_of, zoom_out_of
 from engine.client.schema import DEFAULT_VARIATION_AMOUNT, IMPORTED_SOURCES, DreamRequest
@@ -99,10 +99,13 @@ class GalleryPanel(QWidget):
         self.since.addItems(list(SINCE))
         self.model_filter = QLineEdit(placeholderText="model")
         self.favourites = QCheckBox("favourites")
+        self.stacks = QCheckBox("stacks")
+        self.stacks.setToolTip("One picture per stack: a job's images, and images that differ only by seed or "
+                               "variation (double-click a stack to open it)")  # fmt: skip
         self.board = BoardFilter(link)
         self.count = QLabel("")
         bar = QHBoxLayout()
-        for w in (self.search, self.board, self.source, self.since, self.model_filter, self.favourites, self.count):
+        for w in (self.search, self.source, self.since, self.model_filter, self.favourites, self.stacks, self.count):
             bar.addWidget(w)
         bar.setStretch(0, 1)
 
@@ -122,7 +125,7 @@ class GalleryPanel(QWidget):
         self.actions: dict[str, QPushButton] = {}
         grid = QGridLayout()
         names = ["Reuse parameters", "Copy seed", "Use as init image", "Variations", "Upscale ×2", "Similar",
-                 "Edit", "Describe", "Favourite", "Delete", "Open file", "Show in folder"]  # fmt: skip
+                 "Edit", "Describe", "Favourite", "Lineage", "Delete", "Open file", "Show in folder"]  # fmt: skip
         for k, name in enumerate(names):
             button = self.actions[name] = QPushButton(name, enabled=False)
             grid.addWidget(button, k // 2, k % 2)
@@ -133,11 +136,20 @@ class GalleryPanel(QWidget):
         self.organiser = ImageOrganiser(link)
         side_layout.addWidget(self.organiser)
         side_layout.addLayout(grid)
+        # the sidebar: boards, then saved searches
+        self.saved = SavedSearches(link)
+        sidebar = QWidget()
+        sidebar_layout = QVBoxLayout(sidebar)
+        sidebar_layout.addWidget(QLabel("Board"))
+        sidebar_layout.addWidget(self.board)
+        sidebar_layout.addWidget(self.saved, 1)
         self.splitter = QSplitter()
+        self.splitter.addWidget(sidebar)
         self.splitter.addWidget(self.view)
         self.splitter.addWidget(side)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 4)
+        self.splitter.setStretchFactor(2, 2)
         layout = QVBoxLayout(self)
         layout.addLayout(bar)
         layout.addWidget(self.splitter, 1)
@@ -147,6 +159,11 @@ class GalleryPanel(QWidget):
             combo.currentIndexChanged.connect(self.browse)
         self.model_filter.editingFinished.connect(self.browse)
         self.favourites.toggled.connect(self.browse)
+        self.stacks.toggled.connect(self.browse)
+        self.view.doubleClicked.connect(lambda index: self.open_stack(index.data(RecordRole)))
+        self.saved.name.returnPressed.connect(lambda: self.saved.save(self.search.text().strip(), self.filters()))
+        self.saved.ran.connect(lambda results, name: self._show_results(results, name))
+        self.saved.message.connect(self.message.emit)
         self.board.currentIndexChanged.connect(self.browse)
         self.organiser.changed.connect(self._updated)
         self.organiser.boards_changed.connect(self.board.refresh)
@@ -171,6 +188,7 @@ class GalleryPanel(QWidget):
         self.described = QMenu(self)  # the prompts Describe found: picking one puts it in the prompt box
         a["Describe"].clicked.connect(self.describe)
         a["Favourite"].clicked.connect(self.toggle_favourite)
+        a["Lineage"].clicked.connect(self.lineage)
         a["Delete"].clicked.connect(self.delete)
         a["Open file"].clicked.connect(lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(self.current.path)))
         a["Show in folder"].clicked.connect(
@@ -186,6 +204,7 @@ class GalleryPanel(QWidget):
             "after": datetime.now(UTC) - since if since else None,
             "favourites": True if self.favourites.isChecked() else None,
             "board": self.board.board_id(),
+            "stacks": True if self.stacks.isChecked() else None,
         }
 
     def browse(self) -> None:
@@ -216,10 +235,35 @@ class GalleryPanel(QWidget):
             self.search.setText(f"similar to #{image_id}")  # what the list now is, not the last text searched
             self.link.call(lambda c: c.similar(image_id, limit=200, **filters), self._show_results)
 
-    def _show_results(self, results: SearchResults) -> None:
+    def _show_results(self, results: SearchResults, title: str | None = None) -> None:
+        if title is not None:
+            self.search.setText(title)  # what the list now is
         self.model.set_source(ResultSource(self.link, [r.image for r in results.results]))
         found = len(results.results)
         self.message.emit("No match." if not found else f"{found} match{'es' if found != 1 else ''}.")
+
+    def open_stack(self, record: ImageRecord | None) -> None:
+        """A stack's images, all of them (the search box says which stack is shown; Enter on it goes back)."""
+        if record is None or not record.stack_size or record.stack_size < 2:
+            return
+        filters = {**self.filters(), "stacks": None, "stack": record.stack_key}
+        self.search.clear()
+        self.search.setPlaceholderText(f"the stack of #{record.id} ({record.stack_size} images)")
+        self.model.set_source(EngineSource(self.link, filters))
+
+    def lineage(self) -> None:
+        """Where the image came from and what was made from it, as a tree; picking one shows it here."""
+        record = self.current
+        if record is None:
+            return
+
+        def show(lineage: Lineage) -> None:
+            dialog = LineageDialog(lineage, record.relation, self)
+            dialog.picked.connect(lambda image_id: self.link.call(lambda c: c.image(image_id), self.show_record))
+            self.lineage_dialog = dialog
+            dialog.show()
+
+        self.link.call(lambda c: c.lineage(record.id), show, self.message.emit)
 
     # --- drop and paste -------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
@@ -354,6 +398,8 @@ def details_html(record: ImageRecord) -> str:
         rows.append(("Upscaled with", p["upscaler"]))
     if record.parent_id:
         rows.append(("Made from", f"#{record.parent_id} ({record.relation})"))
+    if record.stack_size and record.stack_size > 1:
+        rows.append(("Stack", f"{record.stack_size} images (double-click to open)"))
     made = f"{record.created_at.astimezone():%Y-%m-%d %H:%M} · {record.source}" + (
         f" · imported from {Path(str(p['imported_from'])).name}" if p.get("imported_from") else ""
     )

@@ -22,11 +22,12 @@ from PySide6.QtCore import (
     QModelIndex,
     QObject,
     QPersistentModelIndex,
+    QRect,
     QSize,
     Qt,
     Signal,
 )
-from PySide6.QtGui import QColor, QImage, QImageReader, QPixmap
+from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPixmap
 
 from engine.client.answers import ImageRecord
 
@@ -97,7 +98,7 @@ class ThumbnailLoader(QObject):
             except Exception:  # an unreadable file shows the placeholder
                 image = QImage()
             with contextlib.suppress(RuntimeError):  # the window closed meanwhile
-                self.loaded.emit(record.id, image)
+                self.loaded.emit(thumb_key(record), image)
 
     def close(self) -> None:
         with self._lock:
@@ -111,11 +112,33 @@ class ThumbnailLoader(QObject):
         else:
             data = self.source_of().image_bytes(record)
             image = QImage.fromData(data or b"")
-            return image.scaled(self.size, self.size, Qt.AspectRatioMode.KeepAspectRatio)
+            return stack_badge(
+                image.scaled(self.size, self.size, Qt.AspectRatioMode.KeepAspectRatio), record.stack_size
+            )
         size = reader.size()
         if size.isValid():
             reader.setScaledSize(size.scaled(self.size, self.size, Qt.AspectRatioMode.KeepAspectRatio))
-        return reader.read()
+        return stack_badge(reader.read(), record.stack_size)
+
+
+def thumb_key(record: ImageRecord) -> int:
+    """The thumbnail cache's key: a stack's badged thumbnail is kept apart from the plain one (negative id)."""
+    return -record.id if record.stack_size and record.stack_size > 1 else record.id
+
+
+def stack_badge(image: QImage, size: int | None) -> QImage:
+    """A stacked thumbnail says how many images lie under it (×4 in its corner)."""
+    if not size or size < 2 or image.isNull():
+        return image
+    image = image.convertToFormat(QImage.Format.Format_ARGB32)
+    painter = QPainter(image)
+    text = f"×{size}"
+    box = QRect(image.width() - 8 * len(text) - 8, 2, 8 * len(text) + 6, 18)
+    painter.fillRect(box, QColor(0, 0, 0, 170))
+    painter.setPen(QColor(255, 255, 255))
+    painter.drawText(box, Qt.AlignmentFlag.AlignCenter, text)
+    painter.end()
+    return image
 
 
 class GalleryModel(QAbstractListModel):
@@ -190,11 +213,11 @@ class GalleryModel(QAbstractListModel):
         if page == 0:
             self.loaded.emit(total)
 
-    def _thumb_loaded(self, image_id: int, image: QImage) -> None:
-        self.thumbs[image_id] = QPixmap.fromImage(image) if not image.isNull() else self.placeholder
+    def _thumb_loaded(self, key: int, image: QImage) -> None:
+        self.thumbs[key] = QPixmap.fromImage(image) if not image.isNull() else self.placeholder
         while len(self.thumbs) > self.cache_size:
             self.thumbs.popitem(last=False)
-        row = self.row_of.get(image_id)
+        row = self.row_of.get(abs(key))
         if row is not None:
             index = self.index(row)
             self.dataChanged.emit(index, index, [Qt.ItemDataRole.DecorationRole])
@@ -232,16 +255,18 @@ class GalleryModel(QAbstractListModel):
         if role == Qt.ItemDataRole.DecorationRole:
             if record is None:
                 return self.placeholder
-            thumb = self.thumbs.get(record.id)
+            key = thumb_key(record)
+            thumb = self.thumbs.get(key)
             if thumb is None:
                 self.loader.request(record)
                 return self.placeholder
-            self.thumbs.move_to_end(record.id)
+            self.thumbs.move_to_end(key)
             return thumb
         if record is None:
             return None
         if role == Qt.ItemDataRole.ToolTipRole:
-            return f"#{record.id} · seed {record.seed}\n{record.prompt[:300]}"
+            stack = f" · stack of {record.stack_size}" if record.stack_size and record.stack_size > 1 else ""
+            return f"#{record.id} · seed {record.seed}{stack}\n{record.prompt[:300]}"
         if role == RecordRole:
             return record
         if role == Qt.ItemDataRole.SizeHintRole:

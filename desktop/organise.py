@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Signal
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QLineEdit, QMenu, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QDialog,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QMenu,
+    QPushButton,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from desktop.engine_link import EngineLink
 from desktop.generate import requester
-from engine.client.answers import BoardPublic, ImageRecord
+from engine.client.answers import BoardPublic, ImageRecord, Lineage, SavedSearch
 
 STARS = ["no rating", "★", "★★", "★★★", "★★★★", "★★★★★"]
 
@@ -129,3 +143,87 @@ class ImageOrganiser(QWidget):
     def _added(self, board: BoardPublic) -> None:
         self.message.emit(f"{board.name}: {board.count} image(s)")
         self.boards_changed.emit()
+
+
+class SavedSearches(QWidget):
+    """The sidebar's saved searches ("smart boards"): click one to run it now; "Save search" keeps the search box's
+    text with the listing's filters under a name. The owner's, as the CLI's `search @NAME`."""
+
+    ran = Signal(object, str)  # SearchResults, the saved search's name
+    message = Signal(str)
+
+    def __init__(self, link: EngineLink) -> None:
+        super().__init__()
+        self.link = link
+        self.list = QListWidget()
+        self.name = QLineEdit(placeholderText="save the search as… (Enter)")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(QLabel("Saved searches"))
+        layout.addWidget(self.list, 1)
+        layout.addWidget(self.name)
+        self.list.itemClicked.connect(self.run)
+        link.ready.connect(lambda _: self.refresh())
+
+    def refresh(self) -> None:
+        def fill(searches: list[SavedSearch]) -> None:
+            self.list.clear()
+            for saved in searches:
+                item = QListWidgetItem(f"@{saved.name}")
+                item.setToolTip(saved.query)
+                item.setData(Qt.ItemDataRole.UserRole, saved.id)
+                self.list.addItem(item)
+
+        self.link.call(lambda c: c.saved_searches(requester()), fill, lambda _: None)
+
+    def save(self, query: str, filters: dict[str, Any]) -> None:
+        name = self.name.text().strip()
+        if not name or not query:
+            self.message.emit("Type a search first, then a name to save it under.")
+            return
+        self.name.clear()
+        kept = {k: v for k, v in filters.items() if k in ("source", "model", "favourites", "board") and v}
+
+        def saved(search: SavedSearch) -> None:
+            self.message.emit(f"Saved as @{search.name}.")
+            self.refresh()
+
+        self.link.call(lambda c: c.save_search(name, query, requester(), **kept), saved, self.message.emit)
+
+    def run(self, item: QListWidgetItem) -> None:
+        search_id, name = item.data(Qt.ItemDataRole.UserRole), item.text()
+        self.link.call(lambda c: c.run_search(search_id, requester(), limit=200), lambda r: self.ran.emit(r, name),
+                       self.message.emit)  # fmt: skip
+
+
+class LineageDialog(QDialog):
+    """Where an image came from and everything made from it, as a tree (each child under its parent); picking a
+    row shows that image in the gallery."""
+
+    picked = Signal(int)
+
+    def __init__(self, lineage: Lineage, relation: str | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle(f"Lineage of #{lineage.image_id}")
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(["Image", "How", "Prompt"])
+        self.items: dict[int, QTreeWidgetItem] = {}
+        holder: QTreeWidget | QTreeWidgetItem = self.tree
+        for node in reversed(lineage.ancestors):  # the first image at the top
+            holder = self._add(holder, node.id, node.relation, node.prompt)
+        this = self._add(holder, lineage.image_id, relation, "(this image)")
+        this.setSelected(True)
+        for node in lineage.descendants:  # by depth: a parent is always placed before its children
+            self._add(self.items.get(node.parent_id or 0, this), node.id, node.relation, node.prompt)
+        self.tree.expandAll()
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.tree)
+        self.tree.itemActivated.connect(lambda item, _: self.picked.emit(item.data(0, Qt.ItemDataRole.UserRole)))
+        self.resize(560, 360)
+
+    def _add(self, holder: QTreeWidget | QTreeWidgetItem, image_id: int, relation: str | None,
+             prompt: str) -> QTreeWidgetItem:  # fmt: skip
+        item = QTreeWidgetItem(holder, [f"#{image_id}", relation or "", prompt[:80]])
+        item.setData(0, Qt.ItemDataRole.UserRole, image_id)
+        self.items[image_id] = item
+        return item

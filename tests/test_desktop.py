@@ -396,3 +396,47 @@ def test_rate_tag_and_board_an_image_then_list_the_board(qtbot, window: MainWind
     qtbot.waitUntil(lambda: gallery.model.total == 1 and gallery.model.record(0).id == image_id, timeout=WAIT)
     # the same board from the CLI's side: the engine owner's boards are one set
     assert [b.name for b in window.link.client().boards(Requester(source="cli", user="someone"))] == ["Desk picks"]
+
+
+def test_stacks_saved_searches_and_the_lineage_tree(qtbot, window: MainWindow) -> None:
+    from engine.client.dream_args import parse
+
+    ids = generate(qtbot, window, '"a purple moon on a black background" -n 3 -S 71 -s 4', 3)
+    gallery = window.gallery
+    window.show_view("gallery")
+    gallery.stacks.setChecked(True)  # a job's three images fold into one stack
+
+    def stack_row() -> int | None:
+        records = [gallery.model.record(r) for r in range(gallery.model.rowCount())]
+        return next((r for r, rec in enumerate(records) if rec is not None and rec.id in ids), None)
+
+    qtbot.waitUntil(lambda: stack_row() is not None, timeout=WAIT)
+    row = stack_row()
+    assert row is not None
+    top = gallery.model.record(row)
+    assert top is not None and top.stack_size == 3
+    assert sum(1 for r in range(gallery.model.rowCount()) if (rec := gallery.model.record(r)) and rec.id in ids) == 1
+    gallery.view.doubleClicked.emit(gallery.model.index(row))  # open the stack: all three
+    qtbot.waitUntil(lambda: gallery.model.total == 3, timeout=WAIT)
+    assert sorted(gallery.model.record(r).id for r in range(3)) == sorted(ids)
+    # a saved search in the sidebar, run again with a click
+    gallery.search.setText("purple moon")
+    gallery.saved.name.setText("Moons")
+    qtbot.keyClick(gallery.saved.name, Qt.Key.Key_Return)
+    qtbot.waitUntil(lambda: gallery.saved.list.count() == 1, timeout=WAIT)
+    assert gallery.saved.list.item(0).text() == "@Moons"
+    gallery.browse()
+    gallery.saved.list.itemClicked.emit(gallery.saved.list.item(0))
+    qtbot.waitUntil(lambda: gallery.search.text() == "@Moons" and gallery.model.total >= 3, timeout=WAIT)
+    assert set(ids) <= {gallery.model.record(r).id for r in range(gallery.model.total)}
+    # the lineage tree: an upscale of the first image sits under it; picking the first shows it
+    client = window.link.client()
+    child = client.wait(client.submit(parse(f"-I {ids[0]} -U 2 -s 4")).id).images[0].id
+    gallery.show_record(client.image(child))
+    qtbot.mouseClick(gallery.actions["Lineage"], Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: getattr(gallery, "lineage_dialog", None) is not None, timeout=WAIT)
+    tree = gallery.lineage_dialog
+    root = tree.tree.topLevelItem(0)
+    assert root.text(0) == f"#{ids[0]}" and root.child(0).text(0) == f"#{child}" and root.child(0).text(1) == "upscale"
+    tree.tree.itemActivated.emit(root, 0)
+    qtbot.waitUntil(lambda: gallery.current is not None and gallery.current.id == ids[0], timeout=WAIT)
