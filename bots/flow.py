@@ -14,8 +14,11 @@ from bots.replies import Reply, replying_errors
 from bots.views import result_view
 from engine.client.answers import Job
 from engine.client.clients import AsyncEngineClient
+from engine.client.errors import EngineError
+from engine.client.grid import tile
 from engine.client.schema import DreamRequest, Scope
 from engine.client.settings import BotSettings
+from engine.client.waiting import nearest_query, worth_showing
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +56,14 @@ class DreamFlow:
             accepted = await self.engine.submit(request)
         if accepted is None:
             return
-        status = await reply.send(render.queued_text(request, accepted.position, accepted.seed))
+        text, nearest = render.queued_text(request, accepted.position, accepted.seed), None
+        if worth_showing(accepted):
+            nearest = await self._while_you_wait(request, channel)
+        if nearest is not None:
+            text, file = render.clip(text + "\n" + nearest[0], render.MESSAGE_LIMIT), nearest[1]
+            status = await reply.send(text, file=file)
+        else:
+            status = await reply.send(text)
         status = await self._follow(accepted.id, status)
         job = await self.engine.job(accepted.id, scope=scope)
         if job.status != "done":
@@ -71,6 +81,24 @@ class DreamFlow:
         if status is not None:
             with contextlib.suppress(discord.HTTPException):  # already gone: nothing to tidy
                 await status.delete()
+
+    async def _while_you_wait(self, request: DreamRequest, channel: object) -> tuple[str, discord.File] | None:
+        """A waiting job's status shows the nearest images of this server's gallery (a grid under the text)."""
+        query = nearest_query(request)
+        if query is None:
+            return None
+        scope = Scope.of(request.requester)
+        try:
+            found = await self.engine.search(**query)
+            shown = [r.image for r in found.results if not r.image.nsfw or rules.nsfw_allowed(channel)]
+            if not shown:
+                return None
+            blobs = [await self.engine.image_file(i.id, scope=scope) for i in shown]
+        except EngineError as e:  # a nicety: the dream goes on without it
+            log.info("no 'while you wait' images: %s", e)
+            return None
+        text = "While you wait, from this gallery: " + ", ".join(f"#{i.id}" for i in shown)
+        return text, discord.File(io.BytesIO(tile(blobs, size=192, max_cols=4)), "while-you-wait.png")
 
     async def _follow(self, job_id: str, status: discord.Message | None) -> discord.Message | None:
         """Edit the status message as the job moves, at most every `progress_every_s`."""

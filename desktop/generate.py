@@ -54,6 +54,7 @@ from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
 from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Requester, default_of
+from engine.client.waiting import nearest_query, worth_showing
 
 THUMB = 128
 PANEL_WIDTH = 380  # the parameter panel; the preview takes the rest
@@ -98,6 +99,8 @@ class GeneratePanel(PictureDrops, QWidget):
         self.link = link
         link.ready.connect(lambda _: self.refresh_models())
         self.job_id: str | None = None  # the job this panel follows, until its event stream ends
+        self.asked: DreamRequest | None = None  # its request, and whether it has started
+        self.started = False
         self.told_end: str | None = None  # the last job whose end (done, failed, cancelled) was shown
         self.init_ref: str | None = None
         self.init_record: ImageRecord | None = None  # when the init image is a gallery image
@@ -155,6 +158,16 @@ class GeneratePanel(PictureDrops, QWidget):
         self.results.setFlow(QListWidget.Flow.LeftToRight)
         self.results.setWrapping(False)
         self.results.currentItemChanged.connect(self._show_result)
+        # while the job waits behind others: the nearest images already made (engine.client.waiting)
+        self.waiting_label = QLabel("While you wait, from your gallery:")
+        self.waiting = QListWidget()
+        self.waiting.setViewMode(QListWidget.ViewMode.IconMode)
+        self.waiting.setIconSize(QSize(THUMB // 2, THUMB // 2))
+        self.waiting.setFixedHeight(THUMB // 2 + 30)
+        self.waiting.setFlow(QListWidget.Flow.LeftToRight)
+        self.waiting.setWrapping(False)
+        self.waiting.currentItemChanged.connect(self._show_result)
+        self._show_waiting([])
 
         seed_row = QHBoxLayout()
         for w in (self.seed, self.random_seed, self.copy_seed):
@@ -197,6 +210,8 @@ class GeneratePanel(PictureDrops, QWidget):
         right = QVBoxLayout()
         right.addWidget(self.preview, 1)
         right.addWidget(self.results)
+        right.addWidget(self.waiting_label)
+        right.addWidget(self.waiting)
         layout = QHBoxLayout(self)
         # The form grew past a small window's height (ControlNet, references): it scrolls instead of growing the window.
         form_scroll = QScrollArea(widgetResizable=True)
@@ -282,6 +297,8 @@ class GeneratePanel(PictureDrops, QWidget):
             self.show_state("⚠ A job is still running here; cancel it or wait.")
             return
         request = request.model_copy(update={"preview": True})
+        self.asked, self.started = request, False
+        self._show_waiting([])
         self.results.clear()
         self.progress.setValue(0)
         self.generate_button.setEnabled(False)
@@ -301,13 +318,37 @@ class GeneratePanel(PictureDrops, QWidget):
             self.show_state("Next up.")
         else:
             self.show_state(f"Queued: position {(accepted.position or 0) + 1}.")
+        query = nearest_query(self.asked) if self.asked is not None and worth_showing(accepted) else None
+        if query is not None:
+            job_id = accepted.id
+            self.link.call(lambda c: c.search(**query),
+                           lambda found: self._show_waiting([r.image for r in found.results], job_id),
+                           lambda _: None)  # fmt: skip
         self.link.follow(accepted.id, self._event, self._ended)
+
+    def _show_waiting(self, images: list[ImageRecord], job_id: str | None = None) -> None:
+        """The nearest images while this job waits; gone once it starts (or another one does)."""
+        if job_id is not None and (job_id != self.job_id or self.started):
+            return
+        self.waiting.clear()
+        for image in images:
+            pixmap = QPixmap(image.path).scaled(THUMB // 2, THUMB // 2, Qt.AspectRatioMode.KeepAspectRatio)
+            item = QListWidgetItem(pixmap, f"#{image.id}")
+            item.setToolTip(image.prompt[:300])
+            item.setData(Qt.ItemDataRole.UserRole, image.id)
+            item.setData(Qt.ItemDataRole.UserRole + 1, image.path)
+            self.waiting.addItem(item)
+        self.waiting.setVisible(bool(images))
+        self.waiting_label.setVisible(bool(images))
 
     def _failed(self, message: str) -> None:
         self.generate_button.setEnabled(True)
         self.show_state(f"⚠ {message}")
 
     def _event(self, event: Event) -> None:
+        if event.type in {"started", "loading", "step"} and not self.started:
+            self.started = True
+            self._show_waiting([])
         if event.type == "queued" and event.position is not None:
             self.show_state("Next up." if event.position == 0 else f"Queued: position {event.position + 1}.")
         elif event.type == "loading":

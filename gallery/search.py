@@ -91,8 +91,11 @@ class GallerySearch:
         return vector
 
     def by_text(
-        self, *, query: str, limit: int = 20, offset: int = 0, filters: SearchFilters | None = None
-    ) -> SearchPage:
+        self, *, query: str, limit: int = 20, offset: int = 0, filters: SearchFilters | None = None,
+        nearest: bool = False,
+    ) -> SearchPage:  # fmt: skip
+        """Images by words: prompt keywords and CLIP above the relevance floor; `nearest`: by CLIP alone, however
+        far (the closest the gallery has, e.g. while a job waits)."""
         query = query.strip()
         if not query:
             raise SearchError("the search text is empty")
@@ -109,6 +112,9 @@ class GallerySearch:
             images, _ = self.store.page(filters=filters, limit=limit, offset=offset)
             return SearchPage(results=[SearchHit(image=i, score=1.0) for i in images], offset=offset, limit=limit)
         vector = self._text_vector(query)
+        if nearest:
+            hits = self.index.search(vector, k=depth, filters=filters.vector_filters())
+            return self._page([(h.image_id, h.score) for h in hits], limit, offset, filters)
         if filters.sqlite_only:  # tags, a board, a rating: rank what SQLite lets through, by CLIP and by words
             return self._within(query, vector, limit, offset, filters)
         words = fts_query(query)

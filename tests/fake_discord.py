@@ -48,12 +48,14 @@ MEMBER_PERMISSIONS = str(discord.Permissions(send_messages=True, attach_files=Tr
 
 @dataclass
 class Posted:
-    """A message the bot created (or an interaction answer), with its files."""
+    """A message the bot created (or an interaction answer), with its files. A waiting job's status may carry the
+    "while you wait" grid: kept in `waiting`, apart from `files` (which tests read as "the result")."""
 
     id: str
     channel_id: str
     payload: dict
     files: dict[str, bytes] = field(default_factory=dict)
+    waiting: dict[str, bytes] = field(default_factory=dict)
     edits: list[dict] = field(default_factory=list)
     deleted: bool = False
     via: str = "channel"  # channel, interaction, followup
@@ -261,7 +263,9 @@ class FakeDiscord:
         )  # fmt: skip
 
     def _post(self, channel_id: str, payload: dict, files: dict[str, bytes], via: str) -> Posted:
-        posted = Posted(id=snowflake(), channel_id=channel_id, payload=payload, files=files, via=via)
+        waiting = {n: b for n, b in files.items() if n == "while-you-wait.png"}
+        files = {n: b for n, b in files.items() if n not in waiting}
+        posted = Posted(id=snowflake(), channel_id=channel_id, payload=payload, files=files, waiting=waiting, via=via)
         self.posted[posted.id] = posted
         return posted
 

@@ -440,3 +440,24 @@ def test_stacks_saved_searches_and_the_lineage_tree(qtbot, window: MainWindow) -
     assert root.text(0) == f"#{ids[0]}" and root.child(0).text(0) == f"#{child}" and root.child(0).text(1) == "upscale"
     tree.tree.itemActivated.emit(root, 0)
     qtbot.waitUntil(lambda: gallery.current is not None and gallery.current.id == ids[0], timeout=WAIT)
+
+
+def test_a_waiting_job_shows_the_nearest_images_while_it_waits(qtbot, window: MainWindow) -> None:
+    from engine.client.dream_args import parse
+
+    (near,) = generate(qtbot, window, '"a teal circle on a white background" -n 1 -S 91 -s 4', 1)
+    client = window.link.client()
+    slow = [client.submit(parse("a slow hexagon -n 2 -s 60 -W 256 -H 256", requester=Requester(source="api", user=u)))
+            for u in ("filler-1", "filler-2")]  # one runs, one waits ahead of the next job  # fmt: skip
+    panel = window.generate
+    try:
+        panel.prompt.setPlainText('"a teal circle on a gray background" -n 1 -S 92 -s 4')
+        qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
+        qtbot.waitUntil(lambda: panel.waiting.count() > 0, timeout=WAIT)
+        shown = [panel.waiting.item(i).data(Qt.ItemDataRole.UserRole) for i in range(panel.waiting.count())]
+        assert near in shown and panel.waiting.isVisibleTo(window)
+    finally:
+        for job in slow:
+            client.cancel(job.id)
+    qtbot.waitUntil(lambda: panel.results.count() == 1 and panel.job_id is None, timeout=WAIT)
+    assert panel.waiting.count() == 0 and not panel.waiting.isVisibleTo(window)  # gone once the job started

@@ -612,3 +612,60 @@ async def until(fetch, expected, timeout: float = 60.0) -> None:
     while (got := await fetch()) != expected:
         assert asyncio.get_running_loop().time() < deadline, f"still {got!r}, expected {expected!r}"
         await asyncio.sleep(0.05)
+
+
+async def test_a_waiting_dream_shows_the_nearest_images_while_it_waits(world: World) -> None:
+    from engine.client.dream_args import parse
+    from engine.client.schema import Requester
+
+    mid = await world.fake.say(A, "7", '!dream "an orange circle on a white background" -S 61 -s 4')
+    result = await world.result_for(mid)
+    near = int(result.custom_ids[0].rsplit(":", 1)[1])
+    # two other members' slow jobs: one runs, one waits ahead of the next dream (it has never been served)
+    slow = [await world.client.submit(parse("a slow hexagon -n 2 -s 60 -W 256 -H 256",
+                                            requester=Requester(source="discord", user=u, guild=A)))
+            for u in ("90", "91")]  # fmt: skip
+    try:
+        asked = await world.fake.say(A, "7", '!dream "an orange circle on a gray background" -S 62 -s 4')
+        status = await world.text_reply(asked)
+        assert "position" in status.content and "While you wait, from this gallery:" in status.content
+        assert f"#{near}" in status.content.split("While you wait")[1]
+        assert status.waiting and not status.files  # a grid of the nearest images, apart from the result to come
+    finally:
+        for job in slow:
+            await world.client.cancel(job.id)
+    assert (await world.result_for(asked, timeout=120)).files
+
+
+async def test_slash_search_narrows_by_tag_board_favourites_and_stacks(world: World) -> None:
+    from engine.client.schema import Requester, Scope
+
+    mid = await world.fake.say(A, "7", '!dream "a pink square on a black background" -n 2 -S 81 -s 4')
+    result = await world.result_for(mid)
+    ids = sorted({int(c.rsplit(":", 1)[1]) for c in result.custom_ids if c.rsplit(":", 1)[1].isdigit()})
+    assert len(ids) == 2
+    member = Requester(source="discord", user="7", guild=A)
+    await world.client.tag(ids[0], ["pinky"], scope=Scope(guild=A))
+
+    async def search(**options) -> Posted:
+        iid = await world.fake.slash(A, "7", "search", text="pink square", **options)
+        return await world.fake.wait_for(
+            lambda: next((p for p in world.fake.posted.values() if p.interaction == iid and p.via == "followup"),
+                         None), 60)  # fmt: skip
+
+    tagged = await search(tag="pinky")
+    assert "(tag:pinky)" in tagged.content and f"#{ids[0]} " in tagged.content and f"#{ids[1]} " not in tagged.content
+    stacked = await search(stacks=True)
+    assert "stack of 2" in stacked.content and stacked.content.count("pink square") == 2  # title + one stack
+    assert "No board named Nowhere here" in (await search(board="Nowhere")).content
+    await world.fake.react(A, "7", result, "⭐")
+    await until(lambda: _favourites(world, member), set(ids))
+    favourites = await search(favourites=True)
+    assert "your favourites" in favourites.content and all(f"#{i} " in favourites.content for i in ids)
+
+
+async def _favourites(world: World, member) -> set[int]:
+    boards = [b for b in await world.client.boards(member) if b.name == "Favourites"]
+    if not boards:
+        return set()
+    return {i.id for i in (await world.client.images(guild=A, board=boards[0].id)).images}

@@ -8,6 +8,7 @@ one server never sees another's images.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import discord
@@ -15,19 +16,40 @@ from discord import app_commands
 from discord.ext import commands
 
 from bots import render, rules
-from bots.cogs.organise import HIDDEN, own_board
+from bots.cogs.organise import FAVOURITES, HIDDEN, own_board
 from bots.replies import InteractionReply, MessageReply, replying_errors, requester_of, scope_of
 from bots.views import describe_view, image_ids_of
 from engine.client.answers import SearchResults
 from engine.client.clients import RequestRejected
 from engine.client.grid import tile
-from engine.client.schema import Requester, Scope
+from engine.client.schema import MAX_ID, Requester, Scope
 
 if TYPE_CHECKING:
     from bots.bot import DreamBot
 
 SHOWN = 4
 FETCHED = 8  # a few spare, for results hidden outside NSFW channels
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """/search's filters."""
+
+    tag: str | None = None
+    board: str | None = None
+    favourites: bool = False
+    mine: bool = False
+    stacks: bool = False
+    derived_from: int | None = None
+
+    def said(self) -> str:
+        """The filters in the results' title, so a person sees what was narrowed."""
+        parts = [f"tag:{self.tag}" if self.tag else "", f"board {self.board}" if self.board else "",
+                 "your favourites" if self.favourites else "", "yours" if self.mine else "",
+                 f"made from #{self.derived_from}" if self.derived_from else "",
+                 "one per stack" if self.stacks else ""]  # fmt: skip
+        kept = [p for p in parts if p]
+        return f" ({', '.join(kept)})" if kept else ""
 
 
 class SearchCog(commands.Cog, name="Search"):
@@ -54,7 +76,9 @@ class SearchCog(commands.Cog, name="Search"):
             return "Nothing in this server's gallery matches." + note, None
         blobs = [await self.bot.engine.image_file(r.image.id, scope=scope) for r in shown]
         lines = [title] + [
-            f"{k}. #{r.image.id} · seed {r.image.seed} · {render.clip(r.image.prompt, 200)}"
+            f"{k}. #{r.image.id} · seed {r.image.seed}"
+            + (f" · stack of {r.image.stack_size}" if (r.image.stack_size or 0) > 1 else "")
+            + f" · {render.clip(r.image.prompt, 200)}"
             for k, r in enumerate(shown, start=1)
         ]
         lines[-1] += note
@@ -62,7 +86,9 @@ class SearchCog(commands.Cog, name="Search"):
             io.BytesIO(tile(blobs, size=256, max_cols=4)), "results.png"
         )
 
-    async def _text_search(self, scope: Scope, channel: object, text: str, say, who: Requester) -> None:
+    async def _text_search(
+        self, scope: Scope, channel: object, text: str, say, who: Requester, narrow: SearchOptions | None = None
+    ) -> None:
         text = text.strip().strip('"').strip()
         if not text:
             await say('Give me something to look for: !search "red fox in snow" (or a saved search: !search @name)')
@@ -78,10 +104,32 @@ class SearchCog(commands.Cog, name="Search"):
                 title = f"**@{saved[0].name}** ({render.clip(saved[0].query, 200)}), now:"
             else:  # leaving out what this member hid with 👎
                 hidden = await own_board(self.bot, who, HIDDEN, create=False)
-                results = await self.bot.engine.search(text, limit=FETCHED, not_board=hidden, **scope.params())
-                title = f"Best matches for **{render.clip(text, 200)}**:"
+                filters = await self._filters(narrow, who, say) if narrow is not None else {}
+                if filters is None:
+                    return
+                results = await self.bot.engine.search(text, limit=FETCHED, not_board=hidden, **filters,
+                                                       **scope.params())  # fmt: skip
+                title = f"Best matches for **{render.clip(text, 200)}**{narrow.said() if narrow else ''}:"
             content, file = await self._answer(results, title, channel, scope)
             await say(content, file=file or discord.utils.MISSING)
+
+    async def _filters(self, narrow: SearchOptions, who: Requester, say) -> dict | None:
+        """The slash command's options as the engine's filters (None: one was unknown, and `say` said so)."""
+        filters: dict = {"tag": [narrow.tag] if narrow.tag else None, "derived_from": narrow.derived_from,
+                         "stacks": narrow.stacks or None, "user": who.user if narrow.mine else None}  # fmt: skip
+        if narrow.board:
+            key = " ".join(narrow.board.split()).casefold()
+            boards = [b for b in await self.bot.engine.boards(who) if b.name.casefold() == key]
+            if not boards:
+                await say(f"No board named {render.clip(narrow.board, 60)} here: see /board list.")
+                return None
+            filters["board"] = boards[0].id
+        if narrow.favourites:
+            filters["board"] = await own_board(self.bot, who, FAVOURITES, create=False)
+            if filters["board"] is None:
+                await say("You have no favourites here yet: react ⭐ to a result.")
+                return None
+        return filters
 
     @commands.command(name="search", help='!search "red circle": this server\'s best matches')
     async def search_command(self, ctx: commands.Context, *, text: str = "") -> None:
@@ -90,11 +138,22 @@ class SearchCog(commands.Cog, name="Search"):
                                 MessageReply(ctx.message).send, who)  # fmt: skip
 
     @app_commands.command(name="search", description="Find images in this server's gallery by words")
-    async def search_slash(self, interaction: discord.Interaction, text: str) -> None:
+    @app_commands.describe(
+        text="what to look for (words, `tag:NAME`, or @saved-search)", tag="only images with this tag",
+        board="only images on this board", favourites="only your ⭐ favourites", mine="only images you made",
+        stacks="one image per stack (images that differ only by seed)", derived_from="only images made from #id",
+    )  # fmt: skip
+    async def search_slash(
+        self, interaction: discord.Interaction, text: str, tag: str | None = None, board: str | None = None,
+        favourites: bool = False, mine: bool = False, stacks: bool = False,
+        derived_from: app_commands.Range[int, 1, MAX_ID] | None = None,
+    ) -> None:  # fmt: skip
         await interaction.response.defer(thinking=True)
         scope = scope_of(interaction.guild, interaction.channel, interaction.user)
         who = requester_of(interaction.guild, interaction.channel, interaction.user)
-        await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send, who)
+        narrow = SearchOptions(tag=tag, board=board, favourites=favourites, mine=mine, stacks=stacks,
+                               derived_from=derived_from)  # fmt: skip
+        await self._text_search(scope, interaction.channel, text, InteractionReply(interaction).send, who, narrow)
 
     async def _similar(self, scope: Scope, channel: object, source: discord.Message | int | None) -> tuple:
         """Images like a gallery image (an id, or the first of a result message) or a message's attached picture."""

@@ -108,6 +108,8 @@ class SearchQuery(FilterQuery):
 class TextSearchQuery(SearchQuery):
     # The search's own check answers with its sentence; the schema says the same bounds.
     q: str = Field(json_schema_extra={"minLength": 1, "maxLength": MAX_QUERY_CHARS, "pattern": r"\S"})
+    nearest: bool = Field(default=False, description="the nearest images by CLIP alone, however far (no relevance "
+                          "floor, no keywords): what the gallery has closest, e.g. while a job waits")  # fmt: skip
 
 
 ScopeQuery = Annotated[Scope, Query()]

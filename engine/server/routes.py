@@ -190,7 +190,8 @@ def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
 @router.get("/v1/search")
 def search_text(s: ServicesDep, query: Annotated[TextSearchQuery, Query()]) -> SearchResults:
     filters = query.filters()
-    page = s.search.by_text(query=query.q, limit=query.wanted, offset=query.offset, filters=filters)
+    page = s.search.by_text(query=query.q, limit=query.wanted, offset=query.offset, filters=filters,
+                            nearest=query.nearest)  # fmt: skip
     return search_results(page, s.store, stacks_within=filters if query.stacks else None, limit=query.limit)
 
 
