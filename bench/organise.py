@@ -9,8 +9,21 @@ the production SQL (gallery.store, gallery.boards):
   board page     a board's newest page (`gallery list --board`)                                             p50/p99
   repeat check   the lookup find-before-draw makes for a 4-image request (4 keys, the asker's guild)        p50/p99
   tag counts     the autocomplete list of a guild's tags starting with "s"                                 p50/p99
+  stacked page   a guild's newest page with stacks folded (`gallery list --stacks`; jobs of 4)               p50/p99
 
-    python bench/organise.py [--images 1000000] [--queries 200]
+With --vectors, the images also get 512-d vectors in a real LanceIndex (one table per guild, ANN as the engine
+builds it), and GallerySearch (the production search) runs text searches narrowed by SQLite-only filters. The text
+vector comes from a synthetic embedder (a direction near one of the vectors' clusters): this measures the search,
+not CLIP, whose text encoding is cached per query text in the engine anyway.
+
+  tag + text     `red fox tag:portrait` in a guild (a frequent automatic tag)                             p50/p99
+  ptag + text    the same with a person's tag (one image in fifty)                                          p50/p99
+  board + text   a text search within a board                                                                p50/p99
+
+With --duplicates N: N images' perceptual hashes (some near copies planted), and the scan `gallery check` runs
+(gallery.likeness: same bytes, hashes within 4 bits; then the similar pictures among the newest 2,000 vectors).
+
+    python bench/organise.py [--images 1000000] [--queries 200] [--vectors] [--duplicates 100000]
 """
 
 from __future__ import annotations
@@ -34,11 +47,16 @@ from sqlalchemy import text  # noqa: E402
 
 from gallery.boards import Organiser, Who  # noqa: E402
 from gallery.db import open_gallery_db  # noqa: E402
+from gallery.embeddings import Embedder  # noqa: E402
+from gallery.index import LanceIndex  # noqa: E402
+from gallery.likeness import SIMILAR_WINDOW, duplicate_groups, similar_groups  # noqa: E402
 from gallery.schemas import SearchFilters  # noqa: E402
+from gallery.search import GallerySearch  # noqa: E402
 from gallery.store import SqliteImageStore  # noqa: E402
 from gallery.tags import auto_tags  # noqa: E402
 
 GUILDS = 10
+DIM = 512
 PEOPLE_TAGS = ("sunset", "portrait-of-gran", "snow", "cats", "for-the-poster")
 
 
@@ -59,9 +77,10 @@ def build(db: Path, n: int, rng: np.random.Generator) -> None:
                 w, h = sizes[i % 4]
                 mode, guild = modes[i % 4 if i % 10 else 0], f"g{i % GUILDS}"
                 params = {"loras": [{"name": f"lora{i % 7}"}]} if i % 5 == 0 else {}
+                # a job's four images share a stack (images i..i+3 of one guild are 10 apart: jobs interleave)
                 rows.append({"id": i, "sha": key(-i), "path": f"{i}.png", "w": w, "h": h, "seed": i, "prompt":
                              f"picture {i % 997} of things", "mode": mode, "guild": guild, "params": json.dumps(params),
-                             "at": now, "key": key(i)})  # fmt: skip
+                             "at": now, "key": key(i), "stack": key(-(i // 40) - 10**9 - i % GUILDS)})  # fmt: skip
                 for t in auto_tags(model="sd15", sampler="Euler a", mode=mode, source="discord", width=w, height=h,
                                    params=params):  # fmt: skip
                     tags.append({"i": i, "t": t, "a": 1})
@@ -69,9 +88,9 @@ def build(db: Path, n: int, rng: np.random.Generator) -> None:
                     tags.append({"i": i, "t": PEOPLE_TAGS[i // 50 % len(PEOPLE_TAGS)], "a": 0})
             conn.execute(text(
                 'INSERT INTO images (id, job_id, "index", sha256, path, width, height, seed, prompt, negative_prompt, '
-                "mode, source, guild, favourite, nsfw, params, created_at, model, sampler, repeat_key) VALUES (:id, "
-                "NULL, 0, :sha, :path, :w, :h, :seed, :prompt, '', :mode, 'discord', :guild, 0, 0, :params, :at, "
-                "'sd15', 'Euler a', :key)"), rows)  # fmt: skip
+                "mode, source, guild, favourite, nsfw, params, created_at, model, sampler, repeat_key, stack_key) "
+                "VALUES (:id, NULL, 0, :sha, :path, :w, :h, :seed, :prompt, '', :mode, 'discord', :guild, 0, 0, "
+                ":params, :at, 'sd15', 'Euler a', :key, :stack)"), rows)  # fmt: skip
             conn.execute(text("INSERT INTO image_tags (image_id, tag, auto) VALUES (:i, :t, :a)"), tags)
         for b in range(50):
             guild = f"g{b % GUILDS}"
@@ -98,6 +117,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--vectors", action="store_true", help="also text searches narrowed by tags and boards")
+    parser.add_argument("--duplicates", type=int, default=0, metavar="N", help="also the duplicate scan of N images")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,9 +143,74 @@ def main() -> None:
             "tag counts": lambda q: organiser.tag_counts(SearchFilters(guild=guild(q)), prefix="s"),
             "board list": lambda q: organiser.boards(Who(user="u", guild=guild(q), discord=True)),
         }  # fmt: skip
+        figures["stacked page"] = lambda q: store.stacked_page(filters=SearchFilters(guild=guild(q)), limit=50,
+                                                               offset=0)  # fmt: skip
+        if args.vectors:
+            search = vector_search(Path(tmp), store, args.images, rng)
+            figures |= {
+                "tag + text": lambda q: search.by_text(query=f"picture {q % 997} tag:portrait", limit=20,
+                                                       filters=SearchFilters(guild=guild(q))),
+                "ptag + text": lambda q: search.by_text(query=f"picture {q % 997} tag:sunset", limit=20,
+                                                        filters=SearchFilters(guild=guild(q))),
+                "board + text": lambda q: search.by_text(query=f"picture {q % 997}", limit=20,
+                                                         filters=SearchFilters(guild=guild(q), board=q % 50 + 1)),
+            }  # fmt: skip
         for name, fn in figures.items():
             p50, p99 = timed(fn, args.queries)
             print(f"{name:<14} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms")
+        if args.duplicates:
+            duplicate_scan(args.duplicates, rng, search.index if args.vectors else None)
+
+
+class SyntheticTexts(Embedder):
+    """Text vectors near the bench's clusters (a stand-in for CLIP's text tower in a search benchmark)."""
+
+    dim = DIM
+    relevance_floor = 0.2
+
+    def __init__(self, centres: np.ndarray) -> None:
+        self.centres = centres
+
+    def embed_images(self, images: list) -> np.ndarray:
+        raise NotImplementedError("the bench searches by text")
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        picks = [int(hashlib.sha256(t.encode()).hexdigest(), 16) % len(self.centres) for t in texts]
+        return self.centres[picks]
+
+
+def vector_search(root: Path, store: SqliteImageStore, n: int, rng: np.random.Generator) -> GallerySearch:
+    from bench.search import arrow, clustered, unit
+
+    started = time.perf_counter()
+    centres = unit(rng, 2000)
+    index = LanceIndex(root / "vectors", model_id="bench", dim=DIM, optimize_every=10**9)
+    for lo in range(1, n + 1, 100_000):
+        ids = np.arange(lo, min(n, lo + 99_999) + 1)
+        index.add_arrow(arrow(ids, clustered(rng, len(ids), centres), np.array([f"g{i % GUILDS}" for i in ids])))
+    index.build_ann_index()
+    index.optimize()
+    print(f"indexed {n:,} vectors in LanceDB (10 guild tables, ANN): {time.perf_counter() - started:.0f} s")
+    return GallerySearch(store=store, embedder=SyntheticTexts(centres), index=index)
+
+
+def duplicate_scan(n: int, rng: np.random.Generator, index: LanceIndex | None) -> None:
+    hashes = rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64) * np.uint64(2) + np.uint64(1)
+    rows = [(i + 1, key(i), f"{int(h):016x}") for i, h in enumerate(hashes)]
+    for k in range(0, n, 1000):  # a near copy in every thousand: 3 bits flipped
+        rows.append((n + k + 1, key(-k - 1), f"{int(hashes[k]) ^ 0b10101:016x}"))
+    started = time.perf_counter()
+    groups = duplicate_groups(rows)
+    scan = time.perf_counter() - started
+    similar = ""
+    if index is not None:
+        started = time.perf_counter()
+        ids, vectors = index.vectors(list(range(min(n, 1_000_000), min(n, 1_000_000) - SIMILAR_WINDOW, -1)))
+        found = similar_groups(ids, vectors)
+        similar = (
+            f"; similar among the newest {len(ids):,}: {len(found)} group(s) in {time.perf_counter() - started:.2f} s"
+        )
+    print(f"duplicate scan of {len(rows):,} images: {len(groups)} group(s) in {scan:.2f} s{similar}")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,15 @@ def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path
             with pytest.raises(RequestRejected) as starting:
                 client.search("red circle")
             assert starting.value.status == 503 and "starting" in str(starting.value)
+            # what A1111's clients poll answers as A1111 always does: progress with the queued count, and the lists
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket)), base_url="http://engine") as raw:
+                answer = raw.get("/sdapi/v1/progress")
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["textinfo"] == "engine starting" and answer.json()["state"]["job_count"] == 1
+                for route in ("options", "sd-models", "samplers", "schedulers", "upscalers", "loras", "embeddings",
+                              "scripts", "prompt-styles", "cmd-flags"):  # fmt: skip
+                    assert raw.get(f"/sdapi/v1/{route}").status_code == 200, route
+                assert raw.get("/controlnet/model_list").status_code == 200
             assert client.images().total == 0  # the gallery's rows answer at once
             # `dreamhall dream` while it loads: submitted at once, then the job's stream says when it is done.
             cli = subprocess.run([sys.executable, "-m", "cli", "--home", str(engine.home), "dream", "a blue square",

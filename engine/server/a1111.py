@@ -683,6 +683,13 @@ def cmd_flags() -> dict:
 @router.get("/progress")
 def progress(request: Request) -> dict:
     s = _services(request)
+    if s.backend is None:  # A1111 always answers progress: clients poll it until idle (webuiapi, SillyTavern)
+        return {
+            "progress": 0.0, "eta_relative": 0.0, "textinfo": "engine starting",
+            "state": {"skipped": False, "interrupted": False, "job": "", "job_count": s.queue.count("queued"),
+                      "job_timestamp": "", "job_no": 0, "sampling_step": 0, "sampling_steps": 0},
+            "current_image": None,
+        }  # fmt: skip
     jobs = s.workers.running()
     client = A1111.client(request)
     mine = {r.id for r in s.queue.jobs("running") if r.request.requester.user == client}
