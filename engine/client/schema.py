@@ -30,7 +30,7 @@ MAX_PROMPT_CHARS = 2000
 MAX_ID = 2**63 - 1  # SQLite's largest integer: an id past it is no image, not a crash
 
 Mode = Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"]
-Source = Literal["cli", "discord", "desktop", "api", "a1111"]
+Source = Literal["cli", "discord", "desktop", "api", "a1111", "openai", "mcp"]
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 InpaintFill = Literal["original", "fill", "noise", "nothing"]  # A1111's inpainting_fill 1, 0, 2, 3

@@ -119,6 +119,10 @@ class Settings(BaseSettings):
         description="path before /sdapi/v1 on the TCP listener, e.g. /a1111 (empty: at the root, which "
         "SillyTavern needs: it replaces the URL's path)",
     )  # fmt: skip
+    openai_prefix: str = Field(
+        default="/openai/v1", pattern=r"^(/[A-Za-z0-9._~-]+)+$",
+        description="where OpenAI's images API answers (a client's base URL is the listener plus this)",
+    )  # fmt: skip
     discord_token: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("DISCORD_TOKEN", "discord_token"), description="never logged"
     )

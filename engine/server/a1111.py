@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import io
 import json
 import re
@@ -32,6 +31,7 @@ from engine.client.controls import A1111_MODULES, A1111_RESIZE
 from engine.client.dream_args import explain
 from engine.client.samplers import SAMPLER_KEYS, SAMPLERS
 from engine.client.schema import DreamRequest, Requester, Scope
+from engine.server.blocking import finished
 from engine.server.describing import describe_picture
 from engine.server.services import Services
 from gallery.files import BadImage
@@ -420,13 +420,6 @@ class A1111:
         except ValidationError as e:
             raise A1111Error(explain(e)) from None
 
-    async def run(self, s: Services, request: DreamRequest) -> Job:
-        """Submit and wait for the job's end (what A1111's blocking calls do)."""
-        accepted = await asyncio.to_thread(s.jobs.submit, request)
-        async for _ in s.hub.follow(accepted.id, functools.partial(s.jobs.snapshot, accepted.id)):
-            pass  # to the job's last event
-        return await asyncio.to_thread(s.jobs.get, accepted.id)
-
     def answer(self, s: Services, body: _Body, job: Job) -> dict:
         """A1111's `images`, `parameters` and `info` (a JSON string) for a finished job: an interrupted one
         answers its images as far as they got, as A1111 does."""
@@ -490,7 +483,7 @@ async def txt2img(body: Txt2ImgBody, request: Request) -> dict:
     mode: dict[str, Any] = {"hires": body.hires()}
     if units := controlnet_units(body):
         mode |= await control_fields(s, units, size)
-    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
+    job = await finished(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
 
@@ -509,7 +502,7 @@ async def img2img(body: Img2ImgBody, request: Request) -> dict:
         mode.update(mode="inpaint", init_mask=await asyncio.to_thread(upload, s, mask), **body.mask_fields())
     if units := controlnet_units(body):
         mode |= await control_fields(s, units, size)
-    job = await _state(request).run(s, _state(request).to_request(s, body, A1111.client(request), **mode))
+    job = await finished(s, _state(request).to_request(s, body, A1111.client(request), **mode))
     return _state(request).answer(s, body, job)
 
 
@@ -532,7 +525,7 @@ async def extra_single_image(body: ExtraBody, request: Request) -> dict:
                                 requester=Requester(source=SOURCE, user=A1111.client(request)))  # fmt: skip
     except ValidationError as e:
         raise A1111Error(explain(e)) from None
-    job = await _state(request).run(s, request_)
+    job = await finished(s, request_)
     if job.status != "done" or not job.images:
         raise A1111Error(job.error or f"the upscale {job.status}", 500)
     record = s.store.get(job.images[0].id)

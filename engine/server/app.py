@@ -235,7 +235,7 @@ async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
         if settings.token is None or not settings.token.get_secret_value():
             raise ValueError("tcp_port is set but no token: the TCP listener requires DREAMHALL_TOKEN")
         tcp = socket.create_server((settings.tcp_host, settings.tcp_port))
-        guarded = TokenGuard(asgi, settings.token.get_secret_value())
+        guarded = TokenGuard(asgi, settings.token.get_secret_value(), settings.openai_prefix)
         servers.append(_Server(uvicorn.Config(guarded, lifespan="off", **common)))
         sockets.append([tcp])
         log.info("also listening on tcp://%s:%d (token required)", settings.tcp_host, settings.tcp_port)

@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from engine.client.answers import ErrorBody
 from engine.client.dream_args import explain_errors
 from engine.client.errors import clip_text
-from engine.server import a1111
+from engine.server import a1111, openai_images
 from engine.server.errors import USER_ERRORS
 from engine.server.queries import FilterQuery
 
@@ -56,11 +56,20 @@ def is_a1111(request: Request) -> bool:
     return request.url.path.startswith(request.app.state.a1111_prefixes)
 
 
+def is_openai(request: Request) -> bool:
+    return request.url.path.startswith(request.app.state.openai_prefix)
+
+
 def error_for(
     request: Request, status: int, message: str, kind: str = "HTTPException", headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The error shape of the route asked: A1111's on /sdapi/v1, ours everywhere else."""
-    response = a1111.error_body(message, status, kind) if is_a1111(request) else error_response(status, message)
+    """The error shape of the route asked: A1111's on /sdapi/v1, OpenAI's under its prefix, ours everywhere else."""
+    if is_openai(request):
+        response = openai_images.error_body(message, status)
+    elif is_a1111(request):
+        response = a1111.error_body(message, status, kind)
+    else:
+        response = error_response(status, message)
     response.headers.update(headers or {})
     return response
 
@@ -73,6 +82,9 @@ async def _user_error(request: Request, exc: Exception) -> JSONResponse:
 async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    if is_openai(request):
+        first = errors[0]["loc"] if errors else ()
+        return openai_images.error_body(explain_errors(errors), 400, param=str(first[-1]) if len(first) > 1 else None)
     if is_a1111(request):
         return a1111.error_body(explain_errors(errors), 422, "RequestValidationError")
     if errors and errors[0].get("type") == "json_invalid":
@@ -105,6 +117,11 @@ async def _hung_up(request: Request, exc: Exception) -> Response:
     return Response(status_code=400)
 
 
+async def _openai(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, openai_images.OpenAIError)
+    return openai_images.error_body(str(exc), exc.status, param=exc.param, code=exc.code)
+
+
 async def _a1111(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, a1111.A1111Error)
     return a1111.error_body(str(exc), exc.status)
@@ -116,5 +133,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _hung_up)
     app.add_exception_handler(a1111.A1111Error, _a1111)
+    app.add_exception_handler(openai_images.OpenAIError, _openai)
     for error_type in USER_ERRORS:
         app.add_exception_handler(error_type, _user_error)

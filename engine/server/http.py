@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from engine import __version__
-from engine.server import a1111, error_handlers, organise, routes
+from engine.server import a1111, error_handlers, openai_images, organise, routes
 from engine.server.services import Services
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,11 @@ def create_app(services: Services) -> FastAPI:
     # Where A1111's error shape applies: its API and its ControlNet extension's routes.
     app.state.a1111_prefixes = tuple(services.settings.a1111_prefix + p for p in (a1111.PREFIX, "/controlnet/"))
     app.state.a1111 = a1111.A1111()
+    app.state.openai_prefix = services.settings.openai_prefix + "/"
     error_handlers.install(app)
     app.include_router(a1111.router, prefix=services.settings.a1111_prefix)
     app.include_router(a1111.controlnet_router, prefix=services.settings.a1111_prefix)
+    app.include_router(openai_images.router, prefix=services.settings.openai_prefix)
     app.include_router(routes.router)
     app.include_router(organise.router)
     _errors_as_json_in_openapi(app)
@@ -76,7 +78,7 @@ def _errors_as_json_in_openapi(app: FastAPI) -> None:
             for path, operations in spec["paths"].items():
                 for operation in operations.values():
                     for status, response in operation.get("responses", {}).items():
-                        if status[0] in "45":
+                        if status[0] in "45" and not path.startswith(app.state.openai_prefix):
                             response["content"] = a1111_error if path.startswith(app.state.a1111_prefixes) else error
             app.openapi_schema = spec
         return app.openapi_schema
