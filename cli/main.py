@@ -12,6 +12,7 @@
     dreamhall gallery list [--limit N] [--source cli] [--board B] [--tag T] [--json] | show ID | open ID|last
     dreamhall gallery tag ID TAG… [--remove] | rate ID 1-5 | lineage ID
     dreamhall board create|list|rename|delete|add|remove NAME [ID…]
+    dreamhall mcp                    an MCP server on stdio, for AI assistants
 
 The `dream` arguments are the `!dream` grammar (engine.client.dream_args), the same
 as in Discord and the desktop prompt box.
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from engine.client.settings import Settings
 
 
-from cli.common import Exit, fail, load_settings
+from cli.common import Exit, engine_errors, fail, load_settings
 from cli.dream import GrammarHelp, cmd_dream, cmd_zoom
 from cli.edit import EDITS, cmd_describe, cmd_edit
 from cli.gallery import cmd_gallery, cmd_models, cmd_search
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--saved", action="store_true", help="list your saved searches")
     search.add_argument("--json", action="store_true")
     search.add_argument("--no-autostart", action="store_true")
+    mcp = sub.add_parser("mcp", help="an MCP server on stdin/stdout, for AI assistants (Claude Desktop, ...)")
+    mcp.add_argument("--no-autostart", action="store_true", help="fail instead of starting an engine")
     describe = sub.add_parser("describe", help="four candidate prompts for a picture (Midjourney's /describe)")
     describe.add_argument("image", help="a picture file, or a gallery image id")
     describe.add_argument("--json", action="store_true")
@@ -180,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    """The MCP server: stdout is the protocol's, so everything said goes to stderr."""
+    from assistants.mcp_server import serve_stdio
+    from engine.client.launch import connect
+
+    with engine_errors(), connect(settings, autostart=not args.no_autostart, say=lambda m: print(m, file=sys.stderr)):
+        pass  # the engine is up (started if need be) before the assistant's first call
+    serve_stdio(settings.socket_path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_models(args, settings)
         if args.command == "board":
             return cmd_board(args, settings)
+        if args.command == "mcp":
+            return cmd_mcp(args, settings)
         if args.command == "describe":
             return cmd_describe(args, settings)
         if args.command == "edit":

@@ -127,3 +127,50 @@ def test_edits_repaint_where_the_mask_is_transparent_as_a_native_inpaint(engine:
     with pytest.raises(openai.BadRequestError) as two:
         client.images.edit(image=[("a.png", picture, "image/png"), ("b.png", picture, "image/png")], prompt="x")
     assert isinstance(two.value.body, dict) and two.value.body["param"] == "image"
+
+
+def test_metrics_parse_and_move_after_a_job(engine: EngineProcess) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = f"http://127.0.0.1:{engine.port}"
+
+    def scrape() -> dict[tuple[str, tuple], float]:
+        answer = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(answer.text) for s in family.samples}  # fmt: skip
+
+    assert httpx.get(f"{base}/metrics").status_code == 401  # behind the token on TCP
+    before = scrape()
+    client_of(engine).images.generate(prompt=RED, n=2, extra_body={"seed": 99, "steps": 4})
+    after = scrape()
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("dreamhall_jobs_total", source="openai", outcome="done") == 1
+    assert moved("dreamhall_images_total", source="openai") == 2
+    assert moved("dreamhall_job_stage_seconds_count", stage="steps") == 1
+    assert moved("dreamhall_job_stage_seconds_count", stage="queued") == 1
+    assert after[("dreamhall_workers", (("state", "alive"),))] == 1
+    worker = next(dict(k[1])["worker"] for k in after if k[0] == "dreamhall_model_cache_bytes")
+    assert after[("dreamhall_model_cache_bytes", (("worker", worker),))] > 0
+    assert after[("dreamhall_model_loads", (("worker", worker),))] >= 1
+    with engine.client() as native:  # a search is timed
+        native.search("red circle")
+    assert scrape()[("dreamhall_search_seconds_count", (("kind", "text"),))] >= 1
+
+
+async def test_mcp_over_streamable_http_on_the_tcp_listener_needs_the_token(engine: EngineProcess) -> None:
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    url = f"http://127.0.0.1:{engine.port}/mcp"
+    assert httpx.post(url, json={}).status_code == 401
+    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+    async with http, Client(streamable_http_client(url, http_client=http)) as client:
+        assert "dream" in {t.name for t in (await client.list_tools()).tools}
+        listed = await client.call_tool("list_models", {})
+        assert "dreamhall-toy-sd" in listed.content[0].text

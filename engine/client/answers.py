@@ -93,6 +93,8 @@ class WorkerInfo(BaseModel):
     loading: str | None = Field(default=None, description="a model it is loading now")
     loaded: list[str] = Field(default_factory=list, description="models in its memory")
     alive: bool = Field(default=True, description="false while Ray restarts it")
+    cache: dict[str, float | None] = Field(default_factory=dict, description="its model cache after its last job: "
+                                           "bytes, budget, loads, evictions, device_bytes (CUDA)")  # fmt: skip
 
 
 class QueueState(BaseModel):

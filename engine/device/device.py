@@ -60,6 +60,10 @@ class Device:
             return torch.cuda.get_device_properties(self.torch_device).total_memory // 2
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
 
+    def memory_allocated(self) -> int | None:
+        """Bytes allocated on the GPU now (CUDA; None elsewhere: the model cache's bytes say it on a CPU)."""
+        return torch.cuda.memory_allocated(self.torch_device) if self.type == "cuda" else None
+
     @staticmethod
     def is_out_of_memory(exc: BaseException) -> bool:
         """True for the errors that mean 'try a smaller batch', on any device."""

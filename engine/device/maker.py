@@ -172,7 +172,7 @@ class Maker:
                 log.exception("job %s: could not embed its images here", job.id)
         watch.lap("clip")
         return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
-                    stages=watch.spent)  # fmt: skip
+                    stages=watch.spent, cache=self.pipelines.stats())  # fmt: skip
 
     def _reference_adapter(self, req: DreamRequest, model: LoadedModel) -> tuple[Item | None, Path | None]:
         if not req.references:

@@ -103,6 +103,7 @@ class Made:
     loaded: list[str] = field(default_factory=list)  # the models this worker holds now, by name
     affinity: Affinity | None = None  # the same, as the queue matches requests against them
     stages: dict[str, float] = field(default_factory=dict)  # where the time went here (Stopwatch.spent)
+    cache: dict[str, float | None] = field(default_factory=dict)  # its model cache now (PipelineCache.stats)
 
 
 MakeFn = Callable[[JobRecord, Resolved, Callable[[Event], None]], Made]
@@ -119,6 +120,7 @@ class Seat:
         self.loading: str | None = None
         self.loaded: list[str] = []
         self.affinity: Affinity | None = None  # what the queue may match to spare it a reload
+        self.cache: dict[str, float | None] = {}  # its model cache after its last job (Made.cache)
         self.alive = True
 
     def start(self, job: JobRecord) -> None:
@@ -138,7 +140,8 @@ class Seat:
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(id=self.id, node=self.node, pid=self.pid, device=self.device, job=self.job,
-                          loading=self.loading, loaded=list(self.loaded), alive=self.alive)  # fmt: skip
+                          loading=self.loading, loaded=list(self.loaded), alive=self.alive,
+                          cache=dict(self.cache))  # fmt: skip
 
 
 class Seats:

@@ -31,6 +31,7 @@ from engine.server.events import EventHub
 from engine.server.http import create_app
 from engine.server.inputs import Inputs
 from engine.server.jobs import JobService, LateRunner
+from engine.server.metrics import Metrics
 from engine.server.middleware import DeclaredBodyLimit, TokenGuard
 from engine.server.prompting import Prompting
 from engine.server.queue import SqliteJobQueue
@@ -67,11 +68,15 @@ def build_front(settings: Settings) -> Services:
     inputs = Inputs(store, settings.uploads_dir, annotators=settings.shelf_dir / "annotators")
     runner = LateRunner()
     prompting = Prompting(settings.home)
+    metrics = Metrics()
     jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf,
-                      default_model=settings.model, prompting=prompting)  # fmt: skip
-    return Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf, hub=hub,
-                    runner=runner, prompting=prompting, organiser=Organiser(db, store),
-                    load=build_backend_or_stop)  # fmt: skip
+                      default_model=settings.model, prompting=prompting, metrics=metrics)  # fmt: skip
+    services = Services(settings=settings, jobs=jobs, queue=queue, store=store, inputs=inputs, shelf=shelf, hub=hub,
+                        runner=runner, prompting=prompting, organiser=Organiser(db, store), metrics=metrics,
+                        load=build_backend_or_stop)  # fmt: skip
+    metrics.watch(queue.depth_by_priority,
+                  lambda: services.backend.workers.workers() if services.backend is not None else [])  # fmt: skip
+    return services
 
 
 def build_backend_or_stop(front: Services) -> Backend:
@@ -110,7 +115,14 @@ def build_backend(front: Services) -> Backend:
     return Backend(
         device=device,
         workers=workers,
-        front=Front(queue=front.queue, store=store, inputs=front.inputs, events=front.hub, indexer=indexer),
+        front=Front(
+            queue=front.queue,
+            store=store,
+            inputs=front.inputs,
+            events=front.hub,
+            indexer=indexer,
+            metrics=front.metrics,
+        ),
         search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
         describer=functools.cache(lambda: Describer(embedder, describe_vocabulary(settings))),
         indexer=indexer,

@@ -34,6 +34,7 @@ from gallery.schemas import ImageCreate, ImagePublic
 from gallery.store import ImageStore
 
 if TYPE_CHECKING:  # LanceDB: not before Ray forks its processes (engine.device.ray_workers)
+    from engine.server.metrics import Metrics
     from gallery.indexer import Indexer
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Front:
     inputs: Inputs
     events: EventSink
     indexer: Indexer | None = None
+    metrics: Metrics | None = None
 
     def claim(self, affinity: Affinity | None) -> JobRecord | None:
         return self.queue.claim(affinity)
@@ -91,7 +93,7 @@ class Front:
             watch.lap("inputs")
             made = make(job, inputs, report)
             watch.lap("make")
-            seat.loaded, seat.affinity = made.loaded, made.affinity
+            seat.loaded, seat.affinity, seat.cache = made.loaded, made.affinity, made.cache
             if self.queue.get(job.id).status != "running":
                 raise Cancelled()  # cancelled as it finished: store nothing
             images = self.store.add(self._keyed(made.items))
@@ -102,17 +104,25 @@ class Front:
                 self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
             self.queue.complete(job.id)
             watch.lap("done")
-            _log_stages(job, watch, made.stages)
+            stages = _stages(job, watch, made.stages)
+            log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
+            self._count(job, "done", stages, images=len(images))
         except Cancelled:
             self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
+            self._count(job, "cancelled")
         except Interrupted:
             self.queue.requeue(job.id)
             log.info("job %s interrupted by shutdown; it will run again", job.id)
+            self._count(job, "requeued")
         except WorkerLost:
+            if self.metrics is not None:
+                self.metrics.worker_failures.inc()
             raise
         except JobFailed as e:  # the worker already logged it, with its traceback where it was a bug
             self.queue.fail(job.id, str(e))
+            self._count(job, "failed")
         except Exception as e:  # one bad job must never take the engine down
+            self._count(job, "failed")
             if is_user_error(e):
                 log.warning("job %s failed: %s", job.id, e)
                 self.queue.fail(job.id, str(e))
@@ -123,6 +133,16 @@ class Front:
                 )
         finally:
             seat.end()
+
+    def _count(self, job: JobRecord, outcome: str, stages: dict[str, float] | None = None, images: int = 0) -> None:
+        if self.metrics is None:
+            return
+        source = job.request.requester.source
+        self.metrics.job_ended(source, outcome)
+        if stages:
+            self.metrics.stages(stages)
+        if images:
+            self.metrics.images.labels(source=source).inc(images)
 
     def idle(self) -> None:
         """Bring the search index up to date, once the jobs waiting at start have run (at a million
@@ -148,12 +168,12 @@ class Front:
             log.exception("could not index %d new image(s)", len(images))
 
 
-def _log_stages(job: JobRecord, front: Stopwatch, maker: dict[str, float]) -> None:
-    """One line per job, in ms: its wait in the queue, the maker's stages, and the front's (`make` split into
-    the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back)."""
+def _stages(job: JobRecord, front: Stopwatch, maker: dict[str, float]) -> dict[str, float]:
+    """Where a job's time went, in seconds: its wait in the queue, the maker's stages, and the front's (`make`
+    split into the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back)."""
     waited = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
     stages = dict(front.spent)
     make = stages.pop("make", 0.0)
     stages = {"queued": waited, "inputs": stages.pop("inputs", 0.0), **maker,
               "transfer": max(0.0, make - sum(maker.values())), **stages}  # fmt: skip
-    log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
+    return stages

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI
@@ -34,7 +34,10 @@ def create_app(services: Services) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services.hub.bind(asyncio.get_running_loop())
         loading = asyncio.create_task(_load_backend(services)) if services.load else None
-        yield
+        async with AsyncExitStack() as stack:
+            if app.state.mcp is not None:
+                await stack.enter_async_context(app.state.mcp.session_manager.run())
+            yield
         if loading is not None:
             with suppress(Exception):
                 await loading  # asked to stop while starting: finish starting, then stop cleanly
@@ -61,8 +64,25 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(openai_images.router, prefix=services.settings.openai_prefix)
     app.include_router(routes.router)
     app.include_router(organise.router)
+    app.state.mcp = _mcp_route(app, services) if services.settings.tcp_port is not None else None
     _errors_as_json_in_openapi(app)
     return app
+
+
+def _mcp_route(app: FastAPI, services: Services) -> Any:
+    """`/mcp`: the MCP server over streamable HTTP, for assistants that reach the engine over the network (behind
+    the TCP listener's token). It is the `dreamhall mcp` frontend, talking to this engine through its own socket."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    from assistants.mcp_server import build
+    from engine.client.clients import AsyncEngineClient
+
+    server = build(lambda: AsyncEngineClient(services.settings.socket_path, timeout=None))
+    # The token guards this listener; the Host header check is for servers that have none.
+    security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    mcp_app = server.streamable_http_app(streamable_http_path="/mcp", transport_security=security)
+    app.router.routes.extend(mcp_app.routes)
+    return server
 
 
 def _errors_as_json_in_openapi(app: FastAPI) -> None:

@@ -17,6 +17,7 @@ from engine.client.schema import IMPORTED_SOURCES, DreamRequest, Scope
 from engine.device.runner import Runner
 from engine.device.shelf import Shelf, UnknownModel, default_model_name
 from engine.server.inputs import Inputs
+from engine.server.metrics import Metrics
 from engine.server.prompting import Prompting
 from engine.server.queue import JobNotFound, JobQueue, JobRecord
 from engine.server.records import image_info
@@ -97,7 +98,9 @@ class JobService:
     def __init__(
         self, *, queue: JobQueue, store: ImageStore, inputs: Inputs, runner: LateRunner, limits: Limits,
         shelf: Shelf | None = None, default_model: str | None = None, prompting: Prompting | None = None,
+        metrics: Metrics | None = None,
     ) -> None:  # fmt: skip
+        self.metrics = metrics
         self.shelf = shelf
         self.prompting = prompting
         self.default_model = default_model_name(default_model)
@@ -142,6 +145,8 @@ class JobService:
         found = None if request.fresh else self._found(request, seed, made_with)
         if found is not None:  # find before you draw: every image is already in the asker's gallery
             record = self.queue.put_found(request, seed=seed, image_ids=[i.id for i in found])
+            if self.metrics is not None:
+                self.metrics.job_ended(request.requester.source, "found")
             return Accepted(id=record.id, status=record.status, position=None, seed=seed, found=found[0].created_at)
         record, position = self.queue.put(request, seed=seed)
         self.runner.wake()

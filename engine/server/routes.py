@@ -15,9 +15,10 @@ from contextlib import aclosing
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from PIL import Image
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine import __version__
 from engine.client.answers import (
@@ -187,19 +188,27 @@ def delete_image(image_id: ImageId, s: ServicesDep) -> ImageRecord:
     return image_record(image, s.store)
 
 
+@router.get("/metrics", response_class=PlainTextResponse, tags=["metrics"])
+def metrics(s: ServicesDep) -> PlainTextResponse:
+    """Prometheus' text format: jobs, images, stages, searches, the queue, workers, model caches, device memory."""
+    return PlainTextResponse(s.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
 @router.get("/v1/search")
 def search_text(s: ServicesDep, query: Annotated[TextSearchQuery, Query()]) -> SearchResults:
     filters = query.filters()
-    page = s.search.by_text(query=query.q, limit=query.wanted, offset=query.offset, filters=filters,
-                            nearest=query.nearest)  # fmt: skip
+    with s.metrics.search_seconds.labels(kind="text").time():
+        page = s.search.by_text(query=query.q, limit=query.wanted, offset=query.offset, filters=filters,
+                                nearest=query.nearest)  # fmt: skip
     return search_results(page, s.store, stacks_within=filters if query.stacks else None, limit=query.limit)
 
 
 @router.post("/v1/search/image", openapi_extra={"requestBody": {"content": {"image/*": {}}, "required": True}})
 async def search_image(request: Request, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
     image, filters = decode_image(await request.body()), query.filters()
-    page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.wanted, offset=query.offset,
-                                   filters=filters)  # fmt: skip
+    with s.metrics.search_seconds.labels(kind="image").time():
+        page = await asyncio.to_thread(s.search.by_image, image=image, limit=query.wanted, offset=query.offset,
+                                       filters=filters)  # fmt: skip
     return search_results(page, s.store, stacks_within=filters if query.stacks else None, limit=query.limit)
 
 
@@ -243,7 +252,8 @@ def gallery_reindex(s: ServicesDep) -> ReconcileReport:
 
 @router.get("/v1/images/{image_id}/similar")
 def similar(image_id: ImageId, s: ServicesDep, query: Annotated[SearchQuery, Query()]) -> SearchResults:
-    page = s.search.similar(image_id=image_id, limit=query.limit, offset=query.offset, filters=query.filters())
+    with s.metrics.search_seconds.labels(kind="similar").time():
+        page = s.search.similar(image_id=image_id, limit=query.limit, offset=query.offset, filters=query.filters())
     return search_results(page, s.store)
 
 

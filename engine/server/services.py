@@ -7,7 +7,7 @@ The light half (gallery rows, queue, jobs, shelf, events) is there from the firs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +19,7 @@ from engine.server.errors import EngineStarting
 from engine.server.events import EventHub
 from engine.server.inputs import Inputs
 from engine.server.jobs import JobService, LateRunner
+from engine.server.metrics import Metrics
 from engine.server.prompting import Prompting
 from engine.server.queue import JobQueue
 from gallery.boards import Organiser
@@ -60,6 +61,7 @@ class Services:
     runner: LateRunner  # the job service's runner: jobs queue until the backend's workers attach
     prompting: Prompting
     organiser: Organiser
+    metrics: Metrics = field(default_factory=Metrics)
     load: Callable[[Services], Backend] | None = None
     backend: Backend | None = None
     failed: str | None = None

@@ -47,6 +47,7 @@ class PipelineCache:
         self._controlnets: OrderedDict[Path, diffusers.ModelMixin] = OrderedDict()
         self.loading: str | None = None  # the model being loaded now (health reports it)
         self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
+        self.evictions = 0  # how many models were unloaded to stay within the budget
 
     def default_name(self) -> str:
         return default_model_name(self.default_model)
@@ -64,6 +65,16 @@ class PipelineCache:
     def loaded(self) -> list[str]:
         """Names of the models in memory, most recently used first."""
         return [m.name for m in reversed(self._models.values())]
+
+    def stats(self) -> dict[str, float | None]:
+        """What the engine's metrics show of this cache (engine.server.metrics)."""
+        return {
+            "bytes": sum(m.nbytes for m in self._models.values()),
+            "budget": self.budget_bytes,
+            "loads": self.loads,
+            "evictions": self.evictions,
+            "device_bytes": self.device.memory_allocated(),
+        }
 
     def _locate(self, key: str) -> tuple[str | None, str]:
         """(what the loader loads: a path, hub id or None for the built-in model; the name images record)."""
@@ -117,6 +128,7 @@ class PipelineCache:
         evicted = False
         while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > self.budget_bytes:
             _, old = self._models.popitem(last=False)
+            self.evictions += 1
             log.info("unloading model %s (%.2f GB) to stay within the %.1f GB model cache", old.name,
                      old.nbytes / 1e9, self.budget_bytes / 1e9)  # fmt: skip
             evicted = True

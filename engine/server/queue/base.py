@@ -93,6 +93,10 @@ class JobQueue(ABC):
         """How many jobs are in `status`."""
 
     @abstractmethod
+    def depth_by_priority(self) -> dict[int, int]:
+        """How many jobs wait at each priority."""
+
+    @abstractmethod
     def positions(self) -> dict[str, int]:
         """Queued job id -> position (0 runs next), in the order claim() will serve them."""
 

@@ -270,6 +270,13 @@ class SqliteJobQueue(JobQueue):
         with Session(self.engine) as s:
             return s.scalar(select(func.count()).select_from(JobRow).where(JobRow.status == status)) or 0
 
+    def depth_by_priority(self) -> dict[int, int]:
+        with self._lock:  # the in-memory fair index holds every queued job: no SQL
+            depth: dict[int, int] = {}
+            for job in self._index.jobs.values():
+                depth[job.priority] = depth.get(job.priority, 0) + 1
+            return depth
+
     def positions(self) -> dict[str, int]:
         with self._lock:
             queued = sorted(self._index.jobs.values(), key=lambda j: j.seq)
