@@ -160,6 +160,16 @@ def test_metrics_parse_and_move_after_a_job(engine: EngineProcess) -> None:
     with engine.client() as native:  # a search is timed
         native.search("red circle")
     assert scrape()[("dreamhall_search_seconds_count", (("kind", "text"),))] >= 1
+    # the Grafana dashboard in docs/ asks only for metrics the engine has
+    import re
+
+    answer = httpx.get(f"{base}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
+    exposed = set(re.findall(r"^# TYPE (dreamhall_\w+)", answer, re.M)) | set(
+        re.findall(r"^(dreamhall_\w+)", answer, re.M)
+    )
+    dashboard = (ROOT / "docs" / "grafana-dashboard.json").read_text()
+    asked = set(re.findall(r"dreamhall_\w+", dashboard)) - {"dreamhall_engine"}
+    assert asked and asked <= exposed, asked - exposed
 
 
 async def test_mcp_over_streamable_http_on_the_tcp_listener_needs_the_token(engine: EngineProcess) -> None:
