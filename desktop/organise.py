@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QStringListModel, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
+    QCompleter,
     QDialog,
     QHBoxLayout,
     QLabel,
@@ -75,6 +76,11 @@ class ImageOrganiser(QWidget):
         self.to_board.setMenu(self.board_menu)
         self.new_board = QLineEdit(placeholderText="new board… (Enter)")
         self.tag_edit = QLineEdit(placeholderText="add tags… (Enter)")
+        # autocomplete from the gallery's most used tags (as infinite-image-browsing does), refreshed on focus
+        self.known_tags = QStringListModel(self)
+        completer = QCompleter(self.known_tags, self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.tag_edit.setCompleter(completer)
         self.tags = QLabel(wordWrap=True)
         row = QHBoxLayout()
         for w in (self.rating, self.to_board, self.new_board):
@@ -89,7 +95,13 @@ class ImageOrganiser(QWidget):
         self.new_board.returnPressed.connect(self._new_board)
         self.tag_edit.returnPressed.connect(self._tag)
 
+    def refresh_tags(self) -> None:
+        """The most used tags, for the tag box's completer."""
+        self.link.call(lambda c: [t.tag for t in c.tags(limit=200)], self.known_tags.setStringList, lambda _: None)
+
     def show_record(self, record: ImageRecord | None) -> None:
+        if record is not None and self.record is None:
+            self.refresh_tags()
         self.record = record
         self.setEnabled(record is not None)
         self.rating.setCurrentIndex((record.rating or 0) if record else 0)

@@ -112,6 +112,25 @@ class OpenClipEmbedder(Embedder):
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            feats = self.model.encode_text(tokens)
+            feats = encode_text_to_end(self.model, tokens)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+
+
+def encode_text_to_end(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """CLIP's text features, running the text tower only up to the batch's last end token.
+
+    CLIP's text transformer is causal and pools at the end token, so the padding after it cannot change the
+    result: a five-word query runs ~8 positions instead of 77 (the same vector, to float rounding). Models that
+    pool otherwise (or have no causal mask) run open_clip's own encode_text."""
+    if not (isinstance(model, open_clip.model.CLIP) and model.text_pool_type == "argmax"
+            and getattr(model, "attn_mask", None) is not None):  # fmt: skip
+        return model.encode_text(tokens)
+    n = int(tokens.argmax(dim=-1).max()) + 1  # the end token has the vocabulary's largest id: argmax finds it
+    tokens = tokens[:, :n]
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
+    x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection

@@ -389,6 +389,9 @@ def test_rate_tag_and_board_an_image_then_list_the_board(qtbot, window: MainWind
     organiser.tag_edit.setText("desk, sunny")
     qtbot.keyClick(organiser.tag_edit, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: "#sunny" in organiser.tags.text() and "#desk" in organiser.tags.text(), timeout=WAIT)
+    organiser.refresh_tags()  # the tag box completes from the gallery's most used tags
+    qtbot.waitUntil(lambda: "sunny" in organiser.known_tags.stringList(), timeout=WAIT)
+    assert "mode:txt2img" in organiser.known_tags.stringList()
     organiser.new_board.setText("Desk picks")
     qtbot.keyClick(organiser.new_board, Qt.Key.Key_Return)
     qtbot.waitUntil(lambda: gallery.board.findText("Desk picks") >= 0, timeout=WAIT)  # the filter lists it

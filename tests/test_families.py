@@ -17,6 +17,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from engine.device.device import Device
 from engine.device.families import Detected, NotACheckpoint, detect_file, detect_keys, shipped_configs
 from engine.device.pipelines import ModelLoadError, PipelineCache, SamplerError, load_model
+from engine.device.pipelines.cache import estimate_bytes
 from engine.device.shelf import Shelf
 from tests.conftest import ROOT
 from tests.ldm_layout import (
@@ -202,6 +203,12 @@ def test_the_model_cache_keeps_what_fits_and_evicts_the_least_recently_used(sing
     for name in ["sd1", "sdxl"] * 3:
         tight.model(name)
     assert tight.loads == 6 and tight.loaded() == ["sdxl"]
+    # each switch unloaded the other model *before* loading: the weights held never passed the budget
+    assert tight.peak_bytes <= tight.budget_bytes < sum(sizes.values())
+    assert roomy.peak_bytes <= roomy.budget_bytes
+    for name in ("sd1", "sdxl"):  # the estimate (safetensors headers at the device's dtype) is close to the truth
+        estimate = estimate_bytes(str(files[name][1]), 4)
+        assert estimate is not None and abs(estimate - sizes[name]) <= 0.25 * sizes[name], (name, estimate)
 
     too_small = PipelineCache(Device("cpu"), None, shelf=shelf, budget_bytes=1)
     assert too_small.model("sdxl").nbytes == sizes["sdxl"]  # a model over the budget still loads, alone

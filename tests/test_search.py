@@ -401,3 +401,27 @@ def test_a_shard_past_the_threshold_gets_an_ann_index_and_still_finds_its_neares
     assert shards == {index.shard_name("big"): True, index.shard_name(None): False}
     hits = index.search(vectors[7], k=5, filters=VectorFilters(guild="big"))
     assert hits[0].image_id == 7 and hits[0].score == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_text_tower_stops_at_the_end_token_with_the_same_vector() -> None:
+    """CLIP's causal text transformer pools at the end token: running it only that far gives the same vector
+    (the built-in CLIP and a random-weight ViT-B-32), for short, empty and over-long texts in one batch."""
+    import open_clip
+    import torch
+
+    from gallery.embeddings import OpenClipEmbedder, encode_text_to_end
+
+    texts = ["a red circle on a blue background", "", "fox", "a very long prompt about many things " * 12]
+    builtin = OpenClipEmbedder()
+    vit = open_clip.create_model("ViT-B-32").eval()
+    for model, tokenizer in ((builtin.model, builtin.tokenizer), (vit, open_clip.get_tokenizer("ViT-B-32"))):
+        tokens = tokenizer(texts)
+        with torch.inference_mode():
+            full, short = model.encode_text(tokens), encode_text_to_end(model, tokens)
+        assert torch.nn.functional.cosine_similarity(full, short).min().item() >= 1 - 1e-5
+        with torch.inference_mode():  # a lone short text really runs a short sequence (not all 77 positions)
+            ran: list[int] = []
+            hook = model.transformer.register_forward_hook(lambda _m, args, _o, ran=ran: ran.append(args[0].shape[1]))
+            encode_text_to_end(model, tokenizer(["fox"]))
+            hook.remove()
+        assert ran and ran[0] < 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +49,7 @@ class PipelineCache:
         self.loading: str | None = None  # the model being loaded now (health reports it)
         self.loads = 0  # how many times a model was loaded (benchmarks and tests read it)
         self.evictions = 0  # how many models were unloaded to stay within the budget
+        self.peak_bytes = 0  # the most weights this cache has held at once, a newcomer included
 
     def default_name(self) -> str:
         return default_model_name(self.default_model)
@@ -96,6 +98,9 @@ class PipelineCache:
             if load is None:
                 log.info("using the built-in toy models; set `model = ...` in the config for real images")
             self.loading = name
+            # Make room first: holding the old models while the newcomer loads is what runs a machine out of
+            # memory on a switch (two real SD 1.5 files: ~13 GB at once on a CPU with a quarter of RAM budgeted).
+            self._make_room(estimate_bytes(load, self.device.dtype.itemsize) if load is not None else None)
             started = time.perf_counter()
             attempt = functools.partial(load_model, load, self.device, safety_check=self.safety_check,
                                         configs=self.shelf.configs)  # fmt: skip
@@ -117,16 +122,32 @@ class PipelineCache:
                 self.loading = None
             self.loads += 1
             self._models[key] = model
+            self.peak_bytes = max(self.peak_bytes, sum(m.nbytes for m in self._models.values()))
             self._evict()
             log.info("loaded model %s (%s, %.2f GB) on %s in %.1f s; in memory: %s", name, model.family,
                      model.nbytes / 1e9, self.device.describe(), time.perf_counter() - started,
                      ", ".join(self.loaded()))  # fmt: skip
             return model
 
+    def _make_room(self, newcomer: int | None) -> None:
+        """Before a load: unload least recently used models until the newcomer (its estimated bytes) fits."""
+        evicted = False
+        while newcomer is not None and self._models and self._held() + newcomer > self.budget_bytes:
+            _, old = self._models.popitem(last=False)
+            log.info("unloading model %s (%.2f GB) before loading a %.2f GB one, to stay within the %.1f GB model "
+                     "cache", old.name, old.nbytes / 1e9, newcomer / 1e9, self.budget_bytes / 1e9)  # fmt: skip
+            self.evictions += 1
+            evicted = True
+        if evicted:
+            self.device.free_memory()
+
+    def _held(self) -> int:
+        return sum(m.nbytes for m in self._models.values())
+
     def _evict(self) -> None:
         """Drop least recently used models until the rest fit the budget (the newest always stays)."""
         evicted = False
-        while len(self._models) > 1 and sum(m.nbytes for m in self._models.values()) > self.budget_bytes:
+        while len(self._models) > 1 and self._held() > self.budget_bytes:
             _, old = self._models.popitem(last=False)
             self.evictions += 1
             log.info("unloading model %s (%.2f GB) to stay within the %.1f GB model cache", old.name,
@@ -170,3 +191,41 @@ class PipelineCache:
         if self._models:
             self._models.clear()
             self.device.free_memory()
+
+
+# Bytes per element of safetensors' dtypes (what its header names).
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def _tensor_counts(path: Path) -> dict[str, int]:
+    """A safetensors file's tensors and their element counts, from its header alone (no weights read)."""
+    with path.open("rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 100 * 2**20:
+            raise ValueError(f"{path.name}: not a safetensors header")
+        header = json.loads(f.read(size))
+    return {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__" and v["dtype"] in _DTYPE_BYTES}
+
+
+def estimate_bytes(load: str, itemsize: int) -> int | None:
+    """A model's weights on the device before loading it: its safetensors headers' element counts at the device's
+    dtype (EMA copies in a single file left out). Other formats: the files' size. None: no files to read (a hub
+    id, the built-in model)."""
+    path = Path(load).expanduser()
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors")) + sorted(path.rglob("*.bin"))
+    if not path.exists() or not files:
+        return None
+    variants: dict[str, int] = {}
+    for file in files:
+        try:
+            if file.suffix == ".safetensors":
+                counts = _tensor_counts(file)
+                found = sum(n for k, n in counts.items() if not k.startswith("model_ema.")) * itemsize
+            else:
+                found = file.stat().st_size
+        except (OSError, ValueError):
+            found = file.stat().st_size if file.exists() else 0
+        # a folder may hold one component twice (`x.safetensors` and `x.fp16.safetensors`): the loader reads one
+        stem = str(file.relative_to(path) if file != path else file.name).replace(".fp16", "").rsplit(".", 1)[0]
+        variants[stem] = max(variants.get(stem, 0), found)
+    return sum(variants.values())
