@@ -13,6 +13,7 @@ import logging
 from abc import ABC, abstractmethod
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -132,5 +133,7 @@ def encode_text_to_end(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Te
     x = model.token_embedding(tokens).to(cast) + model.positional_embedding[:n].to(cast)
     x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask[:n, :n]))
     x = x[torch.arange(x.shape[0]), tokens.argmax(dim=-1)]
-    projection = model.text_projection
-    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+    projection: Any = model.text_projection  # a matrix, or a Linear in some open_clip models
+    if isinstance(projection, torch.nn.Linear):
+        return projection(x)
+    return x @ projection
