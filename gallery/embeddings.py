@@ -118,7 +118,7 @@ class OpenClipEmbedder(Embedder):
         return np.concatenate(out) if out else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
 
 
-def encode_text_to_end(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+def encode_text_to_end(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     """CLIP's text features, running the text tower only up to the batch's last end token.
 
     CLIP's text transformer is causal and pools at the end token, so the padding after it cannot change the
