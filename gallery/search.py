@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch and LanceDB load with the engine's backend, not with 
 MAX_QUERY_CHARS = 1000
 MAX_LIMIT = 200
 SQLITE_CANDIDATES = 10_000  # a tag or board narrows a text search to at most this many newest images first
+FILTERED_DEPTH = 400  # how deep a search narrowed by tags or a board looks before ranking the narrowed set itself
 KEYWORD_BONUS = 1.0  # above any cosine: a prompt that says every word of the query outranks CLIP alone
 # Searches repeat (the same words again, the next page, a Discord channel's favourite query), and a CLIP
 # text embedding costs more than the rest of a search on a CPU (ViT-B-32: ~57 ms against ~15).
@@ -115,8 +116,19 @@ class GallerySearch:
         if nearest:
             hits = self.index.search(vector, k=depth, filters=filters.vector_filters())
             return self._page([(h.image_id, h.score) for h in hits], limit, offset, filters)
-        if filters.sqlite_only:  # tags, a board, a rating: rank what SQLite lets through, by CLIP and by words
+        if filters.sqlite_only:
+            # Tags, a board, a rating: first the ordinary search a few times deeper, its hits checked in SQLite. A
+            # frequent tag fills the page from there (the best-scoring images that have it, as the vector index
+            # ranks everything); a rare one does not, and then what SQLite lets through is ranked by CLIP and words.
+            page = self._ranked(query, vector, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
+            if len(page.results) == limit:
+                return page
             return self._within(query, vector, limit, offset, filters)
+        return self._ranked(query, vector, limit, offset, filters, depth=depth)
+
+    def _ranked(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters, *,
+                depth: int) -> SearchPage:  # fmt: skip
+        """Keyword hits (ranked above CLIP by their bonus) and CLIP's nearest `depth` above the relevance floor."""
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
