@@ -425,3 +425,27 @@ def test_the_text_tower_stops_at_the_end_token_with_the_same_vector() -> None:
             encode_text_to_end(model, tokenizer(["fox"]))
             hook.remove()
         assert ran and ran[0] < 8
+
+
+def test_a_search_narrowed_by_a_frequent_tag_ranks_as_ranking_the_narrowed_set_does(gallery) -> None:
+    from sqlalchemy import text
+
+    g, a, _ = gallery
+    store = Counting(g.store, "newest_ids")  # only the narrowed set's own ranking asks for it
+    search = GallerySearch(store=store, embedder=g.embedder, index=g.index)
+    frequent = SearchFilters(guild="guild-a", tags=["source:discord"])  # every image of the guild has it
+    fast = search.by_text(query="green triangle", limit=10, filters=frequent)
+    assert store.calls == 0 and len(fast.results) == 10
+    vector = g.embedder.embed_texts(["green triangle"])[0]
+    slow = search._within("green triangle", vector, 10, 0, frequent)
+    assert [(h.image.id, round(h.score, 5)) for h in fast.results] == [
+        (h.image.id, round(h.score, 5)) for h in slow.results
+    ]
+    rare = [img.id for img, _ in a[:2]]
+    with g.db.begin() as conn:  # a person's tag on two images only: the deep search cannot fill a page
+        conn.execute(text("INSERT INTO image_tags (image_id, tag, auto) VALUES (:i, 'rare-one', 0)"),
+                     [{"i": i} for i in rare])  # fmt: skip
+    found = search.by_text(query="green triangle", limit=10, filters=SearchFilters(guild="guild-a", tags=["rare-one"]))
+    assert store.calls == 2 and sorted(h.image.id for h in found.results) == sorted(
+        rare
+    )  # the ranking above, then here
