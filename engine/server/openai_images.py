@@ -109,7 +109,23 @@ class VariationBody(_Common):
     pass
 
 
-router = APIRouter(tags=["OpenAI images"])
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    """OpenAI's error shape."""
+
+    error: OpenAIErrorDetail
+
+
+router = APIRouter(
+    tags=["OpenAI images"],
+    responses={status: {"model": OpenAIErrorBody} for status in (400, 401, 403, 404, 413, 429, 500, 503)},
+)
 
 
 def _services(request: Request) -> Services:
@@ -208,7 +224,7 @@ def signed_url(request: Request, image_id: int, fmt: str, compression: int | Non
 def image_file(request: Request, name: str, expires: int, sig: str, q: int | None = None) -> Response:
     """An image a `url` answer pointed at: needs the link's signature (not the token), until it expires."""
     stem, _, fmt = name.partition(".")
-    good = hmac.compare_digest(sig, _signature(link_key(request), name, expires, q))
+    good = hmac.compare_digest(sig.encode(), _signature(link_key(request), name, expires, q).encode())
     if not good or not stem.isdigit() or fmt not in FORMATS:
         raise OpenAIError("this link is not one the engine signed", 403)
     if expires < time.time():
@@ -230,7 +246,10 @@ async def generations(body: GenerationBody, request: Request) -> dict:
 async def _form(request: Request, model: type[_Common]) -> tuple[Any, list[bytes], bytes | None]:
     """A multipart images call as OpenAI's clients send it: its fields, its image(s) (`image` or `image[]`), its
     mask."""
-    form = await request.form()
+    try:
+        form = await request.form()
+    except Exception as e:  # python-multipart's errors: a body that is not the multipart form it says it is
+        raise OpenAIError(f"the body must be multipart/form-data, as OpenAI's clients send it ({e})") from None
     pictures = [await f.read() for f in [*form.getlist("image"), *form.getlist("image[]")] if isinstance(f, UploadFile)]
     mask_part = form.get("mask")
     mask = await mask_part.read() if isinstance(mask_part, UploadFile) else None
