@@ -200,3 +200,31 @@ def test_the_desktop_works_unchanged_against_ray_workers(qtbot, engine: EnginePr
                         timeout=WAIT)  # fmt: skip
     finally:
         window.close()
+
+
+def test_a_workers_jobs_and_embeddings_share_one_long_lived_torch_thread(tmp_path: Path) -> None:
+    """torch's intra-op pool belongs to a thread: every job of a worker runs on the same one (the actor class, in
+    this process; Ray only hosts it)."""
+    import threading
+
+    from engine.client.settings import Settings
+    from engine.device.ray_workers import MakerActor
+    from engine.device.runner import JobRecord, Resolved
+
+    actor = MakerActor(Settings(home=tmp_path), "w-test", 1)
+    seen: list[str] = []
+    real_run = actor.maker.run
+
+    def run(job, inputs, report):
+        seen.append(threading.current_thread().name)
+        return real_run(job, inputs, report)
+
+    actor.maker.run = run  # type: ignore[method-assign]
+    for k in range(2):
+        request = DreamRequest(prompt="a red circle", steps=2, seed=k, requester=Requester(user="u"))
+        job = JobRecord.model_validate({"id": f"job{k}", "status": "running", "request": request, "seed": k,
+                                        "queue_key": "u", "priority": 0,
+                                        "created_at": "2026-12-04T00:00:00Z"})  # fmt: skip
+        assert [kind for kind, _ in actor.make(job, Resolved())][-1] == "made"
+    actor.embed_images([Image.new("RGB", (32, 32))])
+    assert len(seen) == 2 and seen[0] == seen[1] and seen[0].startswith("torch-w-test")
