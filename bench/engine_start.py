@@ -6,6 +6,9 @@ For each run, a new home and a new `dreamhall engine` process (built-in model):
                 starts it (torch, the model, CLIP and the vector index loaded)
   first image   ... until its image is written
   running       `dreamhall engine` again while this one runs: until it says so and exits
+  import floor  a fresh process importing only torch, transformers' CLIP text model and diffusers' UNet (what
+                any engine must load before its first step), interleaved with the runs; first image − floor is
+                what the engine itself adds (goal <= 1.5 s)
 
     python bench/engine_start.py [--runs 3] [--steps 20]
 """
@@ -78,10 +81,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     args = ap.parse_args()
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    runs = [one_run(args.steps) for _ in range(args.runs)]
-    for key in ("health", "job started", "first image", "running"):
+    runs = [one_run(args.steps) | {"import floor": import_floor()} for _ in range(args.runs)]
+    for run in runs:
+        run["over floor"] = run["first image"] - run["import floor"]
+    for key in ("health", "job started", "first image", "running", "import floor", "over floor"):
         values = [r[key] for r in runs]
         print(f"{key:12s} median {statistics.median(values):6.2f} s   ({', '.join(f'{v:.2f}' for v in values)})")
+
+
+def import_floor() -> float:
+    """Seconds for a fresh interpreter to import what any first step needs (and nothing of ours)."""
+    code = "import torch; from transformers import CLIPTextModel; from diffusers import UNet2DConditionModel"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
