@@ -66,7 +66,7 @@ def main() -> None:
 
             def via_openai() -> float:
                 t = time.perf_counter()
-                api.images.generate(prompt=PROMPT, extra_body={"seed": 7, "steps": args.steps})
+                api.images.generate(prompt=PROMPT, extra_body={"seed": 7, "steps": args.steps, "fresh": True})
                 return time.perf_counter() - t
 
             native(), via_openai()  # warm: the model, CLIP, the HTTP connections
@@ -78,18 +78,23 @@ def main() -> None:
                   f"= {extra / base * 100:.1f} % of a built-in job ({args.steps} steps; goal <= 5 %)")  # fmt: skip
 
             who = Requester(source="api", user="bench")
-            jobs = [client.submit(DreamRequest(prompt=PROMPT, steps=1, requester=who, priority=k % 3)).id
+            # the worker busy with one long job (in torch, as a GPU engine is), 1,000 more waiting behind it
+            busy = client.submit(DreamRequest(prompt=PROMPT, steps=150, width=256, height=256, fresh=True)).id
+            jobs = [busy] + [client.submit(DreamRequest(prompt=PROMPT, steps=1, requester=who, priority=k % 3)).id
                     for k in range(args.queued)]  # fmt: skip
             waiting = len(client.queue().queued)
-            spent = []
+            spent: dict[str, list[float]] = {"/metrics": [], "/v1/health": []}
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"}) as h:
-                for _ in range(args.scrapes):
-                    t = time.perf_counter()
-                    assert h.get("/metrics").status_code == 200
-                    spent.append(time.perf_counter() - t)
-            spent.sort()
-            print(f"metrics  GET /metrics with {waiting} jobs queued: p50 {statistics.median(spent) * 1000:.1f} ms, "
-                  f"p99 {spent[int(0.99 * (len(spent) - 1))] * 1000:.1f} ms (goal <= 20 ms)")  # fmt: skip
+                for _ in range(args.scrapes):  # interleaved with the cheapest route, for the machine's own latency
+                    for route, times in spent.items():
+                        t = time.perf_counter()
+                        assert h.get(route).status_code == 200
+                        times.append(time.perf_counter() - t)
+            for route, times in spent.items():
+                times.sort()
+                print(f"metrics  GET {route} with {waiting} jobs queued, the worker busy: p50 "
+                      f"{statistics.median(times) * 1000:.1f} ms, p99 {times[int(0.99 * (len(times) - 1))] * 1000:.1f} "
+                      f"ms (goal for /metrics <= 20 ms)")  # fmt: skip
             for job_id in jobs:
                 client.cancel(job_id)
     finally:

@@ -117,13 +117,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="build the gallery (and vectors) here once; reuse")
     parser.add_argument("--vectors", action="store_true", help="also text searches narrowed by tags and boards")
     parser.add_argument("--duplicates", type=int, default=0, metavar="N", help="also the duplicate scan of N images")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         db = Path(tmp) / "gallery.db"
-        build(db, args.images, rng)
+        if not db.exists():
+            build(db, args.images, rng)
         engine = open_gallery_db(db)
         store = SqliteImageStore(engine, Path(tmp) / "images")
         organiser = Organiser(engine, store)
@@ -183,8 +187,11 @@ def vector_search(root: Path, store: SqliteImageStore, n: int, rng: np.random.Ge
     from bench.search import arrow, clustered, unit
 
     started = time.perf_counter()
-    centres = unit(rng, 2000)
+    centres = unit(np.random.default_rng(1), 2000)  # their own seed: the same with a --keep gallery
+    kept = (root / "vectors").exists()
     index = LanceIndex(root / "vectors", model_id="bench", dim=DIM, optimize_every=10**9)
+    if kept:  # --keep: the vectors of an earlier run (the same seed drew the same clusters)
+        return GallerySearch(store=store, embedder=SyntheticTexts(centres), index=index)
     for lo in range(1, n + 1, 100_000):
         ids = np.arange(lo, min(n, lo + 99_999) + 1)
         index.add_arrow(arrow(ids, clustered(rng, len(ids), centres), np.array([f"g{i % GUILDS}" for i in ids])))

@@ -362,7 +362,7 @@ class LanceIndex(VectorIndex):
             if where:
                 query = query.where(where, prefilter=True)
             if shard.has_ann:
-                query = query.nprobes(self.nprobes).ef(self.ef)
+                query = query.nprobes(self.nprobes).ef(max(self.ef, k))  # HNSW: ef below k is an error
             result = query.to_arrow()
             ids = result.column("image_id").to_pylist()
             distances = result.column("_distance").to_pylist()

@@ -447,8 +447,9 @@ def test_stacks_saved_searches_and_the_lineage_tree(qtbot, window: MainWindow) -
 
 def test_a_waiting_job_shows_the_nearest_images_while_it_waits(qtbot, window: MainWindow) -> None:
     from engine.client.dream_args import parse
+    from engine.client.waiting import nearest_query
 
-    (near,) = generate(qtbot, window, '"a teal circle on a white background" -n 1 -S 91 -s 4', 1)
+    generate(qtbot, window, '"a teal circle on a white background" -n 1 -S 91 -s 4', 1)  # something to show
     client = window.link.client()
     slow = [client.submit(parse("a slow hexagon -n 2 -s 60 -W 256 -H 256", requester=Requester(source="api", user=u)))
             for u in ("filler-1", "filler-2")]  # one runs, one waits ahead of the next job  # fmt: skip
@@ -458,7 +459,14 @@ def test_a_waiting_job_shows_the_nearest_images_while_it_waits(qtbot, window: Ma
         qtbot.mouseClick(panel.generate_button, Qt.MouseButton.LeftButton)
         qtbot.waitUntil(lambda: panel.waiting.count() > 0, timeout=WAIT)
         shown = [panel.waiting.item(i).data(Qt.ItemDataRole.UserRole) for i in range(panel.waiting.count())]
-        assert near in shown and panel.waiting.isVisibleTo(window)
+        assert panel.waiting.isVisibleTo(window)
+        # the engine's nearest images for this request: CLIP text -> image, one per stack (the teal circle made
+        # above among them, or closer ones)
+        query = nearest_query(parse('"a teal circle on a gray background" -n 1 -S 92 -s 4',
+                                    requester=panel.asked.requester))  # fmt: skip
+        assert query is not None
+        expected = [r.image.id for r in client.search(**query).results]
+        assert shown == expected and shown
     finally:
         for job in slow:
             client.cancel(job.id)

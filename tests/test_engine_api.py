@@ -266,7 +266,7 @@ def test_what_was_just_made_is_found_by_words_and_by_image(engine: EngineProcess
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["results"]
-    assert len(rows) == 2 and set(rows[0]) == {"id", "path", "score", "prompt", "seed"}
+    assert len(rows) == 2 and set(rows[0]) == {"id", "path", "score", "prompt", "seed", "stack_key", "stack_size"}
     assert rows[0]["score"] >= rows[1]["score"]
 
 

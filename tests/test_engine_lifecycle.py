@@ -200,3 +200,17 @@ def test_an_engine_whose_backend_cannot_load_exits_with_a_sentence(tmp_path: Pat
     assert run.returncode == 1
     assert "dreamhall: the engine could not start:" in run.stderr and "no-such-clip" in run.stderr
     assert not (home / "engine.sock").exists() and not (home / "engine.pid").exists()
+
+
+def test_tcp_connections_send_at_once() -> None:
+    """Without TCP_NODELAY a keep-alive client's later requests each waited ~40 ms (Nagle + delayed ACK)."""
+    import socket
+
+    from engine.server.app import tcp_listener
+
+    listener = tcp_listener("127.0.0.1", 0)
+    with listener, socket.create_connection(listener.getsockname()) as client:
+        accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert client.fileno() >= 0

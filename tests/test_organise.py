@@ -231,10 +231,12 @@ def test_gallery_check_lists_duplicates_apart_from_similar(engine: EngineProcess
     same = [g for g in report["same_pictures"] if ids[0] in g]
     assert same == [sorted([ids[0], jpeg, small])]
     assert all(ids[1] not in g and mirrored not in g for g in report["same_pictures"])  # another seed; a mirror
-    assert [ids[0], mirrored] in report["similar"]  # similar, not the same: listed apart
-    assert all(ids[1] not in g for g in report["similar"])
+    # similar, not the same: listed apart (with whatever else of this gallery looks alike), a duplicate group once
+    assert any({ids[0], mirrored} <= set(g) for g in report["similar"])
+    assert all(jpeg not in g and small not in g for g in report["similar"])
     text = cli(engine, "gallery", "check").stdout
-    assert f"#{ids[0]} = #{jpeg} = #{small}" in text and f"#{ids[0]} ~ #{mirrored}" in text
+    similar_line = next(line for line in text.splitlines() if " ~ " in line and f"#{mirrored}" in line)
+    assert f"#{ids[0]} = #{jpeg} = #{small}" in text and f"#{ids[0]}" in similar_line
     with engine.client() as client:  # never merged: --repair leaves every copy in place
         client.check_gallery(repair=True)
         assert {i.id for i in client.images(limit=1000).images} >= {ids[0], jpeg, small, mirrored}

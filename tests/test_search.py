@@ -401,6 +401,8 @@ def test_a_shard_past_the_threshold_gets_an_ann_index_and_still_finds_its_neares
     assert shards == {index.shard_name("big"): True, index.shard_name(None): False}
     hits = index.search(vectors[7], k=5, filters=VectorFilters(guild="big"))
     assert hits[0].image_id == 7 and hits[0].score == pytest.approx(1.0, abs=0.02)
+    deep = index.search(vectors[7], k=index.ef + 100, filters=VectorFilters(guild="big"))  # past HNSW's ef
+    assert len(deep) == index.ef + 100 and deep[0].image_id == 7
 
 
 def test_the_text_tower_stops_at_the_end_token_with_the_same_vector() -> None:

@@ -236,6 +236,15 @@ class _Server(uvicorn.Server):
         yield
 
 
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """The TCP listening socket. Answers are written as headers, then body: with Nagle's algorithm on, a keep-alive
+    client's every later request waited ~40 ms for the delayed ACK (each A1111 or OpenAI poll). Connections
+    accepted from it inherit TCP_NODELAY."""
+    tcp = socket.create_server((host, port))
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return tcp
+
+
 async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
     common = dict(log_config=None, timeout_graceful_shutdown=3, h11_max_incomplete_event_size=64 * 1024)
     # Outermost, so an oversized declared body gets our JSON error before FastAPI reads anything.
@@ -246,7 +255,7 @@ async def _serve(app: FastAPI, services: Services, sock: socket.socket) -> None:
     if settings.tcp_port is not None:
         if settings.token is None or not settings.token.get_secret_value():
             raise ValueError("tcp_port is set but no token: the TCP listener requires DREAMHALL_TOKEN")
-        tcp = socket.create_server((settings.tcp_host, settings.tcp_port))
+        tcp = tcp_listener(settings.tcp_host, settings.tcp_port)
         guarded = TokenGuard(asgi, settings.token.get_secret_value(), settings.openai_prefix)
         servers.append(_Server(uvicorn.Config(guarded, lifespan="off", **common)))
         sockets.append([tcp])

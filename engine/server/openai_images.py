@@ -85,6 +85,7 @@ class _Common(BaseModel):
     steps: int | None = Field(default=None, ge=1, le=150)
     cfg_scale: float | None = Field(default=None, ge=0, le=30)
     sampler: str | None = None
+    fresh: bool = Field(default=False, description="draw anew even when the gallery already has these images")
 
     def checked(self) -> None:
         if self.stream:
@@ -163,7 +164,8 @@ def dream_request(s: Services, body: _Common, prompt: str, **fields: Any) -> Dre
     try:
         who = Requester(source=SOURCE, user=body.user or SOURCE)
         return DreamRequest(prompt=prompt, negative_prompt=body.negative_prompt, n=body.n, seed=body.seed,
-                            model=model_name(s, body.model), requester=who, **extras, **fields)  # fmt: skip
+                            model=model_name(s, body.model), requester=who, fresh=body.fresh, **extras,
+                            **fields)  # fmt: skip
     except ValidationError as e:
         first = e.errors()[0]["loc"]
         raise OpenAIError(explain(e), param=str(first[0]) if first else None) from None

@@ -204,7 +204,10 @@ def _tensor_counts(path: Path) -> dict[str, int]:
         if not 0 < size < 100 * 2**20:
             raise ValueError(f"{path.name}: not a safetensors header")
         header = json.loads(f.read(size))
-    return {k: math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__" and v["dtype"] in _DTYPE_BYTES}
+    if not isinstance(header, dict):
+        raise ValueError(f"{path.name}: not a safetensors header")
+    return {k: math.prod(v["shape"]) for k, v in header.items()
+            if isinstance(v, dict) and v.get("dtype") in _DTYPE_BYTES and isinstance(v.get("shape"), list)}  # fmt: skip
 
 
 def estimate_bytes(load: str, itemsize: int) -> int | None:
@@ -223,7 +226,7 @@ def estimate_bytes(load: str, itemsize: int) -> int | None:
                 found = sum(n for k, n in counts.items() if not k.startswith("model_ema.")) * itemsize
             else:
                 found = file.stat().st_size
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError):  # a damaged header: the loader will say what is wrong with it
             found = file.stat().st_size if file.exists() else 0
         # a folder may hold one component twice (`x.safetensors` and `x.fp16.safetensors`): the loader reads one
         stem = str(file.relative_to(path) if file != path else file.name).replace(".fp16", "").rsplit(".", 1)[0]
