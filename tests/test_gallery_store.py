@@ -162,3 +162,31 @@ def test_duplicate_groups_find_every_pair_within_the_bits() -> None:
     assert (0, 999) in grouped
     too_far = {(n, 200 + n) for n in range(60) if n % (DUPLICATE_BITS + 2) == DUPLICATE_BITS + 1}
     assert too_far and not too_far & grouped  # one bit past the limit: different pictures
+
+
+def test_tags_and_boards_checked_row_by_row_or_as_sets_let_the_same_images_through(tmp_path: Path, monkeypatch) -> None:
+    """A frequent tag is checked per keyword hit (EXISTS), a rare one as a set (IN): the same answers either way,
+    for keyword hits and for given ids, with a board and a hidden board."""
+    import gallery.store as store_module
+
+    engine = open_gallery_db(tmp_path / "g.db")
+    store = SqliteImageStore(engine, tmp_path / "images")
+    infos = [ImageCreate(width=8, height=8, seed=i, prompt=f"a red fox number {i}", guild="g") for i in range(12)]
+    made = store.add([(info, encode_png(Image.new("RGB", (8, 8), (i * 20, 0, 0)), info)) for i, info in
+                      enumerate(infos)])  # fmt: skip
+    ids = [m.id for m in made]
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO image_tags (image_id, tag, auto) VALUES (:i, 'fox', 0)"),
+                     [{"i": i} for i in ids[::2]])  # fmt: skip
+        conn.execute(text("INSERT INTO boards (id, scope, name, name_key, created_at) VALUES "
+                          "(1, 'local', 'B', 'b', '2026-12-04'), (2, 'local', 'H', 'h', '2026-12-04')"))  # fmt: skip
+        conn.execute(text("INSERT INTO board_images (board_id, image_id, added_at) VALUES (:b, :i, '2026-12-04')"),
+                     [{"b": 1, "i": i} for i in ids[:8]] + [{"b": 2, "i": ids[0]}])  # fmt: skip
+    filters = SearchFilters(guild="g", tags=["fox"], board=1, not_board=2)
+    want = [i for i in ids[:8:2] if i != ids[0]]
+    as_sets = store.keyword_ids('"red" AND "fox"', filters=filters, k=50)
+    monkeypatch.setattr(store_module, "FREQUENT_TAG", 1)  # every tag counts as frequent: checked row by row
+    assert store._frequent(["fox"]) == ["fox"]
+    row_by_row = store.keyword_ids('"red" AND "fox"', filters=filters, k=50)
+    assert sorted(as_sets) == sorted(row_by_row) == sorted(want)
+    assert store.filter_ids(ids, filters) == set(want)
