@@ -8,7 +8,6 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -23,6 +22,8 @@ SIMILAR_WINDOW = 2000
 
 def perceptual_hash(png: bytes) -> str:
     """The image's 64-bit DCT hash (imagehash.phash), as 16 hex digits."""
+    import imagehash  # scipy behind it: not on the engine's start-up path, only when an image is stored
+
     with Image.open(io.BytesIO(png)) as image:
         return str(imagehash.phash(image.convert("RGB")))
 
