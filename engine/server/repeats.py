@@ -14,12 +14,11 @@ and requests naming a model by path or hub id.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine.client.schema import DEFAULT_STRENGTH, DreamRequest, gallery_id, image_seed
+from gallery.stacks import digest
 from gallery.store import ImageStore
 
 # Bump when the pipeline's arithmetic changes (a scheduler, the noise, the VAE's decode): older images are then
@@ -31,10 +30,6 @@ KNOBS = ("steps", "cfg_scale", "sampler", "clip_skip", "tiling", "eta", "seed_re
          "inpaint_fill", "inpaint_full_res", "inpaint_padding")  # fmt: skip
 
 ContentOf = Callable[[str], str | None]  # an image reference -> its content's SHA-256 (None: unknown)
-
-
-def digest(fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _addons(made_with: Mapping[str, Any]) -> list:
