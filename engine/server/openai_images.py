@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 from engine.client.answers import Job
 from engine.client.dream_args import explain
 from engine.client.schema import MAX_PROMPT_CHARS, DreamRequest, Requester, Scope
+from engine.device.shelf import UnknownModel
 from engine.server.blocking import finished
 from engine.server.describing import describe_picture
 from engine.server.services import Services
@@ -137,11 +138,20 @@ def model_name(s: Services, asked: str | None) -> str | None:
     """The shelf checkpoint `model` names (None: the engine's default)."""
     if asked is None or asked in OPENAI_MODELS:
         return None
-    names = {m.name for m in s.shelf.listing().checkpoints if m.problem is None}
-    if asked not in names:
-        raise OpenAIError(f"The model '{asked}' does not exist on this engine's shelf (GET models lists them)", 404,
-                          param="model", code="model_not_found")  # fmt: skip
-    return asked
+    return checkpoint(s, asked)
+
+
+def checkpoint(s: Services, name: str) -> str:
+    """A usable checkpoint on the shelf by this name (the shelf's own lookup), else OpenAI's 404."""
+    try:
+        return s.shelf.find("checkpoint", name).name
+    except UnknownModel:
+        raise OpenAIError(
+            f"The model '{name}' does not exist on this engine's shelf (GET models lists them)",
+            404,
+            param="model",
+            code="model_not_found",
+        ) from None
 
 
 def aspect_of(size: str) -> tuple[int, int] | None:
@@ -328,13 +338,10 @@ def _model(name: str) -> dict:
 @router.get("/models")
 def models(request: Request) -> dict:
     """The shelf's checkpoints, by the names `model` takes."""
-    listing = _services(request).shelf.listing()
-    return {"object": "list", "data": [_model(m.name) for m in listing.checkpoints if m.problem is None]}
+    usable = [item.name for item in _services(request).shelf.items("checkpoint") if item.problem is None]
+    return {"object": "list", "data": [_model(name) for name in usable]}
 
 
 @router.get("/models/{name}")
 def model(request: Request, name: str) -> dict:
-    if name not in {m.name for m in _services(request).shelf.listing().checkpoints}:
-        raise OpenAIError(f"The model '{name}' does not exist on this engine's shelf", 404, param="model",
-                          code="model_not_found")  # fmt: skip
-    return _model(name)
+    return _model(checkpoint(_services(request), name))

@@ -71,7 +71,7 @@ class PipelineCache:
     def stats(self) -> dict[str, float | None]:
         """What the engine's metrics show of this cache (engine.server.metrics)."""
         return {
-            "bytes": sum(m.nbytes for m in self._models.values()),
+            "bytes": self._held(),
             "budget": self.budget_bytes,
             "loads": self.loads,
             "evictions": self.evictions,
@@ -122,7 +122,7 @@ class PipelineCache:
                 self.loading = None
             self.loads += 1
             self._models[key] = model
-            self.peak_bytes = max(self.peak_bytes, sum(m.nbytes for m in self._models.values()))
+            self.peak_bytes = max(self.peak_bytes, self._held())
             self._evict()
             log.info("loaded model %s (%s, %.2f GB) on %s in %.1f s; in memory: %s", name, model.family,
                      model.nbytes / 1e9, self.device.describe(), time.perf_counter() - started,
