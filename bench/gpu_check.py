@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -117,40 +115,22 @@ def family_figures(cache: PipelineCache, name: str, size: int, steps: int, compi
 
 def engine_round_trip(shelf: Path, name: str, size: int, steps: int, repeat: int, bare_s: float) -> dict:
     """The same image through a real engine process (socket, queue, worker, PNG, gallery) vs the bare call."""
-    from engine.client.clients import EngineClient, EngineUnavailable
+    from bench.engine_process import running_engine
     from engine.client.schema import DreamRequest
 
     home = Path(tempfile.mkdtemp(prefix="dh-gpu-check-"))
-    env = {**os.environ, "DREAMHALL_HOME": str(home), "DREAMHALL_MODELS_DIR": str(shelf), "DREAMHALL_MODEL": name,
-           "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    with (home / "engine.log").open("w") as log:
-        engine = subprocess.Popen([sys.executable, "-m", "cli", "engine"], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-    try:
-        with EngineClient(home / "engine.sock", timeout=600) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if client.health().status == "ok":
-                        break
-                except EngineUnavailable:
-                    pass
-                if engine.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the engine did not start: see {home / 'engine.log'}")
-                time.sleep(0.2)
+    settings = {"DREAMHALL_MODELS_DIR": str(shelf), "DREAMHALL_MODEL": name, "HF_HUB_OFFLINE": "1"}
+    with running_engine(home, settings, timeout=300, client_timeout=600) as client:
 
-            def job() -> None:
-                request = DreamRequest(prompt=PROMPT, seed=1, steps=steps, width=size, height=size, sampler="k_euler",
+        def job() -> None:
+            request = DreamRequest(prompt=PROMPT, seed=1, steps=steps, width=size, height=size, sampler="k_euler",
                                        cfg_scale=7.0, fresh=True)  # fmt: skip
-                done = client.wait(client.submit(request).id)
-                if done.status != "done":
-                    raise RuntimeError(f"the job {done.status}: {done.error}")
+            done = client.wait(client.submit(request).id)
+            if done.status != "done":
+                raise RuntimeError(f"the job {done.status}: {done.error}")
 
-            job()  # warm: the model loads in the engine
-            engine_s = timed(job, repeat)
-    finally:
-        engine.terminate()
-        engine.wait(60)
+        job()  # warm: the model loads in the engine
+        engine_s = timed(job, repeat)
     return {"engine_job_s": round(engine_s, 3), "bare_call_s": round(bare_s, 3),
             "engine_overhead_ms": round((engine_s - bare_s) * 1000, 1)}  # fmt: skip
 

@@ -23,7 +23,6 @@ import argparse
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import insert  # noqa: E402
 
-from engine.client.clients import EngineClient, EngineUnavailable  # noqa: E402
+from bench.engine_process import running_engine  # noqa: E402
 from gallery.db import open_gallery_db  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder  # noqa: E402
 from gallery.index import LanceIndex  # noqa: E402
@@ -120,42 +119,26 @@ def main() -> None:
     guilds = [GUILDS[i] for i in rng.integers(len(GUILDS), size=n)]
     keyword_queries, clip_queries = list(zip(words[:n], guilds)), list(zip(places[:n], guilds))
 
-    env = {**os.environ, "DREAMHALL_HOME": str(home), "DREAMHALL_CLIP_MODEL": CLIP}
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    with (home / "engine.log").open("w") as log:
-        engine = subprocess.Popen([sys.executable, "-m", "cli", "engine"], env=env, cwd=ROOT,
-                                  stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
-    try:
-        with EngineClient(home / "engine.sock", timeout=120) as client:
-            while True:
-                try:
-                    if client.health().status == "ok":
-                        break
-                except EngineUnavailable:
-                    pass
-                time.sleep(0.2)
-            first = []
-            for guild in GUILDS:  # a guild's first search after a start reads its index: apart
+    with running_engine(home, {"DREAMHALL_CLIP_MODEL": CLIP}) as client:
+        first = []
+        for guild in GUILDS:  # a guild's first search after a start reads its index: apart
+            t = time.perf_counter()
+            client.search("red circle", guild=guild, limit=10)
+            first.append(time.perf_counter() - t)
+
+        def timed(queries: list[tuple[str, str]]) -> tuple[list[float], float]:
+            spent, found = [], []
+            for query, guild in queries:
                 t = time.perf_counter()
-                client.search("red circle", guild=guild, limit=10)
-                first.append(time.perf_counter() - t)
-
-            def timed(queries: list[tuple[str, str]]) -> tuple[list[float], float]:
-                spent, found = [], []
-                for query, guild in queries:
-                    t = time.perf_counter()
-                    results = client.search(query, guild=guild, limit=10).results
-                    spent.append(time.perf_counter() - t)
-                    found.append(sum(all(w in r.image.prompt for w in query.split()) for r in results)
+                results = client.search(query, guild=guild, limit=10).results
+                spent.append(time.perf_counter() - t)
+                found.append(sum(all(w in r.image.prompt for w in query.split()) for r in results)
                                  / max(1, len(results)))  # fmt: skip
-                return spent, statistics.mean(found)
+            return spent, statistics.mean(found)
 
-            by_words, found = timed(keyword_queries)
-            by_clip, _ = timed(clip_queries)
-            again, _ = timed(keyword_queries)
-    finally:
-        engine.terminate()
-        engine.wait(60)
+        by_words, found = timed(keyword_queries)
+        by_clip, _ = timed(clip_queries)
+        again, _ = timed(keyword_queries)
 
     # The parts, in this process, on the same home (the engine has stopped).
     store = SqliteImageStore(open_gallery_db(home / "gallery.db"), home / "images")
