@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
@@ -16,7 +16,6 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
-    QListWidget,
     QListWidgetItem,
     QPushButton,
     QSpinBox,
@@ -26,6 +25,7 @@ from PySide6.QtWidgets import (
 
 from desktop.drops import PictureDrops
 from desktop.engine_link import EngineLink
+from desktop.gallery_model import thumbnail_strip
 from engine.client.answers import ImageRecord
 from engine.client.controls import CONTROL_TYPES, MAX_CONTROL_WEIGHT, MAX_STYLE_WEIGHT
 from engine.client.schema import ControlUnit
@@ -171,12 +171,7 @@ class ReferenceStrip(PictureDrops, QGroupBox):
         self.link = link
         self.refs: list[str] = []  # as the engine names them, in order
         self.setAcceptDrops(True)
-        self.strip = QListWidget()
-        self.strip.setViewMode(QListWidget.ViewMode.IconMode)
-        self.strip.setIconSize(QSize(48, 48))
-        self.strip.setFixedHeight(72)
-        self.strip.setFlow(QListWidget.Flow.LeftToRight)
-        self.strip.setWrapping(False)
+        self.strip = thumbnail_strip(48, 72)
         self.strip.setToolTip("drop pictures here: their look carries into the result")
         self.add = QPushButton("Add…")
         self.clear = QPushButton("Clear")

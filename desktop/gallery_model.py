@@ -28,6 +28,7 @@ from PySide6.QtCore import (
     Signal,
 )
 from PySide6.QtGui import QColor, QImage, QImageReader, QPainter, QPixmap
+from PySide6.QtWidgets import QListWidget
 
 from engine.client.answers import ImageRecord
 
@@ -42,6 +43,17 @@ def png_bytes(image: QImage) -> bytes:
     buffer.open(QIODevice.OpenModeFlag.WriteOnly)
     image.save(buffer, "PNG")
     return bytes(buffer.data())
+
+
+def thumbnail_strip(icon: int, height: int) -> QListWidget:
+    """One row of thumbnails that scrolls sideways (a job's results, the reference pictures, while-you-wait)."""
+    strip = QListWidget()
+    strip.setViewMode(QListWidget.ViewMode.IconMode)
+    strip.setIconSize(QSize(icon, icon))
+    strip.setFixedHeight(height)
+    strip.setFlow(QListWidget.Flow.LeftToRight)
+    strip.setWrapping(False)
+    return strip
 
 
 class ImageSource(Protocol):

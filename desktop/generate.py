@@ -15,7 +15,7 @@ import getpass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QRegularExpression, QSettings, QSize, Qt, Signal
+from PySide6.QtCore import QRegularExpression, QSettings, Qt, Signal
 from PySide6.QtGui import (
     QGuiApplication,
     QKeySequence,
@@ -49,6 +49,7 @@ from desktop.control import ControlBox, ReferenceStrip
 from desktop.drops import PictureDrops
 from desktop.engine_link import EngineLink
 from desktop.extras import ExtrasBox
+from desktop.gallery_model import thumbnail_strip
 from desktop.mask import MaskEditor
 from engine.client.answers import Event, ImageInfo, ImageRecord, ModelList
 from engine.client.dream_args import DreamArgsError, parse_argv, split
@@ -150,22 +151,12 @@ class GeneratePanel(PictureDrops, QWidget):
         self.progress = QProgressBar()
         self.state = QLabel("Ready.")
         self.preview = Preview()
-        self.results = QListWidget()
-        self.results.setViewMode(QListWidget.ViewMode.IconMode)
+        self.results = thumbnail_strip(THUMB, THUMB + 40)
         self.results.setMovement(QListWidget.Movement.Static)
-        self.results.setIconSize(QSize(THUMB, THUMB))
-        self.results.setFixedHeight(THUMB + 40)
-        self.results.setFlow(QListWidget.Flow.LeftToRight)
-        self.results.setWrapping(False)
         self.results.currentItemChanged.connect(self._show_result)
         # while the job waits behind others: the nearest images already made (engine.client.waiting)
         self.waiting_label = QLabel("While you wait, from your gallery:")
-        self.waiting = QListWidget()
-        self.waiting.setViewMode(QListWidget.ViewMode.IconMode)
-        self.waiting.setIconSize(QSize(THUMB // 2, THUMB // 2))
-        self.waiting.setFixedHeight(THUMB // 2 + 30)
-        self.waiting.setFlow(QListWidget.Flow.LeftToRight)
-        self.waiting.setWrapping(False)
+        self.waiting = thumbnail_strip(THUMB // 2, THUMB // 2 + 30)
         self.waiting.currentItemChanged.connect(self._show_result)
         self._show_waiting([])
 
