@@ -40,6 +40,8 @@ class JobRow(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     found: Mapped[list | None] = mapped_column(JSON)  # answered from the gallery: these images' ids
+    # Queued jobs with the same key may share one pipeline call (engine.device.runner.batch_key); NULL: alone.
+    batch_key: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (Index("ix_jobs_queue_key_claim_seq", "queue_key", "claim_seq"),)
 

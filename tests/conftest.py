@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -104,6 +105,13 @@ class EngineProcess:
             code = self.proc.wait(10)
         self.log.close()
         return code
+
+
+def batch_calls(client: EngineClient) -> tuple[float, float]:
+    """(pipeline calls, jobs in them) an engine has run so far, from its metrics (cross-user batching)."""
+    text = client._http.get("/metrics").text
+    found = dict(re.findall(r"^dreamhall_batch_jobs_(count|sum) (\S+)$", text, re.M))
+    return float(found["count"]), float(found["sum"])
 
 
 TOKEN = "s3cret-token"

@@ -25,4 +25,5 @@ def test_gpu_check_tiny_prints_every_figure(tmp_path: Path) -> None:
         assert figures[family]["it_s_eager"] > 0 and figures[family]["batch4_speedup"] > 0
         assert figures[f"{family}_load_s"] >= 0
     assert figures["engine"]["engine_job_s"] > 0 and figures["switch_sdxl_to_sd1_s"] >= 0
+    assert figures["engine"]["cross_user_batching"]["batched_images_s"] > 0
     assert figures["tiny"] is True

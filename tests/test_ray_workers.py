@@ -19,7 +19,7 @@ from PySide6.QtCore import Qt
 from engine.client.answers import Health
 from engine.client.clients import EngineClient
 from engine.client.schema import DreamRequest, Requester
-from tests.conftest import ROOT, EngineProcess
+from tests.conftest import ROOT, EngineProcess, batch_calls
 from tests.test_desktop import WAIT, generate, open_window
 from tests.test_discord_bot import bot_world, follow_up_result, png_sizes
 
@@ -35,6 +35,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineProcess]:
         None,  # the built-in model
         DREAMHALL_BACKEND="ray",
         DREAMHALL_WORKERS="2",
+        DREAMHALL_BATCH_MAX="2",  # each worker batches as the local one does: two images a call at most
         DREAMHALL_WORKER_THREADS="1",
         DREAMHALL_JOB_RETRIES="1",
         DREAMHALL_MAX_QUEUED_PER_USER="8",
@@ -110,8 +111,10 @@ def test_seeds_give_the_same_image_on_either_worker(client: EngineClient) -> Non
 
 
 def test_two_users_share_both_workers_fairly(client: EngineClient) -> None:
-    busy = [client.submit(dream("zed", seed=i, steps=120)).id for i in range(2)]  # both workers busy...
+    # both workers busy (120 and 121 steps: two calls, one each)...
+    busy = [client.submit(dream("zed", seed=i, steps=120 + i)).id for i in range(2)]
     wait_until(lambda: all(client.job(j).status == "running" for j in busy))
+    calls, jobs_run = batch_calls(client)
     a = [client.submit(dream("ann", seed=200 + i)).id for i in range(4)]  # ...while a burst of four queues
     b = [client.submit(dream("bob", seed=200 + i)).id for i in range(2)]  # and then two from someone else
     jobs = [client.wait(j) for j in a + b]
@@ -119,6 +122,9 @@ def test_two_users_share_both_workers_fairly(client: EngineClient) -> None:
     by_start = sorted(jobs, key=lambda j: j.started_at)
     assert [j.request.requester.user for j in by_start] == ["ann", "bob", "ann", "bob", "ann", "ann"]
     assert {client.image(j.images[0].id).worker for j in jobs} == {"ray-0", "ray-1"}, "both workers ran them"
+    # in calls of two (batch_max 2: ann's and bob's first, their second, ann's last two), each job its own images
+    assert batch_calls(client) == (calls + 3, jobs_run + 6)
+    assert [len(j.images) for j in jobs] == [1] * 6
 
 
 def test_cancel_reaches_the_worker_running_the_job(client: EngineClient) -> None:
@@ -213,18 +219,19 @@ def test_a_workers_jobs_and_embeddings_share_one_long_lived_torch_thread(tmp_pat
 
     actor = MakerActor(Settings(home=tmp_path), "w-test", 1)
     seen: list[str] = []
-    real_run = actor.maker.run
+    real_run = actor.maker.run_batch
 
-    def run(job, inputs, report):
+    def run(jobs, inputs, reports):
         seen.append(threading.current_thread().name)
-        return real_run(job, inputs, report)
+        return real_run(jobs, inputs, reports)
 
-    actor.maker.run = run  # type: ignore[method-assign]
+    actor.maker.run_batch = run  # type: ignore[method-assign]
     for k in range(2):
         request = DreamRequest(prompt="a red circle", steps=2, seed=k, requester=Requester(user="u"))
         job = JobRecord.model_validate({"id": f"job{k}", "status": "running", "request": request, "seed": k,
                                         "queue_key": "u", "priority": 0,
                                         "created_at": "2026-12-04T00:00:00Z"})  # fmt: skip
-        assert [kind for kind, _ in actor.make(job, Resolved())][-1] == "made"
+        kind, outcomes = list(actor.make([job], [Resolved()]))[-1]
+        assert kind == "made" and [what for what, _ in outcomes] == ["made"]
     actor.embed_images([Image.new("RGB", (32, 32))])
     assert len(seen) == 2 and seen[0] == seen[1] and seen[0].startswith("torch-w-test")

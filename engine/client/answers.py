@@ -89,7 +89,9 @@ class WorkerInfo(BaseModel):
     node: str = Field(description="the machine it runs on")
     pid: int = Field(description="its process on that machine")
     device: str
-    job: str | None = Field(default=None, description="the job it runs now")
+    job: str | None = Field(default=None, description="the job it runs now (the first of its call)")
+    jobs: list[str] = Field(default_factory=list, description="every job of its pipeline call now (cross-user "
+                            "batching: jobs that share a model, size and steps run together)")  # fmt: skip
     loading: str | None = Field(default=None, description="a model it is loading now")
     loaded: list[str] = Field(default_factory=list, description="models in its memory")
     alive: bool = Field(default=True, description="false while Ray restarts it")

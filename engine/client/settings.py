@@ -83,6 +83,11 @@ class Settings(BaseSettings):
         description="most pixels (images x width x height) one pipeline call may make; a request over it runs "
         "in several batches. None: the device's own budget (engine/device.py)",
     )  # fmt: skip
+    batch_max: int = Field(
+        default=8, ge=1, le=64,
+        description="most images in one pipeline call made for several queued jobs that share a model, size, steps "
+        "and sampler (cross-user batching, in fair order, within batch_pixels); 1: every job runs alone",
+    )  # fmt: skip
     model_cache_gb: float | None = Field(
         default=None, gt=0,
         description="model weights kept loaded at once (LRU; the model in use always stays). None: half the "

@@ -11,11 +11,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from PIL import Image
 
 from engine.client.answers import Event
 from engine.client.controls import A1111_MODULES
@@ -26,11 +29,22 @@ from engine.device import modes
 from engine.device.device import Device
 from engine.device.families import addon_family
 from engine.device.pipelines import LoadedModel, PipelineCache, StepCallback
-from engine.device.pipelines.model import Control
-from engine.device.runner import Cancelled, Interrupted, JobFailed, JobRecord, Made, Resolved, Stopwatch
+from engine.device.pipelines.model import Control, Unbatchable
+from engine.device.runner import (
+    Cancelled,
+    Interrupted,
+    JobFailed,
+    JobRecord,
+    Made,
+    Report,
+    Resolved,
+    Stopwatch,
+    images_per_call,
+)
 from engine.device.shelf import Item, Shelf, encoder_of
 from gallery.embeddings import Embedder
 from gallery.files import encode_png
+from gallery.schemas import ImagePublic
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +59,10 @@ class Maker:
 
     def __init__(
         self, *, pipelines: PipelineCache, device: Device, worker_id: str, embedder: Embedder | None = None,
-        max_batch_pixels: int | None = None, between_steps: Callable[[], None] | None = None,
+        max_batch_pixels: int | None = None, between_steps: Callable[[], None] | None = None, batch_max: int = 1,
     ) -> None:  # fmt: skip
         self.pipelines = pipelines
+        self.batch_max = batch_max  # images per call for jobs that share it (1: every job alone)
         self.device = device
         self.worker_id = worker_id
         self.embedder = embedder
@@ -156,10 +171,16 @@ class Maker:
             raise Cancelled()  # asked for during the last step: store nothing
         if job.id in self._finish:
             made_with["interrupted"] = True  # the images as far as they got (A1111's interrupt)
-        # 4. safety flags, 5. records and PNG bytes, 6. CLIP vectors
+        return self._finished(job, work, images, model, made_with, inputs.parent, watch)
+
+    def _finished(
+        self, job: JobRecord, work: modes.Plan, images: list[Image.Image], model: LoadedModel, made_with: dict,
+        parent: ImagePublic | None, watch: Stopwatch,
+    ) -> Made:  # fmt: skip
+        """4. safety flags, 5. records and PNG bytes, 6. CLIP vectors: what the front stores."""
         flags = model.safety_flags(images)
         watch.lap("safety")
-        origin = modes.Origin(job_id=job.id, model=model.name, worker=self.worker_id, parent=inputs.parent,
+        origin = modes.Origin(job_id=job.id, model=model.name, worker=self.worker_id, parent=parent,
                               made_with=made_with)  # fmt: skip
         records = work.records(images, nsfw=flags, origin=origin)
         items = [(record, encode_png(img, record)) for record, img in zip(records, images)]
@@ -172,7 +193,133 @@ class Maker:
                 log.exception("job %s: could not embed its images here", job.id)
         watch.lap("clip")
         return Made(items=items, vectors=vectors, loaded=self.pipelines.loaded(), affinity=self.pipelines.affinity(),
-                    stages=watch.spent, cache=self.pipelines.stats())  # fmt: skip
+                    stages=dict(watch.spent), cache=self.pipelines.stats())  # fmt: skip
+
+    # --- cross-user batching ----------------------------------------------------------------
+    def room(self, job: JobRecord) -> int:
+        """How many images the call that starts with `job` may make: the queue adds jobs that share it."""
+        req = job.request
+        native = self.pipelines.native_sizes().get(req.model or self.pipelines.default_name())
+        return images_per_call(req, batch_max=self.batch_max, batch_pixels=self.max_batch_pixels, native_size=native)
+
+    def run_batch(self, jobs: Sequence[JobRecord], inputs: Sequence[Resolved],
+                  reports: Sequence[Report]) -> list[Made | Exception]:  # fmt: skip
+        """The jobs the queue gave one call (see engine.device.runner.batch_key): each job's Made, or Cancelled
+        or JobFailed. They share one pipeline call where they can; where they cannot (their LoRAs differ, their
+        prompts' lengths do, the call failed), each runs alone, as it would have. Raises Interrupted."""
+        try:
+            if len(jobs) > 1:
+                try:
+                    return self._together(jobs, inputs, reports)
+                except (Interrupted, Cancelled):
+                    raise
+                except Exception as e:
+                    log.info("jobs %s run one by one: %s", ", ".join(job.id for job in jobs), failure_sentence(e))
+            return [self._alone(job, one, report) for job, one, report in zip(jobs, inputs, reports, strict=True)]
+        except Cancelled:  # every job of the shared call was cancelled
+            return [Cancelled() for _ in jobs]
+        finally:
+            for job in jobs:
+                self.forget(job.id)
+
+    def _alone(self, job: JobRecord, inputs: Resolved, report: Report) -> Made | Exception:
+        if job.id in self._cancel:
+            return Cancelled()  # during a shared call that could not finish
+        try:
+            return self.run(job, inputs, report)
+        except (Cancelled, JobFailed) as e:
+            return e
+
+    def _together(self, jobs: Sequence[JobRecord], inputs: Sequence[Resolved],
+                  reports: Sequence[Report]) -> list[Made | Exception]:  # fmt: skip
+        """Every job's images from one pipeline call per pixel budget (whole jobs in each), each image with its
+        own prompt, negative and seed. A job cancelled meanwhile keeps its rows to the end of the call and its
+        images are discarded. Raises Unbatchable (and whatever failed) before anything is returned."""
+        first = jobs[0].request
+        watch = Stopwatch()
+        if not self.pipelines.is_loaded(first.model):
+            for job, report in zip(jobs, reports):
+                report(Event(type="loading", job=job.id, model=first.model or self.pipelines.default_name()))
+        model = self.pipelines.model(first.model)
+        watch.lap("model")
+        works = [modes.plan(job.request, one, job_seed=job.seed, native_size=model.native_size)
+                 for job, one in zip(jobs, inputs, strict=True)]  # fmt: skip
+        addons = [self.pipelines.shelf.addons_of(job.request.drawn_prompts_text(), job.request.drawn_negative_prompt)
+                  for job in jobs]  # fmt: skip
+        size = (works[0].width, works[0].height)
+        if any(not isinstance(w, modes.Txt2ImgPlan) or w.variations or (w.width, w.height) != size for w in works):
+            raise Unbatchable("only plain txt2img jobs of one size share a call")
+        if any(a != addons[0] for a in addons):
+            raise Unbatchable("their LoRAs or embeddings differ")
+        watch.lap("plan")
+        per_call = self._max_batch(works[0]) or sum(first.n for first in (w.request for w in works))
+        calls = pack([w.request.n for w in works], per_call)
+        made: dict[int, list[Image.Image]] = {}
+        started = time.perf_counter()
+        loras, embeddings = addons[0]
+        with model.addons(loras, embeddings):
+            for call in calls:
+                members = [works[i] for i in call]
+                offsets = list(itertools.accumulate((w.request.n for w in members), initial=0))
+                s = members[0].sampling
+                images = model.txt2img(
+                    width=size[0], height=size[1], seeds=[seed for w in members for seed in w.seeds],
+                    prompt=[w.prompt_of(i) for w in members for i in range(w.request.n)],
+                    negative_prompt=[w.sampling.negative_prompt for w in members for _ in range(w.request.n)],
+                    steps=s.steps, cfg_scale=s.cfg_scale, sampler=s.sampler, clip_skip=s.clip_skip, tiling=s.tiling,
+                    eta=s.eta, on_step=self._on_shared_step([jobs[i] for i in call], offsets, model,
+                                                            [reports[i] for i in call]),
+                )  # fmt: skip
+                for i, start, end in zip(call, offsets, offsets[1:]):
+                    made[i] = images[start:end]
+        watch.lap("steps")
+        log.info("jobs %s on %s: one call for %d jobs, %d image(s) %dx%d, %d steps in %.2f s",
+                 ", ".join(job.id for job in jobs), self.worker_id, len(jobs), sum(len(v) for v in made.values()),
+                 *size, first.steps, time.perf_counter() - started)  # fmt: skip
+        made_with = ({"model_hash": model.hash} if model.hash else {}) | self.pipelines.shelf.made_with(
+            loras, embeddings
+        )
+        out: list[Made | Exception] = []
+        for i, job in enumerate(jobs):
+            if job.id in self._cancel:
+                out.append(Cancelled())  # its rows ran with the others; its images are discarded
+                continue
+            mine = Stopwatch()
+            mine.spent = dict(watch.spent)
+            out.append(self._finished(job, works[i], made[i], model, dict(made_with), inputs[i].parent, mine))
+        return out
+
+    def _on_shared_step(self, jobs: list[JobRecord], offsets: list[int], model: LoadedModel,
+                        reports: list[Report]) -> StepCallback:  # fmt: skip
+        """A shared call's steps: each job's own events (and its own image's previews); the call stops only when
+        every job in it is cancelled, or the worker stops."""
+        last_preview, last_event = [0.0], [0.0]
+
+        def on_step(step: int, total: int, latents) -> bool:
+            self.between_steps()
+            if all(job.id in self._cancel for job in jobs):
+                raise Cancelled()
+            if self._stopping.is_set():
+                raise Interrupted()
+            now = time.monotonic()
+            previews = (step < total and now - last_preview[0] >= PREVIEW_INTERVAL_S
+                        and any(job.request.preview for job in jobs))  # fmt: skip
+            if not previews and step < total and now - last_event[0] < STEP_EVENT_INTERVAL_S:
+                return False
+            last_event[0] = now
+            if previews:
+                last_preview[0] = now
+            for job, offset, report in zip(jobs, offsets, reports):
+                if job.id in self._cancel:
+                    continue
+                preview = None
+                if previews and job.request.preview:
+                    picture = model.preview(latents[offset : offset + 1])
+                    preview = data_url(picture) if picture is not None else None
+                report(Event(type="step", job=job.id, step=step, total=total, preview=preview))
+            return False
+
+        return on_step
 
     def _reference_adapter(self, req: DreamRequest, model: LoadedModel) -> tuple[Item | None, Path | None]:
         if not req.references:
@@ -265,4 +412,19 @@ def build_maker(
                               shelf=shelf, budget_bytes=budget, compile=settings.compile)  # fmt: skip
     max_batch_pixels = settings.batch_pixels or device.batch_pixels()
     return Maker(pipelines=pipelines, device=device, worker_id=worker_id, embedder=embedder,
-                 max_batch_pixels=max_batch_pixels, between_steps=between_steps)  # fmt: skip
+                 max_batch_pixels=max_batch_pixels, between_steps=between_steps,
+                 batch_max=settings.batch_max)  # fmt: skip
+
+
+def pack(counts: list[int], per_call: int) -> list[list[int]]:
+    """Whole jobs (their image counts, in order) into calls of at most `per_call` images (a job larger than that
+    gets a call of its own)."""
+    calls: list[list[int]] = []
+    used = per_call
+    for i, count in enumerate(counts):
+        if used + count > per_call:
+            calls.append([])
+            used = 0
+        calls[-1].append(i)
+        used += count
+    return calls

@@ -23,14 +23,13 @@ import queue as queue_module
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from engine.client.answers import Event
 from engine.client.settings import Settings
 from engine.device.runner import (
     Affinity,
@@ -40,10 +39,12 @@ from engine.device.runner import (
     JobFront,
     JobRecord,
     Made,
+    Report,
     Resolved,
     Seat,
     Seats,
     WorkerLost,
+    images_per_call,
 )
 from engine.device.shelf import default_model_name
 from gallery.embeddings import Embedder
@@ -87,7 +88,9 @@ class MakerActor:
     def info(self) -> dict:
         return {"id": self.worker_id, "node": socket.gethostname(), "pid": os.getpid(),
                 "device": self.device.describe(), "loaded": self.pipelines.loaded(),
-                "affinity": self.pipelines.affinity(), "clip": (self.clip.model_id, self.clip.dim,
+                "affinity": self.pipelines.affinity(), "batch_pixels": self.maker.max_batch_pixels,
+                "native": self.pipelines.native_sizes(),
+                "clip": (self.clip.model_id, self.clip.dim,
                                                                 self.clip.relevance_floor)}  # fmt: skip
 
     def warm(self) -> dict:
@@ -99,20 +102,26 @@ class MakerActor:
             log.error("%s could not preload the default model: %s", self.worker_id, e)
         return self.info()
 
-    def make(self, job: JobRecord, inputs: Resolved) -> Iterator[tuple[str, Any]]:
-        """Stream ("event", Event)... then one of ("made", Made), ("cancelled"|"interrupted", None), ("failed", str)."""
+    def make(self, jobs: list[JobRecord], inputs: list[Resolved]) -> Iterator[tuple[str, Any]]:
+        """Stream ("event", Event)... then ("made", [each job's ("made", Made) | ("cancelled", None) |
+        ("failed", sentence)]), ("failed", sentence) for all, or ("interrupted", None): the jobs of one call
+        (cross-user batching), as the local worker runs them (Maker.run_batch)."""
         out: queue_module.SimpleQueue = queue_module.SimpleQueue()
 
         def work() -> None:
             try:
                 with self._torch_lock:
-                    out.put(("made", self.maker.run(job, inputs, lambda event: out.put(("event", event)))))
-            except Cancelled:
-                out.put(("cancelled", None))
+                    report = [lambda event: out.put(("event", event))] * len(jobs)
+                    outcomes = self.maker.run_batch(jobs, inputs, report)
+                out.put(("made", [("made", o) if isinstance(o, Made) else ("cancelled", None)
+                                  if isinstance(o, Cancelled) else ("failed", str(o)) for o in outcomes]))  # fmt: skip
             except Interrupted:
                 out.put(("interrupted", None))
-            except JobFailed as e:  # the maker logged it
-                out.put(("failed", str(e)))
+            except BaseException as e:  # never leave the stream waiting: every job of the call fails with it
+                from engine.device.maker import failure_sentence
+
+                log.exception("%s: jobs %s failed", self.worker_id, ", ".join(job.id for job in jobs))
+                out.put(("failed", failure_sentence(e)))
 
         self._torch_thread.submit(work)
         while True:  # every yield is a Ray object: the maker already sends step events at most every 0.1 s
@@ -158,6 +167,8 @@ class RayWorkers(Seats):
         self._started_ray = False
         self._turn = itertools.count()
         self._clip: tuple[str, int, float] = ("", 0, 0.0)  # the workers' CLIP model: id, dim, relevance floor
+        self._budgets: list[int | None] = []  # each worker's pixels per call (engine.device.runner.images_per_call)
+        self._native: list[dict[str, int]] = []  # each worker's loaded models' native sizes, at start
 
     # --- start and stop -------------------------------------------------------------------
     def start(self, say: Callable[[str], None] = log.info) -> None:
@@ -197,6 +208,8 @@ class RayWorkers(Seats):
             self.stop()
             raise
         self._clip = infos[0]["clip"]
+        self._budgets = [info["batch_pixels"] for info in infos]
+        self._native = [info["native"] for info in infos]
         for info in infos:
             seat = Seat(info["id"], node=info["node"], device=info["device"], pid=info["pid"])
             seat.loaded, seat.affinity = info["loaded"], info["affinity"]
@@ -244,12 +257,12 @@ class RayWorkers(Seats):
 
     def cancel(self, job_id: str) -> None:
         for seat, actor in zip(self.seats, self.actors):
-            if seat.job == job_id:
+            if job_id in seat.jobs:
                 actor.cancel.remote(job_id)
 
     def finish(self, job_id: str) -> None:
         for seat, actor in zip(self.seats, self.actors):
-            if seat.job == job_id:
+            if job_id in seat.jobs:
                 actor.finish.remote(job_id)
 
     # --- the dispatchers --------------------------------------------------------------------
@@ -259,36 +272,45 @@ class RayWorkers(Seats):
         default = default_model_name(self.settings.model)
         while not self._stopping.is_set():
             affinity = seat.affinity or Affinity(loaded=frozenset(), default_model=default)
-            job = front.claim(affinity) if seat.alive else None
-            if job is None:
+            jobs = front.claim(affinity, lambda job: self._room(i, job)) if seat.alive else []
+            if not jobs:
                 with self._wake:
                     self._wake.wait(WAIT_S)
                 if not seat.alive:
                     self._revive(seat, actor)
                 continue
             try:
-                front.run(job, seat, lambda job, inputs, report: self._make(actor, job, inputs, report))
+                front.run(jobs, seat, lambda jobs, inputs, reports: self._make(actor, jobs, inputs, reports))
             except WorkerLost as e:
-                self._lost(job, seat, e)
+                for job in jobs:
+                    self._lost(job, seat, e)
 
-    def _make(self, actor: Any, job: JobRecord, inputs: Resolved, report: Callable[[Event], None]) -> Made:
+    def _room(self, i: int, job: JobRecord) -> int:
+        """Maker.room, from the front: the worker's pixel budget, and the model's native size when it holds it."""
+        budget, native = self._budgets[i], self._native[i].get(job.request.model or default_model_name(
+            self.settings.model))  # fmt: skip
+        return images_per_call(job.request, batch_max=self.settings.batch_max, batch_pixels=budget, native_size=native)
+
+    def _make(self, actor: Any, jobs: Sequence[JobRecord], inputs: Sequence[Resolved],
+              reports: Sequence[Report]) -> list[Made | Exception]:  # fmt: skip
         import ray
         from ray.exceptions import RayActorError
 
+        report_of = {job.id: report for job, report in zip(jobs, reports)}
         try:
-            for ref in actor.make.options(num_returns="streaming").remote(job, inputs):
+            for ref in actor.make.options(num_returns="streaming").remote(list(jobs), list(inputs)):
                 kind, value = ray.get(ref)
                 if kind == "event":
-                    report(value)
+                    report_of[value.job](value)
                 elif kind == "made":
-                    self._deaths.pop(job.id, None)
-                    return value
-                elif kind == "cancelled":
-                    raise Cancelled()
-                elif kind == "interrupted":
-                    raise Interrupted()
+                    for job in jobs:
+                        self._deaths.pop(job.id, None)
+                    return [made if what == "made" else Cancelled() if what == "cancelled" else JobFailed(made)
+                            for what, made in value]  # fmt: skip
+                elif kind == "failed":
+                    return [JobFailed(value) for _ in jobs]
                 else:
-                    raise JobFailed(value)
+                    raise Interrupted()
         except RayActorError as e:
             raise WorkerLost(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
         raise WorkerLost("the worker ended the job without a result")

@@ -4,17 +4,20 @@ The front (engine.server) owns the queue, the gallery and the events; a runner (
 thread, engine.device.worker, or Ray actors, engine.device.ray_workers) owns the devices. This module
 is the only part of the device side the front imports, so it imports neither torch nor the server:
 
-    front.claim(affinity) -> JobRecord        the next fair job for a worker holding these models
-    front.run(job, seat, make)                inputs -> make(job, inputs, report) -> store -> index -> done
-    make(...) -> Made                         a job's images, records and vectors (or Cancelled, Interrupted,
-                                              JobFailed, WorkerLost)
+    front.claim(affinity, room) -> [JobRecord]  the next fair job for a worker holding these models, and the
+                                              queued jobs that may share its pipeline call (batch_key), in fair order
+    front.run(jobs, seat, make)               inputs -> make(jobs, inputs, reports) -> store -> index -> done
+    make(...) -> [Made | exception]           each job's images, records and vectors, or why it has none
+                                              (Cancelled, JobFailed); raises Interrupted, WorkerLost for all
     front.idle()                              housekeeping once the jobs waiting at start have run
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -51,6 +54,34 @@ class Affinity:
 
     def has(self, model: str | None) -> bool:
         return (model or self.default_model) in self.loaded
+
+
+def batch_key(req: DreamRequest) -> str | None:
+    """Jobs with the same key may share one pipeline call (cross-user batching); None: this job runs alone.
+
+    Shared: the model, size, steps, sampler, guidance and what else the whole call uses; each image keeps its own
+    prompt, negative and seed. Alone: anything with its own input pictures or passes (img2img, variations, hires,
+    refiner, ControlNets, references), and A1111's jobs, whose interrupt keeps one call's images as far as they got.
+    The worker still checks what the key cannot see (LoRA tags, prompt lengths) and runs a job alone when it differs.
+    """
+    if (req.mode != "txt2img" or req.hires is not None or req.refiner is not None or req.controls or req.references
+            or req.seed_resize_from is not None or req.requester.source == "a1111"):  # fmt: skip
+        return None
+    shared = {"model": req.model, "width": req.width, "height": req.height, "aspect_ratio": req.aspect_ratio,
+              "steps": req.steps, "cfg_scale": req.cfg_scale, "sampler": req.sampler, "clip_skip": req.clip_skip,
+              "tiling": req.tiling, "eta": req.eta, "negative": bool(req.drawn_negative_prompt)}  # fmt: skip
+    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def images_per_call(req: DreamRequest, *, batch_max: int, batch_pixels: int | None, native_size: int | None) -> int:
+    """How many images a pipeline call that starts with this job may make: `batch_max`, or fewer when its size
+    (the model's native size when the request names none) would pass the pixel budget."""
+    if batch_max <= 1 or batch_key(req) is None:
+        return 1
+    width, height = req.width or native_size, req.height or native_size
+    if batch_pixels is None or width is None or height is None:
+        return batch_max
+    return max(1, min(batch_max, batch_pixels // (width * height)))
 
 
 class JobRecord(BaseModel):
@@ -106,25 +137,35 @@ class Made:
     cache: dict[str, float | None] = field(default_factory=dict)  # its model cache now (PipelineCache.stats)
 
 
-MakeFn = Callable[[JobRecord, Resolved, Callable[[Event], None]], Made]
+Report = Callable[[Event], None]
+# One call for several jobs (one, without batching): each job's Made, or the exception that says why it has none
+# (Cancelled, JobFailed); Interrupted and WorkerLost are raised, and concern every job of the call.
+MakeFn = Callable[[Sequence[JobRecord], Sequence[Resolved], Sequence[Report]], list["Made | Exception"]]
 
 
 class Seat:
-    """One worker as the front sees it: the job it runs, how far it is, what it loads and holds."""
+    """One worker as the front sees it: the jobs it runs (several when they share a call), how far they are,
+    what it loads and holds."""
 
     def __init__(self, worker_id: str, node: str, device: str, pid: int) -> None:
         self.id, self.node, self.device, self.pid = worker_id, node, device, pid
-        self.job: str | None = None
+        self.jobs: list[str] = []
         self.progress: tuple[int, int] = (0, 0)
-        self.preview: str | None = None  # the running job's latest preview, as a data: URL
+        self.previews: dict[str, str] = {}  # each running job's latest preview, as a data: URL
         self.loading: str | None = None
         self.loaded: list[str] = []
         self.affinity: Affinity | None = None  # what the queue may match to spare it a reload
         self.cache: dict[str, float | None] = {}  # its model cache after its last job (Made.cache)
         self.alive = True
 
-    def start(self, job: JobRecord) -> None:
-        self.job, self.progress, self.preview, self.loading = job.id, (0, job.request.steps), None, None
+    @property
+    def job(self) -> str | None:
+        """The first job of its call (the fair next job it claimed)."""
+        return self.jobs[0] if self.jobs else None
+
+    def start(self, jobs: Sequence[JobRecord]) -> None:
+        self.jobs, self.previews, self.loading = [job.id for job in jobs], {}, None
+        self.progress = (0, jobs[0].request.steps)
 
     def saw(self, event: Event) -> None:
         if event.type == "loading":
@@ -132,15 +173,15 @@ class Seat:
         elif event.type == "step":
             self.loading = None
             self.progress = (event.step or 0, event.total or 0)
-            if event.preview is not None:
-                self.preview = event.preview
+            if event.preview is not None and event.job is not None:
+                self.previews[event.job] = event.preview
 
     def end(self) -> None:
-        self.job, self.progress, self.preview, self.loading = None, (0, 0), None, None
+        self.jobs, self.progress, self.previews, self.loading = [], (0, 0), {}, None
 
     def info(self) -> WorkerInfo:
         return WorkerInfo(id=self.id, node=self.node, pid=self.pid, device=self.device, job=self.job,
-                          loading=self.loading, loaded=list(self.loaded), alive=self.alive,
+                          jobs=list(self.jobs), loading=self.loading, loaded=list(self.loaded), alive=self.alive,
                           cache=dict(self.cache))  # fmt: skip
 
 
@@ -150,7 +191,7 @@ class Seats:
     seats: list[Seat]
 
     def _seat_of(self, job_id: str) -> Seat | None:
-        return next((seat for seat in self.seats if seat.job == job_id), None)
+        return next((seat for seat in self.seats if job_id in seat.jobs), None)
 
     def progress_of(self, job_id: str) -> Progress | None:
         seat = self._seat_of(job_id)
@@ -163,10 +204,10 @@ class Seats:
     def preview_of(self, job_id: str) -> str | None:
         """The running job's latest step preview (a data: URL), if it asked for previews."""
         seat = self._seat_of(job_id)
-        return None if seat is None else seat.preview
+        return None if seat is None else seat.previews.get(job_id)
 
     def running(self) -> list[str]:
-        return [seat.job for seat in self.seats if seat.job is not None]
+        return [job for seat in self.seats for job in seat.jobs]
 
     def workers(self) -> list[WorkerInfo]:
         return [seat.info() for seat in self.seats]
@@ -175,11 +216,12 @@ class Seats:
 class JobFront(Protocol):
     """The front as a worker sees it (engine.server.front.Front)."""
 
-    def claim(self, affinity: Affinity | None) -> JobRecord | None:
-        """The next job in fair order for a worker holding `affinity`'s models; None when none is queued."""
+    def claim(self, affinity: Affinity | None, room: Callable[[JobRecord], int] = lambda job: 1) -> list[JobRecord]:
+        """The next job in fair order for a worker holding `affinity`'s models, then, in fair order, queued jobs that
+        may share its call, while their images fit `room(first)`; [] when none is queued."""
 
-    def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
-        """One claimed job, start to end (raises WorkerLost: the caller decides where the job goes)."""
+    def run(self, jobs: Sequence[JobRecord], seat: Seat, make: MakeFn) -> None:
+        """Claimed jobs that share a call, start to end (raises WorkerLost: the caller decides where they go)."""
 
     def requeue(self, job_id: str) -> None:
         """A job whose worker died goes back to the queue."""
@@ -219,7 +261,7 @@ class Runner(Protocol):
         """The running job's latest step preview (a data: URL), or None."""
 
     def running(self) -> list[str]:
-        """The jobs running now, one per busy worker."""
+        """The jobs running now (several on a worker whose call they share)."""
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker: where it runs, what it runs and holds."""

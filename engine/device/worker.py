@@ -1,7 +1,8 @@
-"""The local backend: one thread owns the device and runs jobs one at a time.
+"""The local backend: one thread owns the device and runs one pipeline call at a time (a job, or several
+queued jobs that share a model, size and steps: cross-user batching).
 
     TorchThread        the one thread that touches torch: `call`ed work first, then the job loop
-    Worker             claim -> front.run(job, seat, maker.run) -> ... ; the Runner of one machine
+    Worker             claim -> front.run(jobs, seat, maker.run_batch) -> ... ; the Runner of one machine
     WorkerEmbedder     CLIP whose work always runs on that thread
 
 It reaches the front only through the job runner's interface (engine.device.runner): the front
@@ -124,11 +125,11 @@ class Worker(Seats):
 
     def cancel(self, job_id: str) -> None:
         """Ask the running job to stop at its next step (a queued job's cancel is the queue's alone)."""
-        if self.seat.job == job_id:
+        if job_id in self.seat.jobs:
             self.maker.cancel(job_id)
 
     def finish(self, job_id: str) -> None:
-        if self.seat.job == job_id:
+        if job_id in self.seat.jobs:
             self.maker.finish(job_id)
 
     def workers(self) -> list[WorkerInfo]:
@@ -146,14 +147,14 @@ class Worker(Seats):
         if not self._preloaded:
             self._preload()
             self._preloaded = True
-        job = self._front.claim(self.pipelines.affinity())
-        if job is None:
+        jobs = self._front.claim(self.pipelines.affinity(), self.maker.room)
+        if not jobs:
             if not self._idled:  # the jobs waiting at start have run: the search index's check now
                 self._idled = True
                 self._front.idle()
                 return True
             return False
-        self._front.run(job, self.seat, self.maker.run)
+        self._front.run(jobs, self.seat, self.maker.run_batch)
         return True
 
     def _preload(self) -> None:

@@ -9,6 +9,7 @@ implements with `loop.call_soon_threadsafe`; this module never touches the event
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,9 @@ from engine.device.runner import (
     Interrupted,
     JobFailed,
     JobRecord,
+    Made,
     MakeFn,
+    Resolved,
     Seat,
     Stopwatch,
     WorkerLost,
@@ -51,8 +54,8 @@ class Front:
     indexer: Indexer | None = None
     metrics: Metrics | None = None
 
-    def claim(self, affinity: Affinity | None) -> JobRecord | None:
-        return self.queue.claim(affinity)
+    def claim(self, affinity: Affinity | None, room: Callable[[JobRecord], int] = lambda job: 1) -> list[JobRecord]:
+        return self.queue.claim_batch(affinity, room)
 
     def requeue(self, job_id: str) -> None:
         self.queue.requeue(job_id)
@@ -77,62 +80,89 @@ class Front:
             keyed.append((record.model_copy(update={"repeat_key": repeat_key}), png))
         return keyed
 
-    def run(self, job: JobRecord, seat: Seat, make: MakeFn) -> None:
-        """One claimed job: inputs -> make (here, or on a worker elsewhere) -> store -> index -> announce -> done.
+    def run(self, jobs: Sequence[JobRecord], seat: Seat, make: MakeFn) -> None:
+        """Claimed jobs that share one call (one job, without batching): inputs -> make (here, or on a worker
+        elsewhere) -> for each job: store -> index -> announce -> done. Each job ends on its own: one that fails
+        or is cancelled takes nothing from the others.
 
-        Raises WorkerLost (the job is still running; the caller decides where it goes)."""
-        seat.start(job)
+        Raises WorkerLost (its jobs are still running; the caller decides where they go)."""
+        seat.start(jobs)
         watch = Stopwatch()
+        ready: list[tuple[JobRecord, Resolved]] = []
+        for job in jobs:
+            try:
+                ready.append((job, self.inputs.load(job.request)))
+            except Exception as e:
+                self._ended(job, e)
+        watch.lap("inputs")
 
         def report(event: Event) -> None:
             seat.saw(event)
             self.events.publish(event)
 
         try:
-            inputs = self.inputs.load(job.request)
-            watch.lap("inputs")
-            made = make(job, inputs, report)
-            watch.lap("make")
-            seat.loaded, seat.affinity, seat.cache = made.loaded, made.affinity, made.cache
-            if self.queue.get(job.id).status != "running":
-                raise Cancelled()  # cancelled as it finished: store nothing
-            images = self.store.add(self._keyed(made.items))
-            watch.lap("store")
-            self._index(images, made.vectors)
-            watch.lap("index")
-            for image in images:
-                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
-            self.queue.complete(job.id)
-            watch.lap("done")
-            stages = _stages(job, watch, made.stages)
-            log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
-            self._count(job, "done", stages, images=len(images))
-        except Cancelled:
-            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
-            self._count(job, "cancelled")
+            if ready:
+                if self.metrics is not None:
+                    self.metrics.batch_jobs.observe(len(ready))
+                outcomes = make([job for job, _ in ready], [inputs for _, inputs in ready], [report] * len(ready))
+                watch.lap("make")
+                for (job, _), outcome in zip(ready, outcomes, strict=True):
+                    self._settle(job, seat, outcome, watch)
         except Interrupted:
-            self.queue.requeue(job.id)
-            log.info("job %s interrupted by shutdown; it will run again", job.id)
-            self._count(job, "requeued")
+            for job, _ in ready:
+                self.queue.requeue(job.id)
+                log.info("job %s interrupted by shutdown; it will run again", job.id)
+                self._count(job, "requeued")
         except WorkerLost:
             if self.metrics is not None:
                 self.metrics.worker_failures.inc()
             raise
-        except JobFailed as e:  # the worker already logged it, with its traceback where it was a bug
-            self.queue.fail(job.id, str(e))
-            self._count(job, "failed")
-        except Exception as e:  # one bad job must never take the engine down
-            self._count(job, "failed")
-            if is_user_error(e):
-                log.warning("job %s failed: %s", job.id, e)
-                self.queue.fail(job.id, str(e))
-            else:
-                log.exception("job %s failed on the front", job.id)
-                self.queue.fail(
-                    job.id, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-                )
+        except Exception as e:  # one bad call must never take the engine down
+            for job, _ in ready:
+                self._ended(job, e)
         finally:
             seat.end()
+
+    def _settle(self, job: JobRecord, seat: Seat, outcome: Made | Exception, watch: Stopwatch) -> None:
+        """One job of the call: its images stored, indexed and announced, or its end as the outcome says."""
+        if isinstance(outcome, Exception):
+            self._ended(job, outcome)
+            return
+        made = outcome
+        try:
+            seat.loaded, seat.affinity, seat.cache = made.loaded, made.affinity, made.cache
+            if self.queue.get(job.id).status != "running":
+                raise Cancelled()  # cancelled as it finished: store nothing
+            mine = Stopwatch()
+            images = self.store.add(self._keyed(made.items))
+            mine.lap("store")
+            self._index(images, made.vectors)
+            mine.lap("index")
+            for image in images:
+                self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
+            self.queue.complete(job.id)
+            mine.lap("done")
+            stages = _stages(job, watch, mine, made.stages)
+            log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
+            self._count(job, "done", stages, images=len(images))
+        except Exception as e:
+            self._ended(job, e)
+
+    def _ended(self, job: JobRecord, e: Exception) -> None:
+        """A job that made no images: cancelled, or failed with one sentence for the user."""
+        if isinstance(e, Cancelled):
+            self.queue.cancel(job.id)  # already recorded when it was asked for; this covers the rest
+            self._count(job, "cancelled")
+            return
+        self._count(job, "failed")
+        if isinstance(e, JobFailed):  # the worker already logged it, with its traceback where it was a bug
+            self.queue.fail(job.id, str(e))
+        elif is_user_error(e):
+            log.warning("job %s failed: %s", job.id, e)
+            self.queue.fail(job.id, str(e))
+        else:
+            log.error("job %s failed on the front", job.id, exc_info=e)
+            self.queue.fail(job.id, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
 
     def _count(self, job: JobRecord, outcome: str, stages: dict[str, float] | None = None, images: int = 0) -> None:
         if self.metrics is None:
@@ -168,11 +198,12 @@ class Front:
             log.exception("could not index %d new image(s)", len(images))
 
 
-def _stages(job: JobRecord, front: Stopwatch, maker: dict[str, float]) -> dict[str, float]:
+def _stages(job: JobRecord, front: Stopwatch, mine: Stopwatch, maker: dict[str, float]) -> dict[str, float]:
     """Where a job's time went, in seconds: its wait in the queue, the maker's stages, and the front's (`make`
-    split into the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back)."""
+    split into the maker's own stages and `transfer`: events, and on Ray the trip to the worker and back); the
+    call's stages are shared by its jobs, `mine` is this job's own."""
     waited = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
-    stages = dict(front.spent)
+    stages = dict(front.spent) | mine.spent
     make = stages.pop("make", 0.0)
     stages = {"queued": waited, "inputs": stages.pop("inputs", 0.0), **maker,
               "transfer": max(0.0, make - sum(maker.values())), **stages}  # fmt: skip

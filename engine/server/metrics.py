@@ -36,6 +36,9 @@ class Metrics:
         self.search_seconds = Histogram("dreamhall_search_seconds", "Gallery searches, by kind (text, image, "
                                         "similar)", ["kind"], buckets=SEARCH_BUCKETS,
                                         registry=self.registry)  # fmt: skip
+        self.batch_jobs = Histogram("dreamhall_batch_jobs", "Jobs per pipeline call (cross-user batching: more than "
+                                    "one when queued jobs shared a model, size and steps)",
+                                    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=self.registry)  # fmt: skip
         self.worker_failures = Counter("dreamhall_worker_failures", "Workers lost while running a job (a Ray actor "
                                        "died; the job was requeued)", registry=self.registry)  # fmt: skip
 

@@ -64,6 +64,10 @@ class PipelineCache:
         """What the queue needs to spare this worker a reload."""
         return Affinity(loaded=frozenset(self._models), default_model=self.default_name())
 
+    def native_sizes(self) -> dict[str, int]:
+        """Each loaded model's native size, by the name requests use (the size of a batch's images)."""
+        return {key: model.native_size for key, model in self._models.items()}
+
     def loaded(self) -> list[str]:
         """Names of the models in memory, most recently used first."""
         return [m.name for m in reversed(self._models.values())]

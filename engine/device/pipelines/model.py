@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -57,6 +58,10 @@ class Control:
     weight: float = 1.0
     start: float = 0.0
     end: float = 1.0
+
+
+class Unbatchable(ValueError):
+    """Images that cannot share one pipeline call; each job runs alone instead."""
 
 
 def effective_steps(steps: int, strength: float) -> int:
@@ -266,8 +271,8 @@ class LoadedModel:
         self,
         pipe: DiffusionPipeline,
         *,
-        prompt: str,
-        negative_prompt: str,
+        prompt: str | Sequence[str],
+        negative_prompt: str | Sequence[str],
         seeds: list[int],
         steps: int,
         cfg_scale: float,
@@ -286,7 +291,8 @@ class LoadedModel:
             for g in generators:
                 torch.randn(task_inputs["latents"].shape[1:], generator=g)
         pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config, flow=self.flow, family=self.family)
-        if negative_prompt and self.detected.family == "flux":
+        negatives = [negative_prompt] * len(seeds) if isinstance(negative_prompt, str) else list(negative_prompt)
+        if any(negatives) and self.detected.family == "flux":
             task_inputs["true_cfg_scale"] = cfg_scale  # FLUX's guidance is distilled; a negative needs true CFG
         if self._reference is not None:
             # diffusers takes given embeddings with their unconditional half first when it guides (cfg > 1).
@@ -361,16 +367,27 @@ class LoadedModel:
             for conv, mode in zip(convs, modes):
                 conv.padding_mode = mode
 
-    def _conditioning(self, prompt: str, negative_prompt: str, n: int) -> dict:
-        """The pipeline's text inputs for `n` images: compel's embeddings (A1111 weights, past the
-        77-token window, BREAK) for SD 1.x/2.x/SDXL; the plain text for SD3 and FLUX."""
-        prompt, negative_prompt = (prompts.without_embedding_prefix(prompts.parse(p)[0])
-                                   for p in (prompt, negative_prompt))  # fmt: skip
+    def _conditioning(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str], n: int) -> dict:
+        """The pipeline's text inputs for `n` images, one prompt and negative for all or one each (jobs that share
+        a call): compel's embeddings (A1111 weights, past the 77-token window, BREAK) for SD 1.x/2.x/SDXL; the
+        plain text for SD3 and FLUX. Raises Unbatchable when the images' embeddings differ in length."""
+        each = [[p] * n if isinstance(p, str) else list(p) for p in (prompt, negative_prompt)]
+        pairs = [tuple(prompts.without_embedding_prefix(prompts.parse(p)[0]) for p in pair)
+                 for pair in zip(*each, strict=True)]  # fmt: skip
         if self.flow:
-            return {"prompt": [prompt] * n, "negative_prompt": [negative_prompt] * n if negative_prompt else None}
+            negatives = [negative for _, negative in pairs]
+            if any(negatives) and not all(negatives):
+                raise Unbatchable(f"{self.family}: a negative prompt changes the whole call's guidance")
+            return {"prompt": [p for p, _ in pairs], "negative_prompt": negatives if any(negatives) else None}
         if self._encoder is None:
             self._encoder = PromptEncoder(self.pipe, self._embeddings)
-        return self._encoder(prompt, negative_prompt, n)
+        runs = [(pair, len(list(same))) for pair, same in itertools.groupby(pairs)]
+        parts = [self._encoder(p, negative, count) for (p, negative), count in runs]
+        if len(parts) == 1:
+            return parts[0]
+        if any(part[key].shape[1:] != parts[0][key].shape[1:] for part in parts for key in part):
+            raise Unbatchable("prompts of different lengths (past 77 tokens, or BREAK) cannot share one call")
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     @contextmanager
     def addons(self, loras: list[tuple[Item, float]], embeddings: list[Item]) -> Iterator[None]:

@@ -17,6 +17,7 @@ positions of the jobs someone is watching.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 from engine.client.schema import DreamRequest, JobStatus
 from engine.client.states import TERMINAL as TERMINAL
@@ -61,6 +62,12 @@ class JobQueue(ABC):
 
         With `affinity`, a job on a loaded model may go before the fair next job, which is passed
         over this way a bounded number of times (the queue's `model_affinity`)."""
+
+    @abstractmethod
+    def claim_batch(self, affinity: Affinity | None, room: Callable[[JobRecord], int]) -> list[JobRecord]:
+        """`claim`, then queued -> running for the jobs next in fair order while they may share its pipeline call
+        (the same batch key) and their images fit `room(first)`: no job is passed over, none is split. [] when
+        the queue is empty."""
 
     @abstractmethod
     def complete(self, job_id: str) -> bool:

@@ -21,6 +21,8 @@ class Queued:
     priority: int
     seq: int
     model: str | None
+    batch_key: str | None = None  # engine.device.runner.batch_key: who may share its pipeline call
+    images: int = 1
 
 
 class FairIndex:

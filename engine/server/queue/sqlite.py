@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from engine.client.answers import Event
 from engine.client.errors import clip_text
 from engine.client.schema import DreamRequest, JobStatus
+from engine.device.runner import batch_key
 from engine.server.events import EventSink, NullSink
 from engine.server.queue.base import TERMINAL, Affinity, JobNotFound, JobQueue, JobRecord, QueueError, TooManyQueued
 from engine.server.queue.fair import FairIndex, Queued, fair_levels, fair_order, positions_in_level
@@ -42,8 +43,10 @@ FAIR_DEQUEUE_SQL = text(
 
 # A job's model without parsing its whole request (every transition reads it).
 MODEL_OF_REQUEST = func.json_extract(JobRow.request, "$.model").label("model")
+IMAGES_OF_REQUEST = func.json_extract(JobRow.request, "$.n").label("images")
 QUEUED_SQL = text(
-    "SELECT id, queue_key, priority, seq, json_extract(request, '$.model') AS model FROM jobs WHERE status = 'queued'"
+    "SELECT id, queue_key, priority, seq, json_extract(request, '$.model') AS model, batch_key, "
+    "json_extract(request, '$.n') AS images FROM jobs WHERE status = 'queued'"
 )
 
 # Where a transition may start from; the guarded setter refuses anything else,
@@ -66,10 +69,14 @@ _CLAIM = (
 _MOVE = {
     status: update(JobRow).where(JobRow.id == bindparam("job"), JobRow.status.in_(sorted(sources)))
     .values(status=status, error=bindparam("error"), finished_at=bindparam("at"))
-    .returning(JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST)
+    .returning(JobRow.queue_key, JobRow.priority, JobRow.seq, MODEL_OF_REQUEST, JobRow.batch_key, IMAGES_OF_REQUEST)
     for status, sources in ALLOWED_FROM.items()
 }  # fmt: skip
 _STATUS_OF = select(JobRow.status).where(JobRow.id == bindparam("job"))
+
+
+def _queued(row) -> Queued:
+    return Queued(row.id, row.queue_key, row.priority, row.seq, row.model, row.batch_key, row.images or 1)
 
 
 def _record(row: JobRow) -> JobRecord:
@@ -113,18 +120,19 @@ class SqliteJobQueue(JobQueue):
 
     def _load(self) -> FairIndex:
         with Session(self.engine) as s:
-            queued = [Queued(r.id, r.queue_key, r.priority, r.seq, r.model) for r in s.execute(QUEUED_SQL)]
+            queued = [_queued(r) for r in s.execute(QUEUED_SQL)]
             last = s.execute(select(JobRow.queue_key, func.max(JobRow.claim_seq)).group_by(JobRow.queue_key)).all()
         return FairIndex(queued, {key: seq for key, seq in last if seq is not None})
 
     # --- transitions ----------------------------------------------------------------------
     def put(self, request: DreamRequest, *, seed: int) -> tuple[JobRecord, int]:
-        key, r = request.requester.queue_key, request.requester
+        key, r, batch = request.requester.queue_key, request.requester, batch_key(request)
         record = JobRecord(id=uuid.uuid4().hex, status="queued", request=request, seed=seed, queue_key=key,
                            priority=request.priority, created_at=datetime.now(UTC))  # fmt: skip
         values = {"id": record.id, "status": "queued", "queue_key": key, "priority": record.priority,
                   "request": request.model_dump(mode="json"), "seed": seed, "source": r.source, "user": r.user,
-                  "guild": r.guild, "channel": r.channel, "created_at": record.created_at}  # fmt: skip
+                  "guild": r.guild, "channel": r.channel, "created_at": record.created_at,
+                  "batch_key": batch}  # fmt: skip
         with self._lock:
             queued = self._index.per_user.get(key, 0)
             if queued >= self.max_queued_per_user:
@@ -137,7 +145,7 @@ class SqliteJobQueue(JobQueue):
                     seq = conn.execute(_INSERT, values).scalar_one()
             except SQLAlchemyError as e:
                 raise QueueError(f"could not queue the job: {e}") from e
-            job = Queued(record.id, key, record.priority, seq, request.model)
+            job = Queued(record.id, key, record.priority, seq, request.model, batch, request.n)
             self._index.add(job)
             position = self._position_at_top(job)
         if position is None:
@@ -159,20 +167,36 @@ class SqliteJobQueue(JobQueue):
         return self.get(values["id"])
 
     def claim(self, affinity: Affinity | None = None) -> JobRecord | None:
+        claimed = self.claim_batch(affinity, lambda job: 1)
+        return claimed[0] if claimed else None
+
+    def claim_batch(self, affinity: Affinity | None, room: Callable[[JobRecord], int]) -> list[JobRecord]:
         with self._lock:
             head = self._index.head()
             if head is None:
-                return None
+                return []
             job = head
             if affinity is not None and not affinity.has(head.model):
                 job = self._spare_a_reload(head, affinity)
-            claim_seq = self._index.claimed(job)
             with self.engine.begin() as conn:
-                row = conn.execute(_CLAIM, {"job": job.id, "claim": claim_seq, "at": datetime.now(UTC)}).one()
-        record = _record(row)
-        self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
+                records = [self._claim_row(conn, job)]
+                first = records[0]
+                free = room(first) - first.request.n if job.batch_key is not None else 0
+                # the jobs next in fair order join while they share the key and fit: none is passed over
+                while free > 0 and (nxt := self._index.head()) is not None and nxt.batch_key == job.batch_key:
+                    if nxt.images > free:
+                        break  # a job is never split: it starts the next call
+                    records.append(self._claim_row(conn, nxt))
+                    free -= nxt.images
+        for record in records:
+            self.events.publish(Event(type="started", job=record.id, step=0, total=record.request.steps))
         self._announce_positions()
-        return record
+        return records
+
+    def _claim_row(self, conn, job: Queued) -> JobRecord:
+        """queued -> running for one job (under the lock): its user's turn moves to the back."""
+        claim_seq = self._index.claimed(job)
+        return _record(conn.execute(_CLAIM, {"job": job.id, "claim": claim_seq, "at": datetime.now(UTC)}).one())
 
     def _spare_a_reload(self, head: Queued, affinity: Affinity) -> Queued:
         """The fair next job needs a model that is not loaded: run a loaded model's job first,
@@ -217,7 +241,8 @@ class SqliteJobQueue(JobQueue):
             # only leave "queued" or "running": the index says which of the two it left.
             before = "queued" if self._index.remove(job_id) is not None else "running"
             if status == "queued":
-                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model))
+                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model, row.batch_key,
+                                       row.images or 1))  # fmt: skip
         if status in TERMINAL:
             self.events.publish(Event(type=status, job=job_id, error=error))
         if before == "queued" or status == "queued":
