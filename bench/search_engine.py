@@ -11,7 +11,9 @@ engine keeps recent text embeddings). Then, in this process on the same home, th
 the CLIP text embedding, the keyword query (SQLite FTS5), the guild's vector query, the keyword
 hits' scores, and the whole `GallerySearch.by_text` without HTTP.
 
-    python bench/search_engine.py [--rows 100000] [--queries 100] [--home DIR]
+    python bench/search_engine.py [--rows 100000] [--queries 100] [--home DIR] [--idle]
+
+The engine's worker is kept busy with a long job meanwhile (what a guild's search meets), unless --idle.
 
 --home keeps the built home in DIR, and uses it as it is when it was built before (a million rows
 take ~12 minutes to build here).
@@ -38,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import insert  # noqa: E402
 
 from bench.engine_process import running_engine  # noqa: E402
+from engine.client.schema import DreamRequest, Requester  # noqa: E402
 from gallery.db import open_gallery_db  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder  # noqa: E402
 from gallery.index import LanceIndex  # noqa: E402
@@ -100,6 +103,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--home", type=Path, help="build the home here, or use the one built here before")
+    ap.add_argument("--idle", action="store_true", help="search with the worker idle (default: a job running)")
     args = ap.parse_args()
     print(f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; {args.rows:,} images, "
           f"{len(GUILDS)} guilds, clip {CLIP} (random weights)")  # fmt: skip
@@ -120,6 +124,14 @@ def main() -> None:
     keyword_queries, clip_queries = list(zip(words[:n], guilds)), list(zip(places[:n], guilds))
 
     with running_engine(home, {"DREAMHALL_CLIP_MODEL": CLIP}) as client:
+        busy = []
+        if not args.idle:  # long jobs on the built-in model, one after another, while the searches run
+            for i in range(8):
+                request = DreamRequest(prompt=f"a busy red circle {i}", steps=150, n=4, fresh=True,
+                                       requester=Requester(source="api", user="busy"))  # fmt: skip
+                busy.append(client.submit(request).id)
+            while client.job(busy[0]).status == "queued":
+                time.sleep(0.05)
         first = []
         for guild in GUILDS:  # a guild's first search after a start reads its index: apart
             t = time.perf_counter()
@@ -139,6 +151,9 @@ def main() -> None:
         by_words, found = timed(keyword_queries)
         by_clip, _ = timed(clip_queries)
         again, _ = timed(keyword_queries)
+        running = sum(client.job(job).status == "running" for job in busy)
+        for job in busy:
+            client.cancel(job)
 
     # The parts, in this process, on the same home (the engine has stopped).
     store = SqliteImageStore(open_gallery_db(home / "gallery.db"), home / "images")
@@ -168,7 +183,8 @@ def main() -> None:
         for name, spent in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5)):
             parts[name].append(spent)
     print(f"GET /v1/search through the engine ({n} texts each; a guild's first search after a start: "
-          f"{max(first) * 1000:.0f} ms at most)")  # fmt: skip
+          f"{max(first) * 1000:.0f} ms at most; {'worker idle' if args.idle else 'a job running throughout'}"
+          f"{'' if args.idle or running else ' (NOT: the busy jobs had ended)'})")  # fmt: skip
     print(f"  words from the prompts, first time   {percentiles(by_words)}   (results with every word: {found:.2f})")
     print(f"  words no prompt has (CLIP alone)     {percentiles(by_clip)}")
     print(f"  the word queries again               {percentiles(again)}   (the text embedding is remembered)")

@@ -452,3 +452,46 @@ def test_a_search_narrowed_by_a_frequent_tag_ranks_as_ranking_the_narrowed_set_d
     assert store.calls == 2 and sorted(h.image.id for h in found.results) == sorted(
         rare
     )  # the ranking above, then here
+
+
+def test_a_search_embeds_its_text_without_waiting_for_the_worker_s_step(embedder: OpenClipEmbedder) -> None:
+    """A step of a real model on a CPU takes seconds: a search's text embedding runs beside it, and leaves the
+    worker's torch threads as they were."""
+    import threading
+
+    import torch
+
+    from engine.device.worker import TorchThread, WorkerEmbedder
+
+    thread = TorchThread()
+    thread.start()
+    threads = thread.call(torch.get_num_threads)
+    in_step, release = threading.Event(), threading.Event()
+
+    def a_long_step() -> int:
+        torch.zeros(1).add_(1)  # the worker has run torch before (it loads the models)
+        in_step.set()
+        release.wait(120)
+        return torch.get_num_threads()
+
+    worker = WorkerEmbedder(embedder, thread)
+    try:
+        thread.loop(lambda: False)
+        step = threading.Thread(target=lambda: results.append(thread.call(a_long_step)))
+        results: list[int] = []
+        step.start()
+        assert in_step.wait(30)
+        got: list[np.ndarray] = []
+        search = threading.Thread(target=lambda: got.append(worker.embed_texts(["a green triangle"])))
+        search.start()
+        search.join(30)
+        assert got, "the search waited for the worker's step"  # answered while the worker's thread is in its step
+        vector = got[0]
+        assert vector.shape == (1, embedder.dim)
+        assert np.allclose(vector, embedder.embed_texts(["a green triangle"]), atol=1e-5)
+        release.set()
+        step.join(30)
+        assert results == [threads]  # the worker keeps its torch threads
+    finally:
+        release.set()
+        thread.stop(timeout=30)

@@ -19,7 +19,7 @@ import queue as queue_module
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,8 +39,9 @@ IDLE_WAIT_S = 1.0  # an idle worker looks at the queue at least this often
 class TorchThread:
     """The one thread that touches torch in this process.
 
-    All torch work happens on this one thread: on a CPU, a second thread that touches torch starts
-    a second OpenMP team, and the two made generation 1.75x slower on 2 cores. Work `call`ed during
+    All generation work happens on this one thread: on a CPU, a second thread that touches torch starts
+    a second OpenMP team, and the two made generation 1.75x slower on 2 cores (only a search's text embedding,
+    milliseconds, runs beside it: WorkerEmbedder). Work `call`ed during
     a job runs between its steps (the maker calls `run_tasks` from its step callback).
     """
 
@@ -166,7 +167,12 @@ class Worker(Seats):
 
 
 class WorkerEmbedder(Embedder):
-    """An embedder whose torch work always runs on the worker's thread (see TorchThread)."""
+    """An embedder whose image work runs on the worker's thread (see TorchThread), and whose text work (a search's
+    few words, ~10 ms of CLIP's text tower) on a thread of its own: a search never waits for a denoising step (a
+    real SD step on a CPU takes seconds); the running job shares the cores with it for those milliseconds.
+
+    Its torch thread count is left alone: OpenMP's is not reliably per thread (torch.set_num_threads here was
+    seen to change the worker thread's), and the worker's must stay as it is."""
 
     def __init__(self, inner: Embedder, thread: TorchThread) -> None:
         self.inner = inner
@@ -174,9 +180,10 @@ class WorkerEmbedder(Embedder):
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.relevance_floor = inner.relevance_floor
+        self._texts = ThreadPoolExecutor(1, thread_name_prefix="dreamhall-search-clip")
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.thread.call(self.inner.embed_images, images)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return self.thread.call(self.inner.embed_texts, texts)
+        return self._texts.submit(self.inner.embed_texts, texts).result()
