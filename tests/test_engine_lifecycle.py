@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -153,7 +154,10 @@ def test_split_batches_match_the_whole_batch(tiny_model: Path) -> None:
 def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path: Path) -> None:
     # The API's modules import no torch: the socket is up in about a second, the backend loads behind it.
     heavy = "('torch', 'diffusers', 'lancedb', 'open_clip')"
-    code = f"import sys, engine.server.app; print(sorted(m for m in {heavy} if m in sys.modules))"
+    # nor does building the API's services (the shelf's scan reads the built-in add-ons' headers)
+    code = (f"import sys, engine.server.app as app; from engine.client.settings import Settings; "
+            f"app.build_front(Settings(home={str(tmp_path / 'light')!r})); "
+            f"print(sorted(m for m in {heavy} if m in sys.modules))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
     engine = EngineProcess(tmp_path / "home", None, DREAMHALL_MAX_SIDE="512").start(ready=False)
@@ -187,7 +191,14 @@ def test_the_socket_answers_before_torch_loads_and_jobs_queue_meanwhile(tmp_path
             assert [i["width"] for i in json.loads(cli.stdout)["images"]] == [64]
             job = client.wait(accepted.id)
             assert job.status == "done" and len(job.images) == 1
-            assert client.health().status == "ok"
+            # the jobs started before CLIP and the search index loaded (they load after the first job): once they
+            # have, search finds the images made before them
+            deadline = time.monotonic() + 120
+            while client.health().status != "ok" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            while not client.search("red circle").results and time.monotonic() < deadline:
+                time.sleep(0.1)  # the index's check after the first jobs adds their vectors
+            assert job.images[0].id in {hit.image.id for hit in client.search("red circle").results}
     finally:
         assert engine.stop() == 0
 

@@ -60,7 +60,7 @@ def read_keys(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a checkpoint file, without loading its weights where possible."""
     if path.suffix == ".safetensors":
         try:
-            with safe_open(str(path), framework="pt") as f:
+            with safe_open(str(path), framework="numpy") as f:  # the header only: no torch on the API's side
                 return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as e:
             raise NotACheckpoint(f"{path.name} is not a readable .safetensors file (truncated or corrupt?): {e}") from e

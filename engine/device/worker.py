@@ -113,6 +113,8 @@ class Worker(Seats):
         self.seats = [self.seat]
         self._front: JobFront | None = None
         self._preloaded = self._idled = False
+        # The first job has run, or none waited: what the engine loads after it (CLIP, the search index) may load.
+        self.settled = threading.Event()
 
     # --- called from other threads ----------------------------------------------------
     def serve(self, front: JobFront) -> None:
@@ -141,6 +143,7 @@ class Worker(Seats):
         """Stop after the current step; an interrupted job goes back to the queue."""
         self.maker.stop()
         self.thread.stop(timeout)
+        self.settled.set()
 
     # --- on the thread ------------------------------------------------------------------
     def _next(self) -> bool:
@@ -152,10 +155,12 @@ class Worker(Seats):
         if not jobs:
             if not self._idled:  # the jobs waiting at start have run: the search index's check now
                 self._idled = True
+                self.settled.set()
                 self._front.idle()
                 return True
             return False
         self._front.run(jobs, self.seat, self.maker.run_batch)
+        self.settled.set()
         return True
 
     def _preload(self) -> None:

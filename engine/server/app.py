@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +41,7 @@ from gallery.db import open_gallery_db
 from gallery.store import SqliteImageStore
 
 if TYPE_CHECKING:  # torch: loaded on the backend's thread, once the socket answers
+    from engine.device.worker import Worker
     from gallery.embeddings import Embedder
 
 log = logging.getLogger(__name__)
@@ -89,14 +90,30 @@ def build_backend_or_stop(front: Services) -> Backend:
 
 def build_backend(front: Services) -> Backend:
     """The heavy half, on a thread while the API already answers: the workers (torch and the models:
-    this process's worker thread, or Ray actors), CLIP and the vector index."""
+    this process's worker thread, or Ray actors), CLIP and the vector index.
+
+    The local worker starts the jobs waiting at start as soon as its model is loaded; CLIP and the vector index
+    load once the first of them has run (its images are indexed by the index's check then): the first image waits
+    for what it needs and nothing else. Search answers "starting" until then."""
     # Before torch loads: inductor reads it once. Compiled kernels outlive the process, so a
     # `compile` warm-up is paid once per machine (and per image size), not per start.
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(front.settings.home / "inductor"))
     settings, store = front.settings, front.store
-    # The workers first: Ray forks its processes, which LanceDB's runtime (imported below) warns against.
-    workers, embedder, device = _ray_workers(settings) if settings.backend == "ray" else _local_worker(front)
     from engine.server.front import Front
+
+    job_front = Front(queue=front.queue, store=store, inputs=front.inputs, events=front.hub, metrics=front.metrics)
+    # The workers first: Ray forks its processes, which LanceDB's runtime (imported below) warns against.
+    if settings.backend == "ray":
+        workers, embedder, device = _ray_workers(settings)
+    else:
+        workers, device, load_clip = _local_worker(front)
+        front.serve(workers, job_front)
+        workers.settled.wait()  # the first job has run (or none was waiting): CLIP and the index now
+        try:
+            embedder = load_clip()
+        except BaseException:
+            workers.stop()
+            raise
     from gallery.describe import Describer
     from gallery.index import LanceIndex
     from gallery.indexer import Indexer
@@ -111,18 +128,12 @@ def build_backend(front: Services) -> Backend:
     if rebuilt:
         log.warning("the vector index was damaged and starts empty; the workers re-embed the gallery")
     indexer = Indexer(engine=store.engine, store=store, embedder=embedder, index=index)
+    job_front.attach_indexer(indexer)
     log.info("engine ready: device %s", device)
     return Backend(
         device=device,
         workers=workers,
-        front=Front(
-            queue=front.queue,
-            store=store,
-            inputs=front.inputs,
-            events=front.hub,
-            indexer=indexer,
-            metrics=front.metrics,
-        ),
+        front=job_front,
         search=GallerySearch(store=store, embedder=embedder, index=index, min_score=settings.search_min_score),
         describer=functools.cache(lambda: Describer(embedder, describe_vocabulary(settings))),
         indexer=indexer,
@@ -139,8 +150,8 @@ def describe_vocabulary(settings: Settings) -> dict[str, list[str]]:
                            settings.home / "vocabulary")  # fmt: skip
 
 
-def _local_worker(front: Services) -> tuple[Runner, Embedder, str]:
-    """One worker thread on this machine's device; CLIP runs on that thread too."""
+def _local_worker(front: Services) -> tuple[Worker, str, Callable[[], Embedder]]:
+    """One worker thread on this machine's device, and how to load CLIP on that thread (after the first job)."""
     from engine.device.device import Device
     from engine.device.maker import build_maker
     from engine.device.worker import TorchThread, Worker, WorkerEmbedder
@@ -150,17 +161,19 @@ def _local_worker(front: Services) -> tuple[Runner, Embedder, str]:
     device = Device(settings.device)
     thread = TorchThread()
     thread.start()
-    try:
-        # New images are embedded as they are made, on the worker thread; searches embed there too.
-        clip = thread.call(OpenClipEmbedder, settings.clip_model, settings.clip_pretrained,
-                           device=str(device.torch_device))  # fmt: skip
-    except BaseException:
-        thread.stop(timeout=30)
-        raise
-    # between_steps: a search's embedding waits one step at most
-    maker = build_maker(settings, device=device, shelf=front.shelf, worker_id="local", embedder=clip,
-                        between_steps=thread.run_tasks)  # fmt: skip
-    return Worker(thread=thread, maker=maker), WorkerEmbedder(clip, thread), device.describe()
+    # between_steps: work `call`ed on the thread (CLIP's load, image embeddings) waits one step at most
+    maker = build_maker(settings, device=device, shelf=front.shelf, worker_id="local", between_steps=thread.run_tasks)
+
+    def load_clip() -> Embedder:
+        # New images are embedded as they are made, on the worker thread; so are searches' pictures.
+        def load() -> OpenClipEmbedder:
+            maker.embedder = OpenClipEmbedder(settings.clip_model, settings.clip_pretrained,
+                                              device=str(device.torch_device))  # fmt: skip
+            return maker.embedder
+
+        return WorkerEmbedder(thread.call(load), thread)
+
+    return Worker(thread=thread, maker=maker), device.describe(), load_clip
 
 
 def _ray_workers(settings: Settings) -> tuple[Runner, Embedder, str]:

@@ -9,8 +9,9 @@ implements with `loop.call_soon_threadsafe`; this module never touches the event
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.client.answers import Event
@@ -53,6 +54,8 @@ class Front:
     events: EventSink
     indexer: Indexer | None = None
     metrics: Metrics | None = None
+    _missed: bool = field(default=False, init=False)  # the worker idled before the index had loaded
+    _indexing: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def claim(self, affinity: Affinity | None, room: Callable[[JobRecord], int] = lambda job: 1) -> list[JobRecord]:
         return self.queue.claim_batch(affinity, room)
@@ -174,11 +177,22 @@ class Front:
         if images:
             self.metrics.images.labels(source=source).inc(images)
 
+    def attach_indexer(self, indexer: Indexer) -> None:
+        """The search index has loaded (after the first job: its images were stored without vectors): the index's
+        check runs now if the worker already idled, else when it does."""
+        with self._indexing:
+            self.indexer = indexer
+            missed, self._missed = self._missed, False
+        if missed:
+            self.idle()
+
     def idle(self) -> None:
         """Bring the search index up to date, once the jobs waiting at start have run (at a million
         images the check takes ~0.6 s here when nothing is amiss, and the first job need not wait)."""
-        if self.indexer is None:
-            return
+        with self._indexing:
+            self._missed = self.indexer is None
+            if self._missed:
+                return
         try:
             self.indexer.reconcile(quick=True)
         except Exception:  # search degrades, generation goes on

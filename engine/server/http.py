@@ -41,8 +41,8 @@ def create_app(services: Services) -> FastAPI:
         if loading is not None:
             with suppress(Exception):
                 await loading  # asked to stop while starting: finish starting, then stop cleanly
+        await asyncio.to_thread(services.runner.stop)
         if services.backend is not None:
-            await asyncio.to_thread(services.backend.workers.stop)
             services.backend.indexer.flush()
 
     app = FastAPI(

@@ -40,6 +40,15 @@ class LateRunner:
     def attach(self, runner: Runner) -> None:
         self._runner = runner
 
+    @property
+    def attached(self) -> bool:
+        return self._runner is not None
+
+    def stop(self) -> None:
+        """Stop the workers, if they run: a job interrupted mid-way goes back to the queue."""
+        if self._runner is not None:
+            self._runner.stop()
+
     def wake(self) -> None:
         if self._runner is not None:
             self._runner.wake()

@@ -72,11 +72,17 @@ class Services:
                                  "index); try again in a few seconds")  # fmt: skip
         return self.backend
 
+    def serve(self, workers: Runner, front: Front) -> None:
+        """The workers take jobs from now on (the local worker: before CLIP and the search index have loaded)."""
+        if self.runner.attached:
+            return
+        self.runner.attach(workers)
+        workers.serve(front)
+
     def attach(self, backend: Backend) -> None:
-        """The backend is built: jobs queued meanwhile start now."""
+        """The backend is built: search answers, and jobs queued meanwhile start now if they have not."""
         self.backend = backend
-        self.runner.attach(backend.workers)
-        backend.workers.serve(backend.front)
+        self.serve(backend.workers, backend.front)
 
     def default_model(self) -> str:
         return default_model_name(self.settings.model)
