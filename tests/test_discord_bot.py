@@ -620,18 +620,20 @@ async def test_a_waiting_dream_shows_the_nearest_images_while_it_waits(world: Wo
 
     mid = await world.fake.say(A, "7", '!dream "an orange circle on a white background" -S 61 -s 4')
     assert (await world.result_for(mid)).files  # something of this server's gallery to show
-    # two other members' slow jobs: one runs, one waits ahead of the next dream (it has never been served)
-    slow = [await world.client.submit(parse("a slow hexagon -n 2 -s 60 -W 256 -H 256",
+    # two other members' slow jobs: one runs, one waits ahead of the next dream (it has never been served; their
+    # step counts differ, so they cannot share one call)
+    slow = [await world.client.submit(parse(f"a slow hexagon -n 2 -s {steps} -W 256 -H 256",
                                             requester=Requester(source="discord", user=u, guild=A)))
-            for u in ("90", "91")]  # fmt: skip
+            for u, steps in (("90", 60), ("91", 61))]  # fmt: skip
     try:
         asked = await world.fake.say(A, "7", '!dream "an orange circle on a gray background" -S 62 -s 4')
         status = await world.text_reply(asked)
-        assert "position" in status.content and "While you wait, from this gallery:" in status.content
+        content = status.content  # as first posted: the bot edits it when the job starts
+        assert "position" in content and "While you wait, from this gallery:" in content
         # the engine's nearest images of this server for the prompt (CLIP text -> image, one per stack)
         nearest = await world.client.search("an orange circle on a gray background", limit=4, stacks=True,
                                             nearest=True, guild=A)  # fmt: skip
-        listed = status.content.split("While you wait, from this gallery:")[1].strip()
+        listed = content.split("While you wait, from this gallery:")[1].strip()
         assert listed == ", ".join(f"#{r.image.id}" for r in nearest.results) and len(nearest.results) >= 1
         assert status.waiting and not status.files  # a grid of the nearest images, apart from the result to come
     finally:
