@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
@@ -73,6 +72,8 @@ class OpenClipEmbedder(Embedder):
             # Measured on 200 toy images: a caption's own image sits at 0.89-0.95, the images of a
             # "colour shape" query at 0.58-0.77; "xyzzy plugh" reaches 0.57 at most.
             self.relevance_floor = 0.6
+        import open_clip  # here, not at import: the engine's first job needs no CLIP (it loads after it)
+
         if name.endswith(".json"):
             # open_clip does not store the architecture in the checkpoint: register it first.
             config = Path(name)
@@ -124,6 +125,8 @@ def encode_text_to_end(model: Any, tokens: torch.Tensor) -> torch.Tensor:
     CLIP's text transformer is causal and pools at the end token, so the padding after it cannot change the
     result: a five-word query runs ~8 positions instead of 77 (the same vector, to float rounding). Models that
     pool otherwise (or have no causal mask) run open_clip's own encode_text."""
+    import open_clip
+
     if not (isinstance(model, open_clip.model.CLIP) and model.text_pool_type == "argmax"
             and getattr(model, "attn_mask", None) is not None):  # fmt: skip
         return model.encode_text(tokens)
