@@ -120,17 +120,20 @@ class GallerySearch:
             # Tags, a board, a rating: first the ordinary search a few times deeper, its hits checked in SQLite. A
             # frequent tag fills the page from there (the best-scoring images that have it, as the vector index
             # ranks everything); a rare one does not, and then what SQLite lets through is ranked by CLIP and words.
-            page = self._ranked(query, vector, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
-            if len(page.results) == limit:
+            page, exhausted = self._ranked(query, vector, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
+            if len(page.results) == limit or exhausted:
                 return page
             return self._within(query, vector, limit, offset, filters)
-        return self._ranked(query, vector, limit, offset, filters, depth=depth)
+        return self._ranked(query, vector, limit, offset, filters, depth=depth)[0]
 
     def _ranked(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters, *,
-                depth: int) -> SearchPage:  # fmt: skip
-        """Keyword hits (ranked above CLIP by their bonus) and CLIP's nearest `depth` above the relevance floor."""
+                depth: int) -> tuple[SearchPage, bool]:  # fmt: skip
+        """Keyword hits (ranked above CLIP by their bonus) and CLIP's nearest `depth` above the relevance floor; and
+        whether that was all there is (fewer keyword hits than `depth`, and CLIP's ran below the floor before
+        `depth`): then a deeper look at what SQLite-only filters let through finds nothing more."""
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
+        exhausted = len(keyword) < depth
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
         cosines = self.index.scores(vector, keyword, filters=filters.vector_filters()) if keyword else {}
         scores = {i: cosines.get(i, 0.0) + KEYWORD_BONUS for i in keyword}
@@ -140,12 +143,13 @@ class GallerySearch:
             hits = self.index.search(vector, k=depth, filters=filters.vector_filters())
             clip_only = {h.image_id: h.score for h in hits if h.score >= self.min_score}
             scores = clip_only | scores
+            exhausted = exhausted and len(clip_only) < depth
         phrase = fts_query(query, only_phrases=True)
         if phrase is not None:  # a quoted phrase is a promise: only prompts that contain it
             allowed = set(self.store.keyword_ids(phrase, filters=filters, k=max(depth, 10_000)))
             scores = {i: s for i, s in scores.items() if i in allowed}
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
-        return self._page(ranked, limit, offset, filters)
+        return self._page(ranked, limit, offset, filters), exhausted
 
     def _within(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters) -> SearchPage:
         """A text search among the images that SQLite-only filters let through (the newest SQLITE_CANDIDATES)."""
