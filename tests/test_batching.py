@@ -214,3 +214,33 @@ def test_a_crash_mid_call_requeues_every_job_of_it_and_stores_each_once(batching
         assert [job.status for job in done] == ["done"] * 4
         assert [len(job.images) for job in done] == [r.n for r in requests]
         assert client.images(limit=1).total - before == sum(r.n for r in requests)  # each stored once
+
+
+def test_jobs_over_the_pixel_budget_take_calls_of_their_own_and_a_cancel_ends_only_its_own(tmp_path):
+    # The worker had not loaded the model when it claimed them (the room could not see the size): the maker packs
+    # whole jobs into calls within batch_pixels, here one 64 px image each on the built-in model.
+    from engine.client.settings import Settings
+    from engine.device.device import Device
+    from engine.device.maker import build_maker
+    from engine.device.runner import Cancelled, JobRecord, Made, Resolved
+    from engine.device.shelf import Shelf
+
+    settings = Settings(home=tmp_path, batch_pixels=64 * 64, batch_max=8)
+    maker = build_maker(settings, device=Device("cpu"), shelf=Shelf(settings.shelf_dir), worker_id="t")
+    jobs = [JobRecord.model_validate({"id": f"job{i}", "status": "running", "seed": i, "queue_key": f"u{i}",
+                                      "priority": 0, "created_at": "2026-12-05T00:00:00Z",
+                                      "request": DreamRequest(prompt=f"a red circle {i}", seed=i, steps=4,
+                                                              requester=_who(i))})
+            for i in range(3)]  # fmt: skip
+    steps: dict[str, int] = {}
+
+    def report(event) -> None:
+        if event.type == "step":
+            steps[event.job] = steps.get(event.job, 0) + 1
+            if event.job == "job0":
+                maker.cancel("job0")  # the first call's only job: that call ends, the others run
+
+    outcomes = maker.run_batch(jobs, [Resolved()] * 3, [report] * 3)
+    assert isinstance(outcomes[0], Cancelled)
+    assert all(isinstance(o, Made) and len(o.items) == 1 for o in outcomes[1:])
+    assert steps["job0"] == 1 and steps["job1"] >= 1 and steps["job2"] >= 1  # three calls, one after another

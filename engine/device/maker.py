@@ -252,7 +252,7 @@ class Maker:
         if any(a != addons[0] for a in addons):
             raise Unbatchable("their LoRAs or embeddings differ")
         watch.lap("plan")
-        per_call = self._max_batch(works[0]) or sum(first.n for first in (w.request for w in works))
+        per_call = self._max_batch(works[0]) or sum(w.request.n for w in works)
         calls = pack([w.request.n for w in works], per_call)
         made: dict[int, list[Image.Image]] = {}
         started = time.perf_counter()
@@ -262,14 +262,17 @@ class Maker:
                 members = [works[i] for i in call]
                 offsets = list(itertools.accumulate((w.request.n for w in members), initial=0))
                 s = members[0].sampling
-                images = model.txt2img(
-                    width=size[0], height=size[1], seeds=[seed for w in members for seed in w.seeds],
-                    prompt=[w.prompt_of(i) for w in members for i in range(w.request.n)],
-                    negative_prompt=[w.sampling.negative_prompt for w in members for _ in range(w.request.n)],
-                    steps=s.steps, cfg_scale=s.cfg_scale, sampler=s.sampler, clip_skip=s.clip_skip, tiling=s.tiling,
-                    eta=s.eta, on_step=self._on_shared_step([jobs[i] for i in call], offsets, model,
-                                                            [reports[i] for i in call]),
-                )  # fmt: skip
+                try:
+                    images = model.txt2img(
+                        width=size[0], height=size[1], seeds=[seed for w in members for seed in w.seeds],
+                        prompt=[w.prompt_of(i) for w in members for i in range(w.request.n)],
+                        negative_prompt=[w.sampling.negative_prompt for w in members for _ in range(w.request.n)],
+                        steps=s.steps, cfg_scale=s.cfg_scale, sampler=s.sampler, clip_skip=s.clip_skip,
+                        tiling=s.tiling, eta=s.eta, on_step=self._on_shared_step([jobs[i] for i in call], offsets,
+                                                                                 model, [reports[i] for i in call]),
+                    )  # fmt: skip
+                except Cancelled:
+                    continue  # every job of this call was cancelled: the next call's jobs go on
                 for i, start, end in zip(call, offsets, offsets[1:]):
                     made[i] = images[start:end]
         watch.lap("steps")
