@@ -54,7 +54,10 @@ def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tin
             done.append(job)
         found = client.search("green star", limit=5).results
         assert [hit.image.id for hit in found] == [image.id for image in earlier.images]
-    log = engine.read_log(tail=None)
+    # the index's check runs when the worker idles after them (search's keyword hits need no vectors: wait for it)
+    deadline = time.monotonic() + 120
+    while "index reconciled" not in (log := engine.read_log(tail=None)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert "resuming 1 job(s)" in log
     # The jobs waiting at the start ran first, before CLIP and the index had loaded (they load after the first
     # job); the index's check came after them, when the worker was idle: it embedded the image made before the
