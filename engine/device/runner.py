@@ -14,8 +14,6 @@ is the only part of the device side the front imports, so it imports neither tor
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +25,7 @@ from pydantic import BaseModel
 from engine.client.answers import Event, Progress, WorkerInfo
 from engine.client.schema import DreamRequest, JobStatus
 from gallery.schemas import ImageCreate, ImagePublic, UtcDateTime
+from gallery.stacks import digest
 
 
 class Cancelled(Exception):
@@ -70,7 +69,7 @@ def batch_key(req: DreamRequest) -> str | None:
     shared = {"model": req.model, "width": req.width, "height": req.height, "aspect_ratio": req.aspect_ratio,
               "steps": req.steps, "cfg_scale": req.cfg_scale, "sampler": req.sampler, "clip_skip": req.clip_skip,
               "tiling": req.tiling, "eta": req.eta, "negative": bool(req.drawn_negative_prompt)}  # fmt: skip
-    return hashlib.sha256(json.dumps(shared, sort_keys=True).encode()).hexdigest()[:32]
+    return digest(shared)
 
 
 def images_per_call(req: DreamRequest, *, batch_max: int, batch_pixels: int | None, native_size: int | None) -> int:

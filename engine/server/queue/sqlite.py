@@ -75,8 +75,9 @@ _MOVE = {
 _STATUS_OF = select(JobRow.status).where(JobRow.id == bindparam("job"))
 
 
-def _queued(row) -> Queued:
-    return Queued(row.id, row.queue_key, row.priority, row.seq, row.model, row.batch_key, row.images or 1)
+def _queued(job_id: str, row) -> Queued:
+    """A queued job as the fair index holds it, from a row of QUEUED_SQL or of a transition's RETURNING."""
+    return Queued(job_id, row.queue_key, row.priority, row.seq, row.model, row.batch_key, row.images or 1)
 
 
 def _record(row: JobRow) -> JobRecord:
@@ -120,7 +121,7 @@ class SqliteJobQueue(JobQueue):
 
     def _load(self) -> FairIndex:
         with Session(self.engine) as s:
-            queued = [_queued(r) for r in s.execute(QUEUED_SQL)]
+            queued = [_queued(r.id, r) for r in s.execute(QUEUED_SQL)]
             last = s.execute(select(JobRow.queue_key, func.max(JobRow.claim_seq)).group_by(JobRow.queue_key)).all()
         return FairIndex(queued, {key: seq for key, seq in last if seq is not None})
 
@@ -241,8 +242,7 @@ class SqliteJobQueue(JobQueue):
             # only leave "queued" or "running": the index says which of the two it left.
             before = "queued" if self._index.remove(job_id) is not None else "running"
             if status == "queued":
-                self._index.add(Queued(job_id, row.queue_key, row.priority, row.seq, row.model, row.batch_key,
-                                       row.images or 1))  # fmt: skip
+                self._index.add(_queued(job_id, row))
         if status in TERMINAL:
             self.events.publish(Event(type=status, job=job_id, error=error))
         if before == "queued" or status == "queued":
