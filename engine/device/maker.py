@@ -112,9 +112,7 @@ class Maker:
         req = job.request
         watch = Stopwatch()
         # 1. the model (say so when it must be loaded: that can take minutes)
-        if not self.pipelines.is_loaded(req.model):
-            report(Event(type="loading", job=job.id, model=req.model or self.pipelines.default_name()))
-        model = self.pipelines.model(req.model)
+        model = self._loaded(req.model, [(job, report)])
         watch.lap("model")
         # 2. the plan: size, seeds, and which single call makes its images
         work = modes.plan(req, inputs, job_seed=job.seed, native_size=model.native_size,
@@ -158,9 +156,7 @@ class Maker:
                 images = modes.hires(model, images, work, lambda i: self._on_step(job, model, i, len(images), report))
             made_with["hires_upscaler"] = modes.hires_note(req.hires)
         if req.refiner is not None and job.id not in self._finish:  # 3c. a second model finishes each image
-            if not self.pipelines.is_loaded(req.refiner):
-                report(Event(type="loading", job=job.id, model=req.refiner))
-            refiner = self.pipelines.model(req.refiner)
+            refiner = self._loaded(req.refiner, [(job, report)])
             images = modes.refine(refiner, images, work, req.refiner_switch,
                                   lambda i: self._on_step(job, refiner, i, len(images), report))  # fmt: skip
             made_with["refiner"] = refiner.name  # its shelf name, never a path
@@ -237,10 +233,7 @@ class Maker:
         images are discarded. Raises Unbatchable (and whatever failed) before anything is returned."""
         first = jobs[0].request
         watch = Stopwatch()
-        if not self.pipelines.is_loaded(first.model):
-            for job, report in zip(jobs, reports):
-                report(Event(type="loading", job=job.id, model=first.model or self.pipelines.default_name()))
-        model = self.pipelines.model(first.model)
+        model = self._loaded(first.model, list(zip(jobs, reports, strict=True)))
         watch.lap("model")
         works = [modes.plan(job.request, one, job_seed=job.seed, native_size=model.native_size)
                  for job, one in zip(jobs, inputs, strict=True)]  # fmt: skip
@@ -323,6 +316,14 @@ class Maker:
             return False
 
         return on_step
+
+    def _loaded(self, ref: str | None, waiting: list[tuple[JobRecord, Report]]) -> LoadedModel:
+        """The model `ref` (None: the default); the jobs waiting for it hear first when it must be loaded (that can
+        take minutes)."""
+        if not self.pipelines.is_loaded(ref):
+            for job, report in waiting:
+                report(Event(type="loading", job=job.id, model=ref or self.pipelines.default_name()))
+        return self.pipelines.model(ref)
 
     def _reference_adapter(self, req: DreamRequest, model: LoadedModel) -> tuple[Item | None, Path | None]:
         if not req.references:

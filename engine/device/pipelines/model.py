@@ -296,7 +296,8 @@ class LoadedModel:
             for g in generators:
                 torch.randn(task_inputs["latents"].shape[1:], generator=g)
         pipe.scheduler = make_scheduler(sampler, self.base_scheduler_config, flow=self.flow, family=self.family)
-        negatives = [negative_prompt] * len(seeds) if isinstance(negative_prompt, str) else list(negative_prompt)
+        # one prompt and negative for all the images, or one each (jobs that share a call)
+        prompts_, negatives = ([p] * len(seeds) if isinstance(p, str) else list(p) for p in (prompt, negative_prompt))
         if any(negatives) and self.detected.family == "flux":
             task_inputs["true_cfg_scale"] = cfg_scale  # FLUX's guidance is distilled; a negative needs true CFG
         if self._reference is not None:
@@ -317,7 +318,7 @@ class LoadedModel:
             return tensors
 
         with self._clip_skip(clip_skip):
-            conditioning = self._conditioning(prompt, negative_prompt, len(seeds))
+            conditioning = self._conditioning(prompts_, negatives)
         with self._tiling(tiling):
             out = pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
                 **conditioning,
@@ -372,13 +373,12 @@ class LoadedModel:
             for conv, mode in zip(convs, modes):
                 conv.padding_mode = mode
 
-    def _conditioning(self, prompt: str | Sequence[str], negative_prompt: str | Sequence[str], n: int) -> dict:
-        """The pipeline's text inputs for `n` images, one prompt and negative for all or one each (jobs that share
-        a call): compel's embeddings (A1111 weights, past the 77-token window, BREAK) for SD 1.x/2.x/SDXL; the
-        plain text for SD3 and FLUX. Raises Unbatchable when the images' embeddings differ in length."""
-        each = [[p] * n if isinstance(p, str) else list(p) for p in (prompt, negative_prompt)]
+    def _conditioning(self, prompts_: list[str], negatives: list[str]) -> dict:
+        """The pipeline's text inputs for its images, a prompt and a negative each: compel's embeddings (A1111
+        weights, past the 77-token window, BREAK) for SD 1.x/2.x/SDXL; the plain text for SD3 and FLUX. Raises
+        Unbatchable when the images' embeddings differ in length."""
         pairs = [tuple(prompts.without_embedding_prefix(prompts.parse(p)[0]) for p in pair)
-                 for pair in zip(*each, strict=True)]  # fmt: skip
+                 for pair in zip(prompts_, negatives, strict=True)]  # fmt: skip
         if self.flow:
             negatives = [negative for _, negative in pairs]
             if any(negatives) and not all(negatives):
