@@ -78,6 +78,11 @@ class ThumbnailLoader(QObject):
         self.source_of = source_of
         self.size = size
         self.threads = threads
+        # PySide creates its enum classes on first use, and two pool threads creating one at once crashed the process
+        # (seen in QPainter.fillRect's overloads, badging two stacks at once): scale and badge one here, on this
+        # thread, before any pool thread does.
+        blank = QImage(size, size, QImage.Format.Format_ARGB32)
+        stack_badge(blank.scaled(size, size, Qt.AspectRatioMode.KeepAspectRatio), 2)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="thumbnails")
         self._stack: OrderedDict[int, ImageRecord] = OrderedDict()
         self._lock = threading.Lock()
