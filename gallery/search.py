@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from PIL import Image
@@ -86,10 +87,17 @@ class GallerySearch:
         self.min_score = embedder.relevance_floor if min_score is None else min_score
         self._text_vector = functools.lru_cache(maxsize=TEXT_VECTORS_CACHED)(self._embed_text)
 
-    def _embed_text(self, query: str) -> np.ndarray:
-        vector = self.embedder.embed_texts([query])[0]
-        vector.flags.writeable = False  # shared by every search for the same words
-        return vector
+    def _embed_text(self, query: str) -> Future[np.ndarray]:
+        return self.embedder.embed_texts_soon([query])
+
+    def _vector(self, pending: Future[np.ndarray]) -> np.ndarray:
+        try:
+            rows = pending.result()
+        except Exception:
+            self._text_vector.cache_clear()  # a failed embedding is not remembered
+            raise
+        rows.flags.writeable = False  # shared by every search for the same words
+        return rows[0]
 
     def by_text(
         self, *, query: str, limit: int = 20, offset: int = 0, filters: SearchFilters | None = None,
@@ -112,21 +120,22 @@ class GallerySearch:
         if not query:  # tags alone: the newest images that have them
             images, _ = self.store.page(filters=filters, limit=limit, offset=offset)
             return SearchPage(results=[SearchHit(image=i, score=1.0) for i in images], offset=offset, limit=limit)
-        vector = self._text_vector(query)
+        # The text is embedded (on the embedder's own thread in the engine) while SQLite finds the keyword hits.
+        pending = self._text_vector(query)
         if nearest:
-            hits = self.index.search(vector, k=depth, filters=filters.vector_filters())
+            hits = self.index.search(self._vector(pending), k=depth, filters=filters.vector_filters())
             return self._page([(h.image_id, h.score) for h in hits], limit, offset, filters)
         if filters.sqlite_only:
             # Tags, a board, a rating: first the ordinary search a few times deeper, its hits checked in SQLite. A
             # frequent tag fills the page from there (the best-scoring images that have it, as the vector index
             # ranks everything); a rare one does not, and then what SQLite lets through is ranked by CLIP and words.
-            page, exhausted = self._ranked(query, vector, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
+            page, exhausted = self._ranked(query, pending, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
             if len(page.results) == limit or exhausted:
                 return page
-            return self._within(query, vector, limit, offset, filters)
-        return self._ranked(query, vector, limit, offset, filters, depth=depth)[0]
+            return self._within(query, self._vector(pending), limit, offset, filters)
+        return self._ranked(query, pending, limit, offset, filters, depth=depth)[0]
 
-    def _ranked(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters, *,
+    def _ranked(self, query: str, pending: Future[np.ndarray], limit: int, offset: int, filters: SearchFilters, *,
                 depth: int) -> tuple[SearchPage, bool]:  # fmt: skip
         """Keyword hits (ranked above CLIP by their bonus) and CLIP's nearest `depth` above the relevance floor; and
         whether that was all there is (fewer keyword hits than `depth`, and CLIP's ran below the floor before
@@ -134,8 +143,10 @@ class GallerySearch:
         words = fts_query(query)
         keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
         exhausted = len(keyword) < depth
+        found = self.index.vectors(keyword, filters=filters.vector_filters()) if keyword else None
+        vector = self._vector(pending)
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
-        cosines = self.index.scores(vector, keyword, filters=filters.vector_filters()) if keyword else {}
+        cosines = self.index.cosines(vector, *found) if found is not None else {}
         scores = {i: cosines.get(i, 0.0) + KEYWORD_BONUS for i in keyword}
         # A CLIP-only hit scores at most 1 (a cosine): when keyword hits at or above that fill the page,
         # the vector query cannot change it (at 1M images it is most of a search's time after CLIP).

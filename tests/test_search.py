@@ -262,7 +262,7 @@ class Counting:
 
 def test_keyword_hits_that_fill_the_page_skip_the_vector_query_and_rank_the_same(gallery) -> None:
     g, _, _ = gallery
-    index, embedder = Counting(g.index, "search"), Counting(g.embedder, "embed_texts")
+    index, embedder = Counting(g.index, "search"), Counting(g.embedder, "embed_texts_soon")
     search = GallerySearch(store=g.store, embedder=embedder, index=index)
     guild_a = SearchFilters(guild="guild-a")
     # Deep enough that the vector query runs: its ranking, keyword hits and CLIP-only hits together.
@@ -501,4 +501,124 @@ def test_a_search_embeds_its_text_without_waiting_for_the_worker_s_step(embedder
         assert results == [threads]  # the worker keeps its torch threads
     finally:
         release.set()
+        thread.stop(timeout=30)
+
+
+def test_search_texts_run_a_bf16_text_tower_with_fp32_s_vectors_and_images_keep_fp32() -> None:
+    """On a CPU that computes bf16, a search's words run a bf16 copy of the text tower (half the bytes to read):
+    its vectors stay within 1e-4 cosine of the fp32 tower's (the built-in CLIP and a random-weight ViT-B-32), and
+    the image tower, whose vectors the gallery stores, stays fp32."""
+    import torch
+
+    from gallery.embeddings import _native_bf16
+
+    if not _native_bf16():
+        pytest.skip("this CPU has no native bf16: the text tower stays fp32")
+    texts = ["a red circle on a blue background", "", "fox", "a very long prompt about many things " * 12]
+    for model in (OpenClipEmbedder(), OpenClipEmbedder("ViT-B-32", None)):
+        assert next(model.text_model.parameters()).dtype == torch.bfloat16
+        assert next(model.model.visual.parameters()).dtype == torch.float32
+        with torch.inference_mode():
+            exact = torch.nn.functional.normalize(model.model.encode_text(model.tokenizer(texts)), dim=-1).numpy()
+        got = model.embed_texts(texts)
+        assert got.dtype == np.float32
+        assert (got * exact).sum(axis=1).min() >= 1 - 1e-4
+
+
+def test_a_search_reads_its_keyword_hits_while_its_text_is_embedded(gallery) -> None:
+    """The text's embedding (CLIP, the most of a first-time search) and SQLite's keyword query with the hits'
+    vectors run at the same time: the search asks for the vector only after reading them."""
+    from concurrent.futures import Future
+
+    g, _, _ = gallery
+
+    class Later(OpenClipEmbedder):
+        def __init__(self, inner: OpenClipEmbedder) -> None:
+            self.__dict__.update(inner.__dict__)
+            self.pending: list[Future] = []
+
+        def embed_texts_soon(self, texts: list[str]) -> Future:
+            self.pending.append(Future())
+            self.texts = texts
+            return self.pending[-1]
+
+    class Watched(SqliteImageStore):
+        def keyword_ids(self, match, *, filters, k):
+            seen.append(("keywords", embedder.pending[-1].done()))
+            return super().keyword_ids(match, filters=filters, k=k)
+
+    class WatchedIndex(LanceIndex):
+        def vectors(self, image_ids, *, filters=None):
+            seen.append(("vectors", embedder.pending[-1].done()))
+            answer = super().vectors(image_ids, filters=filters)
+            embedder.pending[-1].set_result(g.embedder.embed_texts(embedder.texts))  # CLIP finishes now
+            return answer
+
+    seen: list[tuple[str, bool]] = []
+    embedder = Later(g.embedder)
+    store = Watched(g.db, g.root / "images")
+    index = WatchedIndex(g.root / "lancedb", model_id=g.embedder.model_id, dim=g.embedder.dim)
+    found = GallerySearch(store=store, embedder=embedder, index=index).by_text(query="green triangle", limit=5)
+    assert seen == [("keywords", False), ("vectors", False)]
+    assert found.results and all("green triangle" in h.image.prompt for h in found.results)
+    assert [h.image.id for h in found.results] == [
+        h.image.id for h in g.search.by_text(query="green triangle", limit=5).results
+    ]
+
+
+def test_a_failed_text_embedding_is_not_remembered(gallery) -> None:
+    g, _, _ = gallery
+    failures = [RuntimeError("CLIP fell over")]
+
+    class Flaky(OpenClipEmbedder):
+        def __init__(self, inner: OpenClipEmbedder) -> None:
+            self.__dict__.update(inner.__dict__)
+
+        def embed_texts(self, texts: list[str]) -> np.ndarray:
+            if failures:
+                raise failures.pop()
+            return super().embed_texts(texts)
+
+    search = GallerySearch(store=g.store, embedder=Flaky(g.embedder), index=g.index)
+    with pytest.raises(RuntimeError):
+        search.by_text(query="green triangle", limit=5)
+    assert search.by_text(query="green triangle", limit=5).results  # asked again, not the remembered failure
+
+
+def test_reading_the_index_ahead_queries_each_ann_shard_once_and_changes_no_answer(tmp_path: Path) -> None:
+    """After a start, each shard with an ANN index is queried once in the background (its first query opens the
+    index: 0.2-0.6 s at 100,000 vectors), so that no user's first search pays for it; small shards, searched in
+    memory, are left alone."""
+    rng = np.random.default_rng(5)
+    vectors = unit_rows(rng, 700)
+    index = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64, ann_threshold=500)
+    index.add(index_rows(vectors[:600], ["big"] * 600) + index_rows(vectors[600:], ["small"] * 100, first_id=600))
+    index.flush()
+    index.build_ann_index()
+    before = index.search(vectors[9], k=5, filters=VectorFilters(guild="big"))
+    reopened = LanceIndex(tmp_path / "lancedb", model_id="test-clip", dim=64, ann_threshold=500)
+    asked: list[str] = []
+    for name, shard in reopened._shards.items():
+        shard.table.search = lambda *a, _ask=shard.table.search, _name=name, **kw: asked.append(_name) or _ask(*a, **kw)
+    reopened.warm()
+    assert asked == [reopened.shard_name("big")]
+    assert reopened.search(vectors[9], k=5, filters=VectorFilters(guild="big")) == before
+
+
+def test_the_worker_s_thread_yields_the_cores_to_a_search() -> None:
+    """The denoising thread (and the OpenMP team it starts) runs at a lower CPU priority than the engine's other
+    threads: a search's few milliseconds of CLIP take the cores from a step, not the other way round."""
+    import os
+    import threading
+
+    from engine.device.worker import WORKER_NICE, TorchThread
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities on this platform")
+    thread = TorchThread()
+    thread.start()
+    try:
+        worker = thread.call(threading.get_native_id)
+        assert os.getpriority(os.PRIO_PROCESS, worker) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICE)
+    finally:
         thread.stop(timeout=30)

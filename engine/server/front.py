@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -193,10 +194,24 @@ class Front:
             self._missed = self.indexer is None
             if self._missed:
                 return
+        started = time.monotonic()
         try:
             self.indexer.reconcile(quick=True)
         except Exception:  # search degrades, generation goes on
             log.exception("could not reconcile the search index")
+        else:
+            log.info("search index checked in %.1f s", time.monotonic() - started)
+        threading.Thread(target=self._warm, name="dreamhall-index-warm", daemon=True).start()
+
+    def _warm(self) -> None:
+        assert self.indexer is not None
+        started = time.monotonic()
+        try:
+            self.indexer.index.warm()
+        except Exception:  # the first searches read it themselves
+            log.exception("could not read the search index ahead")
+        else:
+            log.info("search index read ahead in %.1f s", time.monotonic() - started)
 
     def _index(self, images: list[ImagePublic], vectors: list[list[float]] | None) -> None:
         # Housekeeping after a job: a failure here costs search freshness, never the job;
