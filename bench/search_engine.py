@@ -48,7 +48,7 @@ from gallery.embeddings import OpenClipEmbedder  # noqa: E402
 from gallery.index import LanceIndex  # noqa: E402
 from gallery.models import ImageRow  # noqa: E402
 from gallery.schemas import SearchFilters  # noqa: E402
-from gallery.search import GallerySearch, fts_query  # noqa: E402
+from gallery.search import GallerySearch, fts_terms  # noqa: E402
 from gallery.store import SqliteImageStore  # noqa: E402
 
 GUILDS = [f"guild-{i}" for i in range(10)]
@@ -174,7 +174,7 @@ def main() -> None:
         t0 = time.perf_counter()
         vector = embedder.embed_texts([query])[0]
         t1 = time.perf_counter()
-        hits = store.keyword_ids(fts_query(query) or "", filters=filters, k=50)
+        hits = store.keyword_ids(fts_terms(query), filters=filters, k=50)
         t2 = time.perf_counter()
         index.search(vector, k=50, filters=filters.vector_filters())
         t3 = time.perf_counter()

@@ -33,7 +33,7 @@ import logging
 import shutil
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -84,8 +84,10 @@ class VectorIndex(ABC):
         """Drop the vectors of these images (in these guilds' tables; None: in every table)."""
 
     @abstractmethod
-    def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
-        """The k nearest images that pass the filters, best first."""
+    def search(
+        self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None, among: Collection[int] | None = None
+    ) -> list[VectorHit]:
+        """The k nearest images that pass the filters (and are `among` these ids, when given), best first."""
 
     def scores(
         self, vector: np.ndarray, image_ids: list[int], *, filters: VectorFilters | None = None
@@ -368,11 +370,17 @@ class LanceIndex(VectorIndex):
         shards = [s for s in self._in_scope(None) if s.has_ann]
         for shard in sorted(shards, key=lambda s: -s.table.count_rows()):
             query = shard.table.search(probe, vector_column_name="vector").distance_type("cosine").limit(1)
-            query.nprobes(self.nprobes).ef(self.ef).select(["image_id"]).to_arrow()
+            query.nprobes(self.nprobes).ef(self.ef).select(["image_id", "_distance"]).to_arrow()
 
-    def search(self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None) -> list[VectorHit]:
+    def search(
+        self, vector: np.ndarray, *, k: int, filters: VectorFilters | None = None, among: Collection[int] | None = None
+    ) -> list[VectorHit]:
         self.flush()
         where = where_clause(filters.model_copy(update={"guild": None}) if filters is not None else None)
+        if among is not None:  # a prefilter: 4,000 ids at 1M take 18 ms, against 94-520 ms to read their vectors
+            if not among:
+                return []
+            where = f"({where}) AND {ids_in(among)}" if where else ids_in(among)
         hits: list[VectorHit] = []
         for shard in self._in_scope(filters):
             if not where and (cached := self._in_memory(shard)) is not None:

@@ -68,12 +68,12 @@ def phrases_of(query: str) -> list[str]:
     return [p.strip() for p in re.findall(r'"([^"]+)"', query) if p.strip()]
 
 
-def fts_query(query: str, *, only_phrases: bool = False) -> str | None:
-    """An FTS5 expression for free text: every word and every quoted phrase must be in the prompt."""
+def fts_terms(query: str, *, only_phrases: bool = False) -> list[str]:
+    """FTS5 terms for free text: every word and every quoted phrase must be in the prompt."""
     terms = [f'"{p.replace(chr(34), "")}"' for p in phrases_of(query)]
     if not only_phrases:
         terms += [f'"{w}"' for w in re.findall(r"\w+", re.sub(r'"[^"]*"', " ", query))]
-    return " AND ".join(terms) or None
+    return terms
 
 
 class GallerySearch:
@@ -132,7 +132,7 @@ class GallerySearch:
             page, exhausted = self._ranked(query, pending, limit, offset, filters, depth=max(depth, FILTERED_DEPTH))
             if len(page.results) == limit or exhausted:
                 return page
-            return self._within(query, self._vector(pending), limit, offset, filters)
+            return self._within(query, self._vector(pending), limit, offset, filters, depth=depth)
         return self._ranked(query, pending, limit, offset, filters, depth=depth)[0]
 
     def _ranked(self, query: str, pending: Future[np.ndarray], limit: int, offset: int, filters: SearchFilters, *,
@@ -140,8 +140,7 @@ class GallerySearch:
         """Keyword hits (ranked above CLIP by their bonus) and CLIP's nearest `depth` above the relevance floor; and
         whether that was all there is (fewer keyword hits than `depth`, and CLIP's ran below the floor before
         `depth`): then a deeper look at what SQLite-only filters let through finds nothing more."""
-        words = fts_query(query)
-        keyword = self.store.keyword_ids(words, filters=filters, k=depth) if words else []
+        keyword = self.store.keyword_ids(fts_terms(query), filters=filters, k=depth)
         exhausted = len(keyword) < depth
         found = self.index.vectors(keyword, filters=filters.vector_filters()) if keyword else None
         vector = self._vector(pending)
@@ -155,22 +154,33 @@ class GallerySearch:
             clip_only = {h.image_id: h.score for h in hits if h.score >= self.min_score}
             scores = clip_only | scores
             exhausted = exhausted and len(clip_only) < depth
-        phrase = fts_query(query, only_phrases=True)
-        if phrase is not None:  # a quoted phrase is a promise: only prompts that contain it
-            allowed = set(self.store.keyword_ids(phrase, filters=filters, k=max(depth, 10_000)))
-            scores = {i: s for i, s in scores.items() if i in allowed}
-        ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+        ranked = sorted(self._promised(query, scores, filters, depth).items(), key=lambda kv: -kv[1])
         return self._page(ranked, limit, offset, filters), exhausted
 
-    def _within(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters) -> SearchPage:
-        """A text search among the images that SQLite-only filters let through (the newest SQLITE_CANDIDATES)."""
-        ids = self.store.newest_ids(filters, SQLITE_CANDIDATES)
-        cosines = self.index.scores(vector, ids, filters=filters.vector_filters()) if ids else {}
-        words = fts_query(query)
-        keyword = set(self.store.keyword_ids(words, filters=filters, k=SQLITE_CANDIDATES)) if words else set()
-        scores = {i: cosines.get(i, 0.0) + (KEYWORD_BONUS if i in keyword else 0.0) for i in ids}
-        ranked = sorted(((i, s) for i, s in scores.items() if s >= self.min_score), key=lambda kv: -kv[1])
+    def _within(self, query: str, vector: np.ndarray, limit: int, offset: int, filters: SearchFilters, *,
+                depth: int) -> SearchPage:  # fmt: skip
+        """A text search among the images that SQLite-only filters let through (the newest SQLITE_CANDIDATES): the
+        vector index looks among their ids, first the keyword hits' (ranked above CLIP alone), then all of them."""
+        where = filters.vector_filters()
+        keyword = self.store.keyword_ids(fts_terms(query), filters=filters, k=SQLITE_CANDIDATES)
+        best = self.index.search(vector, k=depth, filters=where, among=keyword) if keyword else []
+        scores = {h.image_id: h.score + KEYWORD_BONUS for h in best}
+        if len(best) < depth:  # every keyword hit counts, one without a vector yet too (after those with one)
+            scores |= {i: KEYWORD_BONUS for i in keyword if i not in scores}
+        if len(scores) < offset + limit:
+            ids = self.store.newest_ids(filters, SQLITE_CANDIDATES)
+            hits = self.index.search(vector, k=depth, filters=where, among=ids)
+            scores = {h.image_id: h.score for h in hits if h.score >= self.min_score} | scores
+        ranked = sorted(self._promised(query, scores, filters, depth).items(), key=lambda kv: -kv[1])
         return self._page(ranked, limit, offset, filters)
+
+    def _promised(self, query: str, scores: dict[int, float], filters: SearchFilters, depth: int) -> dict[int, float]:
+        """A quoted phrase is a promise: only the images whose prompts contain it."""
+        phrases = fts_terms(query, only_phrases=True)
+        if not phrases:
+            return scores
+        allowed = set(self.store.keyword_ids(phrases, filters=filters, k=max(depth, 10_000)))
+        return {i: s for i, s in scores.items() if i in allowed}
 
     def by_image(self, *, image: Image.Image, limit: int = 20, offset: int = 0,
                  filters: SearchFilters | None = None, exclude: int | None = None) -> SearchPage:  # fmt: skip

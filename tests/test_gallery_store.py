@@ -184,9 +184,45 @@ def test_tags_and_boards_checked_row_by_row_or_as_sets_let_the_same_images_throu
                      [{"b": 1, "i": i} for i in ids[:8]] + [{"b": 2, "i": ids[0]}])  # fmt: skip
     filters = SearchFilters(guild="g", tags=["fox"], board=1, not_board=2)
     want = [i for i in ids[:8:2] if i != ids[0]]
-    as_sets = store.keyword_ids('"red" AND "fox"', filters=filters, k=50)
+    as_sets = store.keyword_ids(['"red"', '"fox"'], filters=filters, k=50)
     monkeypatch.setattr(store_module, "FREQUENT_TAG", 1)  # every tag counts as frequent: checked row by row
     assert store._frequent(["fox"]) == ["fox"]
-    row_by_row = store.keyword_ids('"red" AND "fox"', filters=filters, k=50)
+    row_by_row = store.keyword_ids(['"red"', '"fox"'], filters=filters, k=50)
     assert sorted(as_sets) == sorted(row_by_row) == sorted(want)
     assert store.filter_ids(ids, filters) == set(want)
+
+
+def test_a_keyword_search_walks_its_rare_words_and_checks_the_common_ones_on_their_rows(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """FTS5 walks a word's entries newest first slowly when the word is in nearly every prompt: the rare words of
+    the query lead the walk, whatever their place in the query, the common ones are checked on its rows, and the
+    answer is every prompt with all the words, newest first, in a guild; only common words: FTS5's own AND."""
+    from sqlalchemy import event
+
+    import gallery.store as store_module
+
+    monkeypatch.setattr(store_module, "COMMON_TERM", 20)  # "picture" and "things" (48 prompts) are common here
+
+    engine = open_gallery_db(tmp_path / "g.db")
+    store = SqliteImageStore(engine, tmp_path / "images")
+    prompts = [f"picture {i % 7} of things" if i % 5 else f"drawing {i % 7}" for i in range(60)]
+    infos = [ImageCreate(width=8, height=8, seed=i, guild=f"g{i % 2}", prompt=p) for i, p in enumerate(prompts)]
+    made = store.add([(info, encode_png(Image.new("RGB", (8, 8), (i, 0, 0)), info)) for i, info in enumerate(infos)])
+    leads: list[str] = []
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _lead(conn, cursor, statement, parameters, context, executemany) -> None:
+        if "f.images_fts MATCH ?" in statement:  # the lead's parameter: the one at that place
+            leads.append(parameters[statement.split("f.images_fts MATCH ?")[0].count("?")])
+
+    want = [m.id for m in reversed(made) if m.prompt.startswith("picture 3 ") and m.guild == "g1"]
+    assert any(m.prompt == "drawing 3" and m.guild == "g1" for m in made)  # "3" without "picture": left out
+    for terms in (['"picture"', '"3"'], ['"3"', '"picture"'], ['"things"', '"3"', '"picture"']):
+        assert store.keyword_ids(terms, filters=SearchFilters(guild="g1"), k=50) == want
+        assert leads.pop() == '"3"'
+    assert store.keyword_ids(['"3"', '"picture"'], filters=SearchFilters(guild="g1"), k=2) == want[:2]
+    both = [m.id for m in reversed(made) if "picture" in m.prompt and m.guild == "g1"]
+    assert store.keyword_ids(['"things"', '"picture"'], filters=SearchFilters(guild="g1"), k=50) == both
+    assert leads.pop() == '"things" AND "picture"'  # no rare word: one walk of both, no look-ups
+    assert store.keyword_ids(['"3"', '"seven"'], filters=SearchFilters(guild="g1"), k=50) == []
