@@ -29,12 +29,9 @@ def _rename(state: dict, old: str, new: str, out: dict, inner: dict | None = Non
             out[new + "." + rest] = value
 
 
-def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
-    state, cfg, out = unet.state_dict(), unet.config, {}
-    layers = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"] | DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]
-    out |= {ldm: state[d] for d, ldm in layers.items() if d in state}
-    per = cfg.layers_per_block + 1
-    for i, block in enumerate(unet.down_blocks):
+def _encoder_to_ldm(state: dict, per: int, down_blocks, out: dict) -> None:
+    """The UNet's down and middle blocks (a ControlNet is a copy of them)."""
+    for i, block in enumerate(down_blocks):
         for j in range(len(block.resnets)):
             _rename(state, f"down_blocks.{i}.resnets.{j}", f"input_blocks.{1 + i * per + j}.0", out, RESNET)
             if getattr(block, "attentions", None):
@@ -44,6 +41,28 @@ def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
     _rename(state, "mid_block.resnets.0", "middle_block.0", out, RESNET)
     _rename(state, "mid_block.attentions.0", "middle_block.1", out)
     _rename(state, "mid_block.resnets.1", "middle_block.2", out, RESNET)
+
+
+def controlnet_to_ldm(net) -> dict[str, torch.Tensor]:
+    """An SD 1.x/2.x ControlNet as lllyasviel's and A1111's files hold it (`control_model.` + the encoder's names,
+    `zero_convs`, `input_hint_block`, `middle_block_out`)."""
+    state, out = net.state_dict(), {}
+    out |= {ldm: state[d] for d, ldm in DIFFUSERS_TO_LDM_MAPPING["controlnet"]["layers"].items() if d in state}
+    _encoder_to_ldm(state, net.config.layers_per_block + 1, net.down_blocks, out)
+    for i in range(len(net.controlnet_down_blocks)):
+        _rename(state, f"controlnet_down_blocks.{i}", f"zero_convs.{i}.0", out)
+    _rename(state, "controlnet_mid_block", "middle_block_out.0", out)
+    for i in range(len(net.controlnet_cond_embedding.blocks)):
+        _rename(state, f"controlnet_cond_embedding.blocks.{i}", f"input_hint_block.{2 * (i + 1)}", out)
+    return {"control_model." + k: v for k, v in out.items()}
+
+
+def unet_to_ldm(unet) -> dict[str, torch.Tensor]:
+    state, cfg, out = unet.state_dict(), unet.config, {}
+    layers = DIFFUSERS_TO_LDM_MAPPING["unet"]["layers"] | DIFFUSERS_TO_LDM_MAPPING["unet"]["addition_embed_type"]
+    out |= {ldm: state[d] for d, ldm in layers.items() if d in state}
+    per = cfg.layers_per_block + 1
+    _encoder_to_ldm(state, per, unet.down_blocks, out)
     for i, block in enumerate(unet.up_blocks):
         attn = bool(getattr(block, "attentions", None))
         for j in range(len(block.resnets)):

@@ -147,6 +147,18 @@ def family_shelf(tmp_path_factory: pytest.TempPathFactory) -> Path:
             pipe.transformer = SD3Transformer2DModel(**{**pipe.transformer.config, "num_layers": 2})
         pipe.save_pretrained(root / "Stable-diffusion" / f"tiny-{family}")
         save_controlnet(pipe, family, root / "ControlNet" / f"tiny-{family}-canny")
+        if family == "sd1":  # the same ControlNet as A1111's folder holds them: one file in lllyasviel's layout
+            from diffusers import ControlNetModel
+            from safetensors.torch import save_file
+
+            from tests.ldm_layout import controlnet_to_ldm, save_config_folder
+
+            state = controlnet_to_ldm(ControlNetModel.from_pretrained(root / "ControlNet" / "tiny-sd1-canny"))
+            save_file(
+                {k: v.contiguous() for k, v in state.items()}, str(root / "ControlNet" / "tiny-sd1-file.safetensors")
+            )
+            torch.save(state, root / "ControlNet" / "tiny-sd1-pickle.pth")
+            save_config_folder(pipe, root / "configs" / "sd1")  # the tiny UNet's shape, as for any odd architecture
     (root / "ControlNet" / "stray.safetensors").write_bytes(b"not a ControlNet")
     return root
 
@@ -156,9 +168,10 @@ def test_the_shelf_lists_controlnets_by_family_and_picks_one_that_fits(family_sh
     listed = {m.name: m for m in shelf.listing().controlnets}
     assert {n: listed[n].family for n in listed if n.startswith("tiny")} == {
         "tiny-sd1-canny": "SD 1.x", "tiny-sdxl-canny": "SDXL", "tiny-sd3-canny": "SD3", "tiny-flux-canny": "FLUX",
+        "tiny-sd1-file": "SD 1.x", "tiny-sd1-pickle": "SD 1.x",
     }  # fmt: skip
     assert listed["toy-silhouette"].family == "SD 1.x"  # the built-in one is always there
-    assert "diffusers folders" in (listed["stray"].problem or "")
+    assert "not a readable .safetensors file" in (listed["stray"].problem or "")
     assert shelf.controlnet_for(None, "SDXL").name == "tiny-sdxl-canny"
     with pytest.raises(UnknownModel, match="'tiny-sdxl-canny' steers SDXL models, and this model is FLUX"):
         shelf.controlnet_for("tiny-sdxl-canny", "FLUX")
@@ -190,6 +203,44 @@ def test_every_family_runs_its_controlnet_in_each_mode(family_shelf: Path, famil
         assert model.inpaint(image=picture(size), mask=mask, strength=0.9, controls=[control], **common)[0].size == (
             size, size,
         )  # fmt: skip
+
+
+def test_a_single_file_controlnet_in_a1111s_layout_loads_weight_for_weight_and_steers(family_shelf: Path,
+                                                                                      monkeypatch) -> None:  # fmt: skip
+    """lllyasviel's layout (`control_model.` + the UNet encoder's names, `input_hint_block`, `zero_convs`), as
+    .safetensors and as a weights-only .pth: listed by family, built offline from the family's UNet config and the
+    file's own hint encoder, the same weights as the diffusers folder they were written from, the same picture."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    shelf = Shelf(family_shelf)
+    listed = {m.name: m for m in shelf.listing().controlnets}
+    for name in ("tiny-sd1-file", "tiny-sd1-pickle"):
+        assert (listed[name].family, listed[name].problem) == ("SD 1.x", None)
+    cache = PipelineCache(Device("cpu"), None, shelf=shelf)
+    folder = cache.controlnet(shelf.find("controlnet", "tiny-sd1-canny"))
+    model = cache.model("tiny-sd1")
+    common = dict(prompt="a red circle", negative_prompt="", steps=2, cfg_scale=5.0, sampler="k_euler", seeds=[3])
+    (want,) = model.txt2img(width=64, height=64, controls=[Control(folder, fit(picture(), 64, 64))], **common)
+    for name in ("tiny-sd1-file", "tiny-sd1-pickle"):
+        net = cache.controlnet(shelf.find("controlnet", name))
+        assert net.state_dict().keys() == folder.state_dict().keys()
+        assert all(torch.equal(v, folder.state_dict()[k]) for k, v in net.state_dict().items())
+        model.check_control(net, name)
+        (got,) = model.txt2img(width=64, height=64, controls=[Control(net, fit(picture(), 64, 64))], **common)
+        assert got.tobytes() == want.tobytes()
+
+
+def test_single_files_that_are_no_controlnet_we_load_say_so(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ControlNet"
+    folder.mkdir()
+    save_file({"control_model.task_embedding": torch.zeros(2, 2)}, str(folder / "union.safetensors"))
+    save_file({"controlnet_x_embedder.weight": torch.zeros(2, 2)}, str(folder / "flux-canny.safetensors"))
+    save_file({"model.diffusion_model.out.2.weight": torch.zeros(2, 2)}, str(folder / "a-checkpoint.safetensors"))
+    listed = {m.name: m.problem for m in Shelf(tmp_path).listing().controlnets}
+    assert "ControlNet-Union; put its diffusers folder" in listed["union"]
+    assert "SD3/FLUX ControlNet; put its diffusers folder" in listed["flux-canny"]
+    assert "is not a ControlNet" in listed["a-checkpoint"]
 
 
 def test_a_controlnet_of_another_width_is_one_sentence_naming_both(family_shelf: Path) -> None:

@@ -219,6 +219,39 @@ def detect_controlnet_folder(path: Path) -> str:
     return "sd2" if config.get("cross_attention_dim") == 1024 else "sd1"
 
 
+@dataclass(frozen=True)
+class ControlNetFile:
+    """What a single-file ControlNet's tensors say: the family it steers and its hint encoder's widths."""
+
+    family: str
+    hint_widths: tuple[int, ...]
+
+
+def detect_controlnet_file(path: Path) -> ControlNetFile:
+    """A single-file ControlNet (lllyasviel's layout, as A1111's models/ControlNet/ holds them, or diffusers' names
+    in one file), from its tensor names and shapes."""
+    keys = {k.removeprefix("control_model."): shape for k, shape in read_keys(path).items()}
+    if any(k.startswith(("task_embedding", "transformer_layes", "control_add_embedding")) for k in keys):
+        raise NotACheckpoint(f"{path.name} is a ControlNet-Union; put its diffusers folder in models/ControlNet/")
+    if any(k.startswith(("controlnet_x_embedder", "pos_embed_input", "controlnet_blocks")) for k in keys):
+        raise NotACheckpoint(f"{path.name} is an SD3/FLUX ControlNet; put its diffusers folder in models/ControlNet/")
+    if "input_hint_block.0.weight" in keys:  # convs 0, 2, ... 14: each width twice, then the last conv out
+        convs = sorted((int(k.split(".")[1]), shape) for k, shape in keys.items()
+                       if k.startswith("input_hint_block.") and k.endswith(".weight"))  # fmt: skip
+        widths = tuple(shape[0] for _, shape in convs[:-1][::2])
+    elif "controlnet_cond_embedding.conv_in.weight" in keys:
+        blocks = sorted((int(k.split(".")[2]), shape) for k, shape in keys.items()
+                        if k.startswith("controlnet_cond_embedding.blocks.") and k.endswith(".weight"))  # fmt: skip
+        widths = (keys["controlnet_cond_embedding.conv_in.weight"][0], *(shape[0] for _, shape in blocks[1::2]))
+    else:
+        raise NotACheckpoint(f"{path.name} is not a ControlNet (no input_hint_block / controlnet_cond_embedding)")
+    # As for folders: SDXL's has the added time embedding, SD 2.x's 1024-wide text, every other one is SD 1.x.
+    width = next((shape[1] for k, shape in keys.items() if k.endswith("attn2.to_k.weight")), None)
+    if any(k.startswith(("label_emb.", "add_embedding.")) for k in keys):
+        return ControlNetFile("sdxl", widths)
+    return ControlNetFile("sd2" if width == 1024 else "sd1", widths)
+
+
 def ip_adapter_width(path: Path) -> int:
     """The cross-attention width an IP-Adapter file is made for (its image projection makes four such tokens)."""
     keys = read_keys(path)

@@ -3,7 +3,7 @@
     <models_dir>/Stable-diffusion/   single files (.safetensors, .ckpt) and diffusers folders
     <models_dir>/Lora/               LoRAs (.safetensors): <lora:NAME:WEIGHT> in a prompt
     <models_dir>/embeddings/         textual inversions (.safetensors, .pt): NAME in a prompt
-    <models_dir>/ControlNet/         ControlNets (diffusers folders): --control_model NAME
+    <models_dir>/ControlNet/         ControlNets (diffusers folders, SD 1.x/2.x/SDXL single files): --control_model NAME
     <models_dir>/ipadapter/          IP-Adapters (.safetensors, .bin): reference pictures (--sref)
     <models_dir>/clip_vision/        their image encoders (diffusers/transformers folders), named like the adapter
     <models_dir>/configs/<family>/   (optional) a config folder for a non-standard architecture
@@ -33,6 +33,7 @@ from engine.device.families import (
     FAMILY_WIDTHS,
     NotACheckpoint,
     addon_family,
+    detect_controlnet_file,
     detect_controlnet_folder,
     detect_file,
     detect_folder,
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN_MODEL_NAME = "dreamhall-toy-sd"
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+CONTROLNET_SUFFIXES = (*CHECKPOINT_SUFFIXES, ".pth")  # lllyasviel's ControlNet 1.1 files are .pth
 ADDON_SUFFIXES = {"lora": (".safetensors",), "embedding": (".safetensors", ".pt", ".bin")}
 # Where a request may name a model by path or hub id: the local user's own tools, not Discord.
 PATH_SOURCES = {"cli", "desktop", "api"}
@@ -147,10 +149,13 @@ class Shelf:
                     found.append(Item(name, "controlnet", path, "diffusers", _folder_size(path), family))
                 except NotACheckpoint as e:
                     found.append(Item(name, "controlnet", path, "diffusers", 0, None, str(e)))
-            elif path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and not (path.parent / "config.json").exists():
-                found.append(Item(name, "controlnet", path, path.suffix[1:], path.stat().st_size, None,
-                                  "a single-file ControlNet: this version loads ControlNets as diffusers folders "
-                                  "(config.json + weights)"))  # fmt: skip
+            elif path.is_file() and path.suffix in CONTROLNET_SUFFIXES and not (path.parent / "config.json").exists():
+                size = path.stat().st_size
+                try:
+                    family = FAMILY_NAMES[detect_controlnet_file(path).family]
+                    found.append(Item(name, "controlnet", path, path.suffix[1:], size, family))
+                except NotACheckpoint as e:
+                    found.append(Item(name, "controlnet", path, path.suffix[1:], size, None, str(e)))
         return found
 
     def controlnet_for(self, name: str | None, family: str) -> Item:
@@ -166,7 +171,7 @@ class Shelf:
             if item.family == family and item.problem is None:
                 return item
         raise UnknownModel(f"no ControlNet on the shelf fits this {family} model; put one in models/ControlNet/ "
-                           "(a diffusers folder) and name it with --control_model")  # fmt: skip
+                           "(a diffusers folder or a single file) and name it with --control_model")  # fmt: skip
 
     def reference_adapter(self, family: str, width: int | None) -> Item:
         """The IP-Adapter for reference pictures on a model of `family` whose text conditioning is `width` wide

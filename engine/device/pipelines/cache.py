@@ -14,6 +14,7 @@ from pathlib import Path
 import diffusers
 
 from engine.device.device import Device
+from engine.device.pipelines.loading import load_controlnet_file
 from engine.device.pipelines.model import LoadedModel, load_model
 from engine.device.pipelines.upscaler import Upscaler, load_upscaler
 from engine.device.runner import Affinity
@@ -161,19 +162,23 @@ class PipelineCache:
             self.device.free_memory()
 
     def controlnet(self, item: Item) -> diffusers.ModelMixin:
-        """A ControlNet from the shelf (a diffusers folder; its config names its class), kept loaded with the
-        models: the most recent few stay (each is a fraction of its model's size)."""
+        """A ControlNet from the shelf (a diffusers folder, whose config names its class, or a single file), kept
+        loaded with the models: the most recent few stay (each is a fraction of its model's size)."""
         assert item.path is not None
         with self._lock:
             if item.path in self._controlnets:
                 self._controlnets.move_to_end(item.path)
                 return self._controlnets[item.path]
             started = time.perf_counter()
-            class_name = json.loads((item.path / "config.json").read_text()).get("_class_name", "ControlNetModel")
-            cls = getattr(diffusers, class_name, None)
-            if cls is None or not class_name.endswith("Model"):
-                raise UnknownModel(f"ControlNet {item.name!r} is a {class_name}, which this diffusers cannot load")
-            net = cls.from_pretrained(item.path, torch_dtype=self.device.dtype).to(self.device.torch_device)
+            if item.path.is_file():  # lllyasviel's layout, as A1111's folder holds them
+                net = load_controlnet_file(item.path, self.shelf.configs, self.device.dtype)
+            else:
+                class_name = json.loads((item.path / "config.json").read_text()).get("_class_name", "ControlNetModel")
+                cls = getattr(diffusers, class_name, None)
+                if cls is None or not class_name.endswith("Model"):
+                    raise UnknownModel(f"ControlNet {item.name!r} is a {class_name}, which this diffusers cannot load")
+                net = cls.from_pretrained(item.path, torch_dtype=self.device.dtype)
+            net = net.to(self.device.torch_device)
             self._controlnets[item.path] = net
             while len(self._controlnets) > MAX_CONTROLNETS:
                 self._controlnets.popitem(last=False)

@@ -3,13 +3,17 @@ is one), a hub id (when online), or a single-file `.safetensors`/`.ckpt` checkpo
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 
+import torch
 from diffusers import (
+    ControlNetModel,
     DiffusionPipeline,
     StableDiffusionInpaintPipeline,
     StableDiffusionPipeline,
@@ -24,13 +28,16 @@ from transformers.utils import logging as transformers_logging
 from engine.client.errors import UserError
 from engine.device.device import Device
 from engine.device.families import (
+    FAMILY_NAMES,
     Detected,
     NotACheckpoint,
     clip_tokenizer_files,
     config_dir,
     config_name,
+    detect_controlnet_file,
     detect_file,
     detect_pipeline,
+    shipped_configs,
 )
 from engine.device.shelf import CHECKPOINT_SUFFIXES, builtin_model_dir, default_model_name
 
@@ -137,6 +144,28 @@ def _load_single_file(path: Path, detected: Detected, configs: Path | None, kwar
     if detected.family == "sd2" and not detected.v_prediction:
         pipe.scheduler = pipe.scheduler.from_config(pipe.scheduler.config, prediction_type="epsilon")
     return pipe
+
+
+def load_controlnet_file(path: Path, configs: Path | None, dtype: torch.dtype) -> ControlNetModel:
+    """A single-file ControlNet through diffusers' converter, with a config made from its family's UNet config
+    (a ControlNet is a copy of the UNet's encoder) and the file's own hint encoder: nothing is fetched."""
+    try:
+        found = detect_controlnet_file(path)
+    except NotACheckpoint as e:
+        raise ModelLoadError(str(e)) from e
+    places = [configs, shipped_configs()] if configs is not None else [shipped_configs()]  # the shelf's own first
+    unet = next((c for c in (p / found.family / "unet" / "config.json" for p in places) if c.exists()), None)
+    if unet is None:
+        raise ModelLoadError(f"no {FAMILY_NAMES[found.family]} config to build ControlNet {path.name} from")
+    fields = inspect.signature(ControlNetModel.__init__).parameters
+    config = {k: v for k, v in json.loads(unet.read_text()).items() if k in fields}
+    config |= {"_class_name": "ControlNetModel", "conditioning_embedding_out_channels": list(found.hint_widths)}
+    with tempfile.TemporaryDirectory(prefix="dreamhall-controlnet-") as folder:
+        (Path(folder) / "config.json").write_text(json.dumps(config))
+        try:
+            return ControlNetModel.from_single_file(str(path), config=folder, local_files_only=True, torch_dtype=dtype)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
+            raise ModelLoadError(f"could not load ControlNet {path.name}: {first_sentence(e)}") from e
 
 
 HUB_HOST = "huggingface.co"
