@@ -195,8 +195,15 @@ def test_every_family_runs_its_controlnet_in_each_mode(family_shelf: Path, famil
     assert steered.size == (size, size) and steered.tobytes() != plain.tobytes()
     # the model is untouched by a controlled call: the same seed still gives the plain image
     assert model.txt2img(width=size, height=size, **common)[0].tobytes() == plain.tobytes()
-    if family in ("sd1", "sdxl"):  # diffusers has img2img and inpaint ControlNet pipelines for these
-        two = [control, Control(net, fit(picture(), size, size), weight=0.3)]
+    two = [control, Control(net, fit(picture(), size, size), weight=0.3)]  # several: each family's own wrapper
+    assert model.txt2img(width=size, height=size, controls=two, **common)[0].tobytes() != steered.tobytes()
+    if family == "flux":  # its ControlNet img2img and inpaint pipelines take no negative: one sentence, not ignored
+        with pytest.raises(InputError, match="FluxControlNetImg2ImgPipeline takes no negative prompt"):
+            model.img2img(image=picture(size), strength=0.6, controls=[control], **{**common, "negative_prompt": "x"})
+    if family == "sd3":  # diffusers has no SD3 ControlNet img2img pipeline
+        with pytest.raises(InputError, match="SD3 models cannot do this"):
+            model.img2img(image=picture(size), strength=0.6, controls=[control], **common)
+    if family in ("sd1", "sdxl", "flux"):  # diffusers has img2img and inpaint ControlNet pipelines for these
         assert model.img2img(image=picture(size), strength=0.6, controls=two, **common)[0].size == (size, size)
         mask = Image.new("L", (size, size), 0)
         mask.paste(255, (16, 16, 48, 48))

@@ -57,6 +57,17 @@ class Control:
     end: float = 1.0
 
 
+def _several(family: str, nets: list[ModelMixin]) -> ModelMixin:
+    """Several ControlNets as one, in the wrapper the family's pipelines take (FLUX and SD3 have their own)."""
+    import diffusers
+
+    if family == "flux":
+        return diffusers.FluxMultiControlNetModel(nets)
+    if family == "sd3":
+        return diffusers.SD3MultiControlNetModel(nets)
+    return MultiControlNetModel(nets)
+
+
 def auto_pipeline(task: str) -> type:
     """diffusers' AutoPipeline for a task (Text2Image, Image2Image, Inpainting), imported on first use: its module
     imports every pipeline diffusers has (~0.7 s here), which a first txt2img job on a plain model never needs."""
@@ -243,7 +254,7 @@ class LoadedModel:
     def _controlled(self, auto: type, controls: Sequence[Control]) -> tuple[DiffusionPipeline, dict]:
         """The task's ControlNet pipeline (sharing this model's components) and its control inputs."""
         one = len(controls) == 1
-        net = controls[0].net if one else MultiControlNetModel([c.net for c in controls])
+        net = controls[0].net if one else _several(self.detected.family, [c.net for c in controls])
         pipe = self._task(auto, controlnet=net)
 
         def each(values: list) -> object:
@@ -251,12 +262,15 @@ class LoadedModel:
 
         # Text-to-image SD/SDXL pipelines take the map as `image`; the others (and SD3/FLUX) as `control_image`.
         key = "control_image" if "control_image" in inspect.signature(type(pipe).__call__).parameters else "image"
-        return pipe, {
+        inputs = {
             key: each([c.image for c in controls]),
             "controlnet_conditioning_scale": each([c.weight for c in controls]),
             "control_guidance_start": each([c.start for c in controls]),
             "control_guidance_end": each([c.end for c in controls]),
         }
+        if self.detected.family == "flux" and not one:  # FLUX's img2img/inpaint lose several nets without a mode
+            inputs["control_mode"] = [None] * len(controls)  # each: none (a Union net's modes do not apply)
+        return pipe, inputs
 
     def _inpaint_pipe(self) -> DiffusionPipeline:
         if self._inpaint is None:
@@ -319,6 +333,13 @@ class LoadedModel:
 
         with self._clip_skip(clip_skip):
             conditioning = self._conditioning(prompts_, negatives)
+        if (
+            "negative_prompt" in conditioning
+            and "negative_prompt" not in inspect.signature(type(pipe).__call__).parameters
+        ):
+            raise InputError(
+                f"{type(pipe).__name__} takes no negative prompt: leave it out for this {self.family} task"
+            )
         with self._tiling(tiling):
             out = pipe(  # type: ignore[operator]  # every DiffusionPipeline subclass defines __call__
                 **conditioning,
@@ -383,7 +404,7 @@ class LoadedModel:
             negatives = [negative for _, negative in pairs]
             if any(negatives) and not all(negatives):
                 raise Unbatchable(f"{self.family}: a negative prompt changes the whole call's guidance")
-            return {"prompt": [p for p, _ in pairs], "negative_prompt": negatives if any(negatives) else None}
+            return {"prompt": [p for p, _ in pairs]} | ({"negative_prompt": negatives} if any(negatives) else {})
         if self._encoder is None:
             self._encoder = PromptEncoder(self.pipe, self._embeddings)
         runs = [(pair, len(list(same))) for pair, same in itertools.groupby(pairs)]
