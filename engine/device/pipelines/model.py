@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,14 +58,16 @@ class Control:
     end: float = 1.0
 
 
-def _several(family: str, nets: list[ModelMixin]) -> ModelMixin:
+def _several(family: str, nets: list[ModelMixin]) -> Any:  # diffusers types these three apart
     """Several ControlNets as one, in the wrapper the family's pipelines take (FLUX and SD3 have their own)."""
-    import diffusers
-
     if family == "flux":
-        return diffusers.FluxMultiControlNetModel(nets)
+        from diffusers.models.controlnets.controlnet_flux import FluxMultiControlNetModel
+
+        return FluxMultiControlNetModel(nets)
     if family == "sd3":
-        return diffusers.SD3MultiControlNetModel(nets)
+        from diffusers.models.controlnets.controlnet_sd3 import SD3MultiControlNetModel
+
+        return SD3MultiControlNetModel(nets)
     return MultiControlNetModel(nets)
 
 
