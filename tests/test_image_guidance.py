@@ -236,6 +236,51 @@ def test_a_single_file_controlnet_in_a1111s_layout_loads_weight_for_weight_and_s
         assert got.tobytes() == want.tobytes()
 
 
+def test_a_controlnet_union_steers_sdxl_by_each_map_s_kind(family_shelf: Path, monkeypatch) -> None:
+    """One SDXL ControlNet-Union (xinsir's kind: a control mode per map) takes every control of a request, a mode
+    from each --control_type; what it cannot do is one sentence each, not ignored."""
+    from diffusers import ControlNetUnionModel
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = PipelineCache(Device("cpu"), None, shelf=Shelf(family_shelf))
+    model = cache.model("tiny-sdxl")
+    torch.manual_seed(2)
+    shape = ControlNetUnionModel.from_unet(model.pipe.unet, conditioning_embedding_out_channels=(8, 16)).config
+    width = model.pipe.unet.config.block_out_channels[0]  # its map tokens are as wide as the UNet's first level
+    shape = {k: v for k, v in shape.items() if k != "_use_default_values"}  # else those keys are reset
+    union = ControlNetUnionModel.from_config({**shape, "num_trans_channel": width, "num_proj_channel": width,
+                                              "num_trans_head": 2})  # fmt: skip
+    with torch.no_grad():  # awake, as save_controlnet does
+        for weight in union.parameters():
+            if not weight.any():
+                weight.normal_(0, 0.05)
+    union.save_pretrained(family_shelf / "ControlNet" / "tiny-sdxl-union")
+    item = Shelf(family_shelf).find("controlnet", "tiny-sdxl-union")
+    assert item.family == "SDXL"
+    net = cache.controlnet(item)
+    assert type(net).__name__ == "ControlNetUnionModel"
+    common = dict(prompt="a red circle", negative_prompt="", steps=2, cfg_scale=5.0, sampler="k_euler", seeds=[3])
+    edges = fit(picture(), 64, 64)
+
+    def dream(*controls: Control) -> bytes:
+        return model.txt2img(width=64, height=64, controls=list(controls), **common)[0].tobytes()
+
+    plain = model.txt2img(width=64, height=64, **common)[0].tobytes()
+    canny, depth = dream(Control(net, edges, kind="canny")), dream(Control(net, edges, kind="depth"))
+    assert len({plain, canny, depth}) == 3  # it steers, and the mode matters
+    assert dream(Control(net, edges, kind="canny"), Control(net, edges, kind="depth")) not in (canny, depth)
+    assert model.img2img(image=picture(64), strength=0.6, controls=[Control(net, edges, kind="canny")],
+                         **common)[0].size == (64, 64)  # fmt: skip
+    for controls, says in (
+        ([Control(net, edges, kind="none", name="u")], "--control_type none does not say it"),
+        ([Control(net, edges, kind="tile", name="u")], "has 6 modes and none for tile"),
+        ([Control(net, edges, kind="canny", name="u"), Control(net, edges, weight=0.5, kind="depth")],
+         "one weight and span"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=says):
+            dream(*controls)
+
+
 def test_single_files_that_are_no_controlnet_we_load_say_so(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

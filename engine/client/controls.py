@@ -42,6 +42,9 @@ A1111_MODULES: dict[str, str] = {
     "openpose": "openpose",
     "lineart": "lineart_realistic",
 }
+# A ControlNet-Union (xinsir's SDXL "union"/"promax") steers by the map's kind: its control modes, in its order.
+UNION_MODES: dict[str, int] = {"openpose": 0, "depth": 1, "softedge": 2, "canny": 3, "lineart": 3, "invert": 3,
+                               "tile": 6}  # fmt: skip
 # How a control image of another shape fits the output (A1111's resize_mode names, and ours).
 ControlResize = Literal["crop", "just", "fill"]
 A1111_RESIZE: dict[str, str] = {"Crop and Resize": "crop", "Just Resize": "just", "Resize and Fill": "fill"}

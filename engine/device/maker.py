@@ -342,7 +342,7 @@ class Maker:
             net = self.pipelines.controlnet(item)
             model.check_control(net, item.name)
             fitted = modes.fit(picture, work.width, work.height, unit.resize)
-            controls.append(Control(net, fitted, unit.weight, unit.start, unit.end))
+            controls.append(Control(net, fitted, unit.weight, unit.start, unit.end, kind=unit.type, name=item.name))
             units.append(unit.model_copy(update={"model": item.name}).model_dump(mode="json", exclude_none=True))
             a1111.append({"module": A1111_MODULES[unit.type], "model": item.name, "hash": shelf.hash(item),
                           "weight": unit.weight, "start": unit.start, "end": unit.end})  # fmt: skip

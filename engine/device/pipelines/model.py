@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from engine.client import prompts
+from engine.client.controls import UNION_MODES
 from engine.client.errors import InputError
 from engine.client.schema import Sampler
 from engine.device.device import Device
@@ -56,6 +57,8 @@ class Control:
     weight: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    kind: str = "none"  # the control type: what the map shows (a ControlNet-Union steers by it)
+    name: str = "ControlNet"
 
 
 def _several(family: str, nets: list[ModelMixin]) -> Any:  # diffusers types these three apart
@@ -256,6 +259,8 @@ class LoadedModel:
 
     def _controlled(self, auto: type, controls: Sequence[Control]) -> tuple[DiffusionPipeline, dict]:
         """The task's ControlNet pipeline (sharing this model's components) and its control inputs."""
+        if any(type(c.net).__name__ == "ControlNetUnionModel" for c in controls):
+            return self._union(auto, controls)
         one = len(controls) == 1
         net = controls[0].net if one else _several(self.detected.family, [c.net for c in controls])
         pipe = self._task(auto, controlnet=net)
@@ -274,6 +279,40 @@ class LoadedModel:
         if self.detected.family == "flux" and not one:  # FLUX's img2img/inpaint lose several nets without a mode
             inputs["control_mode"] = [None] * len(controls)  # each: none (a Union net's modes do not apply)
         return pipe, inputs
+
+    def _union(self, auto: type, controls: Sequence[Control]) -> tuple[DiffusionPipeline, dict]:
+        """One ControlNet-Union takes every control of the call, a mode each (the kind of its map), with one
+        weight and span: diffusers' Union pipelines scale per net, not per map."""
+        net, name = controls[0].net, controls[0].name
+        if any(c.net is not net for c in controls):
+            raise InputError(f"ControlNet-Union {name!r} takes every control of a request (a mode each): "
+                             "give them all the same --control_model")  # fmt: skip
+        if len({(c.weight, c.start, c.end) for c in controls}) > 1:
+            raise InputError(f"ControlNet-Union {name!r} steers its controls with one weight and span: give them "
+                             "the same --control_weight, --control_start and --control_end")  # fmt: skip
+        modes = []
+        for c in controls:
+            mode = UNION_MODES.get(c.kind)
+            if mode is None:
+                raise InputError(f"ControlNet-Union {name!r} steers by what the map shows, and --control_type "
+                                 f"{c.kind} does not say it: give one of {', '.join(UNION_MODES)}")  # fmt: skip
+            if mode >= net.config.num_control_type:
+                raise InputError(f"ControlNet-Union {name!r} has {net.config.num_control_type} modes and none for "
+                                 f"{c.kind}")  # fmt: skip
+            modes.append(mode)
+        if self.detected.family != "sdxl":
+            raise InputError(f"ControlNet-Union {name!r} steers SDXL models; this one is {self.family}")
+        import diffusers  # AutoPipeline's from_pipe picks the plain ControlNet pipeline for a Union net: by name
+
+        task = {"AutoPipelineForText2Image": "", "AutoPipelineForImage2Image": "Img2Img",
+                "AutoPipelineForInpainting": "Inpaint"}[auto.__name__]  # fmt: skip
+        pipe = getattr(diffusers, f"StableDiffusionXLControlNetUnion{task}Pipeline").from_pipe(
+            self.pipe, controlnet=net
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe, {"control_image": [c.image for c in controls], "control_mode": modes,
+                      "controlnet_conditioning_scale": controls[0].weight,
+                      "control_guidance_start": controls[0].start, "control_guidance_end": controls[0].end}  # fmt: skip
 
     def _inpaint_pipe(self) -> DiffusionPipeline:
         if self._inpaint is None:
