@@ -474,12 +474,43 @@ def save_ip_adapter(pipe, root: Path, name: str) -> None:
               str(root / "ipadapter" / f"{name}.safetensors"))  # fmt: skip
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def plus_image_proj(encoder_width: int, width: int) -> dict[str, torch.Tensor]:
+    """A random IP-Adapter Plus resampler (4 layers, 4 queries) in the original file's names: diffusers' own module,
+    its names turned back the way its loader turns them forward."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    module = IPAdapterPlusImageProjection(embed_dims=encoder_width, output_dims=width, hidden_dims=64, heads=1,
+                                          num_queries=4)  # fmt: skip
+    state, out = module.state_dict(), {}
+    names = {"ln0": "0.norm1", "ln1": "0.norm2", "attn.to_q": "0.to_q", "attn.to_out.0": "0.to_out",
+             "ff.0": "1.0", "ff.1.net.0.proj": "1.1", "ff.1.net.2": "1.3"}  # fmt: skip
+    for key, value in state.items():
+        if ".attn.to_k." in key or ".attn.to_v." in key:
+            continue
+        for new, old in names.items():
+            key = key.replace(f".{new}.", f".{old}.")
+        out["image_proj." + key] = value
+    for i in range(4):
+        for kind in ("weight", "bias"):
+            if f"layers.{i}.attn.to_k.{kind}" in state:
+                kv = [state[f"layers.{i}.attn.to_{p}.{kind}"] for p in "kv"]
+                out[f"image_proj.layers.{i}.0.to_kv.{kind}"] = torch.cat(kv)
+    return out
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd1-plus"])
 def test_reference_pictures_load_and_steer_each_family_and_unload(tmp_path: Path, family: str, monkeypatch) -> None:
+    from safetensors.torch import load_file, save_file
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    family, _, plus = family.partition("-")
     pipe = family_pipeline(tmp_path / "_build", family)
     pipe.save_pretrained(tmp_path / "Stable-diffusion" / f"tiny-{family}")
     save_ip_adapter(pipe, tmp_path, f"tiny-{family}-ip")
+    if plus:  # IP-Adapter Plus: a resampler over the encoder's patch tokens instead of the pooled projection
+        file = tmp_path / "ipadapter" / f"tiny-{family}-ip.safetensors"
+        state = {k: v for k, v in load_file(str(file)).items() if not k.startswith("image_proj.")}
+        save_file(state | plus_image_proj(32, pipe.unet.config.cross_attention_dim), str(file))
     cache = PipelineCache(Device("cpu"), None, shelf=Shelf(tmp_path))
     model = cache.model(f"tiny-{family}")
     adapter = cache.shelf.reference_adapter(model.family, model.text_width)
@@ -498,10 +529,15 @@ def test_the_shelf_says_what_a_reference_adapter_lacks(tmp_path: Path) -> None:
 
     (tmp_path / "ipadapter").mkdir()
     save_file({"image_proj.proj.weight": torch.zeros(4 * 768, 16)}, str(tmp_path / "ipadapter" / "lonely.safetensors"))
-    save_file({"image_proj.latents": torch.zeros(1, 16, 768)}, str(tmp_path / "ipadapter" / "plus.safetensors"))
+    save_file({"image_proj.latents": torch.zeros(1, 16, 64), "image_proj.proj_out.weight": torch.zeros(768, 64)},
+              str(tmp_path / "ipadapter" / "plus.safetensors"))  # fmt: skip
     listed = {m.name: m for m in Shelf(tmp_path).listing().ip_adapters}
     assert listed["lonely"].family == "SD 1.x" and "put one in clip_vision/lonely/" in (listed["lonely"].problem or "")
-    assert "IP-Adapter Plus/FaceID variant" in (listed["plus"].problem or "")
+    assert listed["plus"].family == "SD 1.x" and "put one in clip_vision/plus/" in (listed["plus"].problem or "")
+    save_file({"image_proj.perceiver_resampler.proj_in.weight": torch.zeros(2, 2)},
+              str(tmp_path / "ipadapter" / "faceid.safetensors"))  # fmt: skip
+    listed = {m.name: m for m in Shelf(tmp_path).listing().ip_adapters}
+    assert "IP-Adapter FaceID variant" in (listed["faceid"].problem or "")
     for family in ("FLUX", "SD3"):
         with pytest.raises(UnknownModel, match=f"this version has no reference adapter for {family}"):
             Shelf(tmp_path).reference_adapter(family, None)

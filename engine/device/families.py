@@ -253,14 +253,18 @@ def detect_controlnet_file(path: Path) -> ControlNetFile:
 
 
 def ip_adapter_width(path: Path) -> int:
-    """The cross-attention width an IP-Adapter file is made for (its image projection makes four such tokens)."""
+    """The cross-attention width an IP-Adapter file is made for: the basic one's image projection makes four such
+    tokens; the Plus one's resampler (`image_proj.latents`) ends in a projection to that width."""
     keys = read_keys(path)
+    if any("perceiver" in key or "faceid" in key.lower() for key in keys):
+        raise NotACheckpoint(f"{path.name} is an IP-Adapter FaceID variant; this version loads the basic and Plus ones")
     proj = next((shape for key, shape in keys.items() if key.endswith("image_proj.proj.weight")), None)
-    if proj is None:
-        if any(key.startswith("image_proj.latents") or "perceiver" in key for key in keys):
-            raise NotACheckpoint(f"{path.name} is an IP-Adapter Plus/FaceID variant; this version loads the basic one")
-        raise NotACheckpoint(f"{path.name} is not an IP-Adapter (no image_proj.proj.weight)")
-    return proj[0] // 4
+    if proj is not None:
+        return proj[0] // 4
+    plus = keys.get("image_proj.proj_out.weight")
+    if "image_proj.latents" in keys and plus is not None:
+        return plus[0]
+    raise NotACheckpoint(f"{path.name} is not an IP-Adapter (no image_proj.proj.weight or image_proj.latents)")
 
 
 # The text conditioning's width of each family's released models (what their add-ons are made for).

@@ -128,6 +128,7 @@ class LoadedModel:
         self._encoder: PromptEncoder | None = None
         self._embeddings: list[str] = []  # loaded for the running job
         self._reference: torch.Tensor | None = None  # the running job's blended reference embedding (IP-Adapter)
+        self._reference_negative: torch.Tensor | None = None  # what an IP-Adapter Plus guides away from
 
     @property
     def family(self) -> str:
@@ -359,7 +360,8 @@ class LoadedModel:
         if self._reference is not None:
             # diffusers takes given embeddings with their unconditional half first when it guides (cfg > 1).
             embeds = self._reference[None].to(self.device.torch_device, self.pipe.dtype)
-            task_inputs["ip_adapter_image_embeds"] = [torch.cat([torch.zeros_like(embeds), embeds]) if cfg_scale > 1
+            negative = torch.zeros_like(embeds) if self._reference_negative is None else self._reference_negative[None]
+            task_inputs["ip_adapter_image_embeds"] = [torch.cat([negative.to(embeds), embeds]) if cfg_scale > 1
                                                       else embeds]  # fmt: skip
 
         if eta is not None:
@@ -505,13 +507,24 @@ class LoadedModel:
         try:
             self.pipe.set_ip_adapter_scale(scale)
             pixels = self.pipe.feature_extractor([im.convert("RGB") for im in images], return_tensors="pt").pixel_values
+            pixels = pixels.to(self.device.torch_device, self.pipe.dtype)
+            # Plus reads the encoder's patch tokens (its penultimate layer), the basic one its pooled embedding; Plus
+            # guides away from a black picture's tokens, the basic one from zeros (as diffusers' own encoding does).
+            projection = self.pipe.unet.encoder_hid_proj.image_projection_layers[0]
+            plus = type(projection).__name__ == "IPAdapterPlusImageProjection"
             with torch.inference_mode():
-                embeds = self.pipe.image_encoder(pixels.to(self.device.torch_device, self.pipe.dtype)).image_embeds
+                if plus:
+                    embeds = self.pipe.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+                    empty = self.pipe.image_encoder(torch.zeros_like(pixels[:1]), output_hidden_states=True)
+                    self._reference_negative = empty.hidden_states[-2]
+                else:
+                    embeds = self.pipe.image_encoder(pixels).image_embeds
             share = torch.tensor(weights, dtype=embeds.dtype, device=embeds.device)
-            self._reference = (embeds * (share / share.sum())[:, None]).sum(0, keepdim=True)
+            share = (share / share.sum()).reshape(-1, *[1] * (embeds.ndim - 1))
+            self._reference = (embeds * share).sum(0, keepdim=True)
             yield
         finally:
-            self._reference = None
+            self._reference = self._reference_negative = None
             self.pipe.unload_ip_adapter()
 
     def _load_embedding(self, item: Item) -> None:
