@@ -252,10 +252,19 @@ def detect_controlnet_file(path: Path) -> ControlNetFile:
     return ControlNetFile("sd2" if width == 1024 else "sd1", widths)
 
 
-def ip_adapter_width(path: Path) -> int:
+def ip_adapter_kind(path: Path) -> tuple[str | None, int]:
+    """The family (a FAMILIES key; None: by its width) and the text width an IP-Adapter file is made for: FLUX's
+    (XLabs' layout: `double_blocks.N.processor.ip_adapter_double_stream_*`) by its names, the others by width."""
+    keys = read_keys(path)
+    norm = keys.get("ip_adapter_proj_model.norm.weight")
+    if norm is not None and any(k.startswith("double_blocks.") for k in keys):
+        return "flux", norm[0]
+    return None, ip_adapter_width(path, keys)
+
+
+def ip_adapter_width(path: Path, keys: dict[str, tuple[int, ...]]) -> int:
     """The cross-attention width an IP-Adapter file is made for: the basic one's image projection makes four such
     tokens; the Plus one's resampler (`image_proj.latents`) ends in a projection to that width."""
-    keys = read_keys(path)
     if any("perceiver" in key or "faceid" in key.lower() for key in keys):
         raise NotACheckpoint(f"{path.name} is an IP-Adapter FaceID variant; this version loads the basic and Plus ones")
     proj = next((shape for key, shape in keys.items() if key.endswith("image_proj.proj.weight")), None)

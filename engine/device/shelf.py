@@ -39,7 +39,7 @@ from engine.device.families import (
     detect_folder,
     family_of_width,
     folder_width,
-    ip_adapter_width,
+    ip_adapter_kind,
 )
 
 log = logging.getLogger(__name__)
@@ -176,9 +176,9 @@ class Shelf:
     def reference_adapter(self, family: str, width: int | None) -> Item:
         """The IP-Adapter for reference pictures on a model of `family` whose text conditioning is `width` wide
         (None: unknown, the family decides); its image encoder: `encoder_of`."""
-        if family in (FAMILY_NAMES["sd3"], FAMILY_NAMES["flux"], FAMILY_NAMES["sdxl-refiner"]):
-            raise UnknownModel(f"reference pictures (--sref) work with SD 1.x, SD 2.x and SDXL models here; this "
-                               f"version has no reference adapter for {family}")  # fmt: skip
+        if family in (FAMILY_NAMES["sd3"], FAMILY_NAMES["sdxl-refiner"]):
+            raise UnknownModel(f"reference pictures (--sref) work with SD 1.x, SD 2.x, SDXL and FLUX models here; "
+                               f"this version has no reference adapter for {family}")  # fmt: skip
         for item in self.items("ipadapter"):
             if item.problem is None and (item.width == width if width is not None else item.family == family):
                 return item
@@ -332,12 +332,12 @@ def _scan_ip_adapters(folder: Path, encoders: Path) -> list[Item]:
         elif path.stem not in named and len(named) > 1:
             problem = f"which image encoder? name its clip_vision folder {path.stem}/"
         try:
-            width: int | None = ip_adapter_width(path)
-            key = family_of_width(width) if width is not None else None
+            kind, width = ip_adapter_kind(path)
+            key = kind or family_of_width(width)
             family = FAMILY_NAMES[key] if key is not None else None
         except NotACheckpoint as e:
-            width, family, problem = None, None, str(e)
-        found.append(Item(name, "ipadapter", path, path.suffix[1:], size, family, problem, width))
+            width, family, problem = 0, None, str(e)
+        found.append(Item(name, "ipadapter", path, path.suffix[1:], size, family, problem, width or None))
     return found
 
 

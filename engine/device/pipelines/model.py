@@ -361,8 +361,9 @@ class LoadedModel:
             # diffusers takes given embeddings with their unconditional half first when it guides (cfg > 1).
             embeds = self._reference[None].to(self.device.torch_device, self.pipe.dtype)
             negative = torch.zeros_like(embeds) if self._reference_negative is None else self._reference_negative[None]
-            task_inputs["ip_adapter_image_embeds"] = [torch.cat([negative.to(embeds), embeds]) if cfg_scale > 1
-                                                      else embeds]  # fmt: skip
+            # FLUX's guidance is distilled: no unconditional half (its true CFG encodes a black picture itself)
+            guided = cfg_scale > 1 and self.detected.family != "flux"
+            task_inputs["ip_adapter_image_embeds"] = [torch.cat([negative.to(embeds), embeds]) if guided else embeds]
 
         if eta is not None:
             if "eta" not in inspect.signature(type(pipe).__call__).parameters or sampler != "ddim":
@@ -498,9 +499,11 @@ class LoadedModel:
             yield
             return
         assert adapter.path is not None and encoder is not None
+        # diffusers names the image encoder's folder differently for FLUX (XLabs' adapters)
+        flux = self.detected.family == "flux"
+        where = {"image_encoder_pretrained_model_name_or_path" if flux else "image_encoder_folder": str(encoder)}
         try:
-            self.pipe.load_ip_adapter(str(adapter.path.parent), subfolder="", weight_name=adapter.path.name,
-                                      image_encoder_folder=str(encoder))  # fmt: skip
+            self.pipe.load_ip_adapter(str(adapter.path.parent), subfolder="", weight_name=adapter.path.name, **where)
         except (ValueError, RuntimeError, KeyError, OSError) as e:
             raise InputError(f"IP-Adapter {adapter.name!r} does not fit this {self.family} model: "
                              f"{str(e).splitlines()[0][:200]}") from e  # fmt: skip
@@ -510,7 +513,8 @@ class LoadedModel:
             pixels = pixels.to(self.device.torch_device, self.pipe.dtype)
             # Plus reads the encoder's patch tokens (its penultimate layer), the basic one its pooled embedding; Plus
             # guides away from a black picture's tokens, the basic one from zeros (as diffusers' own encoding does).
-            projection = self.pipe.unet.encoder_hid_proj.image_projection_layers[0]
+            denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+            projection = denoiser.encoder_hid_proj.image_projection_layers[0]
             plus = type(projection).__name__ == "IPAdapterPlusImageProjection"
             with torch.inference_mode():
                 if plus:
