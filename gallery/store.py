@@ -363,18 +363,19 @@ class SqliteImageStore(ImageStore):
 
     def _count_term(self, term: str) -> int:
         """How many prompts have `term`, counted up to COMMON_TERM (the entries walked oldest first: fast)."""
-        sql = text("SELECT count(*) FROM (SELECT 1 FROM images_fts WHERE images_fts MATCH :term LIMIT :cap)")
-        with self.engine.connect() as conn:
-            return int(conn.execute(sql, {"term": term, "cap": COMMON_TERM}).scalar_one())
+        return self._count_upto("SELECT 1 FROM images_fts WHERE images_fts MATCH :key", term, COMMON_TERM)
 
     def _frequent(self, tags: list[str]) -> list[str]:
         """The tags on so many images that checking a keyword hit's own tags beats building the tag's set (a count
         that stops at FREQUENT_TAG: an index walk of at most that many entries)."""
-        if not tags:
-            return []
-        sql = text("SELECT count(*) FROM (SELECT 1 FROM image_tags WHERE tag = :tag LIMIT :cap)")
+        rows = "SELECT 1 FROM image_tags WHERE tag = :key"
+        return [t for t in tags if self._count_upto(rows, t, FREQUENT_TAG) >= FREQUENT_TAG]
+
+    def _count_upto(self, rows: str, key: str, cap: int) -> int:
+        """How many rows the query `rows` (with `:key`) gives, counting no further than `cap`."""
+        sql = text(f"SELECT count(*) FROM ({rows} LIMIT :cap)")
         with self.engine.connect() as conn:
-            return [t for t in tags if conn.execute(sql, {"tag": t, "cap": FREQUENT_TAG}).scalar_one() >= FREQUENT_TAG]
+            return int(conn.execute(sql, {"key": key, "cap": cap}).scalar_one())
 
     def live_ids(self) -> set[int]:
         with Session(self.engine) as session:

@@ -174,10 +174,14 @@ def config_name(d: Detected) -> str:
 
 
 def config_dir(d: Detected, extra: Path | None = None) -> Path:
-    """The config folder for `d`: the shelf's own `configs/<name>/` first (a non-standard
-    architecture), then the one that ships with Dreamhall."""
-    name = config_name(d)
-    if extra is not None and (extra / name / "model_index.json").exists():
+    """The config folder for a detected single-file checkpoint."""
+    return config_folder(config_name(d), extra)
+
+
+def config_folder(name: str, extra: Path | None = None, holding: str = "model_index.json") -> Path:
+    """The config folder `name` (`sd1`, `sdxl-inpainting`, ...): the shelf's own `configs/<name>/` first when it
+    holds `holding` (a non-standard architecture), then the one that ships with Dreamhall."""
+    if extra is not None and (extra / name / holding).exists():
         return extra / name
     return shipped_configs() / name
 

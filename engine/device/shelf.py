@@ -331,13 +331,14 @@ def _scan_ip_adapters(folder: Path, encoders: Path) -> list[Item]:
             problem = f"no image encoder for it: put one in clip_vision/{path.stem}/ (a folder with config.json)"
         elif path.stem not in named and len(named) > 1:
             problem = f"which image encoder? name its clip_vision folder {path.stem}/"
+        width: int | None = None
         try:
             kind, width = ip_adapter_kind(path)
             key = kind or family_of_width(width)
             family = FAMILY_NAMES[key] if key is not None else None
         except NotACheckpoint as e:
-            width, family, problem = 0, None, str(e)
-        found.append(Item(name, "ipadapter", path, path.suffix[1:], size, family, problem, width or None))
+            family, problem = None, str(e)
+        found.append(Item(name, "ipadapter", path, path.suffix[1:], size, family, problem, width))
     return found
 
 

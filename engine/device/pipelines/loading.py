@@ -33,11 +33,11 @@ from engine.device.families import (
     NotACheckpoint,
     clip_tokenizer_files,
     config_dir,
+    config_folder,
     config_name,
     detect_controlnet_file,
     detect_file,
     detect_pipeline,
-    shipped_configs,
 )
 from engine.device.shelf import CHECKPOINT_SUFFIXES, builtin_model_dir, default_model_name
 
@@ -153,9 +153,8 @@ def load_controlnet_file(path: Path, configs: Path | None, dtype: torch.dtype) -
         found = detect_controlnet_file(path)
     except NotACheckpoint as e:
         raise ModelLoadError(str(e)) from e
-    places = [configs, shipped_configs()] if configs is not None else [shipped_configs()]  # the shelf's own first
-    unet = next((c for c in (p / found.family / "unet" / "config.json" for p in places) if c.exists()), None)
-    if unet is None:
+    unet = config_folder(found.family, configs, holding="unet/config.json") / "unet" / "config.json"
+    if not unet.exists():
         raise ModelLoadError(f"no {FAMILY_NAMES[found.family]} config to build ControlNet {path.name} from")
     fields = inspect.signature(ControlNetModel.__init__).parameters
     config = {k: v for k, v in json.loads(unet.read_text()).items() if k in fields}

@@ -74,6 +74,11 @@ def _several(family: str, nets: list[ModelMixin]) -> Any:  # diffusers types the
     return MultiControlNetModel(nets)
 
 
+def _takes(pipe: DiffusionPipeline, name: str) -> bool:
+    """Whether this pipeline's call has the input `name` (they differ by family and task)."""
+    return name in inspect.signature(type(pipe).__call__).parameters
+
+
 def auto_pipeline(task: str) -> type:
     """diffusers' AutoPipeline for a task (Text2Image, Image2Image, Inpainting), imported on first use: its module
     imports every pipeline diffusers has (~0.7 s here), which a first txt2img job on a plain model never needs."""
@@ -270,7 +275,7 @@ class LoadedModel:
             return values[0] if one else values
 
         # Text-to-image SD/SDXL pipelines take the map as `image`; the others (and SD3/FLUX) as `control_image`.
-        key = "control_image" if "control_image" in inspect.signature(type(pipe).__call__).parameters else "image"
+        key = "control_image" if _takes(pipe, "control_image") else "image"
         inputs = {
             key: each([c.image for c in controls]),
             "controlnet_conditioning_scale": each([c.weight for c in controls]),
@@ -307,10 +312,7 @@ class LoadedModel:
 
         task = {"AutoPipelineForText2Image": "", "AutoPipelineForImage2Image": "Img2Img",
                 "AutoPipelineForInpainting": "Inpaint"}[auto.__name__]  # fmt: skip
-        pipe = getattr(diffusers, f"StableDiffusionXLControlNetUnion{task}Pipeline").from_pipe(
-            self.pipe, controlnet=net
-        )
-        pipe.set_progress_bar_config(disable=True)
+        pipe = self._task(getattr(diffusers, f"StableDiffusionXLControlNetUnion{task}Pipeline"), controlnet=net)
         return pipe, {"control_image": [c.image for c in controls], "control_mode": modes,
                       "controlnet_conditioning_scale": controls[0].weight,
                       "control_guidance_start": controls[0].start, "control_guidance_end": controls[0].end}  # fmt: skip
@@ -366,7 +368,7 @@ class LoadedModel:
             task_inputs["ip_adapter_image_embeds"] = [torch.cat([negative.to(embeds), embeds]) if guided else embeds]
 
         if eta is not None:
-            if "eta" not in inspect.signature(type(pipe).__call__).parameters or sampler != "ddim":
+            if not _takes(pipe, "eta") or sampler != "ddim":
                 raise InputError(f"eta applies to the DDIM sampler of SD 1.x/2.x and SDXL models (got {sampler} "
                                  f"on a {self.family} model)")  # fmt: skip
             task_inputs["eta"] = eta
@@ -378,10 +380,7 @@ class LoadedModel:
 
         with self._clip_skip(clip_skip):
             conditioning = self._conditioning(prompts_, negatives)
-        if (
-            "negative_prompt" in conditioning
-            and "negative_prompt" not in inspect.signature(type(pipe).__call__).parameters
-        ):
+        if "negative_prompt" in conditioning and not _takes(pipe, "negative_prompt"):
             raise InputError(
                 f"{type(pipe).__name__} takes no negative prompt: leave it out for this {self.family} task"
             )
