@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints.txt -e ".[bot,desktop,ray,dev]"
+	$(PIP) install -q -c constraints.txt -e ".[bot,desktop,ray,dev,annotators]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -8,16 +8,19 @@ Effect  20 seeds, a control disc on the left third (a white silhouette on black,
         References: a green circle on a gray background as the reference, prompt "a circle" (no colours):
         the share of images that show a green shape on gray (goal: at least 80 %), and without it.
 Cost    a txt2img with one control (and with one reference) over one without (same seeds, interleaved; goal for
-        the control: at most +40 %), and each preprocessor at 512 px (goal: at most 20 ms).
+        the control: at most +40 %), and each preprocessor at 512 px (goal: at most 20 ms). With --annotators DIR
+        (a folder with the files of lllyasviel/Annotators), each weight annotator there at 512 px too (load, then
+        the median of 3 maps; on the GPU when there is one).
 
 It runs the device's own path: the pipeline cache, the shelf's ControlNet, the server's preprocessors.
 
-    python bench/image_guidance.py [--seeds 20] [--steps 20] [--pairs 5]
+    python bench/image_guidance.py [--seeds 20] [--steps 20] [--pairs 5] [--annotators DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -56,6 +59,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--annotators", type=Path, help="a folder with annotator weights (depth, openpose, lineart)")
     args = parser.parse_args()
     cache = PipelineCache(Device("cpu"), None)
     model = cache.model(None)
@@ -123,6 +127,27 @@ def main() -> None:
             preprocess(picture, type_)
             times.append(time.perf_counter() - started)
         print(f"preprocessor {type_:9s} at 512 px: {statistics.median(times) * 1000:.1f} ms (median of 20)")
+    if args.annotators is None:
+        print("weight annotators (depth, openpose, lineart): not timed; pass --annotators DIR")
+        return
+    from engine.client.controls import ANNOTATOR_FILES
+    from engine.client.errors import InputError
+    from engine.device.annotators import Annotators
+
+    annotators = Annotators(args.annotators, Device().torch_device)
+    for type_, file in ANNOTATOR_FILES.items():
+        if not (args.annotators / file).is_file():
+            print(f"annotator {type_:9s} {file} is not in {args.annotators}")
+            continue
+        started = time.perf_counter()
+        times = []
+        for _ in range(4):  # the first loads the weights
+            with contextlib.suppress(InputError):  # openpose with no person: the network ran all the same
+                annotators.annotate(picture, type_)
+            times.append(time.perf_counter() - started)
+            started = time.perf_counter()
+        print(f"annotator {type_:9s} at 512 px: {statistics.median(times[1:]) * 1000:.0f} ms (median of 3; "
+              f"the first with loading {times[0]:.1f} s)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -104,6 +104,73 @@ def test_a_flat_picture_and_annotators_without_weights_are_refused(tmp_path: Pat
         preprocess(picture(), "depth", annotators=tmp_path)
 
 
+@pytest.fixture(scope="module")
+def annotator_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random-weight annotators in the layouts of the files A1111's extension downloads (the trained ones are
+    0.5 GB together): the fine lineart generator, the body pose network under the original file's names, MiDaS
+    DPT-Hybrid. Saved in fp16 to halve the disk; the loaders cast."""
+    from controlnet_aux.lineart import Generator
+    from controlnet_aux.midas.midas.dpt_depth import DPTDepthModel
+    from controlnet_aux.open_pose.model import bodypose_model
+
+    folder = tmp_path_factory.mktemp("annotators")
+    torch.manual_seed(0)
+    half = lambda state: {k: v.half() for k, v in state.items()}  # noqa: E731
+    torch.save(half(Generator(3, 1, 3).state_dict()), folder / "sk_model.pth")
+    body = bodypose_model().state_dict()  # the original file has no "model0." etc. in front: controlnet_aux maps them
+    torch.save(half({k.split(".", 1)[1]: v for k, v in body.items()}), folder / "body_pose_model.pth")
+    depth = DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True).state_dict()
+    torch.save(half(depth), folder / "dpt_hybrid-midas-501f0c75.pt")
+    return folder
+
+
+def test_weight_annotators_run_from_their_files_as_controlnet_aux_runs_them(annotator_files: Path,
+                                                                              tmp_path: Path) -> None:  # fmt: skip
+    from controlnet_aux.lineart import LineartDetector
+    from controlnet_aux.midas import MidasDetector
+
+    from engine.device.annotators import Annotators
+
+    annotators = Annotators(annotator_files, torch.device("cpu"))
+    source = picture(128)
+    line = annotators.annotate(source, "lineart")
+    depth = annotators.annotate(source, "depth")
+    assert line.size == depth.size == source.size and line.mode == depth.mode == "RGB"
+    # the maps the package's own loaders make from the same files, at the same resolution (the picture's short side)
+    theirs = LineartDetector.from_pretrained(str(annotator_files), coarse_filename="sk_model.pth")(
+        source, detect_resolution=128, image_resolution=128)  # fmt: skip
+    assert np.abs(np.asarray(line, dtype=int) - np.asarray(theirs.convert("RGB"), dtype=int)).max() <= 1
+    theirs = MidasDetector.from_pretrained(str(annotator_files))(source, detect_resolution=128, image_resolution=128)
+    assert np.abs(np.asarray(depth, dtype=int) - np.asarray(theirs.convert("RGB"), dtype=int)).max() <= 1
+    assert np.asarray(depth).std() > 0 and np.asarray(line).std() > 0
+    with pytest.raises(InputError, match="the openpose annotator found no person"):  # random weights see nobody
+        annotators.annotate(source, "openpose")
+    damaged = tmp_path / "annotators"
+    damaged.mkdir()
+    (damaged / "sk_model.pth").write_bytes(b"not weights")
+    with pytest.raises(InputError, match=r"could not load the lineart annotator sk_model\.pth"):
+        Annotators(damaged, torch.device("cpu")).annotate(source, "lineart")
+    with pytest.raises(InputError, match=r"annotators/body_pose_model\.pth are not on the shelf"):
+        Annotators(damaged, torch.device("cpu")).annotate(source, "openpose")
+
+
+def test_an_annotator_is_checked_at_submit_and_refused_without_its_package(
+    annotator_files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    # at submit: the file is there, the picture is not flat; the map is made with the job
+    assert preprocess(picture(), "lineart", annotators=annotator_files, check_only=True) is not None
+    with pytest.raises(InputError, match="runs only inside the engine"):
+        preprocess(picture(), "lineart", annotators=annotator_files)
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "controlnet_aux" else found(name, *a)
+    )
+    with pytest.raises(InputError, match=r"needs pip install 'dreamhall\[annotators\]'"):
+        preprocess(picture(), "depth", annotators=annotator_files, check_only=True)
+
+
 @pytest.mark.parametrize(("resize", "corner", "middle"), [("crop", 255, 255), ("just", 255, 255), ("fill", 0, 255)])
 def test_maps_of_another_shape_fit_as_a1111_resizes(resize: str, corner: int, middle: int) -> None:
     wide = Image.new("RGB", (200, 100), "white")
@@ -420,6 +487,36 @@ def test_the_extensions_routes(api: webuiapi.WebUIApi, engine: EngineProcess) ->
     detected = api.controlnet_detect([picture()], module="canny", processor_res=128, threshold_a=100, threshold_b=200)
     (shown,) = detected.images  # webuiapi decodes the maps
     assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(preprocess(picture(), "canny")))
+
+
+def test_the_engine_runs_an_annotator_from_its_shelf_for_previews_and_jobs(
+    engine: EngineProcess, api: webuiapi.WebUIApi, annotator_files: Path, tmp_path: Path
+) -> None:
+    from engine.device.annotators import Annotators
+
+    shelf = engine.home / "models" / "annotators"
+    shelf.mkdir(parents=True, exist_ok=True)
+    (shelf / "sk_model.pth").symlink_to(annotator_files / "sk_model.pth")  # the user puts it there: no restart
+    try:
+        expected = np.asarray(Annotators(annotator_files, torch.device("cpu")).annotate(picture(), "lineart"), int)
+        with engine.client() as client:
+            ref = client.upload(_png(picture()))
+            with httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket)), base_url="http://engine") as http:
+                shown = http.post("/v1/controls/preview", json={"control": {"image": ref.ref, "type": "lineart"}},
+                                  timeout=120)  # fmt: skip
+        assert shown.status_code == 200, shown.text
+        assert np.abs(np.asarray(Image.open(io.BytesIO(shown.content)), int) - expected).max() <= 1
+        (detected,) = api.controlnet_detect([picture()], module="lineart_realistic", processor_res=128).images
+        assert np.abs(np.asarray(detected.convert("RGB"), int) - expected).max() <= 1
+        source = tmp_path / "picture.png"
+        picture().save(source)
+        done = dreamhall(engine, "dream", RED, "--control", str(source), "--control_type", "lineart", "-S", "1",
+                         "--json")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        made = Image.open(json.loads(done.stdout)["images"][0]["path"])
+        assert 'ControlNet 0: "Module: lineart_realistic, Model: toy-silhouette' in made.info["parameters"]
+    finally:
+        (shelf / "sk_model.pth").unlink()
 
 
 def test_the_extensions_bad_units_are_a1111_errors(engine: EngineProcess) -> None:

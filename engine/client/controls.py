@@ -31,6 +31,8 @@ ANNOTATOR_FILES: dict[str, str] = {
     "openpose": "body_pose_model.pth",
     "lineart": "sk_model.pth",
 }
+ANNOTATORS_PACKAGE = "pip install 'dreamhall[annotators]' (the controlnet-aux package)"
+ANNOTATOR_RESOLUTION = 512  # they detect at the picture's short side up to this (A1111's processor_res default)
 # A1111's ControlNet extension names its preprocessors ("modules") differently.
 A1111_MODULES: dict[str, str] = {
     "none": "none",

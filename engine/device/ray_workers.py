@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from engine.client.errors import InputError
 from engine.client.settings import Settings
 from engine.device.runner import (
     Affinity,
@@ -66,6 +67,7 @@ class MakerActor:
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(settings.home / "inductor"))
         import torch
 
+        from engine.device.annotators import Annotators
         from engine.device.device import Device
         from engine.device.maker import build_maker
         from engine.device.shelf import Shelf
@@ -80,6 +82,7 @@ class MakerActor:
                                      device=str(self.device.torch_device))  # fmt: skip
         self.maker = build_maker(settings, device=self.device, shelf=shelf, worker_id=worker_id, embedder=self.clip)
         self.pipelines = self.maker.pipelines
+        self.annotators = Annotators(settings.shelf_dir / "annotators", self.device.torch_device)
         self._torch_lock = threading.Lock()  # one torch call at a time in this process (see Worker.call)
         # Every job's torch work on one long-lived thread: torch's intra-op pool belongs to the thread that
         # uses it, and a new thread per job rebuilt it each time (10-30 % slower with several torch threads).
@@ -149,6 +152,17 @@ class MakerActor:
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         return self.clip.embed_texts(texts)  # tiny; it may run beside a job's steps
+
+    def annotate(self, picture: Image.Image, type: str) -> Image.Image | str:
+        """The map, or the sentence that says why there is none (an InputError stays the user's mistake)."""
+        return self._torch_thread.submit(self._annotate, picture, type).result()
+
+    def _annotate(self, picture: Image.Image, type: str) -> Image.Image | str:
+        with self._torch_lock:
+            try:
+                return self.annotators.annotate(picture, type)
+            except InputError as e:
+                return str(e)
 
 
 class RayWorkers(Seats):
@@ -349,6 +363,14 @@ class RayWorkers(Seats):
         """The workers in turns, skipping those Ray is restarting (all of them, if none is up)."""
         actors = [actor for seat, actor in zip(self.seats, self.actors) if seat.alive] or self.actors
         return actors[next(self._turn) % len(actors)]
+
+    def annotate(self, picture: Image.Image, type: str) -> Image.Image:
+        import ray
+
+        out = ray.get(self.next_actor().annotate.remote(picture, type))
+        if isinstance(out, str):
+            raise InputError(out)
+        return out
 
 
 class ActorEmbedder(Embedder):

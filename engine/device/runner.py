@@ -264,3 +264,7 @@ class Runner(Protocol):
 
     def workers(self) -> list[WorkerInfo]:
         """Every worker: where it runs, what it runs and holds."""
+
+    def annotate(self, picture: Image.Image, type: str) -> Image.Image:
+        """A ControlNet annotator's map that needs weights (depth, openpose, lineart), made where the models run
+        (engine.device.annotators); InputError when it cannot be."""

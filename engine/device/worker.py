@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from engine.client.answers import WorkerInfo
+from engine.device.annotators import Annotators
 from engine.device.maker import Maker, failure_sentence
 from engine.device.runner import JobFront, Seat, Seats
 from gallery.embeddings import Embedder
@@ -116,9 +117,10 @@ class TorchThread:
 class Worker(Seats):
     """The Runner of one machine: its TorchThread runs the maker's jobs, which it claims from the front."""
 
-    def __init__(self, *, thread: TorchThread, maker: Maker) -> None:
+    def __init__(self, *, thread: TorchThread, maker: Maker, annotators: Annotators) -> None:
         self.thread = thread
         self.maker = maker
+        self.annotators = annotators
         self.pipelines = maker.pipelines
         self.seat = Seat(maker.worker_id, node=socket.gethostname(), device=maker.device.describe(), pid=os.getpid())
         self.seats = [self.seat]
@@ -149,6 +151,10 @@ class Worker(Seats):
     def workers(self) -> list[WorkerInfo]:
         info = self.seat.info()
         return [info.model_copy(update={"loading": self.pipelines.loading, "loaded": self.pipelines.loaded()})]
+
+    def annotate(self, picture: Image.Image, type: str) -> Image.Image:
+        """On the thread (between a job's steps, or inline from a job's inputs): torch has one owner."""
+        return self.thread.call(self.annotators.annotate, picture, type)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop after the current step; an interrupted job goes back to the queue."""

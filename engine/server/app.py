@@ -66,8 +66,8 @@ def build_front(settings: Settings) -> Services:
     shelf = Shelf(settings.shelf_dir, hash_cache=settings.home / "model-hashes.json")
     log.info("model shelf %s: %d checkpoint(s), %d LoRA(s), %d embedding(s), %d ControlNet(s)", settings.shelf_dir,
              *(len(shelf.items(kind)) for kind in ("checkpoint", "lora", "embedding", "controlnet")))  # fmt: skip
-    inputs = Inputs(store, settings.uploads_dir, annotators=settings.shelf_dir / "annotators")
     runner = LateRunner()
+    inputs = Inputs(store, settings.uploads_dir, annotators=settings.shelf_dir / "annotators", annotate=runner.annotate)
     prompting = Prompting(settings.home)
     metrics = Metrics()
     jobs = JobService(queue=queue, store=store, inputs=inputs, runner=runner, limits=settings.limits, shelf=shelf,
@@ -152,6 +152,7 @@ def describe_vocabulary(settings: Settings) -> dict[str, list[str]]:
 
 def _local_worker(front: Services) -> tuple[Worker, str, Callable[[], Embedder]]:
     """One worker thread on this machine's device, and how to load CLIP on that thread (after the first job)."""
+    from engine.device.annotators import Annotators
     from engine.device.device import Device
     from engine.device.maker import build_maker
     from engine.device.worker import TorchThread, Worker, WorkerEmbedder
@@ -173,7 +174,8 @@ def _local_worker(front: Services) -> tuple[Worker, str, Callable[[], Embedder]]
 
         return WorkerEmbedder(thread.call(load), thread)
 
-    return Worker(thread=thread, maker=maker), device.describe(), load_clip
+    annotators = Annotators(settings.shelf_dir / "annotators", device.torch_device)
+    return Worker(thread=thread, maker=maker, annotators=annotators), device.describe(), load_clip
 
 
 def _ray_workers(settings: Settings) -> tuple[Runner, Embedder, str]:

@@ -17,7 +17,7 @@ from engine.client.answers import Upload
 from engine.client.errors import InputError
 from engine.client.schema import ControlUnit, DreamRequest, Requester, Scope, gallery_id
 from engine.device.runner import Resolved
-from engine.server.control_maps import preprocess
+from engine.server.control_maps import Annotate, preprocess
 from gallery.files import BadImage, decode_image, relative_path, write_content_addressed
 from gallery.schemas import ImagePublic
 from gallery.store import ImageNotFound, ImageStore
@@ -28,10 +28,12 @@ MAX_INPUT_PIXELS = 4096 * 4096
 class Inputs:
     """Stores uploads and opens the images a request refers to."""
 
-    def __init__(self, store: ImageStore, uploads_dir: Path, *, annotators: Path | None = None) -> None:
+    def __init__(self, store: ImageStore, uploads_dir: Path, *, annotators: Path | None = None,
+                 annotate: Annotate | None = None) -> None:  # fmt: skip
         self.store = store
         self.uploads_dir = uploads_dir
         self.annotators = annotators  # weights of the ControlNet annotators that need them (depth, pose, ...)
+        self.annotate = annotate  # runs those where the models run (the runner's annotate)
 
     def save_upload(self, data: bytes) -> Upload:
         image = decode_image(data, max_pixels=MAX_INPUT_PIXELS, mode="RGBA")
@@ -75,7 +77,8 @@ class Inputs:
         (from the gallery row or the file's header: nothing is decoded but an inpaint mask, whose pixels
         say whether it repaints anything)."""
         for i, control in enumerate(request.controls):
-            self.control_map(control, request.requester, label=f"control {i + 1}")  # a bad or empty map refuses the job
+            # A bad or empty map refuses the job; a weight annotator runs with the job (only its file is checked here).
+            self.control_map(control, request.requester, label=f"control {i + 1}", annotated=False)
         for reference in request.references:
             self._open(self._path(reference.image, self._parent(reference.image, request.requester)), "RGB")
         if request.init_image is None:
@@ -106,12 +109,13 @@ class Inputs:
                                for r in request.references]  # fmt: skip
         return resolved
 
-    def control_map(self, control: ControlUnit, requester: Requester, *, label: str = "control") -> Image.Image:
+    def control_map(self, control: ControlUnit, requester: Requester, *, label: str = "control",
+                    annotated: bool = True) -> Image.Image:  # fmt: skip
         """A control's map: its image, preprocessed by its type (what the ControlNet reads)."""
         picture = self._open(self._path(control.image, self._parent(control.image, requester)), "RGB")
         try:
-            return preprocess(picture, control.type, threshold_a=control.threshold_a,
-                              threshold_b=control.threshold_b, annotators=self.annotators)  # fmt: skip
+            return preprocess(picture, control.type, threshold_a=control.threshold_a, threshold_b=control.threshold_b,
+                              annotators=self.annotators, annotate=self.annotate, check_only=not annotated)  # fmt: skip
         except InputError as e:
             raise InputError(f"{label}: {e}") from None
 
@@ -122,7 +126,7 @@ class Inputs:
         except BadImage as e:
             raise InputError(f"not an image this engine can read: {e}") from None
         control = preprocess(picture, type, threshold_a=threshold_a, threshold_b=threshold_b,
-                             annotators=self.annotators)  # fmt: skip
+                             annotators=self.annotators, annotate=self.annotate)  # fmt: skip
         return png_bytes(control)
 
     @staticmethod

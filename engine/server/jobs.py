@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import secrets
 
+from PIL import Image
+
 from engine.client.answers import Accepted, Event, Job, Progress, QueueState, WorkerInfo
 from engine.client.errors import InputError, clip_text
 from engine.client.limits import Limits
@@ -75,6 +77,12 @@ class LateRunner:
 
     def workers(self) -> list[WorkerInfo]:
         return [] if self._runner is None else self._runner.workers()
+
+    def annotate(self, picture: Image.Image, type: str) -> Image.Image:
+        if self._runner is None:
+            raise InputError(f"the engine is still starting: the {type} annotator runs once its worker is up; "
+                             "try again in a moment")  # fmt: skip
+        return self._runner.annotate(picture, type)
 
 
 def settle(request: DreamRequest, parent: ImagePublic | None) -> DreamRequest:
