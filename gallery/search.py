@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import functools
 import re
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from PIL import Image
 from pydantic import BaseModel
 
-from gallery.schemas import ImagePublic, SearchFilters
+from gallery.schemas import ImagePublic, SearchFilters, VectorHit
 from gallery.store import GalleryError, ImageStore
 from gallery.tags import tag_of, unique
 
@@ -38,6 +38,7 @@ KEYWORD_BONUS = 1.0  # above any cosine: a prompt that says every word of the qu
 # Searches repeat (the same words again, the next page, a Discord channel's favourite query), and a CLIP
 # text embedding costs more than the rest of a search on a CPU (ViT-B-32: ~57 ms against ~15).
 TEXT_VECTORS_CACHED = 1024
+SEARCHES_BESIDE = 4  # vector queries run beside their searches' keyword vectors at once (threads)
 
 
 class SearchError(GalleryError):
@@ -86,6 +87,8 @@ class GallerySearch:
         # CLIP-only hits below this cosine are noise, not matches (calibrated per CLIP model; see Embedder).
         self.min_score = embedder.relevance_floor if min_score is None else min_score
         self._text_vector = functools.lru_cache(maxsize=TEXT_VECTORS_CACHED)(self._embed_text)
+        # A search's vector query beside its keyword hits' vectors: both mostly wait on LanceDB's own threads.
+        self._beside = ThreadPoolExecutor(SEARCHES_BESIDE, thread_name_prefix="dreamhall-search")
 
     def _embed_text(self, query: str) -> Future[np.ndarray]:
         return self.embedder.embed_texts_soon([query])
@@ -142,6 +145,10 @@ class GallerySearch:
         `depth`): then a deeper look at what SQLite-only filters let through finds nothing more."""
         keyword = self.store.keyword_ids(fts_terms(query), filters=filters, k=depth)
         exhausted = len(keyword) < depth
+        nearest: Future[list[VectorHit]] | None = None
+        if keyword and len(keyword) < offset + limit:  # they cannot fill the page: CLIP's nearest, meanwhile
+            nearest = self._beside.submit(lambda: self.index.search(self._vector(pending), k=depth,
+                                                                    filters=filters.vector_filters()))  # fmt: skip
         found = self.index.vectors(keyword, filters=filters.vector_filters()) if keyword else None
         vector = self._vector(pending)
         # Keyword hits are ranked by their own cosine, even below the floor: the prompt says it.
@@ -149,8 +156,12 @@ class GallerySearch:
         scores = {i: cosines.get(i, 0.0) + KEYWORD_BONUS for i in keyword}
         # A CLIP-only hit scores at most 1 (a cosine): when keyword hits at or above that fill the page,
         # the vector query cannot change it (at 1M images it is most of a search's time after CLIP).
-        if sum(s >= KEYWORD_BONUS for s in scores.values()) < offset + limit:
-            hits = self.index.search(vector, k=depth, filters=filters.vector_filters())
+        if nearest is not None or sum(s >= KEYWORD_BONUS for s in scores.values()) < offset + limit:
+            hits = (
+                nearest.result()
+                if nearest is not None
+                else self.index.search(vector, k=depth, filters=filters.vector_filters())
+            )
             clip_only = {h.image_id: h.score for h in hits if h.score >= self.min_score}
             scores = clip_only | scores
             exhausted = exhausted and len(clip_only) < depth
