@@ -121,14 +121,31 @@ class OpenClipEmbedder(Embedder):
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
-    @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> np.ndarray:
+        return TextTower(self.text_model, self.tokenizer, self.device, self.batch_size)(texts)
+
+    def text_tower(self) -> TextTower:
+        """A copy of the text side alone (its own weights, shareable with another process; the image tower is
+        not copied), computing what embed_texts does."""
+        return TextTower(_text_copy(self.text_model), self.tokenizer, self.device, self.batch_size)
+
+
+class TextTower:
+    """CLIP's text side: words -> (N, dim) float32 unit vectors. Picklable (its tensors go to shared memory when
+    it is sent to another process)."""
+
+    def __init__(self, model: Any, tokenizer: Any, device: torch.device, batch_size: int) -> None:
+        self.model, self.tokenizer, self.device, self.batch_size = model, tokenizer, device, batch_size
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> np.ndarray:
         out = []
         for i in range(0, len(texts), self.batch_size):
             tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
-            feats = encode_text_to_end(self.text_model, tokens)
+            feats = encode_text_to_end(self.model, tokens)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
+        dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else 0
+        return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
 
 
 def _native_bf16() -> bool:
@@ -143,17 +160,22 @@ def _bf16_text_tower(model: Any) -> Any:
     and half the bytes take half the time (24 -> 12 ms here); the vectors stay within 2e-4 cosine of fp32's
     (9e-5 at worst seen).
     Images keep the fp32 tower: their vectors are stored, and the gallery compares them with each other."""
-    import copy
-
     visual = getattr(model, "visual", None)
     if visual is None:
         return model
+    return _text_copy(model).to(torch.bfloat16).eval()
+
+
+def _text_copy(model: Any) -> Any:
+    """A copy of an open_clip model without its image tower (the text side's weights only)."""
+    import copy
+
+    visual = getattr(model, "visual", None)
     model.visual = None  # not copied
     try:
-        text = copy.deepcopy(model)
+        return copy.deepcopy(model).eval()
     finally:
         model.visual = visual
-    return text.to(torch.bfloat16).eval()
 
 
 def encode_text_to_end(model: Any, tokens: torch.Tensor) -> torch.Tensor:

@@ -511,6 +511,44 @@ def test_a_search_embeds_its_text_without_waiting_for_the_worker_s_step(embedder
         thread.stop(timeout=30)
 
 
+def test_on_a_cpu_search_texts_move_to_a_process_of_their_own_and_come_back_if_it_dies(
+    embedder: OpenClipEmbedder, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first search starts the process (and is answered here meanwhile); then the words go there, with the
+    vectors the engine's own thread makes; if it dies, searches are answered here again, and say so in the log."""
+    import os
+    import signal
+
+    from engine.device.worker import TorchThread, WorkerEmbedder
+
+    thread = TorchThread()
+    thread.start()
+    worker = WorkerEmbedder(embedder, thread, text_process=True)
+    words = ["a green triangle", "a red circle on a blue background"]
+    try:
+        here = embedder.embed_texts(words)
+        in_engine: list[list[str]] = []
+        monkeypatch.setattr(embedder, "embed_texts", lambda texts: in_engine.append(texts) or here)
+        first = worker.embed_texts(words)  # starts the process, answered here
+        assert worker._started is not None
+        worker._started.join(120)
+        process = worker._process
+        assert process is not None and process.pid not in (None, os.getpid())
+        there = worker.embed_texts(words)
+        assert in_engine == [words]  # the second went to the process
+        assert np.array_equal(first, here)
+        assert np.allclose(there, here, atol=1e-5) and (there * here).sum(axis=1).min() > 1 - 1e-5
+        assert worker._process is process  # still there: it answered
+        os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        with caplog.at_level("WARNING"):
+            again = worker.embed_texts(words)
+        assert np.array_equal(again, here) and worker._process is None and in_engine == [words, words]
+        assert "the search's CLIP process stopped" in caplog.text
+    finally:
+        worker.close()
+        thread.stop(timeout=30)
+
+
 def test_search_texts_run_a_bf16_text_tower_with_fp32_s_vectors_and_images_keep_fp32() -> None:
     """On a CPU that computes bf16, a search's words run a bf16 copy of the text tower (half the bytes to read):
     its vectors stay within 2e-4 cosine of the fp32 tower's (the built-in CLIP and a random-weight ViT-B-32), and

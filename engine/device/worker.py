@@ -19,6 +19,7 @@ import os
 import queue as queue_module
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -30,7 +31,8 @@ from engine.client.answers import WorkerInfo
 from engine.device.annotators import Annotators
 from engine.device.maker import Maker, failure_sentence
 from engine.device.runner import JobFront, Seat, Seats
-from gallery.embeddings import Embedder
+from engine.device.text_process import TextProcess
+from gallery.embeddings import Embedder, OpenClipEmbedder
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -193,16 +195,21 @@ class WorkerEmbedder(Embedder):
     few words, ~10 ms of CLIP's text tower) on a thread of its own: a search never waits for a denoising step (a
     real SD step on a CPU takes seconds); the running job shares the cores with it for those milliseconds.
 
-    Its torch thread count is left alone: OpenMP's is not reliably per thread (torch.set_num_threads here was
-    seen to change the worker thread's), and the worker's must stay as it is."""
+    `text_process` (on a CPU): that thread hands the words to a process of its own once it has started (see
+    engine.device.text_process: two OpenMP teams in one process slow each other). Its torch thread count is left
+    alone: OpenMP's is not reliably per thread (torch.set_num_threads here was seen to change the worker
+    thread's), and the worker's must stay as it is."""
 
-    def __init__(self, inner: Embedder, thread: TorchThread) -> None:
+    def __init__(self, inner: Embedder, thread: TorchThread, *, text_process: bool = False) -> None:
         self.inner = inner
         self.thread = thread
         self.model_id = inner.model_id
         self.dim = inner.dim
         self.relevance_floor = inner.relevance_floor
         self._texts = ThreadPoolExecutor(1, thread_name_prefix="dreamhall-search-clip")
+        self._process: TextProcess | None = None
+        self._wants_process = text_process and isinstance(inner, OpenClipEmbedder)
+        self._started: threading.Thread | None = None
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         return self.thread.call(self.inner.embed_images, images)
@@ -211,4 +218,38 @@ class WorkerEmbedder(Embedder):
         return self.embed_texts_soon(texts).result()
 
     def embed_texts_soon(self, texts: list[str]) -> Future[np.ndarray]:
-        return self._texts.submit(self.inner.embed_texts, texts)
+        return self._texts.submit(self._embed_texts, texts)
+
+    def _embed_texts(self, texts: list[str]) -> np.ndarray:
+        """On the search thread: through the text process when it is up, else here (and start it, once)."""
+        process = self._process
+        if process is not None:
+            try:
+                return process.embed_texts(texts)
+            except (OSError, EOFError) as e:  # it died: searches go on here
+                log.warning("the search's CLIP process stopped (%s); searches embed in the engine from now on",
+                            e or type(e).__name__)  # fmt: skip
+                self._process = None
+        elif self._wants_process and self._started is None:
+            self._started = threading.Thread(target=self._start_process, name="dreamhall-search-clip-start",
+                                             daemon=True)  # fmt: skip
+            self._started.start()
+        return self.inner.embed_texts(texts)
+
+    def _start_process(self) -> None:
+        assert isinstance(self.inner, OpenClipEmbedder)
+        try:
+            started = time.perf_counter()
+            self._process = TextProcess(self.inner.text_tower())
+        except Exception as e:  # searches embed in the engine, as before
+            log.warning("could not start the search's CLIP process (%s); searches embed in the engine", e)
+            return
+        log.info("search texts are embedded in process %s (started in %.1f s)", self._process.pid,
+                 time.perf_counter() - started)  # fmt: skip
+
+    def close(self) -> None:
+        if self._started is not None:
+            self._started.join()
+        if self._process is not None:
+            self._process.close()
+            self._process = None
