@@ -122,18 +122,20 @@ def cmd_lineage(engine: EngineClient, args: argparse.Namespace) -> int:
         return 0
     image = engine.image(image_id)
     line = [*reversed(lineage.ancestors)]
-    relations = [n.relation for n in line[1:]] + [image.relation]  # how each next one came from it
+    relations = [n.relation for n in line[1:]] + [image.relation][: len(line)]  # how each next came from it
     for node, relation in zip(line, relations, strict=True):
         print(f"#{node.id}  {node.mode}  {node.prompt[:60]!r}")
         print(f"  ↓ {relation}")
     print(f"#{image_id}  {image.mode}  {image.prompt[:60]!r}  (this image)")
+    for node in lineage.sources:  # the gallery pictures that steered it
+        print(f"  ← {node.edge} #{node.id}  {node.prompt[:50]!r}")
     children: dict[int | None, list] = {}
     for node in lineage.descendants:
-        children.setdefault(node.parent_id, []).append(node)
+        children.setdefault(node.via, []).append(node)
 
     def show(parent: int, indent: str) -> None:
         for node in children.get(parent, []):
-            print(f"{indent}└ {node.relation} #{node.id}  {node.prompt[:50]!r}")
+            print(f"{indent}└ {node.edge or node.relation} #{node.id}  {node.prompt[:50]!r}")
             show(node.id, indent + "  ")
 
     show(image_id, "  ")

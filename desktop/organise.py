@@ -225,8 +225,10 @@ class LineageDialog(QDialog):
             holder = self._add(holder, node.id, node.relation, node.prompt)
         this = self._add(holder, lineage.image_id, relation, "(this image)")
         this.setSelected(True)
-        for node in lineage.descendants:  # by depth: a parent is always placed before its children
-            self._add(self.items.get(node.parent_id or 0, this), node.id, node.relation, node.prompt)
+        for node in lineage.sources:  # the gallery pictures that steered it, under it as "control of", ...
+            self._add(this, node.id, f"{node.edge} of it", node.prompt)
+        for node in lineage.descendants:  # by depth: the image it was made from is always placed before it
+            self._add(self.items.get(node.via or 0, this), node.id, node.edge or node.relation, node.prompt)
         self.tree.expandAll()
         layout = QVBoxLayout(self)
         layout.addWidget(self.tree)

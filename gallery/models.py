@@ -132,6 +132,18 @@ class ImageTagRow(Base):
     __table_args__ = (Index("ix_image_tags_tag_image", "tag", "image_id"),)
 
 
+class ImageSourceRow(Base):
+    """A gallery picture that steered an image (a control, a reference): lineage beside `images.parent_id`."""
+
+    __tablename__ = "image_sources"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+
+    __table_args__ = (Index("ix_image_sources_source", "source_id", "image_id"),)
+
+
 class SavedSearchRow(Base):
     """A search saved by name ("smart board"): its text and filters, re-run as the gallery grows. Scoped as boards."""
 

@@ -16,6 +16,25 @@ def _utc(moment: datetime) -> datetime:
 UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 
 
+def gallery_id(ref: str) -> int | None:
+    """The image id of a `gallery:<id>` reference (None for uploads)."""
+    return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
+
+
+SOURCE_ROLES = ("control", "reference")  # how a gallery picture steered an image (lineage beside its parent)
+
+
+def image_sources(params: dict[str, Any]) -> list[tuple[int, str]]:
+    """The gallery pictures that steered an image, from its request's parameters: (image id, role), in order."""
+    found: list[tuple[int, str]] = []
+    for role, key in (("control", "controls"), ("reference", "references")):
+        for item in params.get(key) or []:
+            source = gallery_id(str(item.get("image", ""))) if isinstance(item, dict) else None
+            if source is not None and (source, role) not in found:
+                found.append((source, role))
+    return found
+
+
 class ImageCreate(BaseModel):
     """What a producer (the engine, an importer) knows about a new image."""
 
@@ -145,6 +164,16 @@ class LineageNode(BaseModel):
     depth: int = Field(description="ancestors: 1 = the parent; descendants: 1 = a child")
     prompt: str
     mode: str
+    via: int | None = Field(
+        default=None,
+        description="the image of this lineage it was reached from (a tree's "
+        "parent: for descendants the one it was made from, for sources the image they steered)",
+    )
+    edge: str | None = Field(
+        default=None,
+        description="how: `control` or `reference` when it was steered by (or "
+        "steered) that image; None when through the init image (see `relation`)",
+    )
 
 
 class Lineage(BaseModel):
@@ -154,6 +183,10 @@ class Lineage(BaseModel):
     image_id: int
     ancestors: list[LineageNode]
     descendants: list[LineageNode]
+    sources: list[LineageNode] = Field(
+        default_factory=list,
+        description="the gallery pictures that steered it (its controls and references) that the asker may see",
+    )
 
 
 class SavedSearch(BaseModel):

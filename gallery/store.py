@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from gallery.files import write_content_addressed
 from gallery.likeness import perceptual_hash
 from gallery.models import ImageRow, ImageTagRow
-from gallery.schemas import ImageCreate, ImagePublic, Lineage, LineageNode, SearchFilters
+from gallery.schemas import ImageCreate, ImagePublic, Lineage, LineageNode, SearchFilters, image_sources
 from gallery.stacks import stack_key
 from gallery.tags import auto_tags
 
@@ -199,6 +199,11 @@ class SqliteImageStore(ImageStore):
                     tags = auto_tags(model=row.model, sampler=row.sampler, mode=row.mode, source=row.source,
                                      width=row.width, height=row.height, params=row.params or {})  # fmt: skip
                     session.add_all(ImageTagRow(image_id=row.id, tag=t, auto=True) for t in tags)
+                links = [{"i": row.id, "s": source, "r": role} for row in new
+                         for source, role in image_sources(row.params or {})]  # fmt: skip
+                if links:  # the gallery pictures that steered them (a source is a row even when soft-deleted)
+                    session.execute(text("INSERT OR IGNORE INTO image_sources (image_id, source_id, role) "
+                                         "SELECT :i, id, :r FROM images WHERE id = :s"), links)  # fmt: skip
                 return [ImagePublic.model_validate(r) for r in rows]
         except (OSError, SQLAlchemyError) as e:
             raise StorageError(f"could not store {len(items)} image(s): {e}") from e
@@ -306,17 +311,23 @@ class SqliteImageStore(ImageStore):
         up = text("WITH RECURSIVE a(id, depth) AS (SELECT parent_id, 1 FROM images WHERE id = :start AND parent_id "
                   "IS NOT NULL UNION SELECT i.parent_id, a.depth + 1 FROM images AS i JOIN a ON i.id = a.id WHERE "
                   "i.parent_id IS NOT NULL AND a.depth < 64) SELECT id, depth FROM a")  # fmt: skip
-        down = text(f"{DESCENDANTS_SQL.format(start=':start')} SELECT id, min(depth) FROM d GROUP BY id")
+        steered_by = text("SELECT source_id, role FROM image_sources WHERE image_id = :start")
+        down = text(f"{DESCENDANTS_SQL.format(start=':start')} SELECT id, depth, via, edge FROM d")
         with self.engine.connect() as conn:
-            ancestors: dict[int, int] = {r[0]: r[1] for r in conn.execute(up, {"start": image_id})}
-            descendants: dict[int, int] = {r[0]: r[1] for r in conn.execute(down, {"start": image_id})}
-        visible = self.filter_ids([*ancestors, *descendants], filters)
+            ancestors = {r[0]: (r[1], None, None) for r in conn.execute(up, {"start": image_id})}
+            sources = {r[0]: (1, image_id, r[1]) for r in conn.execute(steered_by, {"start": image_id})}
+            descendants: dict[int, tuple[int, int | None, str | None]] = {}
+            for i, depth, via, edge in conn.execute(down, {"start": image_id}):  # the nearest way to each
+                if i not in descendants or depth < descendants[i][0]:
+                    descendants[i] = (depth, via, edge)
+        visible = self.filter_ids([*ancestors, *sources, *descendants], filters)
         records = {i.id: i for i in self.get_many(sorted(visible))}
 
-        def nodes(depths: dict[int, int]) -> list[LineageNode]:
+        def nodes(found: dict[int, tuple[int, int | None, str | None]]) -> list[LineageNode]:
             return [LineageNode(id=i, parent_id=records[i].parent_id, relation=records[i].relation, depth=d,
-                                prompt=records[i].prompt, mode=records[i].mode)
-                    for i, d in sorted(depths.items(), key=lambda kv: (kv[1], kv[0])) if i in records]  # fmt: skip
+                                prompt=records[i].prompt, mode=records[i].mode, via=via, edge=edge)
+                    for i, (d, via, edge) in sorted(found.items(), key=lambda kv: (kv[1][0], kv[0]))
+                    if i in records]  # fmt: skip
 
         # an ancestor outside the asker's gallery ends the walk up: nothing beyond it is theirs to see
         kept: list[LineageNode] = []
@@ -324,7 +335,14 @@ class SqliteImageStore(ImageStore):
             if node.depth != len(kept) + 1:
                 break
             kept.append(node)
-        return Lineage(image_id=image_id, ancestors=kept, descendants=nodes(descendants))
+        # a descendant is shown under an image the asker sees (one made from a hidden image is not theirs to place)
+        shown: set[int] = {image_id}
+        below = []
+        for node in nodes(descendants):
+            if node.via in shown:
+                shown.add(node.id)
+                below.append(node)
+        return Lineage(image_id=image_id, ancestors=kept, descendants=below, sources=nodes(sources))
 
     def newest_ids(self, filters: SearchFilters, limit: int) -> list[int]:
         where, params = filter_sql(filters, "i")
@@ -424,9 +442,15 @@ class SqliteImageStore(ImageStore):
 
 
 # Every image made from `start`, at any depth (through images.parent_id and its index), as the CTE `d(id, depth)`.
+# Everything made from an image, at any depth: through the init image (parent_id) and through steering (a control or
+# a reference, image_sources); each row with the image it was made from and how (`edge`: NULL for parent_id).
 DESCENDANTS_SQL = (
-    "WITH RECURSIVE d(id, depth) AS (SELECT id, 1 FROM images WHERE parent_id = {start} "
-    "UNION SELECT c.id, d.depth + 1 FROM images AS c JOIN d ON c.parent_id = d.id WHERE d.depth < 64)"
+    "WITH RECURSIVE d(id, depth, via, edge) AS ("
+    "SELECT id, 1, {start}, NULL FROM images WHERE parent_id = {start} "
+    "UNION SELECT image_id, 1, {start}, role FROM image_sources WHERE source_id = {start} "
+    "UNION SELECT c.id, d.depth + 1, d.id, NULL FROM images AS c JOIN d ON c.parent_id = d.id WHERE d.depth < 64 "
+    "UNION SELECT s.image_id, d.depth + 1, d.id, s.role FROM image_sources AS s JOIN d ON s.source_id = d.id "
+    "WHERE d.depth < 64)"
 )
 COMMON_TERM = 5_000  # prompts with a search's word; fewer: the word leads FTS5's walk, and common ones are checked
 FREQUENT_TAG = 20_000  # images; past it a tag's set costs more to build than a search's rows cost to check

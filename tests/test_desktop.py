@@ -445,6 +445,26 @@ def test_stacks_saved_searches_and_the_lineage_tree(qtbot, window: MainWindow) -
     qtbot.waitUntil(lambda: gallery.current is not None and gallery.current.id == ids[0], timeout=WAIT)
 
 
+def test_the_lineage_tree_places_steered_images_under_the_picture_that_steered_them(qtbot) -> None:
+    """Sources (a control, a reference) sit under the image as "control of it"; an image made with this one as its
+    control sits under it, and what was made from that one under that one (by `via`, not by its init parent)."""
+    from desktop.organise import LineageDialog
+    from gallery.schemas import Lineage, LineageNode
+
+    def node(i: int, depth: int, via: int, edge: str | None, parent: int | None = None) -> LineageNode:
+        return LineageNode(id=i, parent_id=parent, relation=None if edge else "upscale", depth=depth, prompt=f"p{i}",
+                           mode="txt2img", via=via, edge=edge)  # fmt: skip
+
+    below = [node(11, 1, 10, "reference", parent=7), node(12, 2, 11, None, parent=11)]
+    lineage = Lineage(image_id=10, ancestors=[], sources=[node(3, 1, 10, "control")], descendants=below)
+    dialog = LineageDialog(lineage, "txt2img")
+    qtbot.addWidget(dialog)
+    this = dialog.tree.topLevelItem(0)
+    assert this.text(0) == "#10" and [this.child(i).text(0) for i in range(this.childCount())] == ["#3", "#11"]
+    assert this.child(0).text(1) == "control of it" and this.child(1).text(1) == "reference"
+    assert this.child(1).child(0).text(0) == "#12" and this.child(1).child(0).text(1) == "upscale"
+
+
 def test_a_waiting_job_shows_the_nearest_images_while_it_waits(qtbot, window: MainWindow) -> None:
     from engine.client.dream_args import parse
     from engine.client.waiting import nearest_query

@@ -141,6 +141,41 @@ def test_an_old_gallery_upgrades_in_place_with_automatic_tags(tmp_path: Path) ->
     assert stacked.id == old.id and stacked.stack_key is None and size == 1
 
 
+def test_pictures_that_steered_an_image_are_its_lineage_and_an_old_gallery_gets_them(tmp_path: Path) -> None:
+    """Controls and references from the gallery link an image to them (image_sources), beside its init parent: in
+    its lineage, in the lineage below them, in `derived_from`; a gallery from before 0011 gets the links its images'
+    parameters name (an upload, or an image no longer a row, links nothing)."""
+    engine = open_gallery_db(tmp_path / "g.db")
+    store = SqliteImageStore(engine, tmp_path / "images")
+
+    def add(info: ImageCreate, shade: int) -> int:
+        return store.add([(info, encode_png(Image.new("RGB", (8, 8), (shade, 0, 0)), info))])[0].id
+
+    disc = add(ImageCreate(width=8, height=8, prompt="a disc"), 1)
+    style = add(ImageCreate(width=8, height=8, prompt="a style"), 2)
+    base = add(ImageCreate(width=8, height=8, prompt="a base"), 3)
+    steered = add(ImageCreate(width=8, height=8, prompt="steered", parent_id=base, relation="img2img", mode="img2img",
+                              params={"controls": [{"image": f"gallery:{disc}"}, {"image": "upload:" + "a" * 64}],
+                                      "references": [{"image": f"gallery:{style}"}, {"image": "gallery:999"}]}),
+                  4)  # fmt: skip
+    upscaled = add(ImageCreate(width=8, height=8, prompt="steered", parent_id=steered, relation="upscale"), 5)
+    tree = store.lineage(steered, SearchFilters())
+    assert [(n.id, n.edge, n.via) for n in tree.sources] == [(disc, "control", steered), (style, "reference", steered)]
+    assert [n.id for n in tree.ancestors] == [base]
+    below = store.lineage(disc, SearchFilters())
+    assert [(n.id, n.depth, n.via, n.edge) for n in below.descendants] == [(steered, 1, disc, "control"),
+                                                                           (upscaled, 2, steered, None)]  # fmt: skip
+    assert {i.id for i in store.page(filters=SearchFilters(derived_from=style), limit=10, offset=0)[0]} == {
+        steered, upscaled}  # fmt: skip
+    assert store.lineage(base, SearchFilters()).sources == []
+    # an old gallery: the links come from the parameters when it upgrades
+    downgrade(engine, "0010")
+    assert "image_sources" not in inspect(engine).get_table_names()
+    upgrade(engine)
+    again = store.lineage(steered, SearchFilters())
+    assert [(n.id, n.edge) for n in again.sources] == [(disc, "control"), (style, "reference")]
+
+
 def test_duplicate_groups_find_every_pair_within_the_bits() -> None:
     """Multi-index hashing must find exactly the pairs a brute-force comparison finds."""
     import random

@@ -166,6 +166,24 @@ def test_lineage_both_ways_and_derived_from(engine: EngineProcess) -> None:
     assert f"#{root}" in text and "↓ img2img" in text and "↓ upscale" in text and text.rstrip().endswith("(this image)")
 
 
+def test_controls_and_references_from_the_gallery_are_lineage(engine: EngineProcess) -> None:
+    [disc] = made(engine, '"a white circle on a black background" -S 41 -s 4')
+    [steered] = made(engine, f'"a red circle on a blue background" --control {disc} -S 42 -s 4')
+    [styled] = made(engine, f'"a circle" --sref {disc} -S 43 -s 4')
+    [bigger] = made(engine, f"-I {steered} -U 2 -s 4")
+    with engine.client() as client:
+        assert [(n.id, n.edge) for n in client.lineage(steered).sources] == [(disc, "control")]
+        below = client.lineage(disc).descendants
+        assert sorted((n.id, n.depth, n.via, n.edge) for n in below) == sorted(
+            [(steered, 1, disc, "control"), (styled, 1, disc, "reference"), (bigger, 2, steered, None)])  # fmt: skip
+        assert sorted(i.id for i in client.images(derived_from=disc).images) == sorted([steered, styled, bigger])
+    shown = cli(engine, "gallery", "lineage", str(disc))
+    text = shown.stdout
+    assert shown.returncode == 0, shown.stderr
+    assert f"└ control #{steered}" in text and f"└ reference #{styled}" in text and f"  └ upscale #{bigger}" in text
+    assert f"← control #{disc}" in cli(engine, "gallery", "lineage", str(steered)).stdout
+
+
 def test_saved_searches_rerun_as_the_gallery_grows(engine: EngineProcess) -> None:
     [first] = made(engine, '"a yellow triangle on a black background" -S 31 -s 4')
     saved = cli(engine, "search", "yellow triangle", "--save", "Yellows", "--json")

@@ -23,6 +23,7 @@ from engine.client.errors import clip_text
 from engine.client.limits import MAX_N, MAX_SIDE, MIN_SIDE, round8
 from engine.client.samplers import Sampler
 from engine.client.upscalers import MAX_FACTOR, MIN_FACTOR
+from gallery.schemas import gallery_id as gallery_id  # the frontends read the ref format from here
 from gallery.schemas import tenant_conditions
 
 MAX_SEED = 2**32 - 1
@@ -68,11 +69,6 @@ VISIBLE_PATTERN = f"[^{_INVISIBLE_CHARS}]"  # the JSON schema's form of "has a v
 
 # An input image: `gallery:<id>` (bare digits allowed) or `upload:<sha256>` from POST /v1/uploads.
 ImageRef = Annotated[str, BeforeValidator(_image_ref)]
-
-
-def gallery_id(ref: str) -> int | None:
-    """The image id of a `gallery:<id>` reference (None for uploads)."""
-    return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
 
 
 class Requester(BaseModel):
