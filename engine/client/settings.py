@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         default=True, description="run a model's own safety checker (when it has one) and flag images"
     )
     max_n: int = Field(default=MAX_N, ge=1, le=MAX_N)
+    search_process: bool = Field(
+        default=True,
+        description="with CLIP on the CPU, embed searches' words in a process of their own (faster "
+        "beside a running job; ~0.5 GB of RAM for torch and open_clip imported again)",
+    )
     compile: Literal["off", "on", "auto"] = Field(
         default="off",
         description="torch.compile each model's UNet/transformer on its first use (inductor's cache is kept "

@@ -172,7 +172,7 @@ def _local_worker(front: Services) -> tuple[Worker, str, Callable[[], Embedder]]
                                               device=str(device.torch_device))  # fmt: skip
             return maker.embedder
 
-        return WorkerEmbedder(thread.call(load), thread, text_process=device.type == "cpu")
+        return WorkerEmbedder(thread.call(load), thread, text_process=settings.search_process and device.type == "cpu")
 
     annotators = Annotators(settings.shelf_dir / "annotators", device.torch_device)
     return Worker(thread=thread, maker=maker, annotators=annotators), device.describe(), load_clip
