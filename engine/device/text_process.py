@@ -3,8 +3,9 @@
 Two threads that run torch in one process each start an OpenMP team, and libgomp then stops spinning between
 parallel regions in both (it throttles once its threads outnumber the cores): CLIP's text tower took 16-20 ms on
 the engine's search thread, beside the worker's team, against 11 ms in a process alone (and the worker's steps pay
-too). A process has an OpenMP runtime of its own. The text tower's weights are shared with it (shared memory, not
-copied again); words and vectors go through a pipe (~0.3 ms).
+too). A process has an OpenMP runtime of its own. It reads a text-only copy of the tower through shared memory (bf16:
+75 MB for ViT-B-32); words and vectors go through a pipe. It costs ~0.5 GB of RAM (torch and open_clip imported
+again): the `search_process` setting turns it off.
 
 It starts at the first search (the engine's start and its first image do not wait for it); until it answers, and
 for good if it dies, searches embed on the calling thread as before.
