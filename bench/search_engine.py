@@ -44,6 +44,7 @@ from sqlalchemy import insert  # noqa: E402
 
 from bench.engine_process import running_engine  # noqa: E402
 from engine.client.schema import DreamRequest, Requester  # noqa: E402
+from engine.client.settings import load_settings  # noqa: E402
 from gallery.db import open_gallery_db  # noqa: E402
 from gallery.embeddings import OpenClipEmbedder  # noqa: E402
 from gallery.index import LanceIndex  # noqa: E402
@@ -143,12 +144,11 @@ def main() -> None:
         # The timed searches meet the engine as it runs, not as it starts: its start-up check and read-ahead of the
         # index are done, and the process that embeds searches' words (started by the first search) is up.
         settled = time.monotonic() + 120
-        process = os.environ.get("DREAMHALL_SEARCH_PROCESS", "true").lower() not in ("false", "0", "off")
-        ready = ("search index read ahead", "search texts are embedded in process" if process else "",
-                 "could not start the search's")  # fmt: skip
+        process = load_settings(home=home).search_process  # as the engine reads it (DREAMHALL_SEARCH_PROCESS, ...)
+        process_up = ("search texts are embedded in process", "could not start the search's")
         while time.monotonic() < settled:
             log = (home / "engine.log").read_text()
-            if ready[0] in log and (ready[1] in log or ready[2] in log):
+            if "search index read ahead" in log and (not process or any(line in log for line in process_up)):
                 break
             time.sleep(0.1)
 

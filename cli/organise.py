@@ -122,7 +122,7 @@ def cmd_lineage(engine: EngineClient, args: argparse.Namespace) -> int:
         return 0
     image = engine.image(image_id)
     line = [*reversed(lineage.ancestors)]
-    relations = [n.relation for n in line[1:]] + [image.relation][: len(line)]  # how each next came from it
+    relations = [n.relation for n in line[1:]] + ([image.relation] if line else [])  # how each next came from it
     for node, relation in zip(line, relations, strict=True):
         print(f"#{node.id}  {node.mode}  {node.prompt[:60]!r}")
         print(f"  ↓ {relation}")

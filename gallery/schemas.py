@@ -21,13 +21,14 @@ def gallery_id(ref: str) -> int | None:
     return int(ref.split(":", 1)[1]) if ref.startswith("gallery:") else None
 
 
-SOURCE_ROLES = ("control", "reference")  # how a gallery picture steered an image (lineage beside its parent)
+# How a gallery picture steered an image (lineage beside its parent), and the request's list that names it.
+SOURCE_ROLES = {"control": "controls", "reference": "references"}
 
 
 def image_sources(params: dict[str, Any]) -> list[tuple[int, str]]:
     """The gallery pictures that steered an image, from its request's parameters: (image id, role), in order."""
     found: list[tuple[int, str]] = []
-    for role, key in (("control", "controls"), ("reference", "references")):
+    for role, key in SOURCE_ROLES.items():
         for item in params.get(key) or []:
             source = gallery_id(str(item.get("image", ""))) if isinstance(item, dict) else None
             if source is not None and (source, role) not in found:
