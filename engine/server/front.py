@@ -144,11 +144,12 @@ class Front:
             mine.lap("index")
             for image in images:
                 self.events.publish(Event(type="image", job=job.id, image=image_info(image, self.store)))
-            self.queue.complete(job.id)
             mine.lap("done")
             stages = _stages(job, watch, mine, made.stages)
-            log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
+            # counted before the job reads done: a client that scrapes /metrics once it sees done finds it counted
             self._count(job, "done", stages, images=len(images))
+            self.queue.complete(job.id)
+            log.info("job %s stages (ms): %s", job.id, " ".join(f"{k}={v * 1000:.1f}" for k, v in stages.items()))
         except Exception as e:
             self._ended(job, e)
 
