@@ -96,6 +96,43 @@ def test_health_and_status_show_the_workers(engine: EngineProcess, client: Engin
     assert "device ray: 2 worker(s)" in status.stdout and "worker ray-1 on" in status.stdout, status.stdout
 
 
+def test_annotators_run_on_the_workers_for_previews_and_jobs(engine: EngineProcess, client: EngineClient) -> None:
+    """A weight annotator runs on a Ray worker (the front loads no torch model): its map equals the local
+    annotator's from the same file, a worker's "found no person" reaches the user as one sentence, and a job
+    steered through it is made."""
+    import io
+
+    import httpx
+    import torch
+    from controlnet_aux.lineart import Generator
+    from controlnet_aux.open_pose.model import bodypose_model
+
+    from engine.device.annotators import Annotators
+    from tests.test_image_guidance import picture
+
+    shelf = engine.home / "models" / "annotators"
+    shelf.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({k: v.half() for k, v in Generator(3, 1, 3).state_dict().items()}, shelf / "sk_model.pth")
+    body = bodypose_model().state_dict()  # the original file's names, as tests/test_image_guidance writes them
+    torch.save({k.split(".", 1)[1]: v.half() for k, v in body.items()}, shelf / "body_pose_model.pth")
+    expected = np.asarray(Annotators(shelf, torch.device("cpu")).annotate(picture(), "lineart"), np.int16)
+    buf = io.BytesIO()
+    picture().save(buf, format="PNG")
+    ref = client.upload(buf.getvalue()).ref
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(engine.socket)), base_url="http://engine") as http:
+        for _ in range(2):  # the actors take turns: both make the same map
+            shown = http.post("/v1/controls/preview", json={"control": {"image": ref, "type": "lineart"}}, timeout=120)
+            assert shown.status_code == 200, shown.text
+            got = np.asarray(Image.open(io.BytesIO(shown.content)).convert("RGB"), np.int16)
+            assert np.abs(got - expected).max() <= 1
+        nobody = http.post("/v1/controls/preview", json={"control": {"image": ref, "type": "openpose"}}, timeout=120)
+    assert nobody.status_code == 422 and "found no person" in nobody.json()["error"], nobody.text
+    job = client.wait(client.submit(dream("gus", seed=3, controls=[{"image": ref, "type": "lineart"}])).id)
+    assert job.status == "done", job.error
+    assert client.image(job.images[0].id).params["controls"][0]["type"] == "lineart"
+
+
 def test_seeds_give_the_same_image_on_either_worker(client: EngineClient) -> None:
     # Two workers idle: two requests sent together run one on each.
     jobs = [client.submit(dream(user, seed=100, steps=40)).id for user in ("ann", "bob")]
