@@ -132,6 +132,17 @@ def test_batching_halves_on_out_of_memory_down_to_one() -> None:
     assert [len(c) for c in calls] == [4, 2, 1, 1, 1, 1] and retries == [2, 1]
 
 
+def test_a_failure_that_is_not_the_users_reads_as_one_line() -> None:
+    from engine.client.errors import InputError
+    from engine.device.maker import failure_sentence
+
+    assert failure_sentence(RuntimeError("boom\n  at line 3")) == "RuntimeError: boom"
+    assert failure_sentence(RuntimeError("  ")) == "RuntimeError"  # no dangling colon
+    assert failure_sentence(InputError("the mask is empty")) == "the mask is empty"
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert failure_sentence(oom).startswith("out of memory even for a single image")
+
+
 def test_batching_respects_a_budget_and_passes_other_errors_through() -> None:
     calls: list[tuple[list[int], int, int]] = []
     out = modes.run_batched(5, lambda ix, c, n: calls.append((ix, c, n)) or ix, max_batch=2,

@@ -25,6 +25,13 @@ def clip_text(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def error_line(e: BaseException) -> str:
+    """A failure that is not the user's mistake, in one line (its type and its message's first line); the
+    traceback stays in the log."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 class EngineError(Exception):
     """Root of the client's exceptions."""
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from engine.client.answers import Event
 from engine.client.controls import A1111_MODULES
-from engine.client.errors import UserError
+from engine.client.errors import UserError, error_line
 from engine.client.schema import DreamRequest
 from engine.client.settings import Settings
 from engine.device import modes
@@ -402,8 +402,7 @@ def failure_sentence(e: BaseException) -> str:
         return str(e)
     if Device.is_out_of_memory(e):
         return "out of memory even for a single image; try a smaller size or fewer steps"
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return error_line(e)
 
 
 def build_maker(

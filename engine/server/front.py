@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from engine.client.answers import Event
+from engine.client.errors import error_line
 from engine.device.runner import (
     Affinity,
     Cancelled,
@@ -167,7 +168,7 @@ class Front:
             self.queue.fail(job.id, str(e))
         else:
             log.error("job %s failed on the front", job.id, exc_info=e)
-            self.queue.fail(job.id, f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
+            self.queue.fail(job.id, error_line(e))
 
     def _count(self, job: JobRecord, outcome: str, stages: dict[str, float] | None = None, images: int = 0) -> None:
         if self.metrics is None:
