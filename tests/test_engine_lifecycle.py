@@ -36,7 +36,7 @@ def test_kill_9_with_jobs_queued_then_restart_completes_them(tmp_path: Path, tin
     engine = EngineProcess(tmp_path / "home", tiny_model).start()
     with engine.client() as client:
         earlier = client.wait(client.submit(small("a", prompt="a green star", seed=7)).id)
-        running = client.submit(small("a", steps=60, width=128, height=128, n=2, seed=1))
+        running = client.submit(small("a", steps=60, n=2, seed=1))  # seconds of steps: killed at its first
         queued = [client.submit(small(u, seed=i)) for i, u in enumerate(["a", "b", "c"])]
         for event in client.events(running.id):
             if event.type == "step":
