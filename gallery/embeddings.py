@@ -8,6 +8,7 @@ call; a custom architecture can be given as the path of its JSON config.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from abc import ABC, abstractmethod
@@ -108,9 +109,8 @@ class OpenClipEmbedder(Embedder):
         weights = Path(pretrained) if pretrained else None
         tag = _file_digest(weights) if weights is not None and weights.is_file() else (pretrained or "random")
         self.model_id = f"{name}/{tag}"
-        self.dim = int(self.model.text_projection.shape[1] if hasattr(self.model, "text_projection") else 0) or int(
-            self.embed_texts(["probe"]).shape[1]
-        )
+        self.texts = TextTower(self.text_model, self.tokenizer, self.device, self.batch_size)
+        self.dim = self.texts.dim
 
     @torch.inference_mode()
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
@@ -122,7 +122,7 @@ class OpenClipEmbedder(Embedder):
         return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
-        return TextTower(self.text_model, self.tokenizer, self.device, self.batch_size)(texts)
+        return self.texts(texts)
 
     def text_tower(self) -> TextTower:
         """A copy of the text side alone (its own weights, shareable with another process; the image tower is
@@ -137,6 +137,12 @@ class TextTower:
     def __init__(self, model: Any, tokenizer: Any, device: torch.device, batch_size: int) -> None:
         self.model, self.tokenizer, self.device, self.batch_size = model, tokenizer, device, batch_size
 
+    @functools.cached_property
+    def dim(self) -> int:
+        """The vectors' width: the text projection's, or (a model without one) a probe's."""
+        projection = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else 0
+        return projection or int(self(["probe"]).shape[1])
+
     @torch.inference_mode()
     def __call__(self, texts: list[str]) -> np.ndarray:
         out = []
@@ -144,8 +150,7 @@ class TextTower:
             tokens = self.tokenizer(texts[i : i + self.batch_size]).to(self.device)
             feats = encode_text_to_end(self.model, tokens)
             out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy())
-        dim = int(self.model.text_projection.shape[1]) if hasattr(self.model, "text_projection") else 0
-        return np.concatenate(out) if out else np.zeros((0, dim), dtype=np.float32)
+        return np.concatenate(out) if out else np.zeros((0, self.dim), dtype=np.float32)
 
 
 def _native_bf16() -> bool:

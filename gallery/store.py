@@ -441,7 +441,6 @@ class SqliteImageStore(ImageStore):
             session.execute(update(ImageRow).where(ImageRow.id.in_(image_ids)).values(deleted_at=datetime.now(UTC)))
 
 
-# Every image made from `start`, at any depth (through images.parent_id and its index), as the CTE `d(id, depth)`.
 # Everything made from an image, at any depth: through the init image (parent_id) and through steering (a control or
 # a reference, image_sources); each row with the image it was made from and how (`edge`: NULL for parent_id).
 DESCENDANTS_SQL = (
